@@ -1,0 +1,1 @@
+"""Data layer: index records, validation, letterbox geometry, mask binarisation, collate."""

@@ -1,0 +1,1 @@
+"""Model layer: loading, tiny model, ViT feature tap, forensic heads, LoRA targets."""
