@@ -1,0 +1,97 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen_forensics.config import (ConfigError, ROOT_ENV_VAR, load_config, parse_config, read_config_file,
+                                   save_resolved_config)
+from qwen_forensics.task_configs import SHIPPED_CONFIGS, Task1TrainConfig, Task3TrainConfig
+
+CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
+
+
+@pytest.mark.parametrize("rel", sorted(SHIPPED_CONFIGS))
+def test_every_shipped_config_parses_and_keeps_user_paths(rel, monkeypatch):
+    monkeypatch.delenv(ROOT_ENV_VAR, raising=False)
+    path = CODE / rel
+    cfg = parse_config(SHIPPED_CONFIGS[rel], read_config_file(path), base_dir=path.parent)
+    data = json.loads(path.read_text())
+    assert any(isinstance(v, str) and v.startswith("/root/autodl-tmp/") for v in data.values())
+    for key, value in data.items():
+        if isinstance(value, str) and value.startswith("/root/autodl-tmp"):
+            assert getattr(cfg, key) == value
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_config(Task1TrainConfig, {"lr_heads": 1e-3})
+    msg = str(err.value)
+    assert "lr_heads" in msg and "lr_head" in msg and "lora_target_layers" in msg
+
+
+def test_unknown_nested_key_fails():
+    with pytest.raises(ConfigError, match="visual.*blocks"):
+        parse_config(Task3TrainConfig, {"lora": {"visual": {"block": [1]}}})
+
+
+def test_working_dir_is_ignored(capsys):
+    cfg = parse_config(Task1TrainConfig, {"working_dir": "/root/autodl-tmp", "epochs": 2})
+    assert cfg.epochs == 2
+    assert "working_dir" in capsys.readouterr().err
+
+
+def test_type_errors_are_reported():
+    with pytest.raises(ConfigError, match="epochs"):
+        parse_config(Task1TrainConfig, {"epochs": "3"})
+    with pytest.raises(ConfigError, match="multiple of 28"):
+        parse_config(Task1TrainConfig, {"image_size": 450})
+    with pytest.raises(ConfigError, match="amp_dtype"):
+        parse_config(Task1TrainConfig, {"amp_dtype": "bfloat"})
+
+
+def test_set_overrides_nested_and_flat(tmp_path):
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"epochs": 1}))
+    cfg = load_config(Task3TrainConfig, description="t", argv=[
+        "--config", str(cfg_file), "--set", "lora.visual.blocks=[1,3]", "--set", "loss_weights.lm=0.5",
+        "--set", "lora.lm.enabled=false", "--set", "prompt=Real or fake?", "--set", "epochs=4"])
+    assert cfg.lora.visual.blocks == [1, 3]
+    assert cfg.loss_weights.lm == 0.5
+    assert cfg.lora.lm.enabled is False
+    assert cfg.prompt == "Real or fake?"
+    assert cfg.epochs == 4
+
+
+def test_root_override_flag_and_env(tmp_path, monkeypatch):
+    cfg_file = CODE / "task1_modular_lora/config_lora.json"
+    cfg = load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file), "--root", str(tmp_path)])
+    assert cfg.model_path == str(tmp_path / "Qwen2.5-VL-7B-Instruct")
+    assert cfg.ann_train == str(tmp_path / "data/trainingset2/train_idx.json")
+    monkeypatch.setenv(ROOT_ENV_VAR, str(tmp_path / "env"))
+    cfg = load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file)])
+    assert cfg.out_dir == str(tmp_path / "env/task1_modular_lora/training")
+    assert not any(str(v).startswith("/root/autodl-tmp") for v in vars(cfg).values())
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(ROOT_ENV_VAR, raising=False)
+    (tmp_path / "cfg").mkdir()
+    cfg_file = tmp_path / "cfg" / "c.json"
+    cfg_file.write_text(json.dumps({"data_root": "../data"}))
+    monkeypatch.chdir("/")
+    cfg = load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file)])
+    assert cfg.data_root == str(tmp_path / "data")
+
+
+def test_bad_config_exits_with_file_name(tmp_path):
+    cfg_file = tmp_path / "bad.json"
+    cfg_file.write_text("{not json")
+    with pytest.raises(SystemExit, match="bad.json"):
+        load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file)])
+
+
+def test_resolved_config_round_trip(tmp_path):
+    cfg = parse_config(Task3TrainConfig, {"fusion_tokens": 2})
+    path = save_resolved_config(cfg, tmp_path)
+    again = parse_config(Task3TrainConfig, json.loads(path.read_text()))
+    assert again == cfg
