@@ -1,0 +1,79 @@
+"""Report on a data index: counts, label balance, size histogram, every problem; optional leakage check.
+
+    python Qwen_code/check_data.py --index <root>/data/trainingset2/train_idx.json --data-root <root>/data
+    python Qwen_code/check_data.py --index train_idx.json --other-index val_idx.json --no-files
+
+Exit code 1 when any index has problems or, with --other-index, when a video appears in both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qwen_forensics.data.records import load_index, video_overlap
+from qwen_forensics.data.validate import validate_records
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, type=Path, help="index JSON (annotation.json, train_idx.json, ...)")
+    parser.add_argument("--data-root", type=Path, help="folder the index paths are relative to (<root>/data); needed unless --no-files")
+    parser.add_argument("--other-index", type=Path, help="second index: report its records whose video also appears in --index")
+    parser.add_argument("--no-files", action="store_true", help="check only what the index says (no image files needed)")
+    parser.add_argument("--json-out", type=Path, help="also write the full report as JSON here")
+    parser.add_argument("--top-sizes", type=int, default=10, help="how many image sizes to list (default 10)")
+    args = parser.parse_args(argv)
+    if args.data_root is None and not args.no_files:
+        parser.error("--data-root is required to check image files (or pass --no-files for an index-only check)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data_root = args.data_root if args.data_root is not None else Path(".")
+    paths = [args.index] + ([args.other_index] if args.other_index else [])
+    reports = []
+    for path in paths:
+        try:
+            records = load_index(path)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        report = validate_records(records, data_root, check_files=not args.no_files, source=str(path))
+        print(report.summary(top_sizes=args.top_sizes))
+        print()
+        reports.append(report)
+
+    result = {"reports": [r.to_dict() for r in reports]}
+    leaked = 0
+    if args.other_index:
+        overlap = video_overlap(reports[0].records, reports[1].records)
+        leaked = overlap.num_records
+        print(
+            f"video overlap: {overlap.num_records} of {reports[1].num_records} records in {args.other_index} "
+            f"come from {overlap.num_videos} of {overlap.total_videos_b} videos that also appear in {args.index}"
+        )
+        for video in overlap.videos[:20]:
+            print(f"  {video}")
+        if overlap.num_videos > 20:
+            print(f"  ... {overlap.num_videos - 20} more (see --json-out)")
+        if leaked:
+            print("fix: re-split grouped by video with python Qwen_code/make_split.py")
+        result["overlap"] = {
+            "num_records": overlap.num_records,
+            "num_videos": overlap.num_videos,
+            "total_videos_other": overlap.total_videos_b,
+            "videos": list(overlap.videos),
+            "records": [{"index": r.index, **r.to_json()} for r in overlap.records],
+        }
+
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 1 if leaked or any(not r.ok for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Up-front validation of a whole index, and the bad-sample policy.
+
+Every record is checked before training or evaluation starts and every problem is collected, so one
+run shows all that is wrong with a data set instead of the first crash hours in.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .records import Record
+
+# Problem kinds (short codes used in reports and skipped_records.json).
+EMPTY_INDEX = "empty_index"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+TRUNCATED_IMAGE = "truncated_image"
+MISSING_MASK = "missing_mask"
+UNREADABLE_MASK = "unreadable_mask"
+TRUNCATED_MASK = "truncated_mask"
+BAD_SIZE_STRING = "bad_hxw"
+BAD_LABEL = "bad_label"
+SIZE_MISMATCH = "size_mismatch"
+DUPLICATE = "duplicate"
+
+POLICIES = ("fail", "skip")
+SKIPPED_FILE = "skipped_records.json"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one record (``index`` None for index-wide problems)."""
+
+    index: int | None
+    image_path: str
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = "index" if self.index is None else f"record {self.index} ({self.image_path})"
+        return f"[{self.kind}] {where}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """Everything learned about an index: problems, counts, label balance, size histogram.
+
+    ``size_histogram`` counts ``"HxW"`` image sizes: read from the files when files were checked,
+    otherwise only the reals' ``"HxW"`` strings are known (fakes carry no size in the index).
+    ``num_skipped`` is filled in by `apply_bad_sample_policy`, for the metrics.
+    """
+
+    source: str
+    records: list[Record]
+    problems: list[Problem]
+    label_counts: dict[int, int]
+    size_histogram: dict[str, int]
+    image_sizes: dict[int, tuple[int, int]]
+    files_checked: bool
+    num_skipped: int = 0
+
+    @property
+    def num_records(self) -> int:
+        return len(self.records)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_indices(self) -> set[int]:
+        return {p.index for p in self.problems if p.index is not None}
+
+    def problem_counts(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems))
+
+    def summary(self, top_sizes: int = 10) -> str:
+        """Human-readable report (the text check_data.py prints)."""
+        n = self.num_records
+        lines = [f"index: {self.source}", f"records: {n}" + ("" if self.files_checked else " (index only, files not checked)")]
+        for label, count in sorted(self.label_counts.items()):
+            share = 100.0 * count / n if n else 0.0
+            lines.append(f"  label {label}: {count} ({share:.1f}%)")
+        hist = sorted(self.size_histogram.items(), key=lambda kv: (-kv[1], kv[0]))
+        basis = "image files" if self.files_checked else "reals' HxW"
+        lines.append(f"sizes ({basis}, {len(hist)} distinct, top {min(top_sizes, len(hist))}):")
+        lines.extend(f"  {size}: {count}" for size, count in hist[:top_sizes])
+        if self.ok:
+            lines.append("problems: none")
+        else:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.problem_counts().items()))
+            lines.append(f"problems: {len(self.problems)} in {len(self.bad_indices)} records ({counts})")
+            lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "num_records": self.num_records,
+            "files_checked": self.files_checked,
+            "label_counts": {str(k): v for k, v in sorted(self.label_counts.items())},
+            "size_histogram": dict(sorted(self.size_histogram.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "problem_counts": self.problem_counts(),
+            "problems": [vars(p) for p in self.problems],
+            "num_skipped": self.num_skipped,
+        }
+
+
+def _inspect_image(path: Path) -> tuple[tuple[int, int] | None, str | None, str]:
+    """Return ``((h, w), None, "")`` for a good file, else ``(size_or_None, failure, detail)``.
+
+    The size comes from the header (cheap); the full decode is what catches a truncated JPEG. JPEG
+    `draft` decodes at 1/8 scale, which still reads the whole entropy-coded stream (so truncation
+    is still detected) while skipping most of the inverse DCT and colour work.
+    """
+    if not path.is_file():
+        return None, "missing", f"file {path} does not exist"
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            try:
+                img.load()
+            except (OSError, SyntaxError) as err:
+                return (h, w), "truncated", f"{path} fails to decode fully ({err})"
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        return None, "unreadable", f"{path} cannot be read as an image ({err})"
+    return (h, w), None, ""
+
+
+def _fmt(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _default_workers() -> int:
+    # Decoding releases the GIL, so threads overlap file reads and decodes.
+    return min(8, (os.cpu_count() or 1) * 2)
+
+
+def validate_records(
+    records: list[Record],
+    data_root: str | os.PathLike,
+    *,
+    check_files: bool = True,
+    source: str = "<index>",
+    workers: int | None = None,
+) -> ValidationReport:
+    """Check the whole index and collect every problem.
+
+    ``check_files=False`` checks only what the index itself says (labels, ``"HxW"`` strings, fake
+    records naming a mask, duplicates, emptiness); use it for an index whose images are not here.
+    ``source`` (the index file name) is carried into every message.
+    """
+    data_root = Path(data_root)
+    if len({r.index for r in records}) != len(records):
+        raise ValueError(f"{source}: record indices are not unique; validate one index file at a time (load_index numbers records by position).")
+    problems: list[Problem] = []
+
+    def add(rec: Record | None, kind: str, message: str) -> None:
+        problems.append(Problem(None if rec is None else rec.index, "" if rec is None else rec.image_path, kind, message))
+
+    if not records:
+        add(None, EMPTY_INDEX, f"{source} contains no records; point the config at a non-empty index.")
+
+    first_seen: dict[str, Record] = {}
+    for rec in records:
+        if rec.label not in (0, 1):
+            add(rec, BAD_LABEL, f"label {rec.label!r} is not 0 (real) or 1 (fake)")
+        if rec.label == 0 and rec.mask_size is None:
+            add(rec, BAD_SIZE_STRING, f'real record needs mask_path "HxW" (height x width, e.g. "720x1280"), got {rec.mask_path!r}')
+        if rec.label == 1 and rec.mask_path is None:
+            got = _fmt(rec.mask_size) if rec.mask_size else None
+            add(rec, MISSING_MASK, f"fake record needs mask_path naming a mask image, got {got!r}")
+        if rec.image_path == "":
+            add(rec, MISSING_IMAGE, "image_path is empty")
+        earlier = first_seen.get(rec.image_path)
+        if earlier is not None and rec.image_path:
+            clash = "" if earlier.label == rec.label else f" with a different label ({earlier.label} vs {rec.label})"
+            add(rec, DUPLICATE, f"same image_path as record {earlier.index}{clash}")
+        else:
+            first_seen.setdefault(rec.image_path, rec)
+
+    image_sizes: dict[int, tuple[int, int]] = {}
+    if check_files:
+        to_check = [r for r in records if r.image_path]
+        fake_masks = [r for r in records if r.label == 1 and r.mask_path]
+        paths = [data_root / r.image_path for r in to_check] + [data_root / r.mask_path for r in fake_masks]
+        with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
+            results = list(pool.map(_inspect_image, paths))
+        image_result = dict(zip((r.index for r in to_check), results[: len(to_check)]))
+        mask_result = dict(zip((r.index for r in fake_masks), results[len(to_check):]))
+        image_kinds = {"missing": MISSING_IMAGE, "unreadable": UNREADABLE_IMAGE, "truncated": TRUNCATED_IMAGE}
+        mask_kinds = {"missing": MISSING_MASK, "unreadable": UNREADABLE_MASK, "truncated": TRUNCATED_MASK}
+        for rec in records:
+            size, failure, detail = image_result.get(rec.index, (None, None, ""))
+            mask_size, mask_failure, mask_detail = mask_result.get(rec.index, (None, None, ""))
+            if failure is not None:
+                add(rec, image_kinds[failure], detail)
+            if mask_failure is not None:
+                add(rec, mask_kinds[mask_failure], mask_detail)
+            if size is None:
+                continue
+            image_sizes[rec.index] = size
+            if rec.label == 0 and rec.mask_size is not None and rec.mask_size != size:
+                add(rec, SIZE_MISMATCH, f'mask_path says "{_fmt(rec.mask_size)}" but the image is {_fmt(size)} (HxW)')
+            if mask_size is not None and mask_size != size:
+                add(rec, SIZE_MISMATCH, f"mask {rec.mask_path} is {_fmt(mask_size)} but the image is {_fmt(size)} (HxW)")
+        size_histogram = Counter(_fmt(s) for s in image_sizes.values())
+    else:
+        size_histogram = Counter(_fmt(r.mask_size) for r in records if r.label == 0 and r.mask_size is not None)
+
+    problems.sort(key=lambda p: (-1 if p.index is None else p.index))
+    return ValidationReport(
+        source=source,
+        records=list(records),
+        problems=problems,
+        label_counts=dict(Counter(r.label for r in records)),
+        size_histogram=dict(size_histogram),
+        image_sizes=image_sizes,
+        files_checked=check_files,
+    )
+
+
+def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str | os.PathLike) -> list[Record]:
+    """Act on a report: ``"fail"`` raises listing every problem; ``"skip"`` drops bad records.
+
+    With ``"skip"`` the dropped records and their reasons go to ``out_dir/skipped_records.json``
+    (written even when nothing was skipped, as evidence) and ``report.num_skipped`` is set.
+    Either way an index that leaves no usable record is an error.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"on_bad_sample must be one of {list(POLICIES)}, got {policy!r}.")
+    if policy == "fail" and not report.ok:
+        listing = "\n".join(f"  {p}" for p in report.problems)
+        raise ValueError(
+            f"{report.source}: {len(report.problems)} problem(s) in the index:\n{listing}\n"
+            f"Fix the data (python Qwen_code/check_data.py shows the same report), "
+            f'or set on_bad_sample "skip" to train/evaluate without these records.'
+        )
+    bad = report.bad_indices
+    good = [r for r in report.records if r.index not in bad]
+    if policy == "skip":
+        reasons: dict[int, list[dict]] = {}
+        for p in report.problems:
+            if p.index is not None:
+                reasons.setdefault(p.index, []).append({"kind": p.kind, "message": p.message})
+        skipped = [
+            {"index": r.index, "record": r.to_json(), "problems": reasons[r.index]}
+            for r in report.records
+            if r.index in bad
+        ]
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SKIPPED_FILE).write_text(
+            json.dumps({"source": report.source, "num_skipped": len(skipped), "skipped": skipped}, indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
+        report.num_skipped = len(skipped)
+    if not good:
+        raise ValueError(f"{report.source}: no usable records left ({len(report.problems)} problem(s)); fix the index.")
+    return good
