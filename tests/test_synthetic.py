@@ -238,3 +238,16 @@ def test_cli_writes_the_set_and_uses_the_root_override(tmp_path):
     again = subprocess.run(args + ["--root", str(env_root)], capture_output=True, text=True)
     assert again.returncode == 2
     assert "--overwrite" in again.stderr
+
+
+def test_draw_data_layout_writes_the_picture_from_any_cwd(tmp_path):
+    script = REPO / "Qwen_code" / "draw_data_layout.py"
+    out = tmp_path / "layout.png"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as img, Image.open(REPO / "image.png") as shipped:
+        assert img.format == "PNG" and img.size == shipped.size == (1500, 1051)
+        # Mostly white page with dark text: the drawing happened, not a blank canvas.
+        grey = np.asarray(img.convert("L"))
+        assert 0.005 < (grey < 100).mean() < 0.1
