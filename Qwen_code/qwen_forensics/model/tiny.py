@@ -1,0 +1,344 @@
+"""A tiny, randomly initialised Qwen2.5-VL written in the real Hugging Face on-disk format.
+
+The folder mirrors a downloaded ``Qwen2.5-VL-7B-Instruct`` file by file (flat ``config.json``,
+sharded safetensors with an index whose keys use the original ``visual.*`` / ``model.*`` prefixes,
+``generation_config.json``, byte-level BPE tokenizer with Qwen's special tokens and chat template,
+``preprocessor_config.json``), so tests and the demo exercise the same loading code as the 7B model.
+Only the sizes differ. Everything is deterministic given the seed: same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+# Qwen2.5-VL-Instruct's chat template, verbatim: the prompt layout (and therefore which token follows
+# "<|im_start|>assistant\n") must be the real one, or answer-token logic tested here would not carry over.
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen2's pre-tokenisation regex (from the released tokenizer.json).
+QWEN_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Qwen2.5-VL's added tokens in their released order; the bool is the tokenizer's "special" flag.
+QWEN_ADDED_TOKENS = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+)
+
+# Training text for the tiny BPE. The answer words appear often enough, with and without a leading
+# space and in both cases, that each becomes one learned token (checked after training).
+_CORPUS_LINES = (
+    "You are a helpful assistant.",
+    "Is this image real or fake? Answer with one word: Real or Fake.",
+    "Is this picture real or fake? Answer Real or Fake.",
+    "Real",
+    "Fake",
+    "real",
+    "fake",
+    "The answer is Real. The answer is Fake. It looks real. It looks fake.",
+    "A real photo of a face. A fake photo of a face. Real faces, fake faces.",
+    "This frame was taken from a video. Some frames are manipulated and some are not.",
+    "The manipulated region is marked in the mask. The mask shows which pixels were changed.",
+    "Look at the eyes, the mouth, the skin and the edges of the face.",
+    "The lighting is consistent and the texture is natural, so the image is real.",
+    "The blending boundary is visible around the jaw, so the image is fake.",
+    "Describe the image. What do you see in this picture?",
+    "There is a person in the image. The background is blurred.",
+    "Answer the question with a single word.",
+    "Yes. No. Maybe. I am not sure.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Picture 1: Video 1: image video frame mask label score",
+    "0 1 2 3 4 5 6 7 8 9 10 100 2025",
+    "Forgery detection asks whether a photograph has been edited, generated or swapped by a machine.",
+    "Localisation goes further and draws a heatmap over the pixels that were manipulated.",
+    "Deepfake methods replace the identity of a person while keeping the expression and the pose.",
+    "Compression artefacts, resampling traces and colour mismatches often betray an edited region.",
+    "A careful analyst compares shadows, reflections, hair strands, teeth, ears and glasses.",
+    "Training data contains thousands of frames extracted from short clips recorded indoors and outdoors.",
+    "Every sample carries a label: zero means authentic, one means tampered.",
+    "The vision transformer splits the picture into small patches and processes them in windows.",
+    "Attention layers exchange information between distant parts of the scene.",
+    "The language model reads the visual tokens together with the question and writes an answer.",
+    "Low rank adapters add a few trainable weights to a frozen network.",
+    "Validation metrics include accuracy, precision, recall, area under the curve and intersection over union.",
+    "Morning light fell across the kitchen table where a cup of coffee slowly cooled.",
+    "Children played football in the park until the evening rain began to fall.",
+    "The museum displayed paintings, sculptures and old maps of distant islands.",
+    "Engineers measured the temperature, pressure and humidity every hour during the experiment.",
+    "She opened the window, listened to the birds and wrote a long letter to her brother.",
+    "Mountains, rivers, forests and deserts cover different parts of the continent.",
+    "Please summarise the document, translate the title and count the paragraphs.",
+    "Numbers, dates and names must be checked twice before the report is published.",
+)
+_CORPUS_REPEATS = 20
+_ANSWER_WORDS = ("Real", "Fake", " Real", " Fake", "real", "fake")
+_BPE_VOCAB_SIZE = 1024
+
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+TEXT_DIMS = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+}
+VISION_DIMS = {
+    "depth": 8,
+    "hidden_size": 32,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "spatial_merge_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [3, 7],
+}
+MROPE_SECTION = [2, 3, 3]
+SHARD_COUNT = 2
+
+
+def build_tiny_tokenizer() -> Tokenizer:
+    """Byte-level BPE with Qwen2's normaliser / pre-tokeniser / decoder and Qwen's added tokens."""
+    tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=_BPE_VOCAB_SIZE,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(list(_CORPUS_LINES) * _CORPUS_REPEATS, trainer=trainer)
+    for word in _ANSWER_WORDS:
+        ids = tokenizer.encode(word).ids
+        if len(ids) != 1:
+            raise RuntimeError(f"tiny tokenizer: {word!r} became {len(ids)} tokens; extend _CORPUS_LINES")
+    tokenizer.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in QWEN_ADDED_TOKENS])
+    return tokenizer
+
+
+def _tokenizer_config(tokenizer: Tokenizer) -> dict:
+    added = {}
+    for text, special in QWEN_ADDED_TOKENS:
+        added[str(tokenizer.token_to_id(text))] = {
+            "content": text,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": special,
+        }
+    return {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": [text for text, special in QWEN_ADDED_TOKENS[1:14]],
+        "bos_token": None,
+        "chat_template": QWEN_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
+def _model_config(tokenizer: Tokenizer) -> dict:
+    """Flat legacy layout, exactly like the released Qwen2.5-VL-7B-Instruct config.json."""
+    ids = {text: tokenizer.token_to_id(text) for text, _ in QWEN_ADDED_TOKENS}
+    # Round the embedding table up (the 7B pads 151665 tokens to 152064) so that padding rows exist too.
+    vocab_size = math.ceil(tokenizer.get_vocab_size(with_added_tokens=True) / 64) * 64
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "attention_dropout": 0.0,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "vision_token_id": ids["<|vision_pad|>"],
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "hidden_act": "silu",
+        **TEXT_DIMS,
+        "initializer_range": 0.02,
+        "max_position_embeddings": 4096,
+        "max_window_layers": TEXT_DIMS["num_hidden_layers"],
+        "model_type": "qwen2_5_vl",
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 4096,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vision_config": {
+            **VISION_DIMS,
+            "hidden_act": "silu",
+            "in_chans": 3,
+            "out_hidden_size": TEXT_DIMS["hidden_size"],
+            "spatial_patch_size": VISION_DIMS["patch_size"],
+            "tokens_per_second": 2,
+        },
+        "rope_scaling": {"type": "mrope", "mrope_section": MROPE_SECTION},
+        "vocab_size": vocab_size,
+    }
+
+
+def _generation_config(config: dict) -> dict:
+    """Same settings as the 7B release (near-greedy sampling), so eval code must handle them."""
+    return {
+        "bos_token_id": config["bos_token_id"],
+        "pad_token_id": config["bos_token_id"],
+        "do_sample": True,
+        "eos_token_id": [config["eos_token_id"], config["bos_token_id"]],
+        "repetition_penalty": 1.05,
+        "temperature": 0.1,
+        "top_p": 0.001,
+        "top_k": 1,
+    }
+
+
+def _preprocessor_config() -> dict:
+    return {
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "patch_size": VISION_DIMS["patch_size"],
+        "temporal_patch_size": VISION_DIMS["temporal_patch_size"],
+        "merge_size": VISION_DIMS["spatial_merge_size"],
+        "image_mean": IMAGE_MEAN,
+        "image_std": IMAGE_STD,
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+
+
+def _original_key(name: str) -> str:
+    """transformers 5 module names -> the key names stored in Qwen's released checkpoints."""
+    if name.startswith("model.visual."):
+        return name[len("model.") :]
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model.") :]
+    return name
+
+
+def _init_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Fan-in scaled normal weights.
+
+    The config's initializer_range (0.02, the 7B's) keeps activations tiny at width 32/64, which makes
+    the last-position logits almost independent of the image. Scaling by 1/sqrt(fan_in) keeps every
+    layer's output at unit scale, so images change the answer logits visibly.
+    """
+    model_config = Qwen2_5_VLConfig(**config)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(model_config)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, param in sorted(model.state_dict().items()):
+        if param.dim() == 1 and not name.endswith(".bias"):
+            value = torch.ones(param.shape)
+        elif name.endswith(".bias"):
+            value = torch.randn(param.shape, generator=generator) * 0.02
+        else:
+            # Embedding rows are looked up, not summed over, so they get unit variance.
+            fan_in = 1 if name.endswith("embed_tokens.weight") else math.prod(param.shape[1:])
+            value = torch.randn(param.shape, generator=generator) / math.sqrt(fan_in)
+        state[_original_key(name)] = value.to(torch.bfloat16).contiguous()
+    return state
+
+
+def _write_shards(state: dict[str, torch.Tensor], out_dir: Path) -> None:
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    per_shard = math.ceil(total / SHARD_COUNT)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        nbytes = state[key].numel() * state[key].element_size()
+        if size + nbytes > per_shard and shards[-1] and len(shards) < SHARD_COUNT:
+            shards.append({})
+            size = 0
+        shards[-1][key] = state[key]
+        size += nbytes
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out_dir / file_name), metadata={"format": "pt"})
+        weight_map.update({key: file_name for key in shard})
+    _write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Qwen2.5-VL-Instruct folder to ``out_dir`` (created if needed) and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.save(str(out / "tokenizer.json"))
+    tokenizer.model.save(str(out), None)
+    _write_json(out / "tokenizer_config.json", _tokenizer_config(tokenizer))
+    _write_json(out / "chat_template.json", {"chat_template": QWEN_CHAT_TEMPLATE})
+    _write_json(out / "preprocessor_config.json", _preprocessor_config())
+    config = _model_config(tokenizer)
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", _generation_config(config))
+    _write_shards(_init_state_dict(config, seed), out)
+    return out
