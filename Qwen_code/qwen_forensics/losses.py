@@ -1,0 +1,126 @@
+"""Joint loss of the forensic heads (SPEC 3).
+
+    total = lambda_cls * BCE(cls_logit, label)
+          + lambda_evi * (evi_alpha * BCE(heatmap, target) + (1 - evi_alpha) * Dice(heatmap, target))
+          + lambda_sparse * mean(sigmoid(heatmap))
+          + lambda_contrast * (mean heatmap prob on reals - mean heatmap prob on fakes)
+
+Target: the binarised mask at image resolution is area-averaged onto the heatmap's patch grid, so
+each cell's soft target is the fraction of that patch the manipulation covers (BCE accepts soft
+targets; the same soft target enters Dice).
+
+Choices:
+- Evidence BCE averages over every cell of every image: reals (all-zero target) teach "no evidence".
+- Dice is a per-image soft Dice averaged over the images whose target is non-empty (fakes with a
+  mask). On an empty target Dice is 1 for any non-zero prediction and its gradient only pushes the
+  sum of probabilities down, which BCE already does; so reals, and fakes whose mask binarised to
+  nothing, are left out of Dice. A batch without such images has Dice 0.
+- The contrast term needs both classes; with only reals or only fakes in the batch it is 0.
+- Defaults: lambda_cls = lambda_evi = 1, evi_alpha = 0.5, and the two regularisers off
+  (lambda_sparse = lambda_contrast = 0): both push against localisation (sparse lowers every cell,
+  contrast raises every cell of a fake), so they are opt-in via the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ForensicLossWeights", "forensic_loss", "mask_to_grid", "soft_dice"]
+
+
+@dataclass
+class ForensicLossWeights:
+    lambda_cls: float = 1.0
+    lambda_evi: float = 1.0
+    lambda_sparse: float = 0.0
+    lambda_contrast: float = 0.0
+    evi_alpha: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.evi_alpha <= 1.0:
+            raise ValueError(f"evi_alpha must lie in [0, 1], got {self.evi_alpha}; fix evi_alpha in the config")
+        for name in ("lambda_cls", "lambda_evi", "lambda_sparse", "lambda_contrast"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}; fix {name} in the config")
+
+
+def mask_to_grid(mask: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """[B, S_h, S_w] mask in [0, 1] -> [B, H, W]: fraction of each patch covered (exact area mean)."""
+    if mask.dim() != 3:
+        raise ValueError(f"target mask must be [B, H, W] at image resolution, got shape {tuple(mask.shape)}")
+    h, w = grid_hw
+    if mask.shape[1] % h or mask.shape[2] % w:
+        raise ValueError(
+            f"mask size {tuple(mask.shape[1:])} is not a multiple of the heatmap grid {(h, w)}: "
+            f"image_size must be a multiple of patch_size"
+        )
+    return F.avg_pool2d(mask.unsqueeze(1).float(), kernel_size=(mask.shape[1] // h, mask.shape[2] // w)).squeeze(1)
+
+
+def soft_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Per-image soft Dice loss 1 - (2 sum pt + eps) / (sum p + sum t + eps), shape [B]."""
+    dims = tuple(range(1, prob.dim()))
+    inter = (prob * target).sum(dims)
+    return 1.0 - (2.0 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
+
+
+def forensic_loss(
+    cls_logit: torch.Tensor,
+    heatmap_logit: torch.Tensor,
+    target_mask: torch.Tensor,
+    labels: torch.Tensor,
+    weights: ForensicLossWeights,
+) -> dict[str, torch.Tensor]:
+    """Loss terms and weighted `total` for one batch.
+
+    cls_logit [B], heatmap_logit [B, H, W], target_mask [B, S, S] in [0, 1] at image resolution,
+    labels [B] (1 = fake). Returns unweighted terms `cls`, `evi_bce`, `evi_dice`, `evi`, `sparse`,
+    `contrast` and the weighted `total` (scalars).
+    """
+    batch = cls_logit.shape[0]
+    if cls_logit.shape != (batch,) or heatmap_logit.dim() != 3 or heatmap_logit.shape[0] != batch:
+        raise ValueError(
+            f"expected cls_logit [B] and heatmap_logit [B, H, W], got {tuple(cls_logit.shape)} and "
+            f"{tuple(heatmap_logit.shape)}"
+        )
+    if labels.shape != (batch,) or target_mask.shape[0] != batch:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} / target_mask {tuple(target_mask.shape)} do not match batch {batch}"
+        )
+    cls_logit = cls_logit.float()
+    heatmap_logit = heatmap_logit.float()
+    labels = labels.to(device=cls_logit.device, dtype=torch.float32)
+    target = mask_to_grid(target_mask.to(heatmap_logit.device), tuple(heatmap_logit.shape[1:]))
+
+    loss_cls = F.binary_cross_entropy_with_logits(cls_logit, labels)
+    evi_bce = F.binary_cross_entropy_with_logits(heatmap_logit, target)
+    prob = torch.sigmoid(heatmap_logit)
+    has_target = target.flatten(1).sum(1) > 0
+    zero = heatmap_logit.sum() * 0.0
+    evi_dice = soft_dice(prob[has_target], target[has_target]).mean() if has_target.any() else zero
+    evi = weights.evi_alpha * evi_bce + (1.0 - weights.evi_alpha) * evi_dice
+    sparse = prob.mean()
+    per_image = prob.flatten(1).mean(1)
+    fake = labels > 0.5
+    if fake.any() and (~fake).any():
+        contrast = per_image[~fake].mean() - per_image[fake].mean()
+    else:
+        contrast = zero
+    total = (
+        weights.lambda_cls * loss_cls
+        + weights.lambda_evi * evi
+        + weights.lambda_sparse * sparse
+        + weights.lambda_contrast * contrast
+    )
+    return {
+        "cls": loss_cls,
+        "evi_bce": evi_bce,
+        "evi_dice": evi_dice,
+        "evi": evi,
+        "sparse": sparse,
+        "contrast": contrast,
+        "total": total,
+    }
