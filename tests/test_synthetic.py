@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from qwen_forensics.synthetic import (
-    DEFAULT_SIZES,
-    MARKER_NAME,
-    STRONG_KINDS,
-    make_demo_dataset,
-    video_key,
-)
+from qwen_forensics.data.masks import binarize_mask
+from qwen_forensics.data.records import load_index, video_key
+from qwen_forensics.data.validate import validate_records
+from qwen_forensics.synthetic import DEFAULT_SIZES, MARKER_NAME, STRONG_KINDS, make_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_NAME = re.compile(r"^([1-9]|1[0-5])__[0-9a-f]{32}__[0-9a-f]{32}__frame\d{5}\.jpg$")
@@ -41,9 +38,7 @@ def _all_records(data: Path) -> list[dict]:
 
 
 def _binarise(mask: Image.Image) -> np.ndarray:
-    """The SPEC's rule: scale to [0, 1], keep pixels >= 0.2 * p99 of that mask."""
-    m = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    return m >= 0.2 * np.percentile(m, 99)
+    return binarize_mask(np.asarray(mask.convert("L")))
 
 
 def _shrink(img: Image.Image, long_side: int = 224) -> Image.Image:
@@ -130,6 +125,15 @@ def test_images_masks_and_sizes(demo):
     assert set(frames_per_video.values()) == {4}
 
 
+def test_the_data_layer_accepts_every_index(demo):
+    data, _ = demo
+    for index in ("trainingset2/annotation.json", "trainingset2/train_idx.json",
+                  "trainingset2/val_idx.json", "testset2/annotation.json"):
+        report = validate_records(load_index(data / index), data, source=index, workers=1)
+        assert report.ok, [str(p) for p in report.problems]
+        assert report.label_counts[0] == report.label_counts[1] > 0
+
+
 def test_split_is_grouped_by_video_and_balanced(demo):
     data, _ = demo
     train_all = _load(data / "trainingset2" / "annotation.json")
@@ -152,7 +156,8 @@ def test_manipulations_survive_shrinking_to_224(demo):
     """Shrunk to 224 on the long side, the strong kinds stand out by >= 40 grey levels while the
     same statistic on real frames (with a borrowed fake mask) stays <= 25; checkerboards keep their
     texture (std inside >= 30: 1-px cells blur to <= 9.1); every region keeps >= 2% of the shrunk
-    frame. Measured at seed 0: strong >= 47, control <= 17.4, checker std >= 42.7, region >= 4.6%."""
+    frame. Measured over seeds 0-4: strong >= 47.1, control <= 21.3, checker std >= 42.1,
+    region >= 3.8% (seed 0 is what runs here)."""
     data, _ = demo
     kinds = _load(data / MARKER_NAME)["kinds"]
     records = _all_records(data)

@@ -36,6 +36,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .data.records import video_key
+
 MARKER_NAME = ".synthetic_demo.json"
 
 # (height, width): landscape, portrait and square, 240x320 up to 720x1280 as in the user's set.
@@ -81,11 +83,6 @@ class _Video:
 
     def file_name(self, frame: int) -> str:
         return f"{self.stem}__frame{frame:05d}.jpg"
-
-
-def video_key(file_name: str) -> str:
-    """Video identity of a frame: the file name (without folders) before ``__frame``."""
-    return Path(file_name).name.split("__frame")[0]
 
 
 def make_demo_dataset(
@@ -216,9 +213,11 @@ def _plan_split(rng, split, n_images, sizes, frames_per_video, kind_weights, use
     if per_class % frames_per_video:
         lengths.append(per_class % frames_per_video)
     kinds = _allocate_kinds(rng, len(lengths), kind_weights)
+    # Fake video v and real video v share a size, so image size and aspect (visible as letterbox
+    # padding) carry no label information.
+    size_order = [sizes[i] for i in rng.permutation(len(sizes))]
     videos = []
     for label in (1, 0):
-        size_order = [sizes[i] for i in rng.permutation(len(sizes))]
         for v, n_frames in enumerate(lengths):
             if label == 1:
                 method = int(rng.integers(1, 16))
