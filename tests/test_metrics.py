@@ -55,7 +55,12 @@ def test_single_class_gives_nan_flag_not_crash():
 
 @pytest.mark.parametrize(
     "y, p, match",
-    [([], [], "empty"), ([0, 1], [0.1], "must match"), ([0, 2], [0.1, 0.2], "only 0"), ([0, 1], [0.1, float("nan")], "non-finite")],
+    [
+        ([], [], "empty"),
+        ([0, 1], [0.1], "must match"),
+        ([0, 2], [0.1, 0.2], "only 0"),
+        ([0, 1], [0.1, float("nan")], "non-finite"),
+    ],
 )
 def test_image_metrics_bad_input(y, p, match):
     with pytest.raises(ValueError, match=match):

@@ -154,7 +154,8 @@ def image_report(y_true: Any, p_fake: Any, *, tuned_threshold: float | None = No
     ``@tuned`` entries and ``threshold`` are NaN so that CSV columns stay stable across runs.
     """
     at_half = image_metrics(y_true, p_fake, threshold=0.5)
-    report = {k: at_half[k] for k in ("samples", "positive_ratio", "num_fake", "num_real", "single_class", "auroc", "ap")}
+    shared = ("samples", "positive_ratio", "num_fake", "num_real", "single_class", "auroc", "ap")
+    report = {k: at_half[k] for k in shared}
     report["acc@0.5"] = at_half["acc"]
     report["f1@0.5"] = at_half["f1"]
     if tuned_threshold is None:

@@ -93,7 +93,9 @@ def _check_indices(indices: Sequence[int], count: int, what: str) -> list[int]:
         raise ValueError(f"{what} indices must be a non-empty list of integers, got {indices!r}")
     bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
     if bad:
-        raise ValueError(f"invalid {what} indices {bad}: the model has {count} {what}s, valid indices are 0..{count - 1}")
+        raise ValueError(
+            f"invalid {what} indices {bad}: the model has {count} {what}s, valid indices are 0..{count - 1}"
+        )
     duplicates = sorted({i for i in indices if list(indices).count(i) > 1})
     if duplicates:
         raise ValueError(f"{what} indices listed twice: {duplicates}")
