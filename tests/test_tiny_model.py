@@ -112,6 +112,7 @@ def test_load_model_dtype_eval_and_accessors(tiny_dir):
     model = load_model(tiny_dir)
     assert not model.training
     assert next(model.parameters()).dtype == torch.bfloat16
+    assert next(load_model(tiny_dir, dtype="float32", device="cpu").parameters()).device == torch.device("cpu")
     assert get_visual(model) is model.model.visual
     assert get_language_model(model) is model.model.language_model
     with pytest.raises(AttributeError, match="model.visual"):

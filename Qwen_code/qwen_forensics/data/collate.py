@@ -1,0 +1,146 @@
+"""Batches of (image, label) items turned into Qwen2.5-VL inputs through the model's own processor.
+
+Every row is the chat-templated prompt (``prompts.prompt_text_for``) with one image. Two modes:
+
+- inference (``answers=None``): the prompt ends with the assistant header; the logits at
+  ``answer_positions`` predict the answer token. With the default left padding that is the last
+  position of every row, the same position ``generate`` reads first.
+- LM training (``answers={0: "Real", 1: "Fake"}``): each row's answer word, chosen by its label, and the
+  end-of-turn token (the tokenizer's eos, "<|im_end|>" for Qwen) are appended. ``labels`` is -100
+  everywhere except those tokens. The end-of-turn token is supervised so that a trained model stops
+  after the word when it is asked through ``generate``; ``answer_positions`` still points at the
+  position whose logits predict the first answer token (the one eval reads).
+
+Extra keys next to the processor's output: ``target`` (image-level 0/1 labels, int64),
+``answer_positions`` (int64 [B]) and, in training mode, ``labels``. ``model_inputs`` strips the
+first two before calling the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from qwen_forensics.prompts import prompt_text_for
+
+IGNORE_INDEX = -100
+EXTRA_KEYS = ("target", "answer_positions")
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the collator's bookkeeping keys, ready for ``model(**inputs)``."""
+    return {key: value for key, value in batch.items() if key not in EXTRA_KEYS}
+
+
+class VisionLanguageCollator:
+    """Collate ``[{"image": PIL.Image, "label": 0|1, ...}, ...]`` into model inputs.
+
+    Images must already be letterboxed to the size the processor was loaded for
+    (``loader.load_processor(model_path, image_size)``); the collator does not resize.
+    """
+
+    def __init__(
+        self,
+        processor,
+        prompt_text: str,
+        *,
+        answers: Mapping[int, str] | None = None,
+        padding_side: str = "left",
+    ) -> None:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if answers is not None and set(answers) != {0, 1}:
+            raise ValueError(f"answers must map both labels 0 (real) and 1 (fake) to a word, got keys {sorted(answers)}")
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.prompt = prompt_text_for(processor, prompt_text)
+        self.padding_side = padding_side
+        self.answers = dict(answers) if answers is not None else None
+        self._suffixes: dict[int, str] = {}
+        self._answer_lengths: dict[int, int] = {}
+        if self.answers is not None:
+            end_of_turn = self.tokenizer.eos_token
+            if not end_of_turn:
+                raise ValueError("the tokenizer has no eos_token to close the assistant turn; check tokenizer_config.json")
+            self._suffixes = {label: word + end_of_turn for label, word in self.answers.items()}
+            self._answer_lengths = {label: self._suffix_length(suffix) for label, suffix in self._suffixes.items()}
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _suffix_length(self, suffix: str) -> int:
+        """Token count of the answer; tokenising it alone must give the same tokens as after the prompt."""
+        prompt_ids, suffix_ids = self._encode(self.prompt), self._encode(suffix)
+        if self._encode(self.prompt + suffix) != prompt_ids + suffix_ids:
+            raise ValueError(
+                f"answer text {suffix!r} does not tokenise the same on its own as after the prompt, so the "
+                "supervised tokens cannot be located; choose an answer word without leading whitespace"
+            )
+        if len(suffix_ids) < 2:
+            raise ValueError(f"answer text {suffix!r} is empty; give a non-empty answer word for each label")
+        return len(suffix_ids)
+
+    def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        for index, item in enumerate(items):
+            missing = [key for key in ("image", "label") if key not in item]
+            if missing:
+                raise KeyError(f"batch item {index} lacks {missing}; items need 'image' (PIL image) and 'label' (0/1)")
+            if int(item["label"]) not in (0, 1):
+                raise ValueError(f"batch item {index} has label {item['label']!r}; labels must be 0 (real) or 1 (fake)")
+        labels = [int(item["label"]) for item in items]
+        if self.answers is None:
+            texts = [self.prompt] * len(items)
+            answer_lengths = [0] * len(items)
+        else:
+            texts = [self.prompt + self._suffixes[label] for label in labels]
+            answer_lengths = [self._answer_lengths[label] for label in labels]
+        batch = dict(
+            self.processor(
+                text=texts,
+                images=[item["image"] for item in items],
+                padding=True,
+                padding_side=self.padding_side,
+                return_tensors="pt",
+            )
+        )
+        attention_mask = batch["attention_mask"]
+        positions = torch.arange(attention_mask.shape[1])
+        last_token = (positions * attention_mask).amax(dim=1)
+        lengths = torch.tensor(answer_lengths)
+        # Causal LM: the logits at position p predict token p + 1, so the first answer token (at
+        # last_token - length + 1) is predicted at last_token - length; with no answer, at last_token.
+        batch["answer_positions"] = last_token - lengths
+        batch["target"] = torch.tensor(labels, dtype=torch.long)
+        if self.answers is not None:
+            lm_labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+            for row, (end, length) in enumerate(zip(last_token.tolist(), answer_lengths)):
+                lm_labels[row, end - length + 1 : end + 1] = batch["input_ids"][row, end - length + 1 : end + 1]
+            batch["labels"] = lm_labels
+        return batch
+
+
+class ImageBatchCollator:
+    """Collate ForgeryDataset items for the vision tower alone (Task 1): no prompt, no LM inputs.
+
+    Returns ``pixel_values`` and ``image_grid_thw`` from the model's image processor, the stacked
+    training ``mask`` [B, S, S], image-level ``labels`` [B] and ``position`` [B] (index into the
+    dataset, used to order outputs gathered across processes).
+    """
+
+    def __init__(self, processor) -> None:
+        self.image_processor = getattr(processor, "image_processor", processor)
+
+    def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        batch = dict(self.image_processor(images=[item["image"] for item in items], return_tensors="pt"))
+        return {
+            "pixel_values": batch["pixel_values"],
+            "image_grid_thw": batch["image_grid_thw"],
+            "mask": torch.stack([item["mask"] for item in items]),
+            "labels": torch.tensor([int(item["label"]) for item in items], dtype=torch.float32),
+            "position": torch.tensor([int(item["position"]) for item in items], dtype=torch.long),
+        }

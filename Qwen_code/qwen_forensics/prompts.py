@@ -1,0 +1,60 @@
+"""The Real/Fake question and the answer tokens read from the model (SPEC 6.3).
+
+With Qwen's chat template the answer starts right after "<|im_start|>assistant\\n", at the start of a
+pre-token, so "Fake" (no leading space) is the token the model emits; " Fake" is a different token.
+Train and eval both take the answer token ids from ``answer_token_id``, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+DEFAULT_PROMPT = "Is this image real or fake? Answer with one word: Real or Fake."
+DEFAULT_FAKE_TOKEN = "Fake"
+DEFAULT_REAL_TOKEN = "Real"
+
+
+def build_messages(prompt_text: str) -> list[dict]:
+    """One user turn: the image first, then the question (the order Qwen2.5-VL was tuned with)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]
+
+
+def prompt_text_for(processor, prompt_text: str) -> str:
+    """The full chat-templated prompt, ending with the assistant header the answer follows."""
+    return processor.apply_chat_template(build_messages(prompt_text), tokenize=False, add_generation_prompt=True)
+
+
+def _tokenizer_of(tokenizer_or_processor):
+    return getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def answer_token_id(tokenizer, word: str) -> int:
+    """The single token id the chat template puts right after the assistant header for ``word``.
+
+    ``tokenizer`` may be a tokenizer or a processor (whose chat template is then used). The id is
+    found by tokenising the templated prompt with and without ``word`` appended; the difference must
+    be exactly one token.
+    """
+    prompt = prompt_text_for(tokenizer, DEFAULT_PROMPT)
+    tokenizer = _tokenizer_of(tokenizer)
+    prompt_ids = _encode(tokenizer, prompt)
+    full_ids = _encode(tokenizer, prompt + word)
+    added = full_ids[len(prompt_ids) :]
+    if full_ids[: len(prompt_ids)] != prompt_ids or len(added) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(added) if full_ids[: len(prompt_ids)] == prompt_ids else "merged into the prompt"
+        raise ValueError(
+            f"answer word {word!r} is not a single token after the assistant header (it becomes {pieces}). "
+            f"Set fake_token/real_token in the config to words the tokenizer keeps whole, e.g. "
+            f"{DEFAULT_FAKE_TOKEN!r} / {DEFAULT_REAL_TOKEN!r} for Qwen2.5-VL (no leading space)."
+        )
+    return added[0]
+
+
+def answer_token_ids(tokenizer, fake: str = DEFAULT_FAKE_TOKEN, real: str = DEFAULT_REAL_TOKEN) -> tuple[int, int]:
+    """(fake_id, real_id); the two words must be different tokens."""
+    fake_id, real_id = answer_token_id(tokenizer, fake), answer_token_id(tokenizer, real)
+    if fake_id == real_id:
+        raise ValueError(f"fake word {fake!r} and real word {real!r} are the same token ({fake_id}); use two different words")
+    return fake_id, real_id
