@@ -64,6 +64,30 @@ def test_build_is_deterministic_and_seeded(tiny_dir, tmp_path):
     assert first["model-00001-of-00002.safetensors"] != second["model-00001-of-00002.safetensors"]
 
 
+def test_seed_0_weights_are_pinned(tiny_dir):
+    """Pinned values: the build must give the same model on every machine and library version."""
+    state = _read_all(tiny_dir)
+    expected = {
+        "lm_head.weight": [-0.140625, -0.14453125, -0.03125, -0.05419921875],
+        "visual.blocks.7.attn.qkv.weight": [-0.23828125, -0.080078125, -0.07763671875, 0.1689453125],
+        "visual.merger.mlp.2.weight": [0.0238037109375, 0.03271484375, -0.0267333984375, -0.0269775390625],
+    }
+    for key, values in expected.items():
+        assert state[key].dtype == torch.bfloat16
+        assert state[key].flatten()[:4].float().tolist() == values, key
+
+
+def test_build_refuses_a_folder_with_other_files(tiny_dir, tmp_path):
+    rebuilt = build_tiny_model(Path(shutil.copytree(tiny_dir, tmp_path / "rebuild")), seed=0)
+    assert _digests(rebuilt) == _digests(tiny_dir)
+    real = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    real.mkdir()
+    (real / "model-00001-of-00005.safetensors").write_bytes(b"weights")
+    with pytest.raises(FileExistsError, match="model-00001-of-00005.safetensors"):
+        build_tiny_model(real)
+    assert sorted(p.name for p in real.iterdir()) == ["model-00001-of-00005.safetensors"]
+
+
 def test_folder_has_the_released_layout(tiny_dir):
     names = {p.name for p in tiny_dir.iterdir()}
     assert names == {
@@ -154,7 +178,18 @@ def test_vision_tower_alone_equals_the_full_models_tower(tiny_dir):
         got = tower(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
     assert got.shape == (64, 64)
     torch.testing.assert_close(got, expected)
-    assert load_vision_tower(tiny_dir).patch_embed.proj.weight.dtype == torch.bfloat16
+
+
+def test_bf16_vision_tower_matches_the_bf16_full_model(tiny_dir):
+    model = load_model(tiny_dir)
+    tower = load_vision_tower(tiny_dir)
+    assert tower.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert tower.rotary_pos_emb.inv_freq.dtype == torch.float32
+    pixels = load_processor(tiny_dir, 112).image_processor(images=[_image(112, 112, 5)], return_tensors="pt")
+    with torch.no_grad():
+        expected = get_visual(model)(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
+        got = tower(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
+    assert torch.equal(got, expected)
 
 
 def test_vision_tower_reads_transformers5_prefix_from_one_file(tiny_dir, tmp_path):

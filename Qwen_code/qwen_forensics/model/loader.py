@@ -157,8 +157,10 @@ def load_vision_tower(
     ]
     if mismatched:
         raise RuntimeError(f"vision weights in {path} have the wrong shapes: {_summarise({'mismatched_keys': mismatched})}")
-    tower.load_state_dict(state, strict=True, assign=True)
-    tower.to(dtype=resolve_dtype(dtype))
+    # Cast the weights only: module.to(dtype) would also round the float32 rotary inv_freq buffers,
+    # which from_pretrained keeps in float32, and the tower would drift from the full model's.
+    torch_dtype = resolve_dtype(dtype)
+    tower.load_state_dict({key: value.to(torch_dtype) for key, value in state.items()}, strict=True, assign=True)
     if device is not None:
         tower.to(torch.device(device))
     return tower.eval()

@@ -304,6 +304,7 @@ def _init_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _write_shards(state: dict[str, torch.Tensor], out_dir: Path) -> None:
+    """Split by size into SHARD_COUNT files plus an index, like the 7B's five shards."""
     total = sum(t.numel() * t.element_size() for t in state.values())
     per_shard = math.ceil(total / SHARD_COUNT)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -315,9 +316,11 @@ def _write_shards(state: dict[str, torch.Tensor], out_dir: Path) -> None:
             size = 0
         shards[-1][key] = state[key]
         size += nbytes
+    if len(shards) != SHARD_COUNT:
+        raise RuntimeError(f"tiny model weights filled {len(shards)} shards instead of {SHARD_COUNT}")
     weight_map = {}
     for index, shard in enumerate(shards, start=1):
-        file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        file_name = _shard_name(index)
         save_file(shard, str(out_dir / file_name), metadata={"format": "pt"})
         weight_map.update({key: file_name for key in shard})
     _write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -327,9 +330,40 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _shard_name(index: int) -> str:
+    return f"model-{index:05d}-of-{SHARD_COUNT:05d}.safetensors"
+
+
+OUTPUT_FILES = frozenset(
+    {
+        "chat_template.json",
+        "config.json",
+        "generation_config.json",
+        "merges.txt",
+        "model.safetensors.index.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        *(_shard_name(index) for index in range(1, SHARD_COUNT + 1)),
+    }
+)
+
+
 def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny Qwen2.5-VL-Instruct folder to ``out_dir`` (created if needed) and return its path."""
+    """Write a tiny Qwen2.5-VL-Instruct folder to ``out_dir`` (created if needed) and return its path.
+
+    Rebuilding into a folder of an earlier tiny build overwrites it; a folder holding anything else
+    (a real model, say) is refused rather than clobbered.
+    """
     out = Path(out_dir)
+    if out.exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES) if out.is_dir() else [out.name]
+        if foreign:
+            raise FileExistsError(
+                f"{out} holds files a tiny-model build does not write ({', '.join(foreign[:5])}); "
+                "give an empty or new folder, or one written by an earlier tiny build"
+            )
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
     tokenizer.save(str(out / "tokenizer.json"))
