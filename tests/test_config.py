@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.config import (ConfigError, ROOT_ENV_VAR, load_config, parse_config, read_config_file,
-                                   save_resolved_config)
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.config import ConfigError, ROOT_ENV_VAR, load_config, parse_config, read_config_file
 from qwen_forensics.task_configs import SHIPPED_CONFIGS, Task1TrainConfig, Task3TrainConfig
 
 CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
@@ -92,6 +92,6 @@ def test_bad_config_exits_with_file_name(tmp_path):
 
 def test_resolved_config_round_trip(tmp_path):
     cfg = parse_config(Task3TrainConfig, {"fusion_tokens": 2})
-    path = save_resolved_config(cfg, tmp_path)
+    path = write_resolved_config(tmp_path, cfg)
     again = parse_config(Task3TrainConfig, json.loads(path.read_text()))
     assert again == cfg

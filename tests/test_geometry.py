@@ -199,7 +199,7 @@ def test_dataset_items(tmp_path):
     ds = ForgeryDataset([fake, real], tmp_path, image_size=112)
     assert len(ds) == 2
     item = ds[0]
-    assert set(item) == {"image", "mask", "label", "letterbox", "record"}
+    assert set(item) == {"image", "mask", "label", "letterbox", "record", "position"}
     lb = item["letterbox"]
     assert lb == letterbox_geometry(90, 160, 112) and item["record"] is fake and item["label"] == 1
     assert item["image"].size == (112, 112) and item["image"].mode == "RGB"

@@ -218,29 +218,3 @@ def load_config(cls: type[T], *, description: str, default_config: Path | None =
                             base_dir=Path(args.config).resolve().parent)
     except ConfigError as err:
         raise SystemExit(f"config error ({args.config}): {err}") from None
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_resolved_config(cfg: Any, out_dir: str | Path, name: str = "resolved_config.json") -> Path:
-    """Write the config actually used next to an output, so every result says how it was made."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    path.write_text(json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
-
-
-def describe(cls: type) -> str:
-    """Human-readable list of keys, types, defaults and help (for README and --help-config)."""
-    lines = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        if dataclasses.is_dataclass(default):
-            default = dataclasses.asdict(default)
-        lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {json.dumps(default)}): {f.metadata.get('help', '')}")
-    return "\n".join(lines)

@@ -76,8 +76,8 @@ class Task1TrainConfig:
     fuse_dim: int = option(512, "channels of the fused head features")
     lambda_cls: float = option(1.0, "weight of the image-level BCE")
     lambda_evi: float = option(1.0, "weight of the evidence (heatmap) loss")
-    lambda_sparse: float = option(0.01, "weight of the mean heatmap probability (sparsity)")
-    lambda_contrast: float = option(0.1, "weight of (mean prob on reals - mean prob on fakes)")
+    lambda_sparse: float = option(0.0, "weight of the mean heatmap probability (sparsity; off by default: it fights localisation)")
+    lambda_contrast: float = option(0.0, "weight of (mean prob on reals - mean prob on fakes) (off by default: it rewards whole-image heat)")
     evi_alpha: float = option(0.5, "evidence loss = alpha * BCE + (1 - alpha) * Dice")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail listing all, or skip and list them")
@@ -219,8 +219,8 @@ class LossWeights:
     lm: float = option(1.0, "LM answer loss")
     head_cls: float = option(1.0, "head image BCE")
     head_evi: float = option(1.0, "head evidence loss")
-    head_sparse: float = option(0.01, "head sparsity")
-    head_contrast: float = option(0.1, "head contrast")
+    head_sparse: float = option(0.0, "head sparsity")
+    head_contrast: float = option(0.0, "head contrast")
 
 
 @dataclass

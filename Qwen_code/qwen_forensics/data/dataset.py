@@ -16,7 +16,8 @@ from .records import Record
 class ForgeryDataset(Dataset):
     """Items are dicts: ``image`` (letterboxed PIL RGB, ``image_size`` square), ``mask`` (float32
     tensor [image_size, image_size]: the binarised mask, letterboxed with area weighting), ``label``,
-    ``letterbox`` (the geometry, for mapping predictions back) and ``record``.
+    ``letterbox`` (the geometry, for mapping predictions back), ``record`` and ``position`` (the item's
+index in ``records``: distributed evaluation orders gathered outputs by it).
 
     The mask is binarised at the original resolution before letterboxing (the one rule, applied
     once). The original-resolution ground truth is not carried in items; evaluation loads it with
@@ -47,5 +48,5 @@ class ForgeryDataset(Dataset):
                     f"but the image is {lb.orig_h}x{lb.orig_w}; run check_data.py and fix or skip it."
                 )
             mask = torch.from_numpy(letterbox_mask(binary, lb))
-        return {"image": image, "mask": mask, "label": rec.label, "letterbox": lb, "record": rec}
+        return {"image": image, "mask": mask, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
 

@@ -1,0 +1,94 @@
+"""Distributed-safe prediction with the forensic heads, and scoring at the original resolution.
+
+Each process predicts its shard of the loader; ``accelerator.gather_for_metrics`` drops the
+samples that the distributed sampler repeats to even out the last batch, and we then check that
+every record came back exactly once. Scoring happens on the gathered, small patch-grid heatmaps:
+each is mapped back to its image's original size (padding cropped) and compared with the ground
+truth binarised once by the configured rule (SPEC 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from .data.geometry import letterbox_geometry, unletterbox
+from .data.masks import MaskRule, load_binary_mask
+from .data.records import Record
+from .metrics import PixelMetricAccumulator, combined_score, image_report
+from .training import autocast
+
+
+@dataclass
+class HeadPredictions:
+    """Per-record outputs, ordered by position in the evaluated record list."""
+    p_fake: np.ndarray          # [N] sigmoid of the classifier logit
+    heatmaps: np.ndarray        # [N, H, W] evidence probabilities on the patch grid (letterboxed canvas)
+
+
+def gather_in_order(accelerator: Accelerator, positions: list[torch.Tensor], values: dict[str, list[torch.Tensor]],
+                    num_records: int) -> dict[str, np.ndarray]:
+    """Concatenate per-batch tensors, gather across processes, and order by record position.
+
+    Raises if a record is missing or duplicated, which would silently bias every metric.
+    """
+    pos = torch.cat(positions)
+    cat = {k: torch.cat(v) for k, v in values.items()}
+    pos, cat = accelerator.gather_for_metrics((pos, cat))
+    pos = pos.cpu().numpy()
+    if len(pos) != num_records or len(np.unique(pos)) != num_records:
+        raise RuntimeError(f"evaluation gathered {len(pos)} outputs ({len(np.unique(pos))} distinct) "
+                           f"for {num_records} records; every record must come back exactly once")
+    order = np.argsort(pos)
+    return {k: v.float().cpu().numpy()[order] for k, v in cat.items()}
+
+
+@torch.no_grad()
+def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_dtype: str,
+                  num_records: int) -> HeadPredictions:
+    """Run the ViT + heads over ``loader`` (prepared by ``accelerator``) on every process."""
+    model.eval()
+    positions, probs, heats = [], [], []
+    for batch in loader:
+        with autocast(accelerator.device, amp_dtype):
+            out = model(batch["pixel_values"], batch["image_grid_thw"])
+        positions.append(batch["position"])
+        probs.append(torch.sigmoid(out["cls_logit"].float()))
+        heats.append(torch.sigmoid(out["heatmap_logit"].float()))
+    got = gather_in_order(accelerator, positions, {"p": probs, "h": heats}, num_records)
+    return HeadPredictions(p_fake=got["p"], heatmaps=got["h"])
+
+
+def original_size_heatmap(heatmap: np.ndarray, gt_shape: tuple[int, int], image_size: int) -> np.ndarray:
+    """Patch-grid probabilities -> original image resolution, letterbox padding cropped."""
+    lb = letterbox_geometry(gt_shape[0], gt_shape[1], image_size)
+    return unletterbox(heatmap, lb)
+
+
+def score_heads(records: list[Record], preds: HeadPredictions, *, data_root: str | Path, mask_rule: MaskRule,
+                image_size: int, pixel_threshold: float = 0.5, tuned_threshold: float | None = None,
+                keep_maps: set[int] = frozenset()) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
+    """Image and pixel metrics (SPEC 7) plus per-image rows; returns (metrics, rows, kept maps).
+
+    ``keep_maps``: positions whose original-resolution heatmap is returned for pictures.
+    """
+    labels = np.array([r.label for r in records])
+    report = image_report(labels, preds.p_fake, tuned_threshold=tuned_threshold)
+    pixels = PixelMetricAccumulator(pixel_threshold)
+    rows, kept = [], {}
+    for i, rec in enumerate(records):
+        gt = load_binary_mask(rec, data_root, mask_rule)
+        prob_map = original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
+        per_image = pixels.update(prob_map, gt, rec.label)
+        rows.append({"image_path": rec.image_path, "label": rec.label, "p_fake": float(preds.p_fake[i]),
+                     **{k: v for k, v in per_image.items()}})
+        if i in keep_maps:
+            kept[i] = prob_map
+    report.update(pixels.compute())
+    report["score"] = combined_score(report["auroc"], report["pixel_f1"], report["pixel_iou"])
+    return report, rows, kept
+

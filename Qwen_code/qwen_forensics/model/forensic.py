@@ -1,0 +1,29 @@
+"""Task 1's trainable model: the (LoRA'd) vision tower, the feature tap and the forensic heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .heads import ForensicHeads
+from .tap import ViTFeatureTap
+
+
+class ForensicViT(nn.Module):
+    """pixel_values -> {cls_logit [B], heatmap_logit [B, H, W], pooled [B, D]}.
+
+    The tower runs as usual; the tap collects the outputs of ``layers`` in patch order, and the
+    heads read them. The same object works on the bare tower (Task 1 training: the LM is never
+    loaded) and on ``model.model.visual`` inside the full model (Task 3).
+    """
+
+    def __init__(self, visual: nn.Module, layers: list[int], heads: ForensicHeads):
+        super().__init__()
+        self.visual = visual
+        self.heads = heads
+        self.layers = list(layers)
+        self.tap = ViTFeatureTap(visual, self.layers)
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.visual(pixel_values, grid_thw=image_grid_thw)
+        return self.heads(self.tap.stacked())

@@ -1,0 +1,102 @@
+"""Task 1 pieces shared by its training and evaluation scripts: index loading with the bad-sample
+policy, the checkpoint folder (visual LoRA adapter + heads + training state + config), and the
+strict reload of that folder onto a bare vision tower or onto the full model.
+
+Checkpoint folder layout::
+
+    adapter/                    PEFT adapter of the vision tower (names relative to the tower)
+    heads.safetensors           forensic heads; metadata "heads_config" = JSON constructor args
+    resolved_config.json        the training config
+    training_state.pt, rng_state_*.pt   for resume
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors import safe_open
+from torch import nn
+
+from .checkpoint import (load_adapter_strict, load_module_safetensors, read_resolved_config, save_adapter,
+                         save_module_safetensors, save_training_state, write_resolved_config)
+from .data.records import Record, load_index
+from .data.validate import apply_bad_sample_policy, validate_records
+from .model.forensic import ForensicViT
+from .model.heads import ForensicHeads
+
+ADAPTER_DIR = "adapter"
+HEADS_FILE = "heads.safetensors"
+
+
+def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path, accelerator: Accelerator) -> list[Record]:
+    """Load and validate a whole index up front; fail listing every problem, or skip and list them.
+
+    Only the main process writes the skipped-records list; the others validate identically.
+    """
+    records = load_index(index_path)
+    report = validate_records(records, data_root, source=str(index_path))
+    if accelerator.is_main_process:
+        good = apply_bad_sample_policy(report, policy, skip_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            good = apply_bad_sample_policy(report, policy, tmp)
+    if report.num_skipped:
+        accelerator.print(f"{index_path}: skipped {report.num_skipped} bad record(s), listed in "
+                          f"{skip_dir / 'skipped_records.json'}")
+    return good
+
+
+def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Module, cfg, optimizer, scheduler,
+                          step: int, epoch: int) -> None:
+    """Write a complete, resumable Task 1 checkpoint folder (all processes must call it)."""
+    accelerator.wait_for_everyone()
+    inner: ForensicViT = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_adapter(inner.visual, ckpt_dir / ADAPTER_DIR)
+        save_module_safetensors(inner.heads, ckpt_dir / HEADS_FILE,
+                                {"heads_config": json.dumps(inner.heads.config), "visual_layers": json.dumps(inner.layers)})
+        write_resolved_config(ckpt_dir, cfg)
+    accelerator.wait_for_everyone()
+    save_training_state(ckpt_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
+    accelerator.wait_for_everyone()
+
+
+def load_heads(ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
+    """Rebuild the heads from their own saved constructor arguments and load them strictly."""
+    path = Path(ckpt_dir) / HEADS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {ckpt_dir} a Task 1 checkpoint folder?")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "heads_config" not in meta or "visual_layers" not in meta:
+        raise ValueError(f"{path}: metadata lacks heads_config/visual_layers; it was not written by lora_train.py")
+    heads = ForensicHeads.from_config(json.loads(meta["heads_config"]))
+    load_module_safetensors(heads, path)
+    return heads, json.loads(meta["visual_layers"])
+
+
+def attach_task1_checkpoint(visual: nn.Module, ckpt_dir: str | Path) -> ForensicViT:
+    """Vision tower (bare, or ``model.model.visual`` of the full model) + strict LoRA + strict heads."""
+    ckpt_dir = Path(ckpt_dir)
+    load_adapter_strict(visual, ckpt_dir / ADAPTER_DIR)
+    heads, layers = load_heads(ckpt_dir)
+    return ForensicViT(visual, layers, heads.to(next(visual.parameters()).device))
+
+
+def checkpoint_image_size(ckpt_dir: str | Path) -> int:
+    """The letterbox side the checkpoint was trained with (evaluation must use the same geometry)."""
+    return int(read_resolved_config(ckpt_dir)["image_size"])
+
+
+def cast_trainable_to_fp32(module: nn.Module) -> list[torch.nn.Parameter]:
+    """LoRA weights train in fp32 even when the frozen tower is bf16 (AdamW updates in bf16 stall)."""
+    params = [p for n, p in module.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params

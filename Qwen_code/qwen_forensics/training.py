@@ -1,0 +1,73 @@
+"""Loop plumbing shared by the custom training recipes (Task 1, Task 3): accelerate, seeds,
+optimizer groups, schedule, autocast. The recipes themselves stay readable top to bottom."""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from transformers import get_cosine_schedule_with_warmup
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def make_accelerator(grad_accum: int, *, find_unused_parameters: bool = False) -> Accelerator:
+    """One accelerator for single-process, ``accelerate launch`` and ``torchrun`` alike.
+
+    Mixed precision is not delegated to accelerate: the recipes use :func:`autocast` so CPU runs
+    stay in fp32 and GPU runs use the configured dtype, the same code path in both cases.
+    """
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
+    return Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=kwargs)
+
+
+def autocast(device: torch.device, amp_dtype: str):
+    """bf16/fp16 autocast on CUDA; plain fp32 elsewhere (CPU autocast would only add noise here)."""
+    if device.type != "cuda" or amp_dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp_dtype])
+
+
+def param_groups(groups: dict[str, tuple[list[torch.nn.Parameter], float]], weight_decay: float) -> list[dict]:
+    """AdamW groups by name; norms, biases and 1-D gains get no weight decay."""
+    out = []
+    for name, (params, lr) in groups.items():
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            continue
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        if decay:
+            out.append({"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay})
+        if no_decay:
+            out.append({"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+    if not out:
+        raise ValueError("no trainable parameters: check the LoRA targets and the heads")
+    return out
+
+
+def build_optimizer_and_schedule(groups: list[dict], *, total_steps: int, warmup_ratio: float):
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    warmup = int(math.ceil(warmup_ratio * total_steps))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def optimizer_steps(num_batches: int, grad_accum: int, epochs: int, max_steps: int | None) -> int:
+    """Optimizer steps the run will take (the schedule's length)."""
+    per_epoch = max(1, math.ceil(num_batches / grad_accum))
+    total = per_epoch * epochs
+    return min(total, max_steps) if max_steps else total

@@ -1,0 +1,37 @@
+"""Heatmap pictures: original | overlay | ground truth, at the original resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _heat_colors(prob: np.ndarray) -> np.ndarray:
+    """Probability in [0, 1] -> RGB uint8 on a black-red-yellow ramp (no extra plotting dependency)."""
+    p = np.clip(prob, 0.0, 1.0)[..., None]
+    ramp = np.concatenate([np.clip(2 * p, 0, 1), np.clip(2 * p - 1, 0, 1), np.zeros_like(p)], axis=-1)
+    return (ramp * 255).astype(np.uint8)
+
+
+def save_heatmap_panel(image_path: str | Path, prob_map: np.ndarray, gt_mask: np.ndarray, out_path: str | Path,
+                       *, max_side: int = 512, alpha: float = 0.5) -> Path:
+    """Write a three-panel PNG. ``prob_map`` and ``gt_mask`` are at the image's original size."""
+    with Image.open(image_path) as img:
+        image = img.convert("RGB")
+    if prob_map.shape != (image.height, image.width) or gt_mask.shape != prob_map.shape:
+        raise ValueError(f"{image_path}: heatmap {prob_map.shape} / mask {gt_mask.shape} do not match the image "
+                         f"{image.height}x{image.width}; map predictions back with unletterbox first")
+    rgb = np.asarray(image, dtype=np.float32)
+    overlay = ((1 - alpha) * rgb + alpha * _heat_colors(prob_map)).astype(np.uint8)
+    gt = np.repeat((gt_mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
+    panel = np.concatenate([rgb.astype(np.uint8), overlay, gt], axis=1)
+    out = Image.fromarray(panel)
+    scale = max_side / max(image.height, image.width)
+    if scale < 1:
+        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.BILINEAR)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(out_path)
+    return out_path

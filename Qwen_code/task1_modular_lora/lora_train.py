@@ -1,0 +1,180 @@
+"""Task 1 training: LoRA on selected ViT blocks + classification and evidence heads.
+
+Only the vision tower is loaded (the language model never touches the accelerator); the saved
+visual LoRA still plugs into the full model for subtask 2. Runs unchanged under
+``accelerate launch --num_processes N`` (DDP).
+
+    python Qwen_code/task1_modular_lora/lora_train.py --config Qwen_code/task1_modular_lora/config_lora.json
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from peft import inject_adapter_in_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from qwen_forensics.checkpoint import load_adapter_strict, load_training_state, write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data.collate import ImageBatchCollator
+from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.evaluation import predict_heads, score_heads
+from qwen_forensics.losses import ForensicLossWeights, forensic_loss
+from qwen_forensics.metrics import append_csv_row
+from qwen_forensics.model.forensic import ForensicViT
+from qwen_forensics.model.heads import ForensicHeads
+from qwen_forensics.model.loader import load_processor, load_vision_tower, resolve_dtype
+from qwen_forensics.model.lora import format_targets, make_lora_config, vision_block_targets
+from qwen_forensics.task1 import ADAPTER_DIR, cast_trainable_to_fp32, load_heads, load_split, save_task1_checkpoint
+from qwen_forensics.task_configs import Task1TrainConfig
+from qwen_forensics.training import (autocast, build_optimizer_and_schedule, make_accelerator, optimizer_steps,
+                                     param_groups, seed_everything)
+
+TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
+                     "lr_lora", "val_auroc", "val_pixel_iou", "val_pixel_f1", "val_score", "images_per_s"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task1TrainConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_lora.json"))
+    # LoRA on a block after the last tapped one gets no gradient from the heads: DDP must know.
+    accelerator = make_accelerator(cfg.grad_accum,
+                                   find_unused_parameters=max(cfg.lora_target_layers) > max(cfg.visual_layers))
+    seed_everything(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    # ---- setup: data
+    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
+                               accelerator)
+    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)
+                   if cfg.ann_val else None)
+    processor = load_processor(cfg.model_path, cfg.image_size)
+    collate = ImageBatchCollator(processor)
+    train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
+                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                              collate_fn=collate, drop_last=False, persistent_workers=cfg.num_workers > 0)
+    val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule),
+                             batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                             collate_fn=collate) if val_records else None)
+
+    # ---- setup: model (vision tower only) + LoRA + heads
+    on_gpu = accelerator.device.type == "cuda"
+    visual = load_vision_tower(cfg.model_path, dtype=resolve_dtype("bfloat16" if on_gpu and cfg.amp_dtype == "bf16"
+                                                                   else "float32"))
+    visual.requires_grad_(False)
+    if cfg.resume:
+        load_adapter_strict(visual, Path(cfg.resume) / ADAPTER_DIR, is_trainable=True)
+        heads, layers = load_heads(cfg.resume)
+        if layers != cfg.visual_layers:
+            raise SystemExit(f"resume: {cfg.resume} was trained with visual_layers {layers}, the config says "
+                             f"{cfg.visual_layers}")
+    else:
+        targets = vision_block_targets(visual, cfg.lora_target_layers, cfg.lora_target_modules)
+        accelerator.print(format_targets({"visual": targets}))
+        inject_adapter_in_model(make_lora_config(targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                                 dropout=cfg.lora_dropout), visual)
+        heads = ForensicHeads.from_vision_config(visual.config, cfg.visual_layers, cfg.fuse_dim)
+    model = ForensicViT(visual, cfg.visual_layers, heads)
+    lora_params = cast_trainable_to_fp32(visual)
+
+    # ---- setup: optimisation
+    steps_total = optimizer_steps(math.ceil(len(train_loader) / accelerator.num_processes), cfg.grad_accum,
+                                  cfg.epochs, cfg.max_steps)
+    groups = param_groups({"heads": (list(heads.parameters()), cfg.lr_head), "lora": (lora_params, cfg.lr_lora)},
+                          cfg.weight_decay)
+    optimizer, scheduler = build_optimizer_and_schedule(groups, total_steps=steps_total,
+                                                        warmup_ratio=cfg.warmup_ratio)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    weights = ForensicLossWeights(cfg.lambda_cls, cfg.lambda_evi, cfg.lambda_sparse, cfg.lambda_contrast,
+                                  cfg.evi_alpha)
+
+    step, start_epoch = 0, 0
+    if cfg.resume:
+        state = load_training_state(cfg.resume, optimizer, scheduler, process_index=accelerator.process_index)
+        step, start_epoch = state["step"], state["epoch"] + 1
+        accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
+
+    # ---- train
+    best = {"auroc": float("-inf"), "pixel_iou": float("-inf")}
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= steps_total:
+            break
+        model.train()
+        sums, seen = {}, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+        t0 = _now()
+        for batch in bar:
+            with accelerator.accumulate(model):
+                with autocast(accelerator.device, cfg.amp_dtype):
+                    out = model(batch["pixel_values"], batch["image_grid_thw"])
+                terms = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"],
+                                      batch["labels"], weights)
+                accelerator.backward(terms["total"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                scheduler.step()
+                step += 1
+            seen += batch["labels"].numel()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * batch["labels"].numel()
+            bar.set_postfix({k.replace("loss_", ""): f"{v / seen:.4f}" for k, v in sums.items()})
+            if step >= steps_total:
+                break
+        elapsed = _now() - t0
+        row = {"epoch": epoch, "step": step, **{("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1)
+                                                  for k, v in sums.items()},
+               "lr_head": scheduler.get_last_lr()[0], "lr_lora": scheduler.get_last_lr()[-1],
+               "images_per_s": seen * accelerator.num_processes / max(elapsed, 1e-9)}
+
+        ckpt_dir = out_dir / f"epoch_{epoch}"
+        save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
+        if val_loader is not None:
+            preds = predict_heads(model, val_loader, accelerator, cfg.amp_dtype, len(val_records))
+            if accelerator.is_main_process:
+                metrics, _, _ = score_heads(val_records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
+                                            image_size=cfg.image_size)
+                row.update({f"val_{k}": metrics[k] for k in ("auroc", "pixel_iou", "pixel_f1", "score")})
+                for key, name in (("auroc", "best_by_AUROC"), ("pixel_iou", "best_by_IoU")):
+                    if metrics[key] > best[key]:
+                        best[key] = metrics[key]
+                        _copy_checkpoint(ckpt_dir, out_dir / name)
+                        accelerator.print(f"new {name}: {key} = {metrics[key]:.4f} (epoch {epoch})")
+        if accelerator.is_main_process:
+            append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
+            accelerator.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        accelerator.wait_for_everyone()
+
+    save_task1_checkpoint(Path(cfg.final_trained_heads), accelerator, model, cfg, optimizer, scheduler, step,
+                          cfg.epochs - 1)
+    accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}")
+    accelerator.end_training()
+
+
+def _now() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Task 1, subtask 1: evaluate the LoRA'd ViT + forensic heads.
+
+Image metrics (AUROC, AP, ACC/F1 at 0.5 and at a threshold tuned on ``ann_val`` when given) and
+pixel metrics at the original resolution (SPEC 7); one CSV row per run, a per-image predictions
+file and heatmap pictures (original | overlay | ground truth).
+
+    python Qwen_code/task1_modular_lora/subtask_vit_head_eval/lora_eval.py \
+        --config Qwen_code/task1_modular_lora/subtask_vit_head_eval/config_eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data.collate import ImageBatchCollator
+from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.evaluation import predict_heads, score_heads
+from qwen_forensics.metrics import append_csv_row, tune_threshold
+from qwen_forensics.model.loader import load_processor, load_vision_tower
+from qwen_forensics.task1 import attach_task1_checkpoint, checkpoint_image_size, load_split
+from qwen_forensics.task_configs import Task1HeadEvalConfig
+from qwen_forensics.training import make_accelerator
+from qwen_forensics.visualize import save_heatmap_panel
+
+CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
+               "pixel_iou", "ckpt_path", "model_path"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task1HeadEvalConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_eval.json"))
+    accelerator = make_accelerator(1)
+    out_dir = Path(cfg.out_dir)
+    image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
+    mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    dtype = "bfloat16" if accelerator.device.type == "cuda" and cfg.amp_dtype == "bf16" else "float32"
+    visual = load_vision_tower(cfg.model_path, dtype=dtype)
+    model = attach_task1_checkpoint(visual, cfg.ckpt_path)
+    collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
+    model = accelerator.prepare(model)
+
+    def predict(index_path: str, tag: str):
+        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size, mask_rule),
+                                                batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                                collate_fn=collate))
+        start = time.perf_counter()
+        preds = predict_heads(model, loader, accelerator, cfg.amp_dtype, len(records))
+        return records, preds, len(records) / (time.perf_counter() - start)
+
+    tuned = None
+    if cfg.ann_val:
+        val_records, val_preds, _ = predict(cfg.ann_val, "val")
+        tuned = tune_threshold([r.label for r in val_records], val_preds.p_fake)
+    records, preds, images_per_s = predict(cfg.ann_test, "test")
+    if not accelerator.is_main_process:
+        return
+
+    fakes_first = sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:cfg.num_heatmaps]
+    metrics, rows, maps = score_heads(records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
+                                      image_size=image_size, pixel_threshold=cfg.pixel_threshold,
+                                      tuned_threshold=tuned, keep_maps=set(fakes_first))
+    for i, prob_map in maps.items():
+        rec = records[i]
+        save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
+                           out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
+    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
+           "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
+           "images_per_s": images_per_s}
+    append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
+                                              "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
+    print(f"metrics CSV: {cfg.csv_path}\npredictions: {out_dir / 'predictions.json'}\n"
+          f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
