@@ -69,8 +69,8 @@ def test_seed_0_weights_are_pinned(tiny_dir):
     state = _read_all(tiny_dir)
     expected = {
         "lm_head.weight": [-0.140625, -0.14453125, -0.03125, -0.05419921875],
-        "visual.blocks.7.attn.qkv.weight": [-0.23828125, -0.080078125, -0.07763671875, 0.1689453125],
-        "visual.merger.mlp.2.weight": [0.0238037109375, 0.03271484375, -0.0267333984375, -0.0269775390625],
+        "visual.blocks.7.attn.qkv.weight": [-0.1806640625, 0.1396484375, -0.10546875, -0.279296875],
+        "visual.merger.mlp.2.weight": [-0.001983642578125, -0.0537109375, -0.11328125, 0.10302734375],
     }
     for key, values in expected.items():
         assert state[key].dtype == torch.bfloat16
@@ -114,9 +114,9 @@ def test_config_dims_and_token_ids_match_tokenizer(tiny_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
     config = model.config
     vision, text = config.vision_config, config.text_config
-    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size) == (8, 32, 2, 64)
+    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size) == (32, 32, 2, 64)
     assert (vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size) == (14, 2, 2)
-    assert vision.window_size == 112 and list(vision.fullatt_block_indexes) == [3, 7]
+    assert vision.window_size == 112 and list(vision.fullatt_block_indexes) == [7, 15, 23, 31]
     assert vision.out_hidden_size == text.hidden_size == 64
     assert (text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads, text.intermediate_size) == (2, 4, 2, 128)
     assert list(text.rope_parameters["mrope_section"]) == [2, 3, 3]

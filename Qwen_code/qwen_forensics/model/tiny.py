@@ -129,8 +129,10 @@ TEXT_DIMS = {
     "num_key_value_heads": 2,
     "intermediate_size": 128,
 }
+# 32 blocks with full attention at 7/15/23/31, as in the 7B, so the shipped configs' layer lists
+# (visual_layers, lora_target_layers = [7, 15, 23, 31]) run unchanged on the tiny model.
 VISION_DIMS = {
-    "depth": 8,
+    "depth": 32,
     "hidden_size": 32,
     "num_heads": 2,
     "intermediate_size": 64,
@@ -138,7 +140,7 @@ VISION_DIMS = {
     "temporal_patch_size": 2,
     "spatial_merge_size": 2,
     "window_size": 112,
-    "fullatt_block_indexes": [3, 7],
+    "fullatt_block_indexes": [7, 15, 23, 31],
 }
 MROPE_SECTION = [2, 3, 3]
 SHARD_COUNT = 2
