@@ -65,7 +65,7 @@ def test_vision_block_targets_exact_names():
 @pytest.mark.parametrize(
     "blocks, modules, match",
     [
-        ([8], BLOCK, r"valid indices are 0\.\.7"),
+        ([32], BLOCK, r"valid indices are 0\.\.31"),
         ([-1], BLOCK, "invalid vision block"),
         ([1, 1], BLOCK, "listed twice"),
         ([], BLOCK, "non-empty"),
