@@ -1,0 +1,390 @@
+"""Task 3 pieces shared by its training and evaluation scripts: LoRA on the three components, the
+hybrid model built from a config, the batch collator, the joint loss, batched prediction, and the
+checkpoint files (one PEFT adapter, heads, fusion projector) with their strict reload.
+
+Checkpoint folder layout (``hybrid_train.py`` writes one per epoch and a final one whose three
+weight paths come from the config keys ``lora_checkpoint`` / ``head_checkpoint`` /
+``fusion_checkpoint``)::
+
+    adapter/                 one PEFT adapter over the full model (names relative to it); absent
+                             when every LoRA component is switched off
+    heads.safetensors        forensic heads; metadata "heads_config", "visual_layers" (as Task 1)
+    fusion.safetensors       fusion projector (no tensors with fusion_tokens = 0); metadata
+                             "fusion_config" and "hybrid_spec" (prompt, answer words, image size,
+                             tapped layers, LoRA targets): everything needed to rebuild the model
+    resolved_config.json, training_state.pt, rng_state_*.pt
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from peft import inject_adapter_in_model
+from safetensors import safe_open
+from torch import nn
+
+from .checkpoint import (load_adapter_strict, load_module_safetensors, save_adapter, save_module_safetensors,
+                         save_training_state, write_resolved_config)
+from .data.collate import IGNORE_INDEX, VisionLanguageCollator
+from .evaluation import HeadPredictions, gather_in_order
+from .losses import ForensicLossWeights, forensic_loss
+from .model.heads import ForensicHeads
+from .model.hybrid import FusionProjector, HybridModel, HybridPrompt, embedding_rms
+from .model.lora import LoraTargetSpec, check_lora_wrapped, locate_components, make_lora_config, resolve_targets
+from .prompts import answer_token_ids
+from .training import autocast, build_optimizer_and_schedule, param_groups
+
+ADAPTER_DIR = "adapter"
+HEADS_FILE = "heads.safetensors"
+FUSION_FILE = "fusion.safetensors"
+# Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
+NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position")
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+def lora_target_spec(lora_cfg) -> LoraTargetSpec:
+    """The config's ``lora`` block (``task_configs.HybridLora``) as a per-component target spec."""
+    lm_layers = None
+    if lora_cfg.lm.enabled:
+        lm_layers = "all" if lora_cfg.lm.layers is None else list(lora_cfg.lm.layers)
+    return LoraTargetSpec(
+        vision_blocks=list(lora_cfg.visual.blocks) if lora_cfg.visual.enabled else None,
+        merger=lora_cfg.merge.enabled,
+        lm_layers=lm_layers,
+    )
+
+
+def inject_hybrid_lora(base: nn.Module, lora_cfg) -> dict[str, list[str]]:
+    """Freeze ``base`` and inject ONE adapter over all enabled components; returns the targets.
+
+    Targets are exact module paths per component (``model.lora.resolve_targets``); with every
+    component off nothing is injected and the returned lists are all empty.
+    """
+    base.requires_grad_(False)
+    targets = resolve_targets(base, lora_target_spec(lora_cfg))
+    if any(targets.values()):
+        config = make_lora_config(targets, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
+                                  bias=lora_cfg.bias)
+        inject_adapter_in_model(config, base)
+        check_lora_wrapped(base, targets)
+    return targets
+
+
+def trainable_base_parameters(base: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The base model's trainable tensors (LoRA, plus biases with ``bias != "none"``) in fp32, split
+    into ``vision`` (tower and merger) and ``lm``; fp32 because AdamW updates on bf16 weights stall."""
+    visual_prefix = locate_components(base)["visual"] + "."
+    groups: dict[str, list[nn.Parameter]] = {"vision": [], "lm": []}
+    for name, param in base.named_parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+            groups["vision" if name.startswith(visual_prefix) else "lm"].append(param)
+    return groups
+
+
+# ----------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class HybridSpec:
+    """Everything besides tensors that a hybrid checkpoint needs to rebuild its model and prompt."""
+
+    visual_layers: list[int]
+    fusion_tokens: int
+    head_verdict_prompt: bool
+    prompt: str
+    fake_word: str
+    real_word: str
+    image_size: int
+    lora_targets: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_train_config(cls, cfg, lora_targets: Mapping[str, Sequence[str]]) -> "HybridSpec":
+        return cls(list(cfg.visual_layers), cfg.fusion_tokens, cfg.head_verdict_prompt, cfg.prompt,
+                   cfg.target_text.fake, cfg.target_text.real, cfg.image_size,
+                   {k: list(v) for k, v in lora_targets.items()})
+
+    def hybrid_prompt(self, processor) -> HybridPrompt:
+        return HybridPrompt.build(processor, self.prompt, self.fusion_tokens, fake_word=self.fake_word,
+                                  real_word=self.real_word, head_verdict=self.head_verdict_prompt)
+
+
+def build_hybrid_model(base: nn.Module, processor, cfg) -> tuple[HybridModel, HybridSpec]:
+    """A fresh hybrid model for training from a ``Task3TrainConfig``: LoRA injected into ``base``,
+    new heads and fusion projector on ``base``'s device (sizes read from ``base.config``)."""
+    targets = inject_hybrid_lora(base, cfg.lora)
+    spec = HybridSpec.from_train_config(cfg, targets)
+    heads = ForensicHeads.from_vision_config(base.config.vision_config, cfg.visual_layers, cfg.fuse_dim)
+    fusion = None
+    if cfg.fusion_tokens:
+        fusion = FusionProjector(cfg.fuse_dim, int(base.config.text_config.hidden_size), cfg.fusion_tokens,
+                                 dropout=cfg.fusion_hidden_dropout, embed_rms=embedding_rms(base))
+    return _assemble(base, heads, fusion, spec, processor), spec
+
+
+def _assemble(base, heads, fusion, spec: HybridSpec, processor) -> HybridModel:
+    device = next(base.parameters()).device
+    fusion = fusion.to(device) if fusion is not None else None
+    return HybridModel(base, heads.to(device), fusion, spec.visual_layers, spec.hybrid_prompt(processor))
+
+
+def enable_gradient_checkpointing(base: nn.Module) -> None:
+    """Non-reentrant checkpointing of every ViT block and decoder layer (the tap needs non-reentrant)."""
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+
+
+def hybrid_optimizer(model: HybridModel, cfg, total_steps: int):
+    """AdamW with groups heads / fusion / vision LoRA / LM LoRA and a warm-up cosine schedule."""
+    base_params = trainable_base_parameters(model.base)
+    groups = param_groups({
+        "heads": (list(model.heads.parameters()), cfg.lr_head),
+        "fusion": (list(model.fusion.parameters()) if model.fusion is not None else [], cfg.lr_fusion),
+        "lora_vision": (base_params["vision"], cfg.lr_lora),
+        "lora_lm": (base_params["lm"], cfg.lr_lora_lm if cfg.lr_lora_lm is not None else cfg.lr_lora),
+    }, cfg.weight_decay)
+    return build_optimizer_and_schedule(groups, total_steps=total_steps, warmup_ratio=cfg.warmup_ratio)
+
+
+# ----------------------------------------------------------------------------------------- data
+class HybridCollator:
+    """ForgeryDataset items -> processor inputs for the hybrid prompt (left padded), plus ``target``,
+    ``answer_positions``, ``mask`` [B, S, S], ``position`` and, with ``answers``, LM ``labels``
+    (answer word + end of turn, see ``data.collate``)."""
+
+    def __init__(self, processor, prompt: HybridPrompt, answers: Mapping[int, str] | None = None):
+        self.prompt = prompt
+        self.lm = VisionLanguageCollator(processor, prompt.text, answers=answers, padding_side="left")
+
+    def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        batch = self.lm(items)
+        batch["mask"] = torch.stack([item["mask"] for item in items])
+        batch.setdefault("position", torch.tensor([int(item["position"]) for item in items], dtype=torch.long))
+        return batch
+
+
+def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's arguments for ``HybridModel.forward``."""
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
+# ----------------------------------------------------------------------------------------- loss
+@dataclass
+class HybridLossWeights:
+    lm: float = 1.0
+    head: ForensicLossWeights = field(default_factory=ForensicLossWeights)
+
+    @classmethod
+    def from_config(cls, cfg) -> "HybridLossWeights":
+        w = cfg.loss_weights
+        if w.lm < 0:
+            raise ValueError(f"loss_weights.lm must be >= 0, got {w.lm}; fix loss_weights in the config")
+        return cls(w.lm, ForensicLossWeights(w.head_cls, w.head_evi, w.head_sparse, w.head_contrast, cfg.evi_alpha))
+
+
+def lm_logits_to_keep(labels: torch.Tensor) -> int:
+    """How many final positions' logits the LM loss needs: from the one before the first
+    supervised token to the end (3 for a one-token answer + end of turn with left padding)."""
+    supervised = (labels != IGNORE_INDEX).any(0).nonzero()
+    if supervised.numel() == 0:
+        raise ValueError("the batch has no supervised answer tokens; build it with answers (training mode)")
+    first = int(supervised[0])
+    if first == 0:
+        raise ValueError("a supervised token at position 0 has no preceding position to predict it")
+    return labels.shape[1] - first + 1
+
+
+def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over the supervised tokens; ``logits`` are the last k positions."""
+    keep = logits.shape[1]
+    if bool((labels[:, : labels.shape[1] - keep] != IGNORE_INDEX).any()):
+        raise ValueError(f"supervised tokens lie before the last {keep} positions whose logits were kept")
+    kept = labels[:, -keep:]
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), kept[:, 1:].flatten().to(logits.device),
+                           ignore_index=IGNORE_INDEX)
+
+
+def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: HybridLossWeights,
+                amp_dtype: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Forward + joint loss: ``total`` = lm weight * LM answer loss + the weighted head loss.
+
+    Returns ``total``, ``lm``, ``head`` (weighted head total) and the head's unweighted terms.
+    """
+    labels = batch["labels"]
+    with autocast(device, amp_dtype):
+        out = model(**hybrid_inputs(batch), logits_to_keep=lm_logits_to_keep(labels))
+    lm = answer_lm_loss(out["logits"], labels)
+    head = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["target"],
+                         weights.head)
+    return {"total": weights.lm * lm + head["total"], "lm": lm, "head": head["total"],
+            **{k: head[k] for k in ("cls", "evi", "sparse", "contrast")}}
+
+
+def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               weights: HybridLossWeights, *, amp_dtype: str = "bf16", max_norm: float = 1.0) -> dict[str, float]:
+    """One plain optimiser step (no accelerate, no accumulation) on a batch already on the device.
+
+    For benchmarks and tests; ``hybrid_train.py`` runs the same loss inside its accelerate loop.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    terms = hybrid_loss(model, batch, weights, amp_dtype, device)
+    terms["total"].backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+# ----------------------------------------------------------------------------------------- prediction
+def lm_p_fake(last_logits: torch.Tensor, fake_id: int, real_id: int) -> torch.Tensor:
+    """P(fake) = softmax over the [fake, real] answer-token logits, [B, V] -> [B]."""
+    pair = last_logits[:, [fake_id, real_id]].float()
+    return torch.softmax(pair, dim=-1)[:, 0]
+
+
+@torch.no_grad()
+def eval_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], answer_ids: tuple[int, int], *,
+               amp_dtype: str = "bf16") -> dict[str, torch.Tensor]:
+    """One inference forward: ``p_fake_lm``, ``p_fake_head`` [B] and ``heatmap`` [B, H, W] probabilities.
+
+    The batch is left padded, so the answer is predicted at the last position of every row and only
+    that position's logits are computed.
+    """
+    model.eval()
+    positions = batch["answer_positions"]
+    if bool((positions != batch["input_ids"].shape[1] - 1).any()):
+        raise ValueError("answer positions are not the last column: build eval batches with HybridCollator "
+                         "without answers (left padding)")
+    device = next(model.parameters()).device
+    with autocast(device, amp_dtype):
+        out = model(**hybrid_inputs(batch), logits_to_keep=1)
+    return {"p_fake_lm": lm_p_fake(out["logits"][:, -1], *answer_ids),
+            "p_fake_head": torch.sigmoid(out["cls_logit"].float()),
+            "heatmap": torch.sigmoid(out["heatmap_logit"].float())}
+
+
+@dataclass
+class HybridPredictions:
+    """Per-record outputs, ordered by position in the evaluated record list."""
+    p_fake_lm: np.ndarray      # [N] from the answer-token logits
+    p_fake_head: np.ndarray    # [N] sigmoid of the heads' classifier logit
+    heatmaps: np.ndarray       # [N, H, W] evidence probabilities on the patch grid
+
+    def heads(self) -> HeadPredictions:
+        return HeadPredictions(p_fake=self.p_fake_head, heatmaps=self.heatmaps)
+
+
+def predict_hybrid(model: nn.Module, loader, accelerator: Accelerator, answer_ids: tuple[int, int], amp_dtype: str,
+                   num_records: int) -> HybridPredictions:
+    """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``) and gather every record once."""
+    positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
+    for batch in loader:
+        out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype)
+        positions.append(batch["position"])
+        for key in outputs:
+            outputs[key].append(out[key])
+    got = gather_in_order(accelerator, positions, outputs, num_records)
+    return HybridPredictions(p_fake_lm=got["p_fake_lm"], p_fake_head=got["p_fake_head"], heatmaps=got["heatmap"])
+
+
+# ----------------------------------------------------------------------------------------- checkpoint
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where each part of a Task 3 checkpoint lives (one folder, or the config's three final paths)."""
+    adapter_dir: Path
+    heads_file: Path
+    fusion_file: Path
+
+    @classmethod
+    def folder(cls, ckpt_dir: str | Path) -> "CheckpointPaths":
+        ckpt_dir = Path(ckpt_dir)
+        return cls(ckpt_dir / ADAPTER_DIR, ckpt_dir / HEADS_FILE, ckpt_dir / FUSION_FILE)
+
+    @classmethod
+    def from_config(cls, cfg) -> "CheckpointPaths":
+        """The ``lora_checkpoint`` / ``head_checkpoint`` / ``fusion_checkpoint`` keys of a Task 3 config."""
+        return cls(Path(cfg.lora_checkpoint), Path(cfg.head_checkpoint), Path(cfg.fusion_checkpoint))
+
+
+def save_hybrid_weights(model: HybridModel, spec: HybridSpec, paths: CheckpointPaths) -> None:
+    """Write the adapter (if any LoRA), heads and fusion projector with their rebuild metadata."""
+    if any(spec.lora_targets.values()):
+        save_adapter(model.base, paths.adapter_dir)
+    save_module_safetensors(model.heads, paths.heads_file,
+                            {"heads_config": json.dumps(model.heads.config), "visual_layers": json.dumps(model.layers)})
+    fusion_state = model.fusion.state_dict() if model.fusion is not None else {}
+    save_module_safetensors(fusion_state, paths.fusion_file, {
+        "fusion_config": json.dumps(model.fusion.config if model.fusion is not None else None),
+        "hybrid_spec": json.dumps(asdict(spec)),
+    })
+
+
+def save_task3_checkpoint(paths: CheckpointPaths, state_dir: Path, accelerator: Accelerator, model: nn.Module,
+                          spec: HybridSpec, cfg, optimizer, scheduler, step: int, epoch: int) -> None:
+    """Weights to ``paths``, resolved config and training state to ``state_dir`` (all processes call it)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_hybrid_weights(accelerator.unwrap_model(model), spec, paths)
+        write_resolved_config(state_dir, cfg)
+    accelerator.wait_for_everyone()
+    save_training_state(state_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
+    accelerator.wait_for_everyone()
+
+
+def _metadata(path: Path, keys: Sequence[str], writer: str) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (check the checkpoint paths in the config)")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: metadata lacks {missing}; it was not written by {writer}")
+    return meta
+
+
+def read_hybrid_spec(fusion_file: str | Path) -> HybridSpec:
+    """The spec stored with the fusion projector (prompt, answer words, image size, layers, LoRA targets)."""
+    meta = _metadata(Path(fusion_file), ["hybrid_spec"], "hybrid_train.py")
+    return HybridSpec(**json.loads(meta["hybrid_spec"]))
+
+
+def load_hybrid_model(base: nn.Module, processor, paths: CheckpointPaths, *,
+                      is_trainable: bool = False) -> tuple[HybridModel, HybridSpec]:
+    """Attach a saved Task 3 checkpoint to a freshly loaded ``base``, every part strictly.
+
+    The adapter must wrap exactly the modules the spec lists; heads and fusion are rebuilt from
+    their saved constructor arguments and must match their files key for key and shape for shape.
+    """
+    fusion_meta = _metadata(paths.fusion_file, ["fusion_config", "hybrid_spec"], "hybrid_train.py")
+    spec = HybridSpec(**json.loads(fusion_meta["hybrid_spec"]))
+    heads_meta = _metadata(paths.heads_file, ["heads_config", "visual_layers"], "hybrid_train.py or lora_train.py")
+    if json.loads(heads_meta["visual_layers"]) != spec.visual_layers:
+        raise ValueError(f"{paths.heads_file} reads ViT blocks {heads_meta['visual_layers']} but {paths.fusion_file} "
+                         f"was trained with {spec.visual_layers}: the files come from different runs")
+    base.requires_grad_(False)
+    if any(spec.lora_targets.values()):
+        result = load_adapter_strict(base, paths.adapter_dir, is_trainable=is_trainable)
+        if result.root:
+            raise ValueError(f"{paths.adapter_dir} is a vision-tower adapter (Task 1); Task 3 needs its full-model adapter")
+        check_lora_wrapped(base, spec.lora_targets)
+    heads = ForensicHeads.from_config(json.loads(heads_meta["heads_config"]))
+    load_module_safetensors(heads, paths.heads_file)
+    fusion_config = json.loads(fusion_meta["fusion_config"])
+    if (fusion_config is None) != (spec.fusion_tokens == 0):
+        raise ValueError(f"{paths.fusion_file}: fusion_config and fusion_tokens={spec.fusion_tokens} disagree")
+    fusion = FusionProjector.from_config(fusion_config) if fusion_config is not None else None
+    load_module_safetensors(fusion if fusion is not None else nn.Module(), paths.fusion_file)
+    return _assemble(base, heads, fusion, spec, processor), spec
+
+
+def answer_ids_for(processor, spec: HybridSpec, fake_word: str | None = None,
+                   real_word: str | None = None) -> tuple[int, int]:
+    """(fake id, real id) read at eval: the trained words unless overridden (then checked)."""
+    return answer_token_ids(processor, fake_word or spec.fake_word, real_word or spec.real_word)
