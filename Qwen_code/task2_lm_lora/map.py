@@ -1,0 +1,35 @@
+"""Task 2 preprocessing: annotation index -> training set for LORA.py (JSON Lines).
+
+Each record holds the image path (relative to data_root), label, the chat messages (image, prompt;
+answer "Fake"/"Real") and the image's size and SHA-256; no pixels (see ``qwen_forensics.task2``
+for the format and its disk cost). Work is done in batches under ``batch_output_dir``; rerunning
+after an interruption skips the finished batches, then everything is merged into
+``final_dataset_path``.
+
+    python Qwen_code/task2_lm_lora/map.py --config Qwen_code/task2_lm_lora/config_map.json [--root DIR]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.task2 import run_map
+from qwen_forensics.task_configs import Task2MapConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task2MapConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_map.json"))
+    result = run_map(cfg)
+    write_resolved_config(Path(cfg.batch_output_dir), cfg)
+    done = result.batches_total - len(result.batches_written)
+    print(f"map: {result.records} records ({result.skipped} skipped) in {result.batches_total} batches: "
+          f"{len(result.batches_written)} written now, {done} already finished")
+    print(f"training set: {result.final_path} ({result.final_bytes} bytes, {result.bytes_per_record:.0f} bytes/record; "
+          f"batch files {result.batch_bytes} bytes in {cfg.batch_output_dir})")
+
+
+if __name__ == "__main__":
+    main()
