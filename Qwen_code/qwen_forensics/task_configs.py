@@ -152,7 +152,7 @@ class Task2MapConfig:
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder (tokenizer and template)", path=True)
     annotation_file: str = option(f"{DATA}/trainingset2/train_idx.json", "index to convert", path=True)
     data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    map_batch_size: int = option(500, "records per written batch file")
+    map_batch_size: int = option(500, "records per batch file (a rerun skips finished batches)")
     map_kwargs: dict[str, Any] = option(factory=dict, help="accepted for seed compatibility (no effect)")
     batch_output_dir: str = option(f"{T2}/datasets/batches", "folder of batch files", path=True)
     final_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "merged training set", path=True)
@@ -160,6 +160,9 @@ class Task2MapConfig:
     fake_token: str = option("Fake", "answer for fakes")
     real_token: str = option("Real", "answer for reals")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
+
+    def validate(self) -> None:
+        _check_positive(map_batch_size=self.map_batch_size)
 
 
 @dataclass
@@ -181,10 +184,12 @@ class Task2TrainConfig:
     lora_bias: Literal["none", "all", "lora_only"] = option("none", "PEFT bias mode")
     lora_task_type: str | None = option("CAUSAL_LM", "PEFT task type")
     training_args: dict[str, Any] = option(factory=dict, help="Hugging Face TrainingArguments, as written")
-    save_lora_path: str = option(f"{T2}/training/lora_adapter", "adapter output folder", path=True)
+    save_lora_path: str = option(f"{T2}/training/lora_adapter",
+                                 "adapter folder (PEFT format + resolved_config.json with the prompt setup)", path=True)
 
     def validate(self) -> None:
         _check_image_size(self.image_size, allow_none=True)
+        _check_positive(lora_r=self.lora_r)
 
 
 @dataclass
@@ -197,14 +202,21 @@ class Task2InferConfig:
     data_root: str = option(DATA, "folder that index paths are relative to", path=True)
     csv_path: str = option(f"{T2}/evaluation/metrics.csv", "metrics CSV", path=True)
     output_json: str = option(f"{T2}/evaluation/predictions.json", "per-image predictions", path=True)
-    prompt_text: str = option(DEFAULT_PROMPT, "user prompt after the image")
-    fake_token: str = option("Fake", "answer word for fake")
-    real_token: str = option("Real", "answer word for real")
-    max_new_tokens: int = option(0, "also generate free text (0: logits only)")
+    prompt_text: str | None = option(None, "user prompt after the image (null: the adapter's training prompt)")
+    fake_token: str | None = option(None, "answer word for fake (null: the adapter's)")
+    real_token: str | None = option(None, "answer word for real (null: the adapter's)")
+    max_new_tokens: int = option(0, "also generate free text, its keyword label in its own column (0: logits only)")
     batch_size: int = option(16, "images per forward")
-    image_size: int | None = option(None, "letterbox side (null: the adapter's training geometry)")
-    torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
+    num_workers: int = option(4, "data loader workers (image decoding)")
+    image_size: int | None = option(None, "letterbox side (null: the adapter's training geometry, which may be native)")
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU (CPU: float32)")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
+
+    def validate(self) -> None:
+        _check_image_size(self.image_size, allow_none=True)
+        _check_positive(batch_size=self.batch_size)
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens}: must be >= 0")
 
 
 # --------------------------------------------------------------------------------------------- Task 3
