@@ -453,8 +453,9 @@ def vision_inputs_require_grad(model: torch.nn.Module):
 
     With reentrant checkpointing a block's parameters get gradients only if an input of the block
     requires grad. The tower's first input is the frozen patch embedding of pixel values, which does
-    not, so without this hook every vision LoRA would silently get no gradient (``enable_input_require_grads``
-    only covers the language model's token embeddings).
+    not, so every vision LoRA would silently get no gradient. Recent transformers hook the patch
+    embedding in ``enable_input_require_grads`` themselves, older ones only the token embeddings;
+    this hook makes the gradients independent of the installed version.
     """
     return get_visual(model).patch_embed.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
 

@@ -1,0 +1,104 @@
+"""Task 2 training through the real Trainer path (``task2.build_trainer``, what LORA.py runs):
+vision LoRA gradients under gradient checkpointing, and resume_from_checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from qwen_forensics import task2
+from qwen_forensics.config import parse_config
+from qwen_forensics.model.loader import get_visual
+from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.task2 import build_trainer, run_map
+from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
+
+TASK2_DIR = Path(task2.__file__).parents[1] / "task2_lm_lora"
+LORA_MODULES_PER_BLOCK = 5
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("task2_train_root")
+    build_tiny_model(root / "Qwen2.5-VL-7B-Instruct")
+    make_demo_dataset(root, n_train=40, n_test=8, frames_per_video=2)
+    run_map(parse_config(Task2MapConfig, json.loads((TASK2_DIR / "config_map.json").read_text()), root=str(root)),
+            progress=False)
+    return root
+
+
+def train_config(root: Path, **overrides) -> Task2TrainConfig:
+    """The shipped trainer config with short-run overrides (``training_args.x`` reaches into the dict)."""
+    shipped = json.loads((TASK2_DIR / "config_lora_trainer.json").read_text())
+    quick = {"image_size": 56, "training_args.bf16": False, "training_args.per_device_train_batch_size": 2,
+             "training_args.gradient_accumulation_steps": 1, "training_args.warmup_ratio": 0.0,
+             "training_args.lr_scheduler_type": "constant", "training_args.logging_steps": 1,
+             "training_args.disable_tqdm": True, "training_args.dataloader_num_workers": 0, **overrides}
+    return parse_config(Task2TrainConfig, shipped, overrides=[f"{k}={json.dumps(v)}" for k, v in quick.items()],
+                        root=str(root))
+
+
+class GradProbe(TrainerCallback):
+    """Records, before every optimizer step, the gradient magnitude of each LoRA tensor."""
+
+    def __init__(self):
+        self.steps: list[dict[str, float | None]] = []
+        self.checkpointing: list[bool] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.steps.append({name: None if p.grad is None else float(p.grad.abs().sum())
+                           for name, p in model.named_parameters() if "lora_" in name})
+        self.checkpointing.append(all(block.gradient_checkpointing for block in get_visual(model).blocks))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_every_vision_lora_tensor_gets_gradients_with_checkpointing(root, tmp_path, reentrant):
+    overrides = {"training_args.output_dir": str(tmp_path / "ckpt"), "training_args.max_steps": 2,
+                 "training_args.learning_rate": 0.01, "training_args.save_strategy": "no",
+                 "training_args.gradient_checkpointing": True}
+    if reentrant:
+        overrides["training_args.gradient_checkpointing_kwargs"] = {"use_reentrant": True}
+    cfg = train_config(root, **overrides)
+    probe = GradProbe()
+    run = build_trainer(cfg, callbacks=[probe])
+    run.train()
+
+    assert probe.checkpointing == [True, True]
+    first, second = probe.steps
+    blocks = cfg.lora_target_blocks
+    assert len(first) == 2 * (len(blocks) * LORA_MODULES_PER_BLOCK + len(cfg.lora_extra_modules))
+    assert any(".merger.mlp.0." in n for n in first) and any(".merger.mlp.2." in n for n in first)
+    assert {int(n.split(".blocks.")[1].split(".")[0]) for n in first if ".blocks." in n} == set(blocks)
+    # LoRA B starts at zero, so step 1 moves only B (A's gradient is B^T times something); from step 2
+    # on every tensor, in every targeted block and the merger, must receive a gradient.
+    assert all(g for n, g in first.items() if "lora_B" in n)
+    zero = sorted(n for n, g in second.items() if not g)
+    assert not zero, f"LoRA tensors without gradient: {zero}"
+
+
+def test_resume_from_checkpoint_continues_the_run(root, tmp_path):
+    out = tmp_path / "ckpt"
+    base = {"training_args.output_dir": str(out), "training_args.save_steps": 1,
+            "training_args.save_strategy": "steps", "training_args.gradient_checkpointing": False,
+            "save_lora_path": str(tmp_path / "adapter")}
+    build_trainer(train_config(root, **base, **{"training_args.max_steps": 2})).train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+    class StepCounter(TrainerCallback):
+        steps: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    counter = StepCounter()
+    run = build_trainer(train_config(root, **base, **{"training_args.max_steps": 3,
+                                                     "training_args.resume_from_checkpoint": True}),
+                        callbacks=[counter])
+    assert run.resume is True
+    run.train()
+    assert counter.steps == [3]
+    assert run.trainer.state.global_step == 3
