@@ -135,7 +135,12 @@ def _assemble(base, heads, fusion, spec: HybridSpec, processor) -> HybridModel:
 
 def enable_gradient_checkpointing(base: nn.Module) -> None:
     """Non-reentrant checkpointing of every ViT block and decoder layer (the tap needs non-reentrant)."""
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    # transformers 5.24 renamed the method (the old name warns); older 5.x releases only have the old one.
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.config.use_cache = False
 
 
@@ -202,8 +207,10 @@ def lm_logits_to_keep(labels: torch.Tensor) -> int:
 def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy over the supervised tokens; ``logits`` are the last k positions."""
     keep = logits.shape[1]
-    if bool((labels[:, : labels.shape[1] - keep] != IGNORE_INDEX).any()):
-        raise ValueError(f"supervised tokens lie before the last {keep} positions whose logits were kept")
+    # The logits at position p predict token p + 1: the first kept position predicts nothing kept.
+    if bool((labels[:, : labels.shape[1] - keep + 1] != IGNORE_INDEX).any()):
+        raise ValueError(f"the logits of the last {keep} positions cannot predict every supervised token; "
+                         "keep lm_logits_to_keep(labels) positions")
     kept = labels[:, -keep:]
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), kept[:, 1:].flatten().to(logits.device),
                            ignore_index=IGNORE_INDEX)

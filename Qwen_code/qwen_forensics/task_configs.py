@@ -335,6 +335,7 @@ class Task3EvalConfig:
     fake_token: str | None = option(None, "answer word for fake (null: training's)")
     real_token: str | None = option(None, "answer word for real (null: training's)")
     num_heatmaps: int = option(16, "heatmap pictures to write")
+    pixel_threshold: float = option(0.5, "heatmap probability threshold for pixel metrics")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
 

@@ -1,0 +1,132 @@
+"""Task 3 evaluation: the LM's answer, the heads' verdict and the heads' heatmaps, side by side.
+
+One batched forward per batch gives all three: P(fake) from the answer-token logits (softmax over
+the fake and real words at the answer position), P(fake) from the heads' classifier, and the
+evidence heatmap (pixel metrics at the original resolution, SPEC 7). Image metrics are reported
+for both verdicts (``lm_*`` and ``head_*`` columns); ``score`` uses the LM's AUROC, ``head_score``
+the heads'. Thresholds are tuned on ``val_annotation_file`` when given (never on the test set).
+Writes one CSV row per run, ``predictions.json`` (per image) and heatmap pictures.
+
+    python Qwen_code/task3_hybrid_lora/hybrid_eval.py --config Qwen_code/task3_hybrid_lora/config_hybrid_eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.evaluation import score_heads
+from qwen_forensics.metrics import append_csv_row, combined_score, image_report, tune_threshold
+from qwen_forensics.model.hybrid import HybridPrompt
+from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.task1 import load_split
+from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model, predict_hybrid,
+                                  read_hybrid_spec)
+from qwen_forensics.task_configs import Task3EvalConfig
+from qwen_forensics.training import make_accelerator, seed_everything
+from qwen_forensics.visualize import save_heatmap_panel
+
+IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
+PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake_empty_mask")
+CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", *(f"lm_{k}" for k in IMAGE_KEYS),
+               *(f"head_{k}" for k in IMAGE_KEYS), *PIXEL_KEYS, "score", "head_score", "lora_checkpoint",
+               "head_checkpoint", "fusion_checkpoint", "base_model_path"]
+AMP_FOR_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task3EvalConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_hybrid_eval.json"))
+    accelerator = make_accelerator(1)
+    seed_everything(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    paths = CheckpointPaths.from_config(cfg)
+    trained = read_hybrid_spec(paths.fusion_file)
+    _check_seed_keys(cfg, trained)
+    image_size = cfg.image_size or trained.image_size
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    on_gpu = accelerator.device.type == "cuda"
+    amp_dtype = AMP_FOR_DTYPE[cfg.torch_dtype] if on_gpu else "fp32"
+    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
+    processor = load_processor(cfg.base_model_path, image_size)
+    model, spec = load_hybrid_model(base, processor, paths)
+    if cfg.prompt is not None and cfg.prompt != spec.prompt:
+        accelerator.print(f"note: evaluating with prompt {cfg.prompt!r}; the model was trained with {spec.prompt!r}")
+        model.prompt = HybridPrompt.build(processor, cfg.prompt, spec.fusion_tokens, fake_word=spec.fake_word,
+                                          real_word=spec.real_word, head_verdict=spec.head_verdict_prompt)
+    answer_ids = answer_ids_for(processor, spec, cfg.fake_token, cfg.real_token)
+    collate = HybridCollator(processor, model.prompt)
+    model = accelerator.prepare(model)
+
+    def predict(index_path: str, tag: str):
+        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size, mask_rule),
+                                                batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                                collate_fn=collate))
+        start = time.perf_counter()
+        preds = predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, len(records))
+        return records, preds, len(records) / (time.perf_counter() - start)
+
+    tuned_lm = tuned_head = None
+    if cfg.val_annotation_file:
+        val_records, val_preds, _ = predict(cfg.val_annotation_file, "val")
+        val_labels = [r.label for r in val_records]
+        tuned_lm = tune_threshold(val_labels, val_preds.p_fake_lm)
+        tuned_head = tune_threshold(val_labels, val_preds.p_fake_head)
+    records, preds, images_per_s = predict(cfg.annotation_file, "test")
+    if not accelerator.is_main_process:
+        return
+
+    fakes_first = sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:cfg.num_heatmaps]
+    heads, rows, maps = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
+                                    image_size=image_size, pixel_threshold=cfg.pixel_threshold,
+                                    tuned_threshold=tuned_head, keep_maps=set(fakes_first))
+    lm = image_report([r.label for r in records], preds.p_fake_lm, tuned_threshold=tuned_lm)
+    for row, p_lm in zip(rows, preds.p_fake_lm):
+        row["p_fake_head"] = row.pop("p_fake")
+        row["p_fake_lm"] = float(p_lm)
+    for i, prob_map in maps.items():
+        rec = records[i]
+        save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
+                           out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
+    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+    metrics = {"samples": lm["samples"], "positive_ratio": lm["positive_ratio"],
+               **{f"lm_{k}": lm[k] for k in IMAGE_KEYS}, **{f"head_{k}": heads[k] for k in IMAGE_KEYS},
+               **{k: heads[k] for k in PIXEL_KEYS},
+               "score": combined_score(lm["auroc"], heads["pixel_f1"], heads["pixel_iou"]),
+               "head_score": heads["score"]}
+    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
+           "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
+           "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
+           "image_size": image_size, "images_per_s": images_per_s}
+    append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+    print(json.dumps(metrics, indent=1))
+    print(f"metrics CSV: {cfg.csv_path}\npredictions: {out_dir / 'predictions.json'}\n"
+          f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
+
+
+def _check_seed_keys(cfg: Task3EvalConfig, trained) -> None:
+    """The seed's eval config repeats training settings; when given they must match the checkpoint."""
+    for key, value, saved in (("visual_layers", cfg.visual_layers, trained.visual_layers),
+                              ("fusion_tokens", cfg.fusion_tokens, trained.fusion_tokens)):
+        if value is not None and value != saved:
+            raise SystemExit(f"config error: {key}={value} but {cfg.fusion_checkpoint} was trained with {saved}; "
+                             f"set {key} to null or to the trained value")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

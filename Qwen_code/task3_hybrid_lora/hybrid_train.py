@@ -1,0 +1,178 @@
+"""Task 3 training: hybrid LoRA (ViT blocks + merger + LM layers, one adapter), Task 1's heads on the
+ViT features, and a fusion projector whose soft tokens the LM reads after the image.
+
+Loss = loss_weights.lm * LM loss on the answer (word + end of turn) + the Task 1 head losses
+(loss_weights.head_*, evi_alpha). Runs unchanged under ``accelerate launch --num_processes N``.
+
+    python Qwen_code/task3_hybrid_lora/hybrid_train.py --config Qwen_code/task3_hybrid_lora/config_hybrid_train.json
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from qwen_forensics.checkpoint import load_training_state, write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.evaluation import score_heads
+from qwen_forensics.metrics import append_csv_row, image_report
+from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.model.lora import format_targets
+from qwen_forensics.task1 import load_split
+from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
+                                  build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
+                                  load_hybrid_model, predict_hybrid, save_task3_checkpoint)
+from qwen_forensics.task_configs import Task3TrainConfig
+from qwen_forensics.training import make_accelerator, optimizer_steps, seed_everything
+
+# Always present; learning rates of absent groups and the val_* columns (with ann_val) follow.
+TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_lm", "loss_head", "loss_cls", "loss_evi", "loss_sparse",
+                     "loss_contrast", "lr_heads", "images_per_s"]
+SPEC_KEYS = ("visual_layers", "fusion_tokens", "head_verdict_prompt", "prompt", "fake_word", "real_word", "image_size")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task3TrainConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_hybrid_train.json"))
+    accelerator = make_accelerator(cfg.grad_accum)
+    seed_everything(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    # ---- setup: model (full Qwen2.5-VL) + one LoRA adapter + heads + fusion projector
+    on_gpu = accelerator.device.type == "cuda"
+    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
+    processor = load_processor(cfg.base_model_path, cfg.image_size)
+    if cfg.resume:
+        model, spec = load_hybrid_model(base, processor, CheckpointPaths.folder(cfg.resume), is_trainable=True)
+        wanted = HybridSpec.from_train_config(cfg, spec.lora_targets)
+        changed = [k for k in SPEC_KEYS if getattr(spec, k) != getattr(wanted, k)]
+        if changed:
+            raise SystemExit(f"resume: {cfg.resume} was trained with different {changed}; "
+                             f"saved {[getattr(spec, k) for k in changed]}, config {[getattr(wanted, k) for k in changed]}")
+    else:
+        model, spec = build_hybrid_model(base, processor, cfg)
+    accelerator.print(format_targets(spec.lora_targets))
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
+    answer_ids = answer_ids_for(processor, spec)
+
+    # ---- setup: data
+    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
+                               accelerator)
+    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)
+                   if cfg.ann_val else None)
+    answers = {0: cfg.target_text.real, 1: cfg.target_text.fake}
+    train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
+                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                              collate_fn=HybridCollator(processor, model.prompt, answers), drop_last=False,
+                              persistent_workers=cfg.num_workers > 0)
+    val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule),
+                             batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                             collate_fn=HybridCollator(processor, model.prompt)) if val_records else None)
+
+    # ---- setup: optimisation
+    steps_total = optimizer_steps(math.ceil(len(train_loader) / accelerator.num_processes), cfg.grad_accum,
+                                  cfg.epochs, cfg.max_steps)
+    optimizer, scheduler = hybrid_optimizer(model, cfg, steps_total)
+    group_names = [g["name"] for g in optimizer.param_groups]
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    weights = HybridLossWeights.from_config(cfg)
+
+    step, start_epoch = 0, 0
+    if cfg.resume:
+        state = load_training_state(cfg.resume, optimizer, scheduler, process_index=accelerator.process_index)
+        step, start_epoch = state["step"], state["epoch"] + 1
+        accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
+
+    # ---- train
+    best = {"lm_auroc": float("-inf"), "pixel_iou": float("-inf")}
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= steps_total:
+            break
+        model.train()
+        sums, seen = {}, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
+        t0 = _now()
+        for batch in bar:
+            with accelerator.accumulate(model):
+                terms = hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device)
+                accelerator.backward(terms["total"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                scheduler.step()
+                step += 1
+            n = batch["target"].numel()
+            seen += n
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items() if k in ("total", "lm", "head")})
+            if step >= steps_total:
+                break
+        elapsed = _now() - t0
+        lrs = dict(zip(group_names, scheduler.get_last_lr()))
+        row = {"epoch": epoch, "step": step,
+               **{("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1) for k, v in sums.items()},
+               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs},
+               "images_per_s": seen * accelerator.num_processes / max(elapsed, 1e-9)}
+
+        ckpt_dir = out_dir / f"epoch_{epoch}"
+        save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
+                              scheduler, step, epoch)
+        if val_loader is not None:
+            preds = predict_hybrid(model, val_loader, accelerator, answer_ids, cfg.amp_dtype, len(val_records))
+            if accelerator.is_main_process:
+                labels = [r.label for r in val_records]
+                lm = image_report(labels, preds.p_fake_lm)
+                heads, _, _ = score_heads(val_records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
+                                          image_size=cfg.image_size)
+                metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
+                           "pixel_f1": heads["pixel_f1"], "score": heads["score"]}
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+                for key, name in (("lm_auroc", "best_by_AUROC"), ("pixel_iou", "best_by_IoU")):
+                    if metrics[key] > best[key]:
+                        best[key] = metrics[key]
+                        _copy_checkpoint(ckpt_dir, out_dir / name)
+                        accelerator.print(f"new {name}: {key} = {metrics[key]:.4f} (epoch {epoch})")
+        if accelerator.is_main_process:
+            append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
+            accelerator.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        accelerator.wait_for_everyone()
+
+    final = CheckpointPaths.from_config(cfg)
+    save_task3_checkpoint(final, final.fusion_file.parent, accelerator, model, spec, cfg, optimizer, scheduler, step,
+                          cfg.epochs - 1)
+    accelerator.print(f"final adapter: {final.adapter_dir}\nfinal heads: {final.heads_file}\n"
+                      f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}")
+    accelerator.end_training()
+
+
+def _now() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+if __name__ == "__main__":
+    main()
