@@ -1,0 +1,118 @@
+"""Task 1, subtask 2: the full Qwen2.5-VL with the Task 1 visual LoRA answers "Real or Fake".
+
+The full model is loaded, the Task 1 checkpoint's visual LoRA is attached strictly to its vision
+tower (the heads are not used), and every image is scored by one batched forward:
+P(fake) = softmax over the fake/real answer-token logits at the answer position (the last one,
+with left padding), as defined in ``qwen_forensics.lm_eval``. The answer tokens are what the chat
+template puts right after the assistant header (SPEC 6.3); a fake/real word that is not a single
+token there is an error. Images are letterboxed to the checkpoint's ``image_size`` unless the
+config sets one. With ``max_new_tokens > 0`` the greedy free text is reported in its own
+columns, next to (never instead of) the probability.
+
+Image metrics (AUROC, AP, ACC/F1 at 0.5, and at a threshold tuned on ``val_annotation_file``
+when given) go to the metrics CSV, one row per run; per-image results to ``output_json``. Runs
+unchanged under ``accelerate launch --num_processes N`` (each process scores its shard).
+
+    python Qwen_code/task1_modular_lora/subtask_full_model_eval/full_model_eval.py \
+        --config Qwen_code/task1_modular_lora/subtask_full_model_eval/config_full_model_eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data.collate import VisionLanguageCollator
+from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.lm_eval import keyword_label, score_answers
+from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
+from qwen_forensics.model.loader import get_visual, load_model, load_processor
+from qwen_forensics.prompts import answer_token_ids
+from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size, load_split
+from qwen_forensics.task_configs import Task1FullModelEvalConfig
+from qwen_forensics.training import make_accelerator, seed_everything
+
+CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
+               "model_path"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task1FullModelEvalConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_full_model_eval.json"))
+    accelerator = make_accelerator(1)
+    seed_everything(cfg.seed)
+    out_dir = Path(cfg.output_json).parent
+    image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    processor = load_processor(cfg.model_path, image_size)
+    try:
+        fake_id, real_id = answer_token_ids(processor, cfg.fake_token, cfg.real_token)
+    except ValueError as err:
+        raise SystemExit(f"config error (fake_token={cfg.fake_token!r}, real_token={cfg.real_token!r}): {err}") from None
+    dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
+    model = load_model(cfg.model_path, dtype=dtype, device=accelerator.device)
+    model.requires_grad_(False)
+    attach_task1_lora(model, cfg.lora_checkpoint)
+    check_seed_lora_keys(cfg, get_visual(model), cfg.lora_checkpoint)
+    collate = VisionLanguageCollator(processor, cfg.prompt_text)
+
+    def score(index_path: str, tag: str, max_new_tokens: int):
+        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size),
+                                                batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                                collate_fn=collate))
+        start = time.perf_counter()
+        scores = score_answers(model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id,
+                               num_records=len(records), max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
+        return records, scores, len(records) / (time.perf_counter() - start)
+
+    tuned = None
+    if cfg.val_annotation_file:
+        val_records, val_scores, _ = score(cfg.val_annotation_file, "val", 0)
+        tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
+    records, scores, images_per_s = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    if not accelerator.is_main_process:
+        return
+
+    labels = [r.label for r in records]
+    metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
+    rows = []
+    for i, rec in enumerate(records):
+        row = {"image_path": rec.image_path, "label": rec.label, "p_fake": float(scores.p_fake[i]),
+               "logit_fake": float(scores.logit_fake[i]), "logit_real": float(scores.logit_real[i]),
+               "pred@0.5": int(scores.p_fake[i] >= 0.5)}
+        if tuned is not None:
+            row["pred@tuned"] = int(scores.p_fake[i] >= tuned)
+        if scores.generated is not None:
+            row["generated_text"] = scores.generated[i]
+            row["generated_label"] = keyword_label(scores.generated[i], cfg.fake_token, cfg.real_token)
+        rows.append(row)
+    output_json = Path(cfg.output_json)
+    output_json.parent.mkdir(parents=True, exist_ok=True)
+    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+    csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
+               "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
+               "images_per_s": images_per_s}
+    if scores.generated is not None:
+        named = [r["generated_label"] for r in rows]
+        csv_row["generated_acc"] = sum(g == y for g, y in zip(named, labels)) / len(rows)
+        csv_row["generated_undecided"] = sum(g is None for g in named)
+    append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
+    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
+                                              "threshold")}, indent=1))
+    print(f"{images_per_s:.2f} images/s\nmetrics CSV: {cfg.csv_path}\npredictions: {output_json}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
