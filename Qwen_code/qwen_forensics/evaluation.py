@@ -1,8 +1,9 @@
 """Distributed-safe prediction with the forensic heads, and scoring at the original resolution.
 
-Each process predicts its shard of the loader; ``accelerator.gather_for_metrics`` drops the
-samples that the distributed sampler repeats to even out the last batch, and we then check that
-every record came back exactly once. Scoring happens on the gathered, small patch-grid heatmaps:
+Each process predicts its shard of the loader and ``gather_in_order`` gathers everything once at
+the end, drops the records that the distributed sampler repeats to even out the last batch (by
+dataset position), and checks that every record came back exactly once. Scoring happens on the
+gathered, small patch-grid heatmaps:
 each is mapped back to its image's original size (padding cropped) and compared with the ground
 truth binarised once by the configured rule (SPEC 7).
 """
@@ -34,17 +35,31 @@ def gather_in_order(accelerator: Accelerator, positions: list[torch.Tensor], val
                     num_records: int) -> dict[str, np.ndarray]:
     """Concatenate per-batch tensors, gather across processes, and order by record position.
 
-    Raises if a record is missing or duplicated, which would silently bias every metric.
+    ``positions`` holds each batch's dataset positions, ``values`` per key the matching per-batch
+    tensors (first dimension = batch); floating outputs come back as float32 arrays. Under N processes the sampler completes the last round of
+    batches with records from the start of the dataset; those repeats are dropped by position.
+    (``gather_for_metrics`` cannot do it here: it trims only while the loader is still being
+    iterated, and this gather runs once after the loop.) Raises if a record is missing, or if
+    more repeats arrive than one padded round can hold, which would silently bias every metric.
     """
     pos = torch.cat(positions)
     cat = {k: torch.cat(v) for k, v in values.items()}
-    pos, cat = accelerator.gather_for_metrics((pos, cat))
+    for key, tensor in cat.items():
+        if tensor.shape[0] != pos.shape[0]:
+            raise ValueError(f"gather_in_order: {key!r} has {tensor.shape[0]} rows for {pos.shape[0]} positions")
+    largest_batch = max(len(p) for p in positions)
+    pos, cat = accelerator.gather((pos, cat))
     pos = pos.cpu().numpy()
-    if len(pos) != num_records or len(np.unique(pos)) != num_records:
-        raise RuntimeError(f"evaluation gathered {len(pos)} outputs ({len(np.unique(pos))} distinct) "
-                           f"for {num_records} records; every record must come back exactly once")
-    order = np.argsort(pos)
-    return {k: v.float().cpu().numpy()[order] for k, v in cat.items()}
+    unique, first = np.unique(pos, return_index=True)
+    repeats = len(pos) - len(unique)
+    allowed = accelerator.num_processes * largest_batch - 1 if accelerator.num_processes > 1 else 0
+    if len(unique) != num_records or unique[0] != 0 or unique[-1] != num_records - 1 or repeats > allowed:
+        raise RuntimeError(f"evaluation gathered {len(pos)} outputs ({len(unique)} distinct positions, {repeats} "
+                           f"repeated, at most {allowed} expected from sampler padding) for {num_records} records; "
+                           "every record must come back exactly once")
+    keep = torch.from_numpy(first)
+    # bf16 has no numpy dtype; integer outputs (e.g. generated token ids) keep theirs.
+    return {k: (v.cpu()[keep].float() if v.is_floating_point() else v.cpu()[keep]).numpy() for k, v in cat.items()}
 
 
 @torch.no_grad()

@@ -13,20 +13,23 @@ Checkpoint folder layout::
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from torch import nn
 
-from .checkpoint import (load_adapter_strict, load_module_safetensors, read_resolved_config, save_adapter,
-                         save_module_safetensors, save_training_state, write_resolved_config)
+from .checkpoint import (AdapterLoadResult, load_adapter_strict, load_module_safetensors, read_resolved_config,
+                         save_adapter, save_module_safetensors, save_training_state, write_resolved_config)
 from .data.records import Record, load_index
 from .data.validate import apply_bad_sample_policy, validate_records
 from .model.forensic import ForensicViT
 from .model.heads import ForensicHeads
+from .model.lora import locate_components
 
 ADAPTER_DIR = "adapter"
 HEADS_FILE = "heads.safetensors"
@@ -86,6 +89,41 @@ def attach_task1_checkpoint(visual: nn.Module, ckpt_dir: str | Path) -> Forensic
     load_adapter_strict(visual, ckpt_dir / ADAPTER_DIR)
     heads, layers = load_heads(ckpt_dir)
     return ForensicViT(visual, layers, heads.to(next(visual.parameters()).device))
+
+
+def attach_task1_lora(model: nn.Module, ckpt_dir: str | Path) -> AdapterLoadResult:
+    """Strictly attach a Task 1 checkpoint's visual LoRA to the full model's vision tower (subtask 2)."""
+    result = load_adapter_strict(model, Path(ckpt_dir) / ADAPTER_DIR)
+    visual = locate_components(model)["visual"]
+    if result.root != visual:
+        raise ValueError(f"{Path(ckpt_dir) / ADAPTER_DIR} attached to {result.root or 'the model root'!r}, not to the "
+                         f"vision tower {visual!r}: it is not a Task 1 visual LoRA")
+    return result
+
+
+_BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+SEED_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_layers")
+
+
+def check_seed_lora_keys(cfg, visual: nn.Module, ckpt_dir: str | Path) -> None:
+    """The seed's evaluation configs repeat the LoRA settings; the adapter's own are what is used.
+
+    A key left null is fine; a value that differs from the loaded adapter means the config
+    describes another run than the checkpoint it names, and is an error.
+    """
+    lora_config = visual.peft_config["default"]
+    blocks = sorted({int(m.group(1)) for name, module in visual.named_modules()
+                     if isinstance(module, LoraLayer) and (m := _BLOCK_INDEX.search(name))})
+    found = {"lora_r": lora_config.r, "lora_alpha": lora_config.lora_alpha, "lora_dropout": lora_config.lora_dropout,
+             "lora_target_layers": blocks}
+    wrong = []
+    for key in SEED_LORA_KEYS:
+        given = getattr(cfg, key)
+        if given is not None and (sorted(given) if key == "lora_target_layers" else given) != found[key]:
+            wrong.append(f"{key}={given!r} but the adapter has {found[key]!r}")
+    if wrong:
+        raise ValueError(f"config does not match the checkpoint {ckpt_dir}: {'; '.join(wrong)}. Set these keys to "
+                         "null (the adapter's own settings are used) or point to the right checkpoint")
 
 
 def checkpoint_image_size(ckpt_dir: str | Path) -> int:

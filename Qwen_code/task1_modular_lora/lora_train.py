@@ -36,8 +36,9 @@ from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (autocast, build_optimizer_and_schedule, make_accelerator, optimizer_steps,
                                      param_groups, seed_everything)
 
+VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
-                     "lr_lora", "val_auroc", "val_pixel_iou", "val_pixel_f1", "val_score", "images_per_s"]
+                     "lr_lora", *(f"val_{k}" for k in VAL_LOG_METRICS), "images_per_s"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         row = {"epoch": epoch, "step": step, **{("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1)
                                                   for k, v in sums.items()},
                "lr_head": scheduler.get_last_lr()[0], "lr_lora": scheduler.get_last_lr()[-1],
-               "images_per_s": seen * accelerator.num_processes / max(elapsed, 1e-9)}
+               "images_per_s": seen * accelerator.num_processes / max(elapsed, 1e-9),
+               # NaN without validation keeps the CSV's columns the same for every run.
+               **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS}}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             if accelerator.is_main_process:
                 metrics, _, _ = score_heads(val_records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
                                             image_size=cfg.image_size)
-                row.update({f"val_{k}": metrics[k] for k in ("auroc", "pixel_iou", "pixel_f1", "score")})
+                row.update({f"val_{k}": metrics[k] for k in VAL_LOG_METRICS})
                 for key, name in (("auroc", "best_by_AUROC"), ("pixel_iou", "best_by_IoU")):
                     if metrics[key] > best[key]:
                         best[key] = metrics[key]

@@ -12,8 +12,9 @@ Every row is the chat-templated prompt (``prompts.prompt_text_for``) with one im
   position whose logits predict the first answer token (the one eval reads).
 
 Extra keys next to the processor's output: ``target`` (image-level 0/1 labels, int64),
-``answer_positions`` (int64 [B]) and, in training mode, ``labels``. ``model_inputs`` strips the
-first two before calling the model.
+``answer_positions`` (int64 [B]), ``position`` (int64 [B], each item's index in its dataset, when the
+items carry one: distributed evaluation orders gathered outputs by it) and, in training mode,
+``labels``. ``model_inputs`` strips the bookkeeping keys before calling the model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from qwen_forensics.prompts import prompt_text_for
 
 IGNORE_INDEX = -100
-EXTRA_KEYS = ("target", "answer_positions")
+EXTRA_KEYS = ("target", "answer_positions", "position")
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,6 +91,10 @@ class VisionLanguageCollator:
                 raise KeyError(f"batch item {index} lacks {missing}; items need 'image' (PIL image) and 'label' (0/1)")
             if int(item["label"]) not in (0, 1):
                 raise ValueError(f"batch item {index} has label {item['label']!r}; labels must be 0 (real) or 1 (fake)")
+        with_position = ["position" in item for item in items]
+        if any(with_position) and not all(with_position):
+            raise KeyError(f"batch items {[i for i, has in enumerate(with_position) if not has]} lack 'position' "
+                           "while others carry it; a dataset gives every item its index or none")
         labels = [int(item["label"]) for item in items]
         if self.answers is None:
             texts = [self.prompt] * len(items)
@@ -114,6 +119,8 @@ class VisionLanguageCollator:
         # last_token - length + 1) is predicted at last_token - length; with no answer, at last_token.
         batch["answer_positions"] = last_token - lengths
         batch["target"] = torch.tensor(labels, dtype=torch.long)
+        if all(with_position):
+            batch["position"] = torch.tensor([int(item["position"]) for item in items], dtype=torch.long)
         if self.answers is not None:
             lm_labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
             for row, (end, length) in enumerate(zip(last_token.tolist(), answer_lengths)):

@@ -26,7 +26,7 @@ from qwen_forensics.data.masks import MaskRule, load_binary_mask
 from qwen_forensics.evaluation import predict_heads, score_heads
 from qwen_forensics.metrics import append_csv_row, tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.task1 import attach_task1_checkpoint, checkpoint_image_size, load_split
+from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size, load_split
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator
 from qwen_forensics.visualize import save_heatmap_panel
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = "bfloat16" if accelerator.device.type == "cuda" and cfg.amp_dtype == "bf16" else "float32"
     visual = load_vision_tower(cfg.model_path, dtype=dtype)
     model = attach_task1_checkpoint(visual, cfg.ckpt_path)
+    check_seed_lora_keys(cfg, visual, cfg.ckpt_path)
     collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
     model = accelerator.prepare(model)
 
