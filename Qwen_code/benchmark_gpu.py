@@ -7,7 +7,8 @@ synthetic demo set, letterboxed to 448.
 
     python Qwen_code/benchmark_gpu.py --workdir /tmp/bench --out results.json [--sections task1 subtask2]
 
-Reported per section: images/s after warm-up steps (CUDA-synchronised wall time) and the peak
+Each section runs with transformers' per-window attention loop and with the batched window
+attention (``model/window_attention.py``). Reported per section: images/s after warm-up steps (CUDA-synchronised wall time) and the peak
 allocated GPU memory (torch.cuda.max_memory_allocated) in GiB.
 """
 
@@ -32,6 +33,7 @@ from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.loader import get_visual, load_processor
 from qwen_forensics.model.lora import make_lora_config, vision_block_targets
 from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.model.window_attention import enable_batched_window_attention
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from qwen_forensics.synthetic import make_demo_dataset
 from qwen_forensics.task1 import cast_trainable_to_fp32
@@ -77,11 +79,13 @@ def items(workdir: Path, n: int) -> list[dict]:
     return [ds[i % len(ds)] for i in range(n)]
 
 
-def bench_task1(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batch: int, steps: int) -> dict:
+def bench_task1(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batch: int, steps: int, batched: bool) -> dict:
     """One Task 1 training step (LoRA on 4 ViT blocks + heads), vision tower only on the GPU."""
     torch.cuda.reset_peak_memory_stats()
     with DEVICE:
         visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg.vision_config, dtype=torch.bfloat16)
+    if batched:
+        enable_batched_window_attention(visual)
     visual.requires_grad_(False)
     inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.05), visual)
     lora = cast_trainable_to_fp32(visual)
@@ -110,11 +114,14 @@ def bench_task1(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batch: int, ste
     return result
 
 
-def bench_subtask2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int) -> dict:
+def bench_subtask2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int,
+                   batched: bool) -> dict:
     """Full model + visual LoRA: batched answer-token forward, and seed-style per-image generate."""
     torch.cuda.reset_peak_memory_stats()
     with DEVICE:
         model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16).eval()
+    if batched:
+        enable_batched_window_attention(model)
     visual = get_visual(model)
     inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.0), visual)
     visual.to(torch.bfloat16)
@@ -153,6 +160,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument("--sections", nargs="+", default=["task1", "subtask2"], choices=["task1", "subtask2"])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--windows", nargs="+", default=["loop", "batched"], choices=["loop", "batched"],
+                        help="vision window attention: transformers' per-window loop and/or the batched path")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmark_gpu.py needs a CUDA device")
@@ -166,13 +175,17 @@ def main() -> None:
     cfg = seven_b_config(tiny)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "transformers": __import__("transformers").__version__, "image_size": 448}
-    if "task1" in args.sections:
-        for bs in (4, 16):
-            results[f"task1_train_bs{bs}"] = bench_task1(cfg, processor, workdir, bs, args.steps)
-            print(json.dumps(results[f"task1_train_bs{bs}"]), flush=True)
-    if "subtask2" in args.sections:
-        results["subtask2_eval"] = bench_subtask2(cfg, processor, workdir, [16, 64], args.steps)
-        print(json.dumps(results["subtask2_eval"]), flush=True)
+    for windows in args.windows:
+        batched = windows == "batched"
+        if "task1" in args.sections:
+            for bs in (4, 16, 64):
+                key = f"task1_train_bs{bs}_{windows}"
+                results[key] = bench_task1(cfg, processor, workdir, bs, args.steps, batched)
+                print(key, json.dumps(results[key]), flush=True)
+        if "subtask2" in args.sections:
+            key = f"subtask2_eval_{windows}"
+            results[key] = bench_subtask2(cfg, processor, workdir, [16, 64], args.steps, batched)
+            print(key, json.dumps(results[key]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 

@@ -16,6 +16,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
+from .window_attention import enable_batched_window_attention
+
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -66,8 +68,13 @@ def load_model(
     dtype: str | torch.dtype = "bfloat16",
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
+    batched_windows: bool = True,
 ) -> Qwen2_5_VLForConditionalGeneration:
-    """Load the full Qwen2.5-VL model in eval mode (on CPU unless ``device`` is given)."""
+    """Load the full Qwen2.5-VL model in eval mode (on CPU unless ``device`` is given).
+
+    ``batched_windows``: run the vision tower's window attention as one SDPA call per window length
+    (``window_attention``; same outputs, several times faster on GPU).
+    """
     path = check_model_dir(model_path)
     kwargs = {}
     if device is not None:
@@ -84,6 +91,8 @@ def load_model(
     problems = {kind: keys for kind, keys in problems.items() if keys}
     if problems:
         raise RuntimeError(f"weights in {path} do not match the model built from its config.json: {_summarise(problems)}")
+    if batched_windows:
+        enable_batched_window_attention(model)
     return model.eval()
 
 
@@ -129,6 +138,7 @@ def load_vision_tower(
     dtype: str | torch.dtype = "bfloat16",
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
+    batched_windows: bool = True,
 ) -> Qwen2_5_VisionTransformerPretrainedModel:
     """Build only the vision tower from ``config.vision_config`` and load its weights strictly.
 
@@ -163,6 +173,8 @@ def load_vision_tower(
     tower.load_state_dict({key: value.to(torch_dtype) for key, value in state.items()}, strict=True, assign=True)
     if device is not None:
         tower.to(torch.device(device))
+    if batched_windows:
+        enable_batched_window_attention(tower)
     return tower.eval()
 
 
