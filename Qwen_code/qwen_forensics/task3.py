@@ -34,6 +34,7 @@ from .checkpoint import (load_adapter_strict, load_module_safetensors, save_adap
                          save_training_state, write_resolved_config)
 from .data.collate import IGNORE_INDEX, VisionLanguageCollator
 from .evaluation import HeadPredictions, gather_in_order
+from .lm_eval import answer_logits
 from .losses import ForensicLossWeights, forensic_loss
 from .model.heads import ForensicHeads
 from .model.hybrid import FusionProjector, HybridModel, HybridPrompt, embedding_rms
@@ -158,9 +159,11 @@ def hybrid_optimizer(model: HybridModel, cfg, total_steps: int):
 
 # ----------------------------------------------------------------------------------------- data
 class HybridCollator:
-    """ForgeryDataset items -> processor inputs for the hybrid prompt (left padded), plus ``target``,
-    ``answer_positions``, ``mask`` [B, S, S], ``position`` and, with ``answers``, LM ``labels``
-    (answer word + end of turn, see ``data.collate``)."""
+    """ForgeryDataset items -> ``VisionLanguageCollator`` batches of the hybrid prompt (left padded).
+
+    With ``answers`` (training) the batch also holds LM ``labels`` and the items' training ``mask``
+    [B, S, S] for the head losses; without (evaluation) it is exactly what ``lm_eval`` scores.
+    """
 
     def __init__(self, processor, prompt: HybridPrompt, answers: Mapping[int, str] | None = None):
         self.prompt = prompt
@@ -168,8 +171,8 @@ class HybridCollator:
 
     def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         batch = self.lm(items)
-        batch["mask"] = torch.stack([item["mask"] for item in items])
-        batch.setdefault("position", torch.tensor([int(item["position"]) for item in items], dtype=torch.long))
+        if self.lm.answers is not None:
+            batch["mask"] = torch.stack([item["mask"] for item in items])
         return batch
 
 
@@ -250,31 +253,27 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: t
 
 
 # ----------------------------------------------------------------------------------------- prediction
-def lm_p_fake(last_logits: torch.Tensor, fake_id: int, real_id: int) -> torch.Tensor:
-    """P(fake) = softmax over the [fake, real] answer-token logits, [B, V] -> [B]."""
-    pair = last_logits[:, [fake_id, real_id]].float()
-    return torch.softmax(pair, dim=-1)[:, 0]
-
-
 @torch.no_grad()
-def eval_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], answer_ids: tuple[int, int], *,
+def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids: tuple[int, int], *,
                amp_dtype: str = "bf16") -> dict[str, torch.Tensor]:
     """One inference forward: ``p_fake_lm``, ``p_fake_head`` [B] and ``heatmap`` [B, H, W] probabilities.
 
-    The batch is left padded, so the answer is predicted at the last position of every row and only
-    that position's logits are computed.
+    The LM's answer is read by ``lm_eval.answer_logits`` (the shared definition: softmax over the
+    fake and real logits at the answer position); the heads' outputs of the same forward are kept
+    by a hook, so the vision tower runs once. ``model`` is the unwrapped hybrid model.
     """
     model.eval()
-    positions = batch["answer_positions"]
-    if bool((positions != batch["input_ids"].shape[1] - 1).any()):
-        raise ValueError("answer positions are not the last column: build eval batches with HybridCollator "
-                         "without answers (left padding)")
-    device = next(model.parameters()).device
-    with autocast(device, amp_dtype):
-        out = model(**hybrid_inputs(batch), logits_to_keep=1)
-    return {"p_fake_lm": lm_p_fake(out["logits"][:, -1], *answer_ids),
-            "p_fake_head": torch.sigmoid(out["cls_logit"].float()),
-            "heatmap": torch.sigmoid(out["heatmap_logit"].float())}
+    kept = {}
+    handle = model.register_forward_hook(lambda module, args, output: kept.update(output=output))
+    try:
+        with autocast(next(model.parameters()).device, amp_dtype):
+            pair = answer_logits(model, batch, *answer_ids)
+    finally:
+        handle.remove()
+    out = kept["output"]
+    return {"p_fake_lm": torch.softmax(pair, dim=-1)[:, 0],
+            "p_fake_head": torch.sigmoid(out.cls_logit.float()),
+            "heatmap": torch.sigmoid(out.heatmap_logit.float())}
 
 
 @dataclass
@@ -288,9 +287,10 @@ class HybridPredictions:
         return HeadPredictions(p_fake=self.p_fake_head, heatmaps=self.heatmaps)
 
 
-def predict_hybrid(model: nn.Module, loader, accelerator: Accelerator, answer_ids: tuple[int, int], amp_dtype: str,
-                   num_records: int) -> HybridPredictions:
-    """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``) and gather every record once."""
+def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
+                   amp_dtype: str, num_records: int) -> HybridPredictions:
+    """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``; ``model`` unwrapped, on the
+    device) on every process and gather every record once, in dataset order."""
     positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
     for batch in loader:
         out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype)

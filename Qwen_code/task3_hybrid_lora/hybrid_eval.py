@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> None:
                                           real_word=spec.real_word, head_verdict=spec.head_verdict_prompt)
     answer_ids = answer_ids_for(processor, spec, cfg.fake_token, cfg.real_token)
     collate = HybridCollator(processor, model.prompt)
-    model = accelerator.prepare(model)
 
     def predict(index_path: str, tag: str):
         records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)

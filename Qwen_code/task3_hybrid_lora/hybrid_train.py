@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
                               scheduler, step, epoch)
         if val_loader is not None:
-            preds = predict_hybrid(model, val_loader, accelerator, answer_ids, cfg.amp_dtype, len(val_records))
+            preds = predict_hybrid(accelerator.unwrap_model(model), val_loader, accelerator, answer_ids, cfg.amp_dtype,
+                                   len(val_records))
             if accelerator.is_main_process:
                 labels = [r.label for r in val_records]
                 lm = image_report(labels, preds.p_fake_lm)

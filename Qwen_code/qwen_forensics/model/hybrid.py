@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from ..prompts import prompt_text_for
 from .heads import ForensicHeads
@@ -41,6 +42,7 @@ __all__ = [
     "VERDICT_TEMPLATE",
     "FusionProjector",
     "HybridModel",
+    "HybridOutput",
     "HybridPrompt",
     "head_statistics",
     "embedding_rms",
@@ -170,6 +172,17 @@ class HybridPrompt:
                    (fake_ids[position], real_ids[position]))
 
 
+@dataclass
+class HybridOutput(ModelOutput):
+    """LM ``logits`` [B, kept positions, V] and the heads' ``cls_logit`` [B], ``heatmap_logit``
+    [B, H, W] and ``pooled`` [B, D], from one forward (attribute or key access)."""
+
+    logits: torch.Tensor | None = None
+    cls_logit: torch.Tensor | None = None
+    heatmap_logit: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+
 class HybridModel(nn.Module):
     """Qwen2.5-VL + forensic heads + fusion projector; one forward gives LM logits and head outputs.
 
@@ -199,8 +212,11 @@ class HybridModel(nn.Module):
         self._pending: dict | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                image_grid_thw: torch.Tensor, logits_to_keep: int = 0, **model_kwargs) -> dict[str, torch.Tensor]:
-        """-> ``logits`` [B, L or logits_to_keep, V], ``cls_logit`` [B], ``heatmap_logit`` [B, H, W], ``pooled``."""
+                image_grid_thw: torch.Tensor, logits_to_keep: int | torch.Tensor = 0, use_cache: bool = False,
+                **model_kwargs) -> HybridOutput:
+        """Same call as the Qwen2.5-VL forward (``logits_to_keep`` included) without labels or a cache."""
+        if use_cache:
+            raise ValueError("the hybrid model has no generation cache: its soft tokens need the whole prompt")
         self._pending = {"input_ids": input_ids, "heads": None}
         handle = get_language_model(self.base).register_forward_pre_hook(self._inject, with_kwargs=True)
         try:
@@ -215,7 +231,7 @@ class HybridModel(nn.Module):
             handle.remove()
             self._pending = None
             self.tap.clear()
-        return {"logits": out.logits, **heads_out}
+        return HybridOutput(logits=out.logits, **heads_out)
 
     def _inject(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
