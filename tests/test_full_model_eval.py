@@ -52,6 +52,15 @@ def _load_script():
 full_model_eval = _load_script()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's ops are too small to gain from threads; on 2 shared cores extra threads only spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """Tiny model and a small demo set under the seed's folder names, plus a Task 1 visual adapter."""

@@ -52,6 +52,15 @@ def _load_script(path: Path, name: str):
 lora_train = _load_script(TRAIN, "lora_train_under_test")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's ops are too small to gain from threads; on 2 shared cores extra threads only spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _run(command: list[str], *, cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
     done = subprocess.run(command, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
