@@ -25,6 +25,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from qwen_forensics.data.collate import ImageBatchCollator, VisionLanguageCollator, model_inputs
+from qwen_forensics.lm_eval import answer_logits
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
@@ -37,6 +38,10 @@ from qwen_forensics.model.window_attention import enable_batched_window_attentio
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from qwen_forensics.synthetic import make_demo_dataset
 from qwen_forensics.task1 import cast_trainable_to_fp32
+from qwen_forensics.task2 import PromptSetup, attach_lora, make_collator
+from qwen_forensics.task3 import (HybridCollator, HybridLossWeights, build_hybrid_model, enable_gradient_checkpointing,
+                                  eval_batch, hybrid_optimizer, train_step)
+from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
 from qwen_forensics.training import autocast
 
 QWEN25_VL_7B = {
@@ -154,11 +159,91 @@ def bench_subtask2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: lis
     return out
 
 
+def full_model(cfg: Qwen2_5_VLConfig, batched: bool):
+    with DEVICE:
+        model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16)
+    if batched:
+        enable_batched_window_attention(model)
+    return model
+
+
+def bench_task2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int,
+                batched: bool) -> dict:
+    """Task 2: LM-loss training steps (LoRA on ViT blocks + merger, gradient checkpointing) and
+    the lora_infer forward (answer-token logits), at the shipped config's targets."""
+    torch.cuda.reset_peak_memory_stats()
+    model, _ = attach_lora(full_model(cfg, batched), Task2TrainConfig())
+    enable_gradient_checkpointing(model.get_base_model())
+    lora = cast_trainable_to_fp32(model)
+    opt = torch.optim.AdamW(lora, lr=1e-4)
+    setup = PromptSetup(448, DEFAULT_PROMPT, "Fake", "Real")
+    out = {}
+    for bs in batches:
+        b = {k: v.to(DEVICE) for k, v in model_inputs(make_collator(processor, setup, train=True)(items(workdir, bs))).items()}
+
+        def step():
+            model.train()
+            with autocast(DEVICE, "bf16"):
+                loss = model(**b).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lora, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        torch.cuda.reset_peak_memory_stats()
+        sec = timed(step, steps, 2)
+        out[f"train_bs{bs}"] = {"s_per_step": sec, "images_per_s": bs / sec,
+                                "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "gradient_checkpointing": True}
+    fake_id, real_id = answer_token_ids(processor.tokenizer)
+    for bs in (16, 64):
+        b = {k: v.to(DEVICE) for k, v in make_collator(processor, setup, train=False)(items(workdir, bs)).items()}
+
+        @torch.no_grad()
+        def infer():
+            model.eval()
+            with autocast(DEVICE, "bf16"):
+                return answer_logits(model, b, fake_id, real_id)
+
+        out[f"infer_bs{bs}"] = {"images_per_s": bs / timed(infer, steps, 1)}
+    del model, opt
+    torch.cuda.empty_cache()
+    return out
+
+
+def bench_task3(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int,
+                batched: bool) -> dict:
+    """Task 3: hybrid training steps (LoRA on ViT + merger + LM, heads, fusion soft tokens, gradient
+    checkpointing) and the hybrid_eval forward, at the shipped config's settings."""
+    torch.cuda.reset_peak_memory_stats()
+    train_cfg = Task3TrainConfig()
+    model, spec = build_hybrid_model(full_model(cfg, batched), processor, train_cfg)
+    enable_gradient_checkpointing(model.base)
+    optimizer, _ = hybrid_optimizer(model, train_cfg, total_steps=100)
+    weights = HybridLossWeights.from_config(train_cfg)
+    prompt = spec.hybrid_prompt(processor)
+    answers = {0: spec.real_word, 1: spec.fake_word}
+    out = {"fusion_tokens": train_cfg.fusion_tokens}
+    for bs in batches:
+        b = {k: v.to(DEVICE) for k, v in HybridCollator(processor, prompt, answers)(items(workdir, bs)).items()}
+        torch.cuda.reset_peak_memory_stats()
+        sec = timed(lambda: train_step(model, b, optimizer, weights), steps, 2)
+        out[f"train_bs{bs}"] = {"s_per_step": sec, "images_per_s": bs / sec,
+                                "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "gradient_checkpointing": True}
+    ids = answer_token_ids(processor.tokenizer, spec.fake_word, spec.real_word)
+    for bs in (16, 64):
+        b = {k: v.to(DEVICE) for k, v in HybridCollator(processor, prompt)(items(workdir, bs)).items()}
+        out[f"eval_bs{bs}"] = {"images_per_s": bs / timed(lambda: eval_batch(model, b, ids), steps, 1)}
+    del model, optimizer
+    torch.cuda.empty_cache()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="scratch folder (tiny tokenizer/processor, demo images)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
-    parser.add_argument("--sections", nargs="+", default=["task1", "subtask2"], choices=["task1", "subtask2"])
+    parser.add_argument("--sections", nargs="+", default=["task1", "subtask2", "task2", "task3"],
+                        choices=["task1", "subtask2", "task2", "task3"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--windows", nargs="+", default=["loop", "batched"], choices=["loop", "batched"],
                         help="vision window attention: transformers' per-window loop and/or the batched path")
@@ -185,6 +270,14 @@ def main() -> None:
         if "subtask2" in args.sections:
             key = f"subtask2_eval_{windows}"
             results[key] = bench_subtask2(cfg, processor, workdir, [16, 64], args.steps, batched)
+            print(key, json.dumps(results[key]), flush=True)
+        if "task2" in args.sections:
+            key = f"task2_{windows}"
+            results[key] = bench_task2(cfg, processor, workdir, [4, 8], args.steps, batched)
+            print(key, json.dumps(results[key]), flush=True)
+        if "task3" in args.sections:
+            key = f"task3_{windows}"
+            results[key] = bench_task3(cfg, processor, workdir, [2, 4], args.steps, batched)
             print(key, json.dumps(results[key]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
