@@ -5,6 +5,7 @@ checkpoint round trip (in a new process) with loud failures on missing tensors."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,15 @@ from qwen_forensics.task_configs import Task3TrainConfig
 IMAGE_SIZE = 112
 ANSWERS = {0: "Real", 1: "Fake"}
 ALL_OFF = {"visual": {"enabled": False}, "merge": {"enabled": False}, "lm": {"enabled": False}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine torch's two threads contend and run ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +247,7 @@ def test_checkpoint_round_trip_in_a_new_process(tiny_dir, processor, tmp_path):
     with torch.no_grad():
         expected = model(**batch)
     subprocess.run([sys.executable, "-c", CHILD, str(tiny_dir), str(ckpt), str(tmp_path / "batch.safetensors"),
-                    str(tmp_path / "out.safetensors")], check=True)
+                    str(tmp_path / "out.safetensors")], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     got = load_file(tmp_path / "out.safetensors")
     assert set(got) == set(expected)
     for key, value in expected.items():
