@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from qwen_forensics.config import parse_config
 from qwen_forensics.model.loader import load_model, load_processor
@@ -85,3 +86,30 @@ def test_trained_hybrid_answers_better_than_untrained(tmp_path):
           f"pixel IoU {float(before['pixel_iou']):.3f} -> {float(after['pixel_iou']):.3f}")
     assert float(after["lm_auroc"]) >= 0.65
     assert float(after["lm_auroc"]) >= float(before["lm_auroc"]) + 0.2
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run(tmp_path):
+    ws = tmp_path
+    build_tiny_model(ws / "Qwen2.5-VL-7B-Instruct")
+    make_demo_dataset(ws, n_train=40, n_test=8, frames_per_video=1, seed=0)
+    base = {"image_size": 56, "fuse_dim": 32, "epochs": 2, "batch_size": 8, "grad_accum": 2, "num_workers": 0,
+            "head_verdict_prompt": True}
+
+    def train(name: str, **extra) -> Path:
+        out = ws / name
+        _run(ws, "--skip-eval", *_sets("--train-set", {
+            **base, **extra, "output_dir": str(out), "train_log": str(out / "log.csv"),
+            "lora_checkpoint": str(out / "final" / "adapter"), "head_checkpoint": str(out / "final" / "heads.safetensors"),
+            "fusion_checkpoint": str(out / "final" / "fusion.safetensors")}))
+        return out
+
+    whole = train("whole")
+    resumed = train("resumed", resume=str(whole / "epoch_0"))
+    first, second = (list(csv.DictReader((run / "log.csv").open(encoding="utf-8"))) for run in (whole, resumed))
+    assert [r["epoch"] for r in second] == ["1"]
+    for key in ("step", "loss", "loss_lm", "loss_head"):
+        assert second[0][key] == first[1][key], key
+    for part in ("heads.safetensors", "fusion.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = (load_file(run / "final" / part) for run in (whole, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
