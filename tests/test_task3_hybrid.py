@@ -22,7 +22,7 @@ from qwen_forensics.config import parse_config
 from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, answer_lm_loss,
+from qwen_forensics.task3 import (BenchmarkRig, CheckpointPaths, HybridCollator, HybridLossWeights, answer_lm_loss,
                                   build_hybrid_model, enable_gradient_checkpointing, hybrid_inputs, hybrid_loss,
                                   lm_logits_to_keep, load_hybrid_model, save_hybrid_weights)
 from qwen_forensics.task_configs import Task3TrainConfig
@@ -272,3 +272,14 @@ def test_a_missing_tensor_fails_loudly(tiny_dir, processor, tmp_path, part):
     with pytest.raises(ValueError, match="missing from the file") as err:
         load_hybrid_model(load_model(tiny_dir, dtype="float32"), processor, CheckpointPaths.folder(ckpt))
     assert str(path) in str(err.value)
+
+
+def test_benchmark_rig_runs_training_steps_and_an_eval_batch(tiny_dir, processor):
+    base = load_model(tiny_dir, dtype="float32")
+    rig = BenchmarkRig.build(base, processor, _items(2), _cfg(lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0))
+    assert rig.amp_dtype == "fp32" and "mask" not in rig.eval_batch and "labels" in rig.train_batch
+    losses = [rig.train()["total"] for _ in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    out = rig.evaluate()
+    assert out["p_fake_lm"].shape == out["p_fake_head"].shape == (2,) and out["heatmap"].shape == (2, 8, 8)
+    assert bool(((out["p_fake_lm"] > 0) & (out["p_fake_lm"] < 1)).all())

@@ -395,3 +395,49 @@ def answer_ids_for(processor, spec: HybridSpec, fake_word: str | None = None,
                    real_word: str | None = None) -> tuple[int, int]:
     """(fake id, real id) read at eval: the trained words unless overridden (then checked)."""
     return answer_token_ids(processor, fake_word or spec.fake_word, real_word or spec.real_word)
+
+
+# ----------------------------------------------------------------------------------------- benchmark
+@dataclass
+class BenchmarkRig:
+    """A hybrid model, its optimiser and two fixed device-resident batches (one training batch with
+    answers, one evaluation batch) so that a benchmark can time ``train()`` and ``evaluate()``
+    repeatedly; the same functions as the scripts run underneath."""
+
+    model: HybridModel
+    optimizer: torch.optim.Optimizer
+    weights: HybridLossWeights
+    answer_ids: tuple[int, int]
+    train_batch: dict[str, torch.Tensor]
+    eval_batch: dict[str, torch.Tensor]
+    amp_dtype: str
+    max_norm: float
+
+    @classmethod
+    def build(cls, base: nn.Module, processor, items: Sequence[Mapping], cfg=None) -> "BenchmarkRig":
+        """``base``: a Qwen2.5-VL model already on its device and dtype; ``items``: ForgeryDataset items
+        (letterboxed to ``cfg.image_size``); ``cfg``: a ``Task3TrainConfig`` (default: the shipped
+        defaults: LoRA on 4 ViT blocks + merger + all LM layers, 4 soft tokens, checkpointing on)."""
+        from .task_configs import Task3TrainConfig
+
+        cfg = cfg if cfg is not None else Task3TrainConfig()
+        model, spec = build_hybrid_model(base, processor, cfg)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(base)
+        optimizer, _ = hybrid_optimizer(model, cfg, total_steps=1_000)
+        device = next(base.parameters()).device
+        answers = {0: cfg.target_text.real, 1: cfg.target_text.fake}
+        train = HybridCollator(processor, model.prompt, answers)(items)
+        evaluation = HybridCollator(processor, model.prompt)(items)
+        return cls(model, optimizer, HybridLossWeights.from_config(cfg), answer_ids_for(processor, spec),
+                   {k: v.to(device) for k, v in train.items()}, {k: v.to(device) for k, v in evaluation.items()},
+                   cfg.amp_dtype if device.type == "cuda" else "fp32", cfg.max_norm)
+
+    def train(self) -> dict[str, float]:
+        """One optimiser step on the training batch; returns the loss terms."""
+        return train_step(self.model, self.train_batch, self.optimizer, self.weights, amp_dtype=self.amp_dtype,
+                          max_norm=self.max_norm)
+
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        """One inference forward on the evaluation batch: LM and head P(fake), heatmaps."""
+        return eval_batch(self.model, self.eval_batch, self.answer_ids, amp_dtype=self.amp_dtype)
