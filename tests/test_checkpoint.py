@@ -32,7 +32,8 @@ from qwen_forensics.checkpoint import (
     save_training_state,
     write_resolved_config,
 )
-from qwen_forensics.model.lora import LoraTargetSpec, lora_wrapped_modules, make_lora_config, resolve_targets
+from qwen_forensics.model.lora import (LoraTargetSpec, lora_wrapped_modules, make_lora_config, resolve_targets,
+                                      vision_block_targets)
 from qwen_forensics.model.tiny import MROPE_SECTION, TEXT_DIMS, VISION_DIMS
 
 VISION = {**VISION_DIMS, "out_hidden_size": TEXT_DIMS["hidden_size"]}
@@ -371,3 +372,15 @@ def test_adapter_refuses_second_load_and_missing_folder(tmp_path):
         load_adapter_strict(full, folder)
     with pytest.raises(FileNotFoundError, match="adapter config"):
         load_adapter_strict(make_tower(), tmp_path / "nothing")
+
+
+def test_loaded_adapter_follows_the_model_mode(tmp_path):
+    """A model in eval mode must stay deterministic after the adapter is attached (no live dropout)."""
+    from peft.tuners.lora import LoraLayer
+
+    source = make_tower()
+    inject_adapter_in_model(make_lora_config(vision_block_targets(source, [1]), r=4, alpha=8, dropout=0.5), source)
+    save_adapter(source, tmp_path / "adapter")
+    target = make_tower().eval()
+    load_adapter_strict(target, tmp_path / "adapter")
+    assert not any(m.training for m in target.modules() if isinstance(m, LoraLayer))

@@ -385,7 +385,10 @@ def load_adapter_strict(
         raise ValueError(f"the model already carries LoRA layers; load {adapter_dir} into a fresh model")
 
     config.inference_mode = not is_trainable
+    was_training = root.training
     inject_adapter_in_model(config, root, adapter_name=adapter_name)
+    # New LoRA modules start in training mode (active dropout); give them the model's mode.
+    root.train(was_training)
     expected = get_peft_model_state_dict(root, adapter_name=adapter_name, save_embedding_layers=False)
     report = _mismatch_report(weights_path, {k: v.shape for k, v in expected.items()}, file_state)
     if report:
