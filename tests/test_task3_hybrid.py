@@ -22,9 +22,10 @@ from qwen_forensics.config import parse_config
 from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.task3 import (BenchmarkRig, CheckpointPaths, HybridCollator, HybridLossWeights, answer_lm_loss,
-                                  build_hybrid_model, enable_gradient_checkpointing, hybrid_inputs, hybrid_loss,
-                                  lm_logits_to_keep, load_hybrid_model, save_hybrid_weights)
+from qwen_forensics.task3 import (BenchmarkRig, CheckpointPaths, HybridCollator, HybridLossWeights, answer_ids_for,
+                                  answer_lm_loss, build_hybrid_model, enable_gradient_checkpointing, eval_batch,
+                                  hybrid_inputs, hybrid_loss, lm_logits_to_keep, load_hybrid_model,
+                                  save_hybrid_weights)
 from qwen_forensics.task_configs import Task3TrainConfig
 
 IMAGE_SIZE = 112
@@ -283,3 +284,16 @@ def test_benchmark_rig_runs_training_steps_and_an_eval_batch(tiny_dir, processor
     out = rig.evaluate()
     assert out["p_fake_lm"].shape == out["p_fake_head"].shape == (2,) and out["heatmap"].shape == (2, 8, 8)
     assert bool(((out["p_fake_lm"] > 0) & (out["p_fake_lm"] < 1)).all())
+
+
+def test_the_vision_tower_runs_once_per_forward(tiny_dir, processor):
+    base, model, spec = _build(tiny_dir, processor, fusion_tokens=2, head_verdict_prompt=True)
+    calls = []
+    handle = base.model.visual.register_forward_hook(lambda *args: calls.append(1))
+    items = _items(2)
+    eval_batch(model, HybridCollator(processor, model.prompt)(items), answer_ids_for(processor, spec), amp_dtype="fp32")
+    assert len(calls) == 1
+    hybrid_loss(model.train(), HybridCollator(processor, model.prompt, ANSWERS)(items),
+                HybridLossWeights.from_config(_cfg()), "fp32", torch.device("cpu"))["total"].backward()
+    handle.remove()
+    assert len(calls) == 2

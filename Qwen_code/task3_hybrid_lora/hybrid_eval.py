@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     trained = read_hybrid_spec(paths.fusion_file)
     _check_seed_keys(cfg, trained)
     image_size = cfg.image_size or trained.image_size
+    if image_size != trained.image_size:
+        print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
