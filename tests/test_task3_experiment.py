@@ -23,9 +23,12 @@ from qwen_forensics.task3 import CheckpointPaths, build_hybrid_model, save_hybri
 from qwen_forensics.task_configs import Task3TrainConfig
 
 RUNNER = Path(__file__).resolve().parents[1] / "Qwen_code" / "task3_hybrid_lora" / "run_task3_experiment.py"
-# Short CPU run: 112 px, small fused width, learning rates that let the tiny model learn in ~200 steps.
-TRAIN = {"image_size": 112, "fuse_dim": 64, "epochs": 12, "batch_size": 8, "grad_accum": 1, "num_workers": 0,
-         "lr_head": 0.003, "lr_lora": 0.002, "lr_fusion": 0.003, "gradient_checkpointing": False}
+# Short CPU run: 112 px, small fused width, learning rates that let the tiny model learn in ~150 steps.
+# The heads read (and LoRA adapts) ViT block 1: the tiny model's weights are random and its deep
+# blocks carry little patch-level detail (the demo does the same for Task 1).
+TRAIN = {"image_size": 112, "fuse_dim": 64, "epochs": 8, "batch_size": 8, "grad_accum": 1, "num_workers": 0,
+         "lr_head": 0.003, "lr_lora": 0.002, "lr_fusion": 0.003, "gradient_checkpointing": False,
+         "visual_layers": [1], "lora.visual.blocks": [1]}
 EVAL = {"num_workers": 0, "batch_size": 30, "num_heatmaps": 4}
 
 
@@ -55,7 +58,8 @@ def test_trained_hybrid_answers_better_than_untrained(tmp_path):
     train_sets = {**TRAIN, "ann_val": str(data / "val_idx.json")}
 
     untrained = ws / "untrained"
-    cfg = parse_config(Task3TrainConfig, train_sets, root=str(ws))
+    cfg = parse_config(Task3TrainConfig, {}, overrides=[f"{k}={json.dumps(v)}" for k, v in train_sets.items()],
+                       root=str(ws))
     torch.manual_seed(cfg.seed)
     model, spec = build_hybrid_model(load_model(cfg.base_model_path, dtype="float32"),
                                      load_processor(cfg.base_model_path, cfg.image_size), cfg)
@@ -75,7 +79,7 @@ def test_trained_hybrid_answers_better_than_untrained(tmp_path):
                                                        "resolved_config.json", "rng_state_0.pt", "training_state.pt"]
     assert (out / "training" / "best_by_AUROC" / "adapter").is_dir()
     log = list(csv.DictReader((out / "training" / "train_log.csv").open(encoding="utf-8")))
-    assert [int(r["epoch"]) for r in log] == list(range(12)) and log[-1]["val_lm_auroc"] != ""
+    assert [int(r["epoch"]) for r in log] == list(range(8)) and log[-1]["val_lm_auroc"] != ""
     assert len(list((out / "evaluation" / "heatmaps").glob("*.png"))) == 4
     predictions = json.loads((out / "evaluation" / "predictions.json").read_text(encoding="utf-8"))
     assert len(predictions) == 60 and all({"p_fake_lm", "p_fake_head"} <= set(row) for row in predictions)
@@ -84,8 +88,8 @@ def test_trained_hybrid_answers_better_than_untrained(tmp_path):
     print(f"\nLM AUROC untrained {float(before['lm_auroc']):.3f} -> trained {float(after['lm_auroc']):.3f}; "
           f"head AUROC {float(before['head_auroc']):.3f} -> {float(after['head_auroc']):.3f}; "
           f"pixel IoU {float(before['pixel_iou']):.3f} -> {float(after['pixel_iou']):.3f}")
-    assert float(after["lm_auroc"]) >= 0.65
-    assert float(after["lm_auroc"]) >= float(before["lm_auroc"]) + 0.2
+    assert float(after["lm_auroc"]) >= 0.85
+    assert float(after["lm_auroc"]) >= float(before["lm_auroc"]) + 0.3
 
 
 @pytest.mark.slow
