@@ -22,10 +22,10 @@ from qwen_forensics.config import parse_config
 from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.task3 import (BenchmarkRig, CheckpointPaths, HybridCollator, HybridLossWeights, answer_ids_for,
+from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, answer_ids_for,
                                   answer_lm_loss, build_hybrid_model, enable_gradient_checkpointing, eval_batch,
                                   hybrid_inputs, hybrid_loss, lm_logits_to_keep, load_hybrid_model,
-                                  save_hybrid_weights)
+                                  hybrid_optimizer, save_hybrid_weights, train_step)
 from qwen_forensics.task_configs import Task3TrainConfig
 
 IMAGE_SIZE = 112
@@ -275,13 +275,19 @@ def test_a_missing_tensor_fails_loudly(tiny_dir, processor, tmp_path, part):
     assert str(path) in str(err.value)
 
 
-def test_benchmark_rig_runs_training_steps_and_an_eval_batch(tiny_dir, processor):
-    base = load_model(tiny_dir, dtype="float32")
-    rig = BenchmarkRig.build(base, processor, _items(2), _cfg(lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0))
-    assert rig.amp_dtype == "fp32" and "mask" not in rig.eval_batch and "labels" in rig.train_batch
-    losses = [rig.train()["total"] for _ in range(3)]
+def test_train_step_and_eval_batch_as_the_gpu_benchmark_calls_them(tiny_dir, processor):
+    """benchmark_gpu.py times exactly these two functions on fixed batches."""
+    base, model, spec = _build(tiny_dir, processor, lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0)
+    cfg = _cfg(lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0)
+    optimizer, _ = hybrid_optimizer(model, cfg, total_steps=1_000)
+    items = _items(2)
+    train = HybridCollator(processor, model.prompt, ANSWERS)(items)
+    evaluation = HybridCollator(processor, model.prompt)(items)
+    assert "mask" not in evaluation and "labels" in train
+    losses = [train_step(model, train, optimizer, HybridLossWeights.from_config(cfg), amp_dtype="fp32")["total"]
+              for _ in range(3)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    out = rig.evaluate()
+    out = eval_batch(model, evaluation, answer_ids_for(processor, spec), amp_dtype="fp32")
     assert out["p_fake_lm"].shape == out["p_fake_head"].shape == (2,) and out["heatmap"].shape == (2, 8, 8)
     assert bool(((out["p_fake_lm"] > 0) & (out["p_fake_lm"] < 1)).all())
 
