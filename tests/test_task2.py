@@ -21,8 +21,8 @@ from qwen_forensics.model.loader import load_processor
 from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from qwen_forensics.synthetic import make_demo_dataset
-from qwen_forensics.task2 import (PromptSetup, Task2ImageDataset, TrainerCollator, adapter_setup, keyword_label,
-                                  make_collator, read_task2_dataset, resolve_infer_setup, run_map, trainer_arguments)
+from qwen_forensics.task2 import (PromptSetup, Task2ImageDataset, TrainerCollator, adapter_setup, make_collator,
+                                  read_task2_dataset, resolve_infer_setup, run_map, trainer_arguments)
 from qwen_forensics.task_configs import Task2InferConfig, Task2MapConfig, Task2TrainConfig
 
 MAX_BYTES_PER_RECORD = 700
@@ -203,8 +203,8 @@ def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
     from transformers import TrainingArguments
 
     TrainingArguments(**{**args, "bf16": False})
-    explicit, _ = trainer_arguments({**shipped["training_args"], "gradient_checkpointing_kwargs": {"use_reentrant": True}},
-                                    None, None)
+    reentrant = {**shipped["training_args"], "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    explicit, _ = trainer_arguments(reentrant, None, None)
     assert explicit["gradient_checkpointing_kwargs"] == {"use_reentrant": True}
     assert trainer_arguments({"output_dir": "ckpt"}, None, tmp_path)[0]["output_dir"] == str(tmp_path / "ckpt")
 
@@ -214,14 +214,6 @@ def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
         trainer_arguments({}, None, None)
     with pytest.raises(ConfigError, match=r"does not know: \['learning_rat'\]"):
         trainer_arguments({"output_dir": "x", "learning_rat": 1e-4}, None, None)
-
-
-def test_keyword_label():
-    assert keyword_label("Fake", "Fake", "Real") == 1
-    assert keyword_label(" real.", "Fake", "Real") == 0
-    assert keyword_label("It is fake, not real", "Fake", "Real") == 1
-    assert keyword_label("Real, not fake", "Fake", "Real") == 0
-    assert keyword_label("no idea", "Fake", "Real") == -1
 
 
 # ------------------------------------------------------------- one prompt setup for training and eval
@@ -282,7 +274,8 @@ def test_label_mask_on_a_padded_native_resolution_batch(root, mapped):
     processor = load_processor(_train_config(root).base_model_path, None)
     dataset = Task2ImageDataset.from_samples(picked, root / "data", None)
     batch = TrainerCollator(make_collator(processor, setup, train=True))([dataset[i] for i in range(len(picked))])
-    assert set(batch) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw", "labels"}
+    assert {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "labels"} <= set(batch)
+    assert not set(batch) & {"target", "answer_positions", "position"}
     tokens_per_image = (batch["image_grid_thw"].prod(dim=1) // 4).tolist()
     assert len(set(tokens_per_image)) == 4
     assert (batch["attention_mask"] == 0).any(dim=1).sum() == 3
@@ -291,7 +284,8 @@ def test_label_mask_on_a_padded_native_resolution_batch(root, mapped):
         supervised = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten().tolist()
         last = int(batch["attention_mask"][row].nonzero().max())
         assert supervised == [last - 1, last]
-        assert tokenizer.decode(batch["labels"][row, supervised]) == ("Fake" if sample.label else "Real") + "<|im_end|>"
+        answer = "Fake" if sample.label else "Real"
+        assert tokenizer.decode(batch["labels"][row, supervised]) == answer + "<|im_end|>"
         assert torch.equal(batch["labels"][row, supervised], batch["input_ids"][row, supervised])
 
 

@@ -405,7 +405,9 @@ class Task2ImageDataset(Dataset):
         entry = self.entries[i]
         path = self.data_root / entry.image_path
         data = path.read_bytes()
-        if entry.sha256 is not None and (len(data) != entry.file_size or hashlib.sha256(data).hexdigest() != entry.sha256):
+        changed = entry.sha256 is not None and (len(data) != entry.file_size
+                                                or hashlib.sha256(data).hexdigest() != entry.sha256)
+        if changed:
             raise ValueError(f"{path} changed after map.py recorded it (size or SHA-256 differ); rerun map.py so "
                              "the training set matches the images")
         with Image.open(io.BytesIO(data)) as img:
@@ -495,7 +497,8 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
     return notes
 
 
-def trainer_arguments(training_args: Mapping[str, Any], root: str | None, base_dir: Path | None) -> tuple[dict, list[str]]:
+def trainer_arguments(training_args: Mapping[str, Any], root: str | None,
+                      base_dir: Path | None) -> tuple[dict, list[str]]:
     """The user's ``training_args`` as written, with the few adjustments the recipe needs; returns
     (keyword arguments for ``TrainingArguments`` plus ``resume_from_checkpoint``, notes to print).
 
@@ -523,15 +526,6 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, base_d
     if checkpointing and not (args.get("gradient_checkpointing_kwargs") or args.get("activation_checkpointing_kwargs")):
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return args, notes
-
-
-def keyword_label(text: str, fake_token: str, real_token: str) -> int:
-    """Label read from generated text: 1 / 0 by whichever answer word comes first (case-insensitive),
-    -1 when neither appears."""
-    low = text.lower()
-    hits = [(low.find(word.lower()), label) for word, label in ((fake_token, 1), (real_token, 0))]
-    hits = [(pos, label) for pos, label in hits if pos >= 0]
-    return min(hits)[1] if hits else -1
 
 
 def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str, Any]) -> dict:

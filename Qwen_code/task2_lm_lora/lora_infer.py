@@ -1,0 +1,120 @@
+"""Task 2 evaluation: the LoRA'd Qwen2.5-VL answers "Real or Fake" for every image of an index.
+
+The adapter is attached strictly (every tensor of the file lands in the model, nothing else is
+created). Image geometry, prompt and answer words default to what LORA.py trained with (the
+adapter folder's resolved_config.json); a config value that differs is used but announced. Every
+image is scored by one batched forward: P(fake) = softmax over the fake/real answer-token logits at
+the position whose logits training supervised (``qwen_forensics.lm_eval``). With
+``max_new_tokens > 0`` the greedy free text and the label its keywords name are extra columns,
+never replacing the probability.
+
+Metrics CSV (one row per run, seed columns first: timestamp, dataset, samples, positive_ratio,
+auroc, acc, f1, lora_path, base_model_path; then ap and acc/f1 at the threshold tuned on
+``val_annotation_file``); per-image predictions in ``output_json``. Runs unchanged under
+``accelerate launch --num_processes N``.
+
+    python Qwen_code/task2_lm_lora/lora_infer.py --config Qwen_code/task2_lm_lora/config_lora_infer.json [--root DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data.records import load_index
+from qwen_forensics.lm_eval import keyword_label, score_answers
+from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
+from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.prompts import answer_token_ids
+from qwen_forensics.task1 import load_split
+from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, make_collator, resolve_infer_setup
+from qwen_forensics.task_configs import Task2InferConfig
+from qwen_forensics.training import make_accelerator
+
+CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc", "f1", "lora_path",
+               "base_model_path"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_config(Task2InferConfig, description=__doc__, argv=argv,
+                      default_config=Path(__file__).with_name("config_lora_infer.json"))
+    accelerator = make_accelerator(1)
+    setup = resolve_infer_setup(cfg, adapter_setup(cfg.lora_path))
+    out_dir = Path(cfg.output_json).parent
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, {**asdict(cfg), **asdict(setup)})
+
+    processor = load_processor(cfg.base_model_path, setup.image_size)
+    fake_id, real_id = answer_token_ids(processor, setup.fake_token, setup.real_token)
+    dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
+    model = load_model(cfg.base_model_path, dtype=dtype, device=accelerator.device)
+    model.requires_grad_(False)
+    loaded = load_adapter_strict(model, cfg.lora_path)
+    accelerator.print(f"adapter {cfg.lora_path}: {loaded.num_tensors} tensors loaded strictly")
+    collate = make_collator(processor, setup, train=False)
+
+    def score(index_path: str, tag: str, max_new_tokens: int):
+        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        dataset = Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], cfg.data_root,
+                                    setup.image_size)
+        loader = accelerator.prepare(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                                collate_fn=collate))
+        start = time.perf_counter()
+        scores = score_answers(model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id,
+                               num_records=len(records), max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
+        return records, scores, len(records) / (time.perf_counter() - start), len(load_index(index_path)) - len(records)
+
+    tuned = None
+    if cfg.val_annotation_file:
+        val_records, val_scores, _, _ = score(cfg.val_annotation_file, "val", 0)
+        tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
+    records, scores, images_per_s, skipped = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    if not accelerator.is_main_process:
+        return
+
+    labels = [r.label for r in records]
+    metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
+    rows = []
+    for i, rec in enumerate(records):
+        row = {"image_path": rec.image_path, "label": rec.label, "p_fake": float(scores.p_fake[i]),
+               "logit_fake": float(scores.logit_fake[i]), "logit_real": float(scores.logit_real[i]),
+               "pred@0.5": int(scores.p_fake[i] >= 0.5)}
+        if tuned is not None:
+            row["pred@tuned"] = int(scores.p_fake[i] >= tuned)
+        if scores.generated is not None:
+            row["generated_text"] = scores.generated[i]
+            row["generated_label"] = keyword_label(scores.generated[i], setup.fake_token, setup.real_token)
+        rows.append(row)
+    output_json = Path(cfg.output_json)
+    output_json.parent.mkdir(parents=True, exist_ok=True)
+    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+    csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
+               "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"], "auroc": metrics["auroc"],
+               "acc": metrics["acc@0.5"], "f1": metrics["f1@0.5"], "lora_path": cfg.lora_path,
+               "base_model_path": cfg.base_model_path, "ap": metrics["ap"], "acc@tuned": metrics["acc@tuned"],
+               "f1@tuned": metrics["f1@tuned"], "threshold": metrics["threshold"],
+               "image_size": "native" if setup.image_size is None else setup.image_size,
+               "num_skipped": skipped,
+               "images_per_s": images_per_s}
+    if scores.generated is not None:
+        named = [r["generated_label"] for r in rows]
+        csv_row["generated_acc"] = sum(g == y for g, y in zip(named, labels)) / len(rows)
+        csv_row["generated_undecided"] = sum(g is None for g in named)
+    append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
+    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
+                                              "threshold")}, indent=1))
+    print(f"{images_per_s:.2f} images/s\nmetrics CSV: {cfg.csv_path}\npredictions: {output_json}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
