@@ -114,8 +114,6 @@ def bench_task1(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batch: int, ste
     result = {"batch": batch, "images_per_s": batch / sec, "s_per_step": sec,
               "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
               "lm_resident": False}
-    del model, visual, heads, opt
-    torch.cuda.empty_cache()
     return result
 
 
@@ -154,8 +152,6 @@ def bench_subtask2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: lis
 
     out["per_image_generate"] = {"images_per_s": 1 / timed(generate, steps * 4, 2)}
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del model
-    torch.cuda.empty_cache()
     return out
 
 
@@ -205,8 +201,6 @@ def bench_task2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[i
                 return answer_logits(model, b, fake_id, real_id)
 
         out[f"infer_bs{bs}"] = {"images_per_s": bs / timed(infer, steps, 1)}
-    del model, opt
-    torch.cuda.empty_cache()
     return out
 
 
@@ -233,8 +227,6 @@ def bench_task3(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[i
     for bs in (16, 64):
         b = {k: v.to(DEVICE) for k, v in HybridCollator(processor, prompt)(items(workdir, bs)).items()}
         out[f"eval_bs{bs}"] = {"images_per_s": bs / timed(lambda: eval_batch(model, b, ids), steps, 1)}
-    del model, optimizer
-    torch.cuda.empty_cache()
     return out
 
 
@@ -267,18 +259,22 @@ def main() -> None:
                 key = f"task1_train_bs{bs}_{windows}"
                 results[key] = bench_task1(cfg, processor, workdir, bs, args.steps, batched)
                 print(key, json.dumps(results[key]), flush=True)
+                torch.cuda.empty_cache()
         if "subtask2" in args.sections:
             key = f"subtask2_eval_{windows}"
             results[key] = bench_subtask2(cfg, processor, workdir, [16, 64], args.steps, batched)
             print(key, json.dumps(results[key]), flush=True)
+            torch.cuda.empty_cache()
         if "task2" in args.sections:
             key = f"task2_{windows}"
             results[key] = bench_task2(cfg, processor, workdir, [4, 8], args.steps, batched)
             print(key, json.dumps(results[key]), flush=True)
+            torch.cuda.empty_cache()
         if "task3" in args.sections:
             key = f"task3_{windows}"
             results[key] = bench_task3(cfg, processor, workdir, [2, 4], args.steps, batched)
             print(key, json.dumps(results[key]), flush=True)
+            torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 

@@ -5,7 +5,6 @@ init), and inputs come from the real Qwen2-VL image processor with resizing disa
 pixel bounds, so one changed patch of an image changes exactly one row of pixel_values.
 """
 
-import copy
 import weakref
 from functools import partial
 

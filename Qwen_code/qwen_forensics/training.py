@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -71,3 +76,64 @@ def optimizer_steps(num_batches: int, grad_accum: int, epochs: int, max_steps: i
     per_epoch = max(1, math.ceil(num_batches / grad_accum))
     total = per_epoch * epochs
     return min(total, max_steps) if max_steps else total
+
+
+def _synchronized_clock() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimizer, scheduler,
+                loss_fn: Callable[[dict], dict[str, torch.Tensor]], *, max_norm: float, step: int, max_step: int,
+                desc: str, shown: tuple[str, ...] | None = None) -> tuple[int, dict[str, float]]:
+    """One epoch of the custom recipes (Task 1, Task 3): accumulation, clipping, schedule, progress bar.
+
+    ``loss_fn(batch)`` runs the forward (under autocast) and returns loss terms with ``total``. The
+    scheduler steps once per optimizer step (it is not prepared by accelerate, which would step it
+    once per process). Stops early at ``max_step``. Returns the new step count and the epoch's
+    means per image: ``loss`` (the total), ``loss_<term>`` for the rest, and ``images_per_s``
+    over all processes.
+    """
+    sums, seen = {}, 0
+    bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process)
+    start = _synchronized_clock()
+    for batch in bar:
+        with accelerator.accumulate(model):
+            terms = loss_fn(batch)
+            accelerator.backward(terms["total"])
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            scheduler.step()
+            step += 1
+        n = int(batch["image_grid_thw"].shape[0])
+        seen += n
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
+        bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items() if shown is None or k in shown})
+        if step >= max_step:
+            break
+    elapsed = _synchronized_clock() - start
+    stats = {("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1) for k, v in sums.items()}
+    stats["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
+    return step, stats
+
+
+def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[str, str], ckpt_dir: Path,
+              out_dir: Path, say: Callable[[str], None] = print) -> None:
+    """Copy ``ckpt_dir`` to ``out_dir/<folder>`` for every metric that improved (e.g. best_by_AUROC)."""
+    for key, name in folders.items():
+        if metrics[key] > best.get(key, float("-inf")):
+            best[key] = metrics[key]
+            target = out_dir / name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(ckpt_dir, target)
+            say(f"new {name}: {key} = {metrics[key]:.4f} ({ckpt_dir.name})")
+
+
+def format_row(row: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

@@ -10,14 +10,10 @@ visual LoRA still plugs into the full model for subtask 2. Runs unchanged under
 from __future__ import annotations
 
 import math
-import shutil
-import time
 from pathlib import Path
 
-import torch
 from peft import inject_adapter_in_model
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from qwen_forensics.checkpoint import load_adapter_strict, load_training_state, write_resolved_config
 from qwen_forensics.config import load_config
@@ -33,8 +29,8 @@ from qwen_forensics.model.loader import load_processor, load_vision_tower, resol
 from qwen_forensics.model.lora import format_targets, make_lora_config, vision_block_targets
 from qwen_forensics.task1 import ADAPTER_DIR, cast_trainable_to_fp32, load_heads, load_split, save_task1_checkpoint
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.training import (autocast, build_optimizer_and_schedule, make_accelerator, optimizer_steps,
-                                     param_groups, seed_everything)
+from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
+                                     optimizer_steps, param_groups, seed_everything, train_epoch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
@@ -107,41 +103,22 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
 
     # ---- train
-    best = {"auroc": float("-inf"), "pixel_iou": float("-inf")}
+    def loss_fn(batch):
+        with autocast(accelerator.device, cfg.amp_dtype):
+            out = model(batch["pixel_values"], batch["image_grid_thw"])
+        return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
+                             weights)
+
+    best = {}
     for epoch in range(start_epoch, cfg.epochs):
         if step >= steps_total:
             break
         model.train()
-        sums, seen = {}, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
-        t0 = _now()
-        for batch in bar:
-            with accelerator.accumulate(model):
-                with autocast(accelerator.device, cfg.amp_dtype):
-                    out = model(batch["pixel_values"], batch["image_grid_thw"])
-                terms = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"],
-                                      batch["labels"], weights)
-                accelerator.backward(terms["total"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                scheduler.step()
-                step += 1
-            seen += batch["labels"].numel()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * batch["labels"].numel()
-            bar.set_postfix({k.replace("loss_", ""): f"{v / seen:.4f}" for k, v in sums.items()})
-            if step >= steps_total:
-                break
-        elapsed = _now() - t0
-        row = {"epoch": epoch, "step": step, **{("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1)
-                                                  for k, v in sums.items()},
-               "lr_head": scheduler.get_last_lr()[0], "lr_lora": scheduler.get_last_lr()[-1],
-               "images_per_s": seen * accelerator.num_processes / max(elapsed, 1e-9),
-               # NaN without validation keeps the CSV's columns the same for every run.
-               **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS}}
+        step, stats = train_epoch(accelerator, model, train_loader, optimizer, scheduler, loss_fn,
+                                  max_norm=cfg.max_norm, step=step, max_step=steps_total, desc=f"epoch {epoch}")
+        # NaN validation columns without validation keep the CSV's columns the same for every run.
+        row = {"epoch": epoch, "step": step, **stats, "lr_head": scheduler.get_last_lr()[0],
+               "lr_lora": scheduler.get_last_lr()[-1], **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS}}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
@@ -151,32 +128,17 @@ def main(argv: list[str] | None = None) -> None:
                 metrics, _, _ = score_heads(val_records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
                                             image_size=cfg.image_size)
                 row.update({f"val_{k}": metrics[k] for k in VAL_LOG_METRICS})
-                for key, name in (("auroc", "best_by_AUROC"), ("pixel_iou", "best_by_IoU")):
-                    if metrics[key] > best[key]:
-                        best[key] = metrics[key]
-                        _copy_checkpoint(ckpt_dir, out_dir / name)
-                        accelerator.print(f"new {name}: {key} = {metrics[key]:.4f} (epoch {epoch})")
+                keep_best(metrics, best, {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir, out_dir,
+                          accelerator.print)
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
-            accelerator.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            accelerator.print(format_row(row))
         accelerator.wait_for_everyone()
 
     save_task1_checkpoint(Path(cfg.final_trained_heads), accelerator, model, cfg, optimizer, scheduler, step,
                           cfg.epochs - 1)
     accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}")
     accelerator.end_training()
-
-
-def _now() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def _copy_checkpoint(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,9 @@ Loss = loss_weights.lm * LM loss on the answer (word + end of turn) + the Task 1
 from __future__ import annotations
 
 import math
-import shutil
-import time
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from qwen_forensics.checkpoint import load_training_state, write_resolved_config
 from qwen_forensics.config import load_config
@@ -31,7 +27,7 @@ from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWei
                                   build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
                                   load_hybrid_model, predict_hybrid, save_task3_checkpoint)
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import make_accelerator, optimizer_steps, seed_everything
+from qwen_forensics.training import format_row, keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch
 
 # Always present; learning rates of absent groups and the val_* columns (with ann_val) follow.
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_lm", "loss_head", "loss_cls", "loss_evi", "loss_sparse",
@@ -98,38 +94,18 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
 
     # ---- train
-    best = {"lm_auroc": float("-inf"), "pixel_iou": float("-inf")}
+    best = {}
     for epoch in range(start_epoch, cfg.epochs):
         if step >= steps_total:
             break
         model.train()
-        sums, seen = {}, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process)
-        t0 = _now()
-        for batch in bar:
-            with accelerator.accumulate(model):
-                terms = hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device)
-                accelerator.backward(terms["total"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                scheduler.step()
-                step += 1
-            n = batch["target"].numel()
-            seen += n
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items() if k in ("total", "lm", "head")})
-            if step >= steps_total:
-                break
-        elapsed = _now() - t0
+        step, stats = train_epoch(accelerator, model, train_loader, optimizer, scheduler,
+                                  lambda batch: hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device),
+                                  max_norm=cfg.max_norm, step=step, max_step=steps_total, desc=f"epoch {epoch}",
+                                  shown=("total", "lm", "head"))
         lrs = dict(zip(group_names, scheduler.get_last_lr()))
-        row = {"epoch": epoch, "step": step,
-               **{("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1) for k, v in sums.items()},
-               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs},
-               "images_per_s": seen * accelerator.num_processes / max(elapsed, 1e-9)}
+        row = {"epoch": epoch, "step": step, **stats,
+               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs}}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
@@ -145,14 +121,11 @@ def main(argv: list[str] | None = None) -> None:
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
                            "pixel_f1": heads["pixel_f1"], "score": heads["score"]}
                 row.update({f"val_{k}": v for k, v in metrics.items()})
-                for key, name in (("lm_auroc", "best_by_AUROC"), ("pixel_iou", "best_by_IoU")):
-                    if metrics[key] > best[key]:
-                        best[key] = metrics[key]
-                        _copy_checkpoint(ckpt_dir, out_dir / name)
-                        accelerator.print(f"new {name}: {key} = {metrics[key]:.4f} (epoch {epoch})")
+                keep_best(metrics, best, {"lm_auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir,
+                          out_dir, accelerator.print)
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
-            accelerator.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            accelerator.print(format_row(row))
         accelerator.wait_for_everyone()
 
     final = CheckpointPaths.from_config(cfg)
@@ -161,18 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.print(f"final adapter: {final.adapter_dir}\nfinal heads: {final.heads_file}\n"
                       f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}")
     accelerator.end_training()
-
-
-def _now() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def _copy_checkpoint(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ head (3x3 conv, GELU, 1x1 conv) gives one logit per patch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ForensicHeads", "GeM", "ChannelLayerNorm"]
