@@ -257,6 +257,24 @@ def test_head_eval_cli_refuses_a_broken_checkpoint(trained, workspace, tmp_path)
     assert not (tmp_path / "eval" / "metrics.csv").exists()
 
 
+def test_head_eval_skips_bad_records_and_reports_the_count(trained, workspace, tmp_path):
+    """on_bad_sample=skip: a missing image and a bad "HxW" are listed and counted, the rest is scored."""
+    test_index = json.loads((workspace / "data" / "testset2" / "annotation.json").read_text())
+    broken = test_index + [{"image_path": "testset2/image/gone.jpg", "mask_path": "720x1280", "label": 0},
+                           {**next(r for r in test_index if r["label"] == 0), "mask_path": "720by1280"}]
+    index = tmp_path / "broken.json"
+    index.write_text(json.dumps(broken))
+    out = tmp_path / "eval"
+    _run([sys.executable, str(HEAD_EVAL), *_head_eval_args(workspace, trained["ckpt"], out),
+          *_sets(f"ann_test={index}", "on_bad_sample=skip")])
+    row = _csv_rows(out / "metrics.csv")[-1]
+    # The second record repeats a good record's image with a bad size: one skipped record, two problems.
+    assert int(row["num_skipped"]) == 2
+    assert int(row["samples"]) == len(test_index)
+    skipped = json.loads((out / "skipped_test" / "skipped_records.json").read_text())
+    assert skipped["num_skipped"] == len(skipped["skipped"]) == 2
+
+
 @pytest.mark.slow
 def test_two_process_training_splits_the_samples(workspace, tmp_path):
     seen = _launch_two(tmp_path, TRAIN, _train_args(workspace, tmp_path / "train", "epochs=1"))

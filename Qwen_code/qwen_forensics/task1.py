@@ -35,10 +35,12 @@ ADAPTER_DIR = "adapter"
 HEADS_FILE = "heads.safetensors"
 
 
-def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path, accelerator: Accelerator) -> list[Record]:
+def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path,
+               accelerator: Accelerator) -> tuple[list[Record], int]:
     """Load and validate a whole index up front; fail listing every problem, or skip and list them.
 
-    Only the main process writes the skipped-records list; the others validate identically.
+    Returns the usable records and how many were skipped (evaluations report it with their
+    metrics). Only the main process writes the skipped-records list; the others validate identically.
     """
     records = load_index(index_path)
     report = validate_records(records, data_root, source=str(index_path))
@@ -50,7 +52,7 @@ def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path, acc
     if report.num_skipped:
         accelerator.print(f"{index_path}: skipped {report.num_skipped} bad record(s), listed in "
                           f"{skip_dir / 'skipped_records.json'}")
-    return good
+    return good, report.num_skipped
 
 
 def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Module, cfg, optimizer, scheduler,

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
 from qwen_forensics.config import load_config
-from qwen_forensics.data.records import load_index
 from qwen_forensics.lm_eval import keyword_label, score_answers
 from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     collate = make_collator(processor, setup, train=False)
 
     def score(index_path: str, tag: str, max_new_tokens: int):
-        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
         dataset = Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], cfg.data_root,
                                     setup.image_size)
         loader = accelerator.prepare(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         scores = score_answers(model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id,
                                num_records=len(records), max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
-        return records, scores, len(records) / (time.perf_counter() - start), len(load_index(index_path)) - len(records)
+        return records, scores, len(records) / (time.perf_counter() - start), skipped
 
     tuned = None
     if cfg.val_annotation_file:

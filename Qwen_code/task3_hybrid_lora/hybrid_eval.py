@@ -72,21 +72,21 @@ def main(argv: list[str] | None = None) -> None:
     collate = HybridCollator(processor, model.prompt)
 
     def predict(index_path: str, tag: str):
-        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
         loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size, mask_rule),
                                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                                 collate_fn=collate))
         start = time.perf_counter()
         preds = predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, len(records))
-        return records, preds, len(records) / (time.perf_counter() - start)
+        return records, preds, len(records) / (time.perf_counter() - start), skipped
 
     tuned_lm = tuned_head = None
     if cfg.val_annotation_file:
-        val_records, val_preds, _ = predict(cfg.val_annotation_file, "val")
+        val_records, val_preds, _, _ = predict(cfg.val_annotation_file, "val")
         val_labels = [r.label for r in val_records]
         tuned_lm = tune_threshold(val_labels, val_preds.p_fake_lm)
         tuned_head = tune_threshold(val_labels, val_preds.p_fake_head)
-    records, preds, images_per_s = predict(cfg.annotation_file, "test")
+    records, preds, images_per_s, skipped = predict(cfg.annotation_file, "test")
     if not accelerator.is_main_process:
         return
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
-           "image_size": image_size, "images_per_s": images_per_s}
+           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s}
     append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
     print(json.dumps(metrics, indent=1))
     print(f"metrics CSV: {cfg.csv_path}\npredictions: {out_dir / 'predictions.json'}\n"

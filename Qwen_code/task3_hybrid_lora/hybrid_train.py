@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     answer_ids = answer_ids_for(processor, spec)
 
     # ---- setup: data
-    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
+    train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
                                accelerator)
-    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)
+    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
                    if cfg.ann_val else None)
     answers = {0: cfg.target_text.real, 1: cfg.target_text.fake}
     train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),

@@ -66,20 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     collate = VisionLanguageCollator(processor, cfg.prompt_text)
 
     def score(index_path: str, tag: str, max_new_tokens: int):
-        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
         loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size),
                                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                                 collate_fn=collate))
         start = time.perf_counter()
         scores = score_answers(model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id,
                                num_records=len(records), max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
-        return records, scores, len(records) / (time.perf_counter() - start)
+        return records, scores, len(records) / (time.perf_counter() - start), skipped
 
     tuned = None
     if cfg.val_annotation_file:
-        val_records, val_scores, _ = score(cfg.val_annotation_file, "val", 0)
+        val_records, val_scores, _, _ = score(cfg.val_annotation_file, "val", 0)
         tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
-    records, scores, images_per_s = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    records, scores, images_per_s, skipped = score(cfg.annotation_file, "test", cfg.max_new_tokens)
     if not accelerator.is_main_process:
         return
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
                "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
-               "images_per_s": images_per_s}
+               "num_skipped": skipped, "images_per_s": images_per_s}
     if scores.generated is not None:
         named = [r["generated_label"] for r in rows]
         csv_row["generated_acc"] = sum(g == y for g, y in zip(named, labels)) / len(rows)

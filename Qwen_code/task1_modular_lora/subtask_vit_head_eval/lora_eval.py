@@ -53,19 +53,19 @@ def main(argv: list[str] | None = None) -> None:
     model = accelerator.prepare(model)
 
     def predict(index_path: str, tag: str):
-        records = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
         loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size, mask_rule),
                                                 batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                                 collate_fn=collate))
         start = time.perf_counter()
         preds = predict_heads(model, loader, accelerator, cfg.amp_dtype, len(records))
-        return records, preds, len(records) / (time.perf_counter() - start)
+        return records, preds, len(records) / (time.perf_counter() - start), skipped
 
     tuned = None
     if cfg.ann_val:
-        val_records, val_preds, _ = predict(cfg.ann_val, "val")
+        val_records, val_preds, _, _ = predict(cfg.ann_val, "val")
         tuned = tune_threshold([r.label for r in val_records], val_preds.p_fake)
-    records, preds, images_per_s = predict(cfg.ann_test, "test")
+    records, preds, images_per_s, skipped = predict(cfg.ann_test, "test")
     if not accelerator.is_main_process:
         return
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
-           "images_per_s": images_per_s}
+           "num_skipped": skipped, "images_per_s": images_per_s}
     append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
