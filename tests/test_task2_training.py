@@ -7,18 +7,33 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from peft import PeftModel
 from transformers import TrainerCallback
 
 from qwen_forensics import task2
+from qwen_forensics.checkpoint import load_adapter_strict
 from qwen_forensics.config import parse_config
-from qwen_forensics.model.loader import get_visual
+from qwen_forensics.data.records import load_index
+from qwen_forensics.lm_eval import answer_logits
+from qwen_forensics.model.loader import get_visual, load_model, load_processor
+from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.synthetic import make_demo_dataset
-from qwen_forensics.task2 import build_trainer, run_map
+from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, build_trainer, make_collator, run_map
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
 
 TASK2_DIR = Path(task2.__file__).parents[1] / "task2_lm_lora"
 LORA_MODULES_PER_BLOCK = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on 2 shared cores: extra torch threads only spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +117,37 @@ def test_resume_from_checkpoint_continues_the_run(root, tmp_path):
     run.train()
     assert counter.steps == [3]
     assert run.trainer.state.global_step == 3
+
+
+def _p_fake(model, root: Path, setup, base_model_path: str) -> torch.Tensor:
+    """P(fake) of the demo test images, as lora_infer.py computes it (one batched forward)."""
+    records = load_index(root / "data/testset2/annotation.json")
+    dataset = Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], root / "data", setup.image_size)
+    processor = load_processor(base_model_path, setup.image_size)
+    batch = make_collator(processor, setup, train=False)([dataset[i] for i in range(len(dataset))])
+    ids = answer_token_ids(processor, setup.fake_token, setup.real_token)
+    model.eval()
+    with torch.no_grad():
+        return torch.softmax(answer_logits(model, batch, *ids), dim=-1)[:, 0]
+
+
+def test_saved_adapter_reproduces_the_trained_model(root, tmp_path):
+    cfg = train_config(root, **{"training_args.output_dir": str(tmp_path / "ckpt"), "training_args.max_steps": 3,
+                                "training_args.learning_rate": 0.01, "training_args.save_strategy": "no",
+                                "training_args.gradient_checkpointing": False,
+                                "save_lora_path": str(tmp_path / "adapter")})
+    run = build_trainer(cfg)
+    run.train()
+    run.save(cfg)
+    setup = adapter_setup(cfg.save_lora_path)
+    assert setup == run.setup and setup.image_size == 56
+    trained = _p_fake(run.trainer.model, root, setup, cfg.base_model_path)
+    untouched = _p_fake(load_model(cfg.base_model_path, dtype="float32"), root, setup, cfg.base_model_path)
+    assert (trained - untouched).abs().max() > 1e-3, "training did not change the answer probabilities"
+
+    fresh = load_model(cfg.base_model_path, dtype="float32")
+    loaded = load_adapter_strict(fresh, cfg.save_lora_path)
+    assert loaded.root == "" and loaded.num_tensors == 2 * (4 * 5 + 2)
+    torch.testing.assert_close(_p_fake(fresh, root, setup, cfg.base_model_path), trained, atol=1e-4, rtol=0)
+    peft = PeftModel.from_pretrained(load_model(cfg.base_model_path, dtype="float32"), cfg.save_lora_path)
+    torch.testing.assert_close(_p_fake(peft, root, setup, cfg.base_model_path), trained, atol=1e-4, rtol=0)
