@@ -101,6 +101,9 @@ def _write_line_variant(path: Path, source: Path, edit) -> Path:
     (lambda o: o.update(label=3), "label 3 is not 0 or 1"),
     (lambda o: o["messages"][0]["content"][0].update(image="other.jpg"), "is not image_path"),
     (lambda o: o["messages"].pop(), r"messages must be \[user"),
+    (lambda o: o["messages"][1]["content"][0].update(text=1), "with string values"),
+    (lambda o: o.update(sha256="x" * 64), "not a hex SHA-256"),
+    (lambda o: o.update(file_size="12"), "must be integers"),
     (lambda o: o["messages"][0]["content"][1].update(text="Other prompt"), "2 different prompts"),
     (lambda o: o["messages"][1]["content"][0].update(text="Forged" if o["label"] else "Genuine"), "exactly one"),
 ])
@@ -167,21 +170,22 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
     batch_dir = Path(cfg.batch_output_dir)
     assert sorted(p.name for p in batch_dir.glob("batch_*.jsonl")) == [f"batch_{k:05d}.jsonl" for k in range(3)]
     assert not Path(cfg.final_dataset_path).exists()
-    # A kill during the write itself leaves only a temporary file, which the rerun discards.
+    # A kill during a write leaves only temporary files, which the rerun discards.
     (batch_dir / ".batch_00003.jsonl.99999.tmp").write_text('{"index": 3')
+    (tmp_path / "run" / ".train.jsonl.99999.tmp").write_text('{"index": 0')
     before = {p.name: p.stat().st_mtime_ns for p in batch_dir.glob("batch_*.jsonl")}
 
     resumed = run_map(cfg, progress=False)
     assert resumed.batches_written == list(range(3, 10))
     assert {name: (batch_dir / name).stat().st_mtime_ns for name in before} == before
-    assert not list(batch_dir.glob(".*.tmp"))
+    assert not list(batch_dir.glob(".*.tmp")) and not list((tmp_path / "run").glob(".*.tmp"))
     assert Path(cfg.final_dataset_path).read_bytes() == Path(full.final_path).read_bytes()
 
     (batch_dir / "batch_00009.jsonl").unlink()
     assert run_map(cfg, progress=False).batches_written == [9]
     assert Path(cfg.final_dataset_path).read_bytes() == Path(full.final_path).read_bytes()
 
-    with pytest.raises(SystemExit, match=r"different map job .*\['map_batch_size'\]"):
+    with pytest.raises(ValueError, match=r"different map job .*\['map_batch_size'\]"):
         run_map(replace(cfg, map_batch_size=50), progress=False)
 
 

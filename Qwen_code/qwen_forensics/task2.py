@@ -102,8 +102,8 @@ def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
     missing = [k for k in SETUP_KEYS if k not in saved]
     if missing:
         raise ValueError(f"{Path(lora_path) / 'resolved_config.json'} lacks {missing}: the adapter was not "
-                         "written by Task 2's LORA.py; give image_size/prompt_text/fake_token/real_token explicitly "
-                         "in the evaluation config or retrain")
+                         "written by Task 2's LORA.py, which records the geometry, prompt and answer words it "
+                         "trained with; point lora_path at a LORA.py adapter folder")
     return PromptSetup(**{k: saved[k] for k in SETUP_KEYS})
 
 
@@ -155,6 +155,10 @@ def _format_error(where: str, problem: str) -> ValueError:
                       "(python Qwen_code/task2_lm_lora/map.py) instead of editing the file.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def sample_from_json(obj: Any, where: str) -> Task2Sample:
     """Parse one line of the training set, checking its exact shape."""
     if not isinstance(obj, dict):
@@ -165,22 +169,27 @@ def sample_from_json(obj: Any, where: str) -> Task2Sample:
     try:
         user, assistant = obj["messages"]
         (image, text), (answer,) = user["content"], assistant["content"]
-        prompt_text, answer_text = text["text"], answer["text"]
-        shape_ok = (user["role"], assistant["role"], image["type"], text["type"], answer["type"]) == (
-            "user", "assistant", "image", "text", "text")
+        roles = (user["role"], assistant["role"], image["type"], text["type"], answer["type"])
+        prompt_text, answer_text, message_image = text["text"], answer["text"], image["image"]
+        shape_ok = roles == ("user", "assistant", "image", "text", "text") and all(
+            isinstance(v, str) for v in (prompt_text, answer_text, message_image))
     except (TypeError, ValueError, KeyError):
         shape_ok = False
     if not shape_ok:
-        raise _format_error(where, "messages must be [user: (image, text), assistant: (text)]")
-    if image.get("image") != obj["image_path"]:
-        raise _format_error(where, f"the message image {image.get('image')!r} is not image_path {obj['image_path']!r}")
-    label, hw = obj["label"], obj["image_hw"]
-    if label not in (0, 1) or isinstance(label, bool):
+        raise _format_error(where, "messages must be [user: (image, text), assistant: (text)] with string values")
+    if message_image != obj["image_path"]:
+        raise _format_error(where, f"the message image {message_image!r} is not image_path {obj['image_path']!r}")
+    label, hw, sha = obj["label"], obj["image_hw"], obj["sha256"]
+    if not _is_int(label) or label not in (0, 1):
         raise _format_error(where, f"label {label!r} is not 0 or 1")
-    if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw)):
+    if not (isinstance(hw, list) and len(hw) == 2 and all(_is_int(v) and v > 0 for v in hw)):
         raise _format_error(where, f"image_hw {hw!r} is not [height, width]")
-    return Task2Sample(index=obj["index"], image_path=obj["image_path"], label=label, prompt_text=prompt_text,
-                       answer=answer_text, image_hw=(hw[0], hw[1]), file_size=obj["file_size"], sha256=obj["sha256"])
+    if not (_is_int(obj["index"]) and _is_int(obj["file_size"]) and obj["file_size"] >= 0):
+        raise _format_error(where, f"index {obj['index']!r} / file_size {obj['file_size']!r} must be integers")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise _format_error(where, f"sha256 {sha!r} is not a hex SHA-256 digest")
+    return Task2Sample(index=obj["index"], image_path=message_image, label=label, prompt_text=prompt_text,
+                       answer=answer_text, image_hw=(hw[0], hw[1]), file_size=obj["file_size"], sha256=sha)
 
 
 @dataclass(frozen=True)
@@ -304,10 +313,10 @@ def _check_manifest(batch_dir: Path, manifest: dict) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
         differs = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
         if differs:
-            raise SystemExit(f"{batch_dir} holds batches of a different map job (it differs in {differs}); "
+            raise ValueError(f"{batch_dir} holds batches of a different map job (it differs in {differs}); "
                              "delete that folder or set batch_output_dir to a new one")
     elif existing_batches:
-        raise SystemExit(f"{batch_dir} holds batch files but no {MANIFEST_NAME}; delete them or choose another "
+        raise ValueError(f"{batch_dir} holds batch files but no {MANIFEST_NAME}; delete them or choose another "
                          "batch_output_dir")
     _atomic_write_lines(path, [json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"])
 
@@ -348,7 +357,8 @@ def run_map(cfg, *, workers: int | None = None, progress: bool = True) -> MapRes
     report = validate_records(records, data_root, source=str(cfg.annotation_file), workers=workers)
     good = apply_bad_sample_policy(report, cfg.on_bad_sample, batch_dir)
     batch_dir.mkdir(parents=True, exist_ok=True)
-    for stale in batch_dir.glob(f".batch_*{_TMP_SUFFIX}"):
+    # Temporary files of a killed run (an exception removes its own): never valid, never reused.
+    for stale in [*batch_dir.glob(f".*{_TMP_SUFFIX}"), *final_path.parent.glob(f".{final_path.name}.*{_TMP_SUFFIX}")]:
         stale.unlink()
     _, index_digest = file_digest(cfg.annotation_file)
     _check_manifest(batch_dir, _manifest(cfg, index_digest, len(good)))
@@ -459,7 +469,8 @@ def vision_inputs_require_grad(model: torch.nn.Module):
     embedding in ``enable_input_require_grads`` themselves, older ones only the token embeddings;
     this hook makes the gradients independent of the installed version.
     """
-    return get_visual(model).patch_embed.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
+    patch_embed = get_visual(model).patch_embed
+    return patch_embed.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
 
 
 _PATH_ARGS = ("output_dir", "logging_dir", "resume_from_checkpoint")

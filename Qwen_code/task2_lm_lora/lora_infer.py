@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     collate = make_collator(processor, setup, train=False)
 
     def score(index_path: str, tag: str, max_new_tokens: int):
-        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
+        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}",
+                                      accelerator)
         dataset = Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], cfg.data_root,
                                     setup.image_size)
         loader = accelerator.prepare(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
