@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import TrainingArguments
 
 from qwen_forensics import task2
 from qwen_forensics.checkpoint import write_resolved_config
@@ -197,16 +198,17 @@ def test_map_rejects_multi_token_answers(root):
 # ---------------------------------------------------------------------------------- Trainer arguments
 def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
     shipped = json.loads((Path(task2.__file__).parents[1] / "task2_lm_lora" / "config_lora_trainer.json").read_text())
-    args, notes = trainer_arguments(shipped["training_args"], str(tmp_path), None)
+    args, notes = trainer_arguments(shipped["training_args"], str(tmp_path), None, cuda=True)
     assert args["output_dir"] == str(tmp_path.resolve() / "task2_lm_lora/training/checkpoints")
+    assert args["bf16"] is True
+    on_cpu, cpu_notes = trainer_arguments(shipped["training_args"], None, None, cuda=False)
+    assert on_cpu["bf16"] is False and any("bf16 -> false" in note for note in cpu_notes)
     assert args["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
     assert args["remove_unused_columns"] is False
     kept = {k: v for k, v in shipped["training_args"].items() if k not in ("output_dir", "warmup_ratio")}
     assert {k: args[k] for k in kept} == kept
     assert args.get("warmup_ratio", args.get("warmup_steps")) == 0.05
-    from transformers import TrainingArguments
-
-    TrainingArguments(**{**args, "bf16": False})
+    TrainingArguments(**on_cpu)
     reentrant = {**shipped["training_args"], "gradient_checkpointing_kwargs": {"use_reentrant": True}}
     explicit, _ = trainer_arguments(reentrant, None, None)
     assert explicit["gradient_checkpointing_kwargs"] == {"use_reentrant": True}

@@ -21,7 +21,7 @@ RUNNER = Path(__file__).resolve().parents[1] / "Qwen_code" / "task2_lm_lora" / "
 # model is random, and its deep blocks keep little of the patch detail that separates the classes.
 TRAIN = {"image_size": 112, "lora_target_blocks": [1], "training_args.num_train_epochs": 20,
          "training_args.learning_rate": 0.002, "training_args.per_device_train_batch_size": 8,
-         "training_args.gradient_accumulation_steps": 1, "training_args.bf16": False,
+         "training_args.gradient_accumulation_steps": 1,
          "training_args.gradient_checkpointing": False, "training_args.save_strategy": "no",
          "training_args.logging_steps": 50, "training_args.disable_tqdm": True}
 # Untrained adapter: one optimizer step at learning rate 0 leaves LoRA B at its zero init.

@@ -508,8 +508,8 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
     return notes
 
 
-def trainer_arguments(training_args: Mapping[str, Any], root: str | None,
-                      base_dir: Path | None) -> tuple[dict, list[str]]:
+def trainer_arguments(training_args: Mapping[str, Any], root: str | None, base_dir: Path | None, *,
+                      cuda: bool | None = None) -> tuple[dict, list[str]]:
     """The user's ``training_args`` as written, with the few adjustments the recipe needs; returns
     (keyword arguments for ``TrainingArguments`` plus ``resume_from_checkpoint``, notes to print).
 
@@ -518,12 +518,19 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None,
       like every other config path (``--root``);
     - ``remove_unused_columns`` must be false: the dataset yields images, not model columns;
     - gradient checkpointing without explicit kwargs gets ``use_reentrant: false``, which keeps the
-      vision LoRA gradients whatever the transformers version's default.
+      vision LoRA gradients whatever the transformers version's default;
+    - without CUDA (``cuda`` None: detect) ``bf16`` / ``fp16`` are switched off, as every task runs
+      float32 on CPU (transformers refuses bf16 there); a note says so.
     """
     from transformers import TrainingArguments
 
     args = json.loads(json.dumps(dict(training_args)))
     notes = _adapt_to_installed(args, {f.name for f in fields(TrainingArguments)})
+    if not (torch.cuda.is_available() if cuda is None else cuda):
+        for key in ("bf16", "fp16"):
+            if args.get(key):
+                args[key] = False
+                notes.append(f"training_args.{key} -> false: no CUDA device, the CPU run stays in float32")
     if not isinstance(args.get("output_dir"), str) or not args["output_dir"]:
         raise ConfigError("training_args.output_dir is required (the Trainer's checkpoint folder)")
     for key in _PATH_ARGS:
