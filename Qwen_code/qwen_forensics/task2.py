@@ -576,7 +576,7 @@ class TrainingRun:
 
 def build_trainer(cfg, root: str | None = None, base_dir: Path | None = None, *, callbacks=None) -> TrainingRun:
     """Everything of LORA.py up to ``trainer.train()`` (``cfg`` is a ``Task2TrainConfig``)."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, set_seed
 
     train_data = read_task2_dataset(cfg.train_dataset_path)
     setup = train_data.setup(cfg.image_size)
@@ -593,10 +593,13 @@ def build_trainer(cfg, root: str | None = None, base_dir: Path | None = None, *,
         write_resolved_config(args.output_dir, resolved_training_config(cfg, setup, trainer_kwargs))
 
     # Weights in the configured dtype on GPU; CPU runs stay in float32 (bf16 matmuls there are slow
-    # and noisy). PEFT keeps the LoRA weights themselves in float32 either way.
-    dtype = cfg.torch_dtype if torch.cuda.is_available() else "float32"
-    model = load_model(cfg.base_model_path, dtype=dtype)
+    # and noisy). PEFT keeps the LoRA weights themselves in float32 either way. Loading straight onto
+    # this process's device spares a host copy of the model per torchrun process.
+    dtype = cfg.torch_dtype if args.device.type == "cuda" else "float32"
+    model = load_model(cfg.base_model_path, dtype=dtype, device=args.device)
     model.config.use_cache = False
+    # Trainer seeds only when it is built; the LoRA A matrices are drawn before that.
+    set_seed(args.seed)
     model, targets = attach_lora(model, cfg)
     if args.gradient_checkpointing:
         vision_inputs_require_grad(model)
