@@ -89,7 +89,7 @@ def _write_visual_lora(model_dir: Path, ckpt: Path) -> None:
 def _argv(root: Path, out: Path, *overrides: str) -> list[str]:
     args = ["--root", str(root), "--set", f"lora_checkpoint={root / 'ckpt'}", "--set", "num_workers=0",
             "--set", "batch_size=4", "--set", f"csv_path={out / 'metrics.csv'}",
-            "--set", f"output_json={out / 'predictions.json'}"]
+            "--set", f"output_json={out / 'predictions.json'}", "--set", "torch_dtype=float32"]
     for override in overrides:
         args += ["--set", override]
     return args
