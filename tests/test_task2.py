@@ -4,7 +4,6 @@ shared by training and evaluation, label mask on native-resolution batches."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 

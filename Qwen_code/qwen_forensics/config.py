@@ -209,12 +209,21 @@ def build_arg_parser(description: str, default_config: Path | None) -> argparse.
     return parser
 
 
+def load_config_and_paths(cls: type[T], *, description: str, default_config: Path | None = None,
+                          argv: list[str] | None = None) -> tuple[T, str | None, Path]:
+    """:func:`load_config` plus the relocation root and the config file's folder, for scripts that
+    must relocate paths inside free-form dicts the typed layer cannot see (Task 2's training_args)."""
+    args = build_arg_parser(description, default_config).parse_args(argv)
+    base_dir = Path(args.config).resolve().parent
+    try:
+        cfg = parse_config(cls, read_config_file(args.config), overrides=args.overrides, root=args.root,
+                           base_dir=base_dir)
+    except ConfigError as err:
+        raise SystemExit(f"config error ({args.config}): {err}") from None
+    return cfg, effective_root(args.root), base_dir
+
+
 def load_config(cls: type[T], *, description: str, default_config: Path | None = None,
                 argv: list[str] | None = None) -> T:
     """Parse ``--config/--set/--root`` from ``argv`` and return the validated config."""
-    args = build_arg_parser(description, default_config).parse_args(argv)
-    try:
-        return parse_config(cls, read_config_file(args.config), overrides=args.overrides, root=args.root,
-                            base_dir=Path(args.config).resolve().parent)
-    except ConfigError as err:
-        raise SystemExit(f"config error ({args.config}): {err}") from None
+    return load_config_and_paths(cls, description=description, default_config=default_config, argv=argv)[0]

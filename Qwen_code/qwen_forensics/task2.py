@@ -29,7 +29,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import read_resolved_config, save_adapter, write_resolved_config
-from .config import ConfigError, build_arg_parser, effective_root, parse_config, read_config_file, relocate_path
+from .config import ConfigError, relocate_path
 from .data.collate import VisionLanguageCollator, model_inputs
 from .data.geometry import letterbox_image
 from .data.records import load_index
@@ -46,7 +46,6 @@ from .model.loader import get_visual, load_model, load_processor
 from .model.lora import LoraTargetSpec, check_lora_wrapped, make_lora_config, resolve_targets
 from .prompts import answer_token_ids, build_messages
 
-T = TypeVar("T")
 
 MANIFEST_NAME = "map_manifest.json"
 BATCH_PATTERN = "batch_{:05d}.jsonl"
@@ -54,24 +53,6 @@ _TMP_SUFFIX = ".tmp"
 _HASH_CHUNK = 1 << 20
 # Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.
 SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")
-
-
-# ------------------------------------------------------------------------------------------ config CLI
-def load_cli_config(cls: type[T], *, description: str, default_config: Path,
-                    argv: list[str] | None = None) -> tuple[T, str | None, Path]:
-    """``config.load_config`` that also returns the relocation root and the config file's folder.
-
-    LORA.py needs both to relocate the paths inside the free-form ``training_args`` dict, which the
-    typed config layer cannot see.
-    """
-    args = build_arg_parser(description, default_config).parse_args(argv)
-    base_dir = Path(args.config).resolve().parent
-    try:
-        cfg = parse_config(cls, read_config_file(args.config), overrides=args.overrides, root=args.root,
-                           base_dir=base_dir)
-    except ConfigError as err:
-        raise SystemExit(f"config error ({args.config}): {err}") from None
-    return cfg, effective_root(args.root), base_dir
 
 
 # ----------------------------------------------------------------------------------- prompt setup

@@ -19,14 +19,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from qwen_forensics.config import load_config_and_paths
 from qwen_forensics.model.lora import format_targets
-from qwen_forensics.task2 import build_trainer, load_cli_config
+from qwen_forensics.task2 import build_trainer
 from qwen_forensics.task_configs import Task2TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, root, base_dir = load_cli_config(Task2TrainConfig, description=__doc__, argv=argv,
-                                          default_config=Path(__file__).with_name("config_lora_trainer.json"))
+    cfg, root, base_dir = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
+                                                default_config=Path(__file__).with_name("config_lora_trainer.json"))
     run = build_trainer(cfg, root, base_dir)
     if run.trainer.is_world_process_zero():
         print(format_targets(run.targets))
