@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -119,3 +119,30 @@ def keyword_label(text: str, fake_word: str, real_word: str) -> int | None:
     if fake == real:
         return None
     return 1 if fake else 0
+
+
+def prediction_rows(records: Sequence, scores: AnswerScores, tuned_threshold: float | None, fake_word: str,
+                    real_word: str) -> list[dict]:
+    """Per-image output of an LM evaluation: probability, both logits, decisions, optional free text
+    with its keyword label (its own column: it never replaces the probability-based decision)."""
+    rows = []
+    for i, rec in enumerate(records):
+        row = {"image_path": rec.image_path, "label": rec.label, "p_fake": float(scores.p_fake[i]),
+               "logit_fake": float(scores.logit_fake[i]), "logit_real": float(scores.logit_real[i]),
+               "pred@0.5": int(scores.p_fake[i] >= 0.5)}
+        if tuned_threshold is not None:
+            row["pred@tuned"] = int(scores.p_fake[i] >= tuned_threshold)
+        if scores.generated is not None:
+            row["generated_text"] = scores.generated[i]
+            row["generated_label"] = keyword_label(scores.generated[i], fake_word, real_word)
+        rows.append(row)
+    return rows
+
+
+def generated_columns(rows: Sequence[dict]) -> dict[str, float]:
+    """CSV columns for generated text: accuracy of its keyword label and how many named neither word."""
+    if not rows or "generated_label" not in rows[0]:
+        return {}
+    named = [r["generated_label"] for r in rows]
+    return {"generated_acc": sum(g == r["label"] for g, r in zip(named, rows)) / len(rows),
+            "generated_undecided": sum(g is None for g in named)}

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
 from qwen_forensics.config import load_config
-from qwen_forensics.lm_eval import keyword_label, score_answers
+from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
@@ -82,17 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
-    rows = []
-    for i, rec in enumerate(records):
-        row = {"image_path": rec.image_path, "label": rec.label, "p_fake": float(scores.p_fake[i]),
-               "logit_fake": float(scores.logit_fake[i]), "logit_real": float(scores.logit_real[i]),
-               "pred@0.5": int(scores.p_fake[i] >= 0.5)}
-        if tuned is not None:
-            row["pred@tuned"] = int(scores.p_fake[i] >= tuned)
-        if scores.generated is not None:
-            row["generated_text"] = scores.generated[i]
-            row["generated_label"] = keyword_label(scores.generated[i], setup.fake_token, setup.real_token)
-        rows.append(row)
+    rows = prediction_rows(records, scores, tuned, setup.fake_token, setup.real_token)
     output_json = Path(cfg.output_json)
     output_json.parent.mkdir(parents=True, exist_ok=True)
     output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
@@ -105,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                "image_size": "native" if setup.image_size is None else setup.image_size,
                "num_skipped": skipped,
                "images_per_s": images_per_s}
-    if scores.generated is not None:
-        named = [r["generated_label"] for r in rows]
-        csv_row["generated_acc"] = sum(g == y for g, y in zip(named, labels)) / len(rows)
-        csv_row["generated_undecided"] = sum(g is None for g in named)
+    csv_row.update(generated_columns(rows))
     append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
