@@ -1,5 +1,4 @@
-"""Task 1 pieces shared by its training and evaluation scripts: index loading with the bad-sample
-policy, the checkpoint folder (visual LoRA adapter + heads + training state + config), and the
+"""Task 1 pieces shared by its training and evaluation scripts: the checkpoint folder (visual LoRA adapter + heads + training state + config), and the
 strict reload of that folder onto a bare vision tower or onto the full model.
 
 Checkpoint folder layout::
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,34 +23,12 @@ from torch import nn
 
 from .checkpoint import (AdapterLoadResult, load_adapter_strict, load_module_safetensors, read_resolved_config,
                          save_adapter, save_module_safetensors, save_training_state, write_resolved_config)
-from .data.records import Record, load_index
-from .data.validate import apply_bad_sample_policy, validate_records
 from .model.forensic import ForensicViT
 from .model.heads import ForensicHeads
 from .model.lora import locate_components
 
 ADAPTER_DIR = "adapter"
 HEADS_FILE = "heads.safetensors"
-
-
-def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path,
-               accelerator: Accelerator) -> tuple[list[Record], int]:
-    """Load and validate a whole index up front; fail listing every problem, or skip and list them.
-
-    Returns the usable records and how many were skipped (evaluations report it with their
-    metrics). Only the main process writes the skipped-records list; the others validate identically.
-    """
-    records = load_index(index_path)
-    report = validate_records(records, data_root, source=str(index_path))
-    if accelerator.is_main_process:
-        good = apply_bad_sample_policy(report, policy, skip_dir)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            good = apply_bad_sample_policy(report, policy, tmp)
-    if report.num_skipped:
-        accelerator.print(f"{index_path}: skipped {report.num_skipped} bad record(s), listed in "
-                          f"{skip_dir / 'skipped_records.json'}")
-    return good, report.num_skipped
 
 
 def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Module, cfg, optimizer, scheduler,

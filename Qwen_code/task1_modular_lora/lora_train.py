@@ -19,6 +19,7 @@ from qwen_forensics.checkpoint import load_adapter_strict, load_training_state, 
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import predict_heads, score_heads
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
@@ -27,7 +28,7 @@ from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.loader import load_processor, load_vision_tower, resolve_dtype
 from qwen_forensics.model.lora import format_targets, make_lora_config, vision_block_targets
-from qwen_forensics.task1 import ADAPTER_DIR, cast_trainable_to_fp32, load_heads, load_split, save_task1_checkpoint
+from qwen_forensics.task1 import ADAPTER_DIR, cast_trainable_to_fp32, load_heads, save_task1_checkpoint
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
                                      optimizer_steps, param_groups, seed_everything, train_epoch)

@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
 from qwen_forensics.config import load_config
+from qwen_forensics.data.validate import load_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.task1 import load_split
 from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, make_collator, resolve_infer_setup
 from qwen_forensics.task_configs import Task2InferConfig
 from qwen_forensics.training import make_accelerator

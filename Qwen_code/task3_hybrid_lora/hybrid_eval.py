@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config
 from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule, load_binary_mask
 from qwen_forensics.evaluation import score_heads
 from qwen_forensics.metrics import append_csv_row, combined_score, image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.task1 import load_split
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model, predict_hybrid,
                                   read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig

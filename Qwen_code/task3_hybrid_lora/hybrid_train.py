@@ -17,12 +17,12 @@ from torch.utils.data import DataLoader
 from qwen_forensics.checkpoint import load_training_state, write_resolved_config
 from qwen_forensics.config import load_config
 from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import score_heads
 from qwen_forensics.metrics import append_csv_row, image_report
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import format_targets
-from qwen_forensics.task1 import load_split
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
                                   build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
                                   load_hybrid_model, predict_hybrid, save_task3_checkpoint)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .records import Record
+from .records import Record, load_index
 
 # Problem kinds (short codes used in reports and skipped_records.json).
 EMPTY_INDEX = "empty_index"
@@ -265,3 +266,23 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str 
     if not good:
         raise ValueError(f"{report.source}: no usable records left ({len(report.problems)} problem(s)); fix the index.")
     return good
+
+
+def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path,
+               accelerator) -> tuple[list[Record], int]:
+    """Load and validate a whole index up front; fail listing every problem, or skip and list them.
+
+    Returns the usable records and how many were skipped (evaluations report it with their
+    metrics). Only the main process writes the skipped-records list; the others validate identically.
+    """
+    records = load_index(index_path)
+    report = validate_records(records, data_root, source=str(index_path))
+    if accelerator.is_main_process:
+        good = apply_bad_sample_policy(report, policy, skip_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            good = apply_bad_sample_policy(report, policy, tmp)
+    if report.num_skipped:
+        accelerator.print(f"{index_path}: skipped {report.num_skipped} bad record(s), listed in "
+                          f"{skip_dir / 'skipped_records.json'}")
+    return good, report.num_skipped

@@ -31,11 +31,12 @@ from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.validate import load_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size, load_split
+from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
 from qwen_forensics.training import make_accelerator, seed_everything
 

@@ -22,11 +22,12 @@ from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
+from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule, load_binary_mask
 from qwen_forensics.evaluation import predict_heads, score_heads
 from qwen_forensics.metrics import append_csv_row, tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size, load_split
+from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator
 from qwen_forensics.visualize import save_heatmap_panel
