@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         val_records, val_scores, _, _ = score(cfg.val_annotation_file, "val", 0)
         tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
     records, scores, images_per_s, skipped = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    # The collectives are over: every rank closes the process group before the main one scores
+    # (a rank that exits with it open can abort at interpreter shutdown).
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return
 

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         tuned_lm = tune_threshold(val_labels, val_preds.p_fake_lm)
         tuned_head = tune_threshold(val_labels, val_preds.p_fake_head)
     records, preds, images_per_s, skipped = predict(cfg.annotation_file, "test")
+    # The collectives are over: every rank closes the process group before the main one scores
+    # (a rank that exits with it open can abort at interpreter shutdown).
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return
 

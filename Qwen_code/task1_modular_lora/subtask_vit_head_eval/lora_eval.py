@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         val_records, val_preds, _, _ = predict(cfg.ann_val, "val")
         tuned = tune_threshold([r.label for r in val_records], val_preds.p_fake)
     records, preds, images_per_s, skipped = predict(cfg.ann_test, "test")
+    # The collectives are over: every rank closes the process group before the main one scores
+    # (a rank that exits with it open can abort at interpreter shutdown).
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return
 
