@@ -49,11 +49,11 @@ def test_type_errors_are_reported():
         parse_config(Task1TrainConfig, {"amp_dtype": "bfloat"})
 
 
-def test_set_overrides_nested_and_flat(tmp_path):
+def test_set_overrides_nested_and_flat(tmp_path, user_root):
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(json.dumps({"epochs": 1}))
     cfg = load_config(Task3TrainConfig, description="t", argv=[
-        "--config", str(cfg_file), "--set", "lora.visual.blocks=[1,3]", "--set", "loss_weights.lm=0.5",
+        "--config", str(cfg_file), "--root", str(user_root), "--set", "lora.visual.blocks=[1,3]", "--set", "loss_weights.lm=0.5",
         "--set", "lora.lm.enabled=false", "--set", "prompt=Real or fake?", "--set", "epochs=4"])
     assert cfg.lora.visual.blocks == [1, 3]
     assert cfg.loss_weights.lm == 0.5
@@ -62,22 +62,26 @@ def test_set_overrides_nested_and_flat(tmp_path):
     assert cfg.epochs == 4
 
 
-def test_root_override_flag_and_env(tmp_path, monkeypatch):
+def test_root_override_flag_and_env(tmp_path, monkeypatch, user_layout):
     cfg_file = CODE / "task1_modular_lora/config_lora.json"
+    user_layout(tmp_path)
     cfg = load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file), "--root", str(tmp_path)])
     assert cfg.model_path == str(tmp_path / "Qwen2.5-VL-7B-Instruct")
     assert cfg.ann_train == str(tmp_path / "data/trainingset2/train_idx.json")
+    user_layout(tmp_path / "env")
     monkeypatch.setenv(ROOT_ENV_VAR, str(tmp_path / "env"))
     cfg = load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file)])
     assert cfg.out_dir == str(tmp_path / "env/task1_modular_lora/training")
     assert not any(str(v).startswith("/root/autodl-tmp") for v in vars(cfg).values())
 
 
-def test_relative_paths_resolve_against_config_folder(tmp_path, monkeypatch):
+def test_relative_paths_resolve_against_config_folder(tmp_path, monkeypatch, user_root):
     monkeypatch.delenv(ROOT_ENV_VAR, raising=False)
     (tmp_path / "cfg").mkdir()
+    (tmp_path / "data").mkdir()
     cfg_file = tmp_path / "cfg" / "c.json"
-    cfg_file.write_text(json.dumps({"data_root": "../data"}))
+    cfg_file.write_text(json.dumps({"data_root": "../data", "model_path": str(user_root / "Qwen2.5-VL-7B-Instruct"),
+                                    "ann_train": str(user_root / "data/trainingset2/train_idx.json")}))
     monkeypatch.chdir("/")
     cfg = load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file)])
     assert cfg.data_root == str(tmp_path / "data")

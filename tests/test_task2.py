@@ -45,7 +45,7 @@ def map_config(root: Path, **overrides) -> Task2MapConfig:
 
 @pytest.fixture(scope="module")
 def mapped(root):
-    result = run_map(map_config(root), progress=False)
+    result, = run_map(map_config(root), progress=False)
     return result, read_task2_dataset(result.final_path)
 
 
@@ -144,8 +144,8 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
     _stand_in_index(data_root, 1000)
     common = dict(data_root=str(data_root), annotation_file=str(data_root / "trainingset2/train_idx.json"),
                   map_batch_size=100)
-    full = run_map(map_config(root, **common, batch_output_dir=str(tmp_path / "full/batches"),
-                              final_dataset_path=str(tmp_path / "full/train.jsonl")), progress=False)
+    full, = run_map(map_config(root, **common, batch_output_dir=str(tmp_path / "full/batches"),
+                               final_dataset_path=str(tmp_path / "full/train.jsonl")), progress=False)
     assert (full.records, full.batches_total, full.batches_written) == (1000, 10, list(range(10)))
     with capsys.disabled():
         print(f"\nmap: {full.bytes_per_record:.0f} bytes/record in the training set "
@@ -175,14 +175,14 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
     (tmp_path / "run" / ".train.jsonl.99999.tmp").write_text('{"index": 0')
     before = {p.name: p.stat().st_mtime_ns for p in batch_dir.glob("batch_*.jsonl")}
 
-    resumed = run_map(cfg, progress=False)
+    resumed, = run_map(cfg, progress=False)
     assert resumed.batches_written == list(range(3, 10))
     assert {name: (batch_dir / name).stat().st_mtime_ns for name in before} == before
     assert not list(batch_dir.glob(".*.tmp")) and not list((tmp_path / "run").glob(".*.tmp"))
     assert Path(cfg.final_dataset_path).read_bytes() == Path(full.final_path).read_bytes()
 
     (batch_dir / "batch_00009.jsonl").unlink()
-    assert run_map(cfg, progress=False).batches_written == [9]
+    assert run_map(cfg, progress=False)[0].batches_written == [9]
     assert Path(cfg.final_dataset_path).read_bytes() == Path(full.final_path).read_bytes()
 
     with pytest.raises(ValueError, match=r"different map job .*\['map_batch_size'\]"):
@@ -243,13 +243,14 @@ def test_eval_reads_exactly_the_supervised_token(root, mapped, tmp_path, image_s
     write_resolved_config(tmp_path, task2.resolved_training_config(train_cfg, trained, {"output_dir": "x"}))
     saved = adapter_setup(tmp_path)
     assert saved == trained
-    evaluated = resolve_infer_setup(_infer_config(root), saved)
-    assert evaluated == trained
+    evaluated, notes = resolve_infer_setup(_infer_config(root), saved)
+    assert evaluated == trained and notes == []
     explicit = _infer_config(root, prompt_text=DEFAULT_PROMPT, fake_token="Fake", real_token="Real",
                              image_size=image_size)
-    assert resolve_infer_setup(explicit, saved) == trained
-    with pytest.warns(UserWarning, match="prompt_text=.*differs from the adapter's training value"):
-        assert resolve_infer_setup(_infer_config(root, prompt_text="Real?"), saved).prompt_text == "Real?"
+    assert resolve_infer_setup(explicit, saved) == (trained, [])
+    probed, notes = resolve_infer_setup(_infer_config(root, prompt_text="Real?"), saved)
+    assert probed.prompt_text == "Real?"
+    assert len(notes) == 1 and "prompt_text='Real?' differs from the adapter's training value" in notes[0]
 
     small = [s for s in data.samples if s.image_hw in ((240, 320), (320, 240), (300, 300))][:3]
     items = [Task2ImageDataset.from_samples(small, root / "data", trained.image_size)[i] for i in range(3)]

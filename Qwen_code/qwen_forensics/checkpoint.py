@@ -27,7 +27,7 @@ import json
 import os
 import random
 import warnings
-from dataclasses import asdict, is_dataclass
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -41,6 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from qwen_forensics.config import config_dict
 from qwen_forensics.model.lora import PEFT_MODEL_PREFIX, locate_components
 
 TRAINING_STATE_NAME = "training_state.pt"
@@ -264,8 +265,9 @@ def _json_default(value: Any) -> Any:
 
 
 def write_resolved_config(ckpt_dir: str | os.PathLike, config: Mapping[str, Any] | Any) -> Path:
-    """Write the effective configuration (a mapping or a dataclass) as ``resolved_config.json``."""
-    payload = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
+    """Write the effective configuration (a mapping, or a config dataclass with its loading record:
+    where each path came from and the notes) as ``resolved_config.json``."""
+    payload = config_dict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     path = Path(ckpt_dir) / RESOLVED_CONFIG_NAME
     _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -6,12 +6,24 @@ keys of that dataclass; fields carry their documentation in ``metadata["help"]``
 1. read ``--config FILE`` (JSON object);
 2. apply ``--set key=value`` overrides in order (``a.b=3`` reaches nested sections; values are
    parsed as JSON when they parse, else kept as strings, so ``--set image_size=null`` works);
-3. reject unknown keys with the list of valid ones; ``working_dir`` is accepted and ignored
-   (the seed used it only to ``chdir``; our scripts never depend on the working directory);
+3. rename the earlier scripts' key names (a class's ``ALIASES``, e.g. ``ann_eval`` ->
+   ``annotation_file``) with a note; reject unknown keys with the list of valid ones;
+   ``working_dir`` is accepted and ignored (the seed used it only to ``chdir``; our scripts never
+   depend on the working directory);
 4. check every value's type against the field annotation;
-5. relocate paths: fields marked ``path`` that start with the user's default root
-   ``/root/autodl-tmp`` get that prefix replaced by ``--root DIR`` or the environment variable
-   ``QWEN_FORENSICS_ROOT``. Relative path values are resolved against the config file's folder.
+5. resolve paths. Fields are marked ``path="in"`` (something the script reads), ``"out"`` (a file
+   or folder it writes) or ``"out_dir"`` (its output folder, named by the class's ``OUTPUT_DIR``).
+   A value starting with the user's default root ``/root/autodl-tmp`` gets that prefix replaced by
+   ``--root DIR`` or ``$QWEN_FORENSICS_ROOT``. A relative *output* is a name inside the output
+   folder (``"train_log": "log.csv"`` -> ``<out_dir>/log.csv``); any other relative path is
+   resolved against the config file's folder. A field may carry a ``resolve`` function that maps
+   the user's name to what is actually written or read (``heads.pt`` -> ``heads.safetensors``),
+   and says so in a note;
+6. (``load_config`` only, i.e. the scripts) every input must exist, checked before any model
+   loads; the error names the key as the user wrote it and the path.
+
+Where each path came from (the config, ``--set``, a default, off) and every note are kept with the
+config and written into ``resolved_config.json`` (``config_sources``, ``config_notes``).
 """
 
 from __future__ import annotations
@@ -23,12 +35,16 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 DEFAULT_ROOT = "/root/autodl-tmp"
 ROOT_ENV_VAR = "QWEN_FORENSICS_ROOT"
 IGNORED_KEYS = {"working_dir": "ignored: scripts resolve every path themselves and never chdir"}
+# Written into resolved_config.json next to the values; skipped when that file is read back as a config.
+RECORD_KEYS = ("config_sources", "config_notes")
+PATH_ROLES = ("in", "out", "out_dir")
 
 T = TypeVar("T")
 
@@ -37,32 +53,65 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used as written."""
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, path: bool = False,
-           factory: Any = dataclasses.MISSING) -> Any:
-    """A documented dataclass field; ``path=True`` marks it for root relocation."""
-    meta = {"help": help, "path": path}
+@dataclasses.dataclass
+class ConfigMeta:
+    """What loading learned besides the values: per path key its origin, and notes to show."""
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    key_names: dict[str, str] = dataclasses.field(default_factory=dict)  # field path -> key as written
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, path: str | None = None,
+           resolve: Callable[..., Any] | None = None, factory: Any = dataclasses.MISSING) -> Any:
+    """A documented dataclass field.
+
+    ``path``: "in", "out" or "out_dir" (see the module docstring). ``resolve(value, role, exists)``
+    maps a path to the one really used and returns ``(path, note or None)``; with ``exists=True``
+    (scripts) it must also check that an input is there, raising ``FileNotFoundError`` otherwise.
+    """
+    if path is not None and path not in PATH_ROLES:
+        raise ValueError(f"path must be one of {PATH_ROLES}, got {path!r}")
+    meta = {"help": help, "path": path, "resolve": resolve}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def config_meta(cfg: Any) -> ConfigMeta:
+    """The loading record of a config built by this module (an empty one for hand-built configs)."""
+    meta = cfg.__dict__.get("_config_meta")
+    if meta is None:
+        meta = ConfigMeta()
+        cfg.__dict__["_config_meta"] = meta
+    return meta
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain dict plus its loading record: what resolved_config.json holds."""
+    out = dataclasses.asdict(cfg)
+    meta = cfg.__dict__.get("_config_meta")
+    if meta is not None:
+        out["config_sources"] = dict(meta.sources)
+        out["config_notes"] = list(meta.notes)
+    return out
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _check_type(value: Any, tp: Any, where: str) -> Any:
+def _check_type(value: Any, tp: Any, where: str, meta: ConfigMeta) -> Any:
     """Validate ``value`` against annotation ``tp``; returns the value (ints accepted for floats)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arm in args:
             try:
-                return _check_type(value, arm, where)
-            except ConfigError as err:
-                errors.append(str(err))
+                return _check_type(value, arm, where, meta)
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(_type_name(a) for a in args)}")
     if tp is type(None):
         if value is not None:
@@ -71,11 +120,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected an object with keys {sorted(f.name for f in dataclasses.fields(tp))}")
-        return _build(tp, value, where)
+        return _build(tp, value, where, meta)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+        return [_check_type(v, args[0], f"{where}[{i}]", meta) for i, v in enumerate(value)] if args else value
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected an object, got {value!r}")
@@ -103,22 +152,43 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported annotation {tp!r}")
 
 
-def _build(cls: type[T], data: dict, where: str) -> T:
+def _rename_aliases(cls: type, data: dict, where: str, meta: ConfigMeta) -> dict:
+    """Map the earlier scripts' key names to this class's (``cls.ALIASES``), noting each."""
+    aliases = getattr(cls, "ALIASES", {})
+    data = dict(data)
+    for old, new in aliases.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(f"{where}: both '{old}' (the earlier name) and '{new}' are set; keep one")
+        data[new] = data.pop(old)
+        meta.key_names[f"{where}.{new}"] = old
+        meta.notes.append(f"'{old}' is the earlier name of '{new}'")
+    return data
+
+
+def _build(cls: type[T], data: dict, where: str, meta: ConfigMeta) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = _rename_aliases(cls, data, where, meta)
+    if "." not in where:
+        data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
     unknown = [k for k in data if k not in fields and k not in IGNORED_KEYS]
     if unknown:
+        aliases = sorted(getattr(cls, "ALIASES", {}))
         raise ConfigError(
             f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(fields)}"
-            + (f" (plus {sorted(IGNORED_KEYS)}, ignored)" if where == cls.__name__ else "")
+            + (f" (earlier names also accepted: {aliases})" if aliases else "")
+            + (f" (plus {sorted(IGNORED_KEYS)}, ignored)" if "." not in where else "")
         )
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}")
+            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}", meta)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: required key '{name}' is missing ({f.metadata.get('help', '')})")
     obj = cls(**kwargs)
+    obj.__dict__["_given_keys"] = set(data)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate()
@@ -155,15 +225,6 @@ def effective_root(cli_root: str | None = None) -> str | None:
     return cli_root or os.environ.get(ROOT_ENV_VAR) or None
 
 
-def _relocate(obj: Any, root: str | None, base_dir: Path | None) -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            _relocate(value, root, base_dir)
-        elif f.metadata.get("path") and isinstance(value, str) and value:
-            setattr(obj, f.name, relocate_path(value, root, base_dir))
-
-
 def relocate_path(value: str, root: str | None, base_dir: Path | None = None) -> str:
     """Map one configured path: swap the default root prefix, resolve relative paths against ``base_dir``."""
     if root and (value == DEFAULT_ROOT or value.startswith(DEFAULT_ROOT + "/")):
@@ -173,17 +234,95 @@ def relocate_path(value: str, root: str | None, base_dir: Path | None = None) ->
     return value
 
 
+@dataclasses.dataclass
+class _PathContext:
+    root: str | None
+    base_dir: Path | None
+    out_dir: Path | None
+    overridden: set[str]
+    meta: ConfigMeta
+    check_inputs: bool
+
+
+def _key_name(meta: ConfigMeta, cls_name: str, dotted: str) -> str:
+    return meta.key_names.get(f"{cls_name}.{dotted}", dotted)
+
+
+def _origin(obj: Any, name: str, dotted: str, ctx: _PathContext) -> str:
+    if dotted in ctx.overridden:
+        return "--set"
+    return "config" if name in obj.__dict__.get("_given_keys", ()) else "default"
+
+
+def _resolve_paths(obj: Any, ctx: _PathContext, prefix: str, cls_name: str) -> None:
+    """Relocate, anchor and (optionally) check every path field of ``obj``, recursing into sections."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        dotted = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _resolve_paths(value, ctx, f"{dotted}.", cls_name)
+            continue
+        if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            for i, item in enumerate(value):
+                _resolve_paths(item, ctx, f"{dotted}[{i}].", cls_name)
+            continue
+        role = f.metadata.get("path")
+        if role is None:
+            continue
+        key = _key_name(ctx.meta, cls_name, dotted)
+        origin = _origin(obj, f.name, dotted, ctx)
+        if not isinstance(value, str) or not value:
+            ctx.meta.sources[key] = "off (not in the config)" if origin == "default" else f"off ({origin})"
+            continue
+        given = value
+        anchor = ctx.out_dir if role == "out" and ctx.out_dir is not None else ctx.base_dir
+        value = relocate_path(value, ctx.root, anchor)
+        resolve = f.metadata.get("resolve")
+        if resolve is not None:
+            try:
+                value, note = resolve(value, role, ctx.check_inputs)
+            except (FileNotFoundError, ValueError) as err:
+                raise ConfigError(f"{key} = {given!r}: {err}") from None
+            if note:
+                ctx.meta.notes.append(f"{key}: {note}")
+        elif role == "in" and ctx.check_inputs and not os.path.exists(value):
+            raise ConfigError(f"{key} = {given!r}: {value} does not exist; fix the path in the config "
+                              f"or pass --set {key}=PATH (nothing was loaded yet)")
+        setattr(obj, f.name, value)
+        ctx.meta.sources[key] = origin if given == value else f"{origin}: {given!r}"
+
+
+def _output_folder(cfg: Any, ctx: _PathContext, cls_name: str) -> Path | None:
+    name = getattr(type(cfg), "OUTPUT_DIR", None)
+    if name is None:
+        return None
+    value = getattr(cfg, name)
+    relocated = relocate_path(value, ctx.root, ctx.base_dir)
+    return Path(relocated)
+
+
 def parse_config(cls: type[T], data: dict, *, overrides: list[str] = (), root: str | None = None,
-                 base_dir: Path | None = None) -> T:
-    """Build a validated ``cls`` from a dict (used by :func:`load_config` and tests)."""
+                 base_dir: Path | None = None, check_inputs: bool = False) -> T:
+    """Build a validated ``cls`` from a dict (used by :func:`load_config` and tests).
+
+    ``check_inputs``: require every input path to exist (the scripts do; tests of parsing do not).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: the config must be a JSON object")
+    meta = ConfigMeta()
     data = apply_overrides(data, list(overrides))
     for key, why in IGNORED_KEYS.items():
         if key in data:
             print(f"[config] '{key}' is {why}.", file=sys.stderr)
-    cfg = _build(cls, data, cls.__name__)
-    _relocate(cfg, effective_root(root), base_dir)
+    cfg = _build(cls, data, cls.__name__, meta)
+    overridden = {".".join(_parse_override(text)[0]) for text in overrides}
+    ctx = _PathContext(effective_root(root), base_dir, None, overridden, meta, check_inputs)
+    ctx.out_dir = _output_folder(cfg, ctx, cls.__name__)
+    _resolve_paths(cfg, ctx, "", cls.__name__)
+    cfg.__dict__["_config_meta"] = meta
+    finalize = getattr(cfg, "finalize", None)
+    if finalize is not None:
+        finalize()
     return cfg
 
 
@@ -217,13 +356,15 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
     base_dir = Path(args.config).resolve().parent
     try:
         cfg = parse_config(cls, read_config_file(args.config), overrides=args.overrides, root=args.root,
-                           base_dir=base_dir)
+                           base_dir=base_dir, check_inputs=True)
     except ConfigError as err:
         raise SystemExit(f"config error ({args.config}): {err}") from None
+    for note in config_meta(cfg).notes:
+        print(f"[config] {note}", file=sys.stderr)
     return cfg, effective_root(args.root), base_dir
 
 
 def load_config(cls: type[T], *, description: str, default_config: Path | None = None,
                 argv: list[str] | None = None) -> T:
-    """Parse ``--config/--set/--root`` from ``argv`` and return the validated config."""
+    """Parse ``--config/--set/--root`` from ``argv`` and return the validated config (inputs checked)."""
     return load_config_and_paths(cls, description=description, default_config=default_config, argv=argv)[0]

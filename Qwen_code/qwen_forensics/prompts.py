@@ -7,9 +7,53 @@ Train and eval both take the answer token ids from ``answer_token_id``, so they 
 
 from __future__ import annotations
 
+import re
+import string
+
 DEFAULT_PROMPT = "Is this image real or fake? Answer with one word: Real or Fake."
 DEFAULT_FAKE_TOKEN = "Fake"
 DEFAULT_REAL_TOKEN = "Real"
+
+
+# The earlier scripts marked the answer in their prompt templates with a cue such as "Answer:".
+_ANSWER_CUE = re.compile(r"(?:answer|答案|回答)\s*[:：]?\s*$", re.IGNORECASE)
+LABEL_FIELD = "label_text"
+
+
+def prompt_from_template(template: str, fake_word: str = DEFAULT_FAKE_TOKEN, real_word: str = DEFAULT_REAL_TOKEN) -> str:
+    """The user prompt meant by an earlier ``prompt_template`` such as ``"Q ... Answer: {label_text}"``.
+
+    The earlier map.py formatted the template per record and trained on the whole text, question and
+    answer word together. What it meant is a question answered by the label word; with the chat
+    template the answer belongs in the assistant turn. So the text before ``{label_text}``, with a
+    trailing answer cue ("Answer:") removed, is the user prompt, and ``fake_word`` / ``real_word``
+    are the answers. ``{label_text}`` must end the template and be its only field.
+    """
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    if fields != [LABEL_FIELD]:
+        raise ValueError(f"prompt_template {template!r} must contain exactly one field, {{{LABEL_FIELD}}}, at its end "
+                         f"(found fields {fields}); or give prompt_text instead")
+    head, _, tail = template.partition("{" + LABEL_FIELD + "}")
+    if tail.strip():
+        raise ValueError(f"prompt_template {template!r}: text after {{{LABEL_FIELD}}} ({tail!r}) would follow the "
+                         "answer; end the template with the answer field")
+    question = _ANSWER_CUE.sub("", head.rstrip()).rstrip()
+    if not question:
+        raise ValueError(f"prompt_template {template!r} holds no question before {{{LABEL_FIELD}}}")
+    return question
+
+
+def answer_word(word: str) -> tuple[str, str | None]:
+    """The answer word as the chat template emits it, and a note when that differs from ``word``.
+
+    The answer starts right after "<|im_start|>assistant\\n", so a leading space makes " Fake" a
+    different token, one the model does not emit there; reading its logit would score the wrong token.
+    """
+    stripped = word.strip()
+    if stripped == word:
+        return word, None
+    return stripped, (f"answer word {word!r} has surrounding whitespace; the model's answer after the assistant "
+                      f"header is {stripped!r} (no space), which is the token read")
 
 
 def build_messages(prompt_text: str) -> list[dict]:

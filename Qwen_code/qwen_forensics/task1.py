@@ -83,25 +83,25 @@ _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 SEED_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_layers")
 
 
-def check_seed_lora_keys(cfg, visual: nn.Module, ckpt_dir: str | Path) -> None:
-    """The seed's evaluation configs repeat the LoRA settings; the adapter's own are what is used.
+def check_seed_lora_keys(cfg, visual: nn.Module, ckpt_dir: str | Path) -> list[str]:
+    """The seed's evaluation configs repeat the LoRA settings; the adapter's own are what is loaded.
 
-    A key left null is fine; a value that differs from the loaded adapter means the config
-    describes another run than the checkpoint it names, and is an error.
+    The earlier scripts used these keys only as fallbacks for checkpoints that did not record
+    their settings; every checkpoint here records them, so a differing value changes nothing. It
+    is reported (returned as notes) because it usually means the config was written for another run.
     """
     lora_config = visual.peft_config["default"]
     blocks = sorted({int(m.group(1)) for name, module in visual.named_modules()
                      if isinstance(module, LoraLayer) and (m := _BLOCK_INDEX.search(name))})
     found = {"lora_r": lora_config.r, "lora_alpha": lora_config.lora_alpha, "lora_dropout": lora_config.lora_dropout,
              "lora_target_layers": blocks}
-    wrong = []
+    notes = []
     for key in SEED_LORA_KEYS:
         given = getattr(cfg, key)
         if given is not None and (sorted(given) if key == "lora_target_layers" else given) != found[key]:
-            wrong.append(f"{key}={given!r} but the adapter has {found[key]!r}")
-    if wrong:
-        raise ValueError(f"config does not match the checkpoint {ckpt_dir}: {'; '.join(wrong)}. Set these keys to "
-                         "null (the adapter's own settings are used) or point to the right checkpoint")
+            notes.append(f"config {key}={given!r} but the checkpoint {ckpt_dir} was trained with {found[key]!r}; "
+                         "the checkpoint's setting is used")
+    return notes
 
 
 def checkpoint_image_size(ckpt_dir: str | Path) -> int:

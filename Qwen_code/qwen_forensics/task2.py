@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import read_resolved_config, save_adapter, write_resolved_config
-from .config import ConfigError, relocate_path
+from .config import ConfigError, config_dict, relocate_path
 from .data.collate import VisionLanguageCollator, model_inputs
 from .data.geometry import letterbox_image
 from .data.records import load_index
@@ -53,6 +52,7 @@ _TMP_SUFFIX = ".tmp"
 _HASH_CHUNK = 1 << 20
 # Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.
 SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")
+ANSWER_KEYS = ("fake_token", "real_token")
 
 
 # ----------------------------------------------------------------------------------- prompt setup
@@ -88,21 +88,28 @@ def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
     return PromptSetup(**{k: saved[k] for k in SETUP_KEYS})
 
 
-def resolve_infer_setup(cfg, trained: PromptSetup) -> PromptSetup:
-    """Evaluation setup: the config's explicit values, else the adapter's. A value that differs from
-    training is allowed (to probe other prompts) but announced, since SPEC 6.3 is exactly that bug."""
-    chosen = {}
+def resolve_infer_setup(cfg, trained: PromptSetup) -> tuple[PromptSetup, list[str]]:
+    """Evaluation setup and notes for the log: the config's explicit values, else the adapter's.
+
+    The answer words are always the trained ones: reading another token's logit (" Fake" for
+    "Fake", SPEC 6.3) gives a meaningless AUROC, so a configured word that differs is reported and
+    replaced. A different prompt or geometry is allowed (to probe the model) but announced.
+    """
+    chosen, notes = {}, []
     for key in SETUP_KEYS:
         value = getattr(cfg, key)
         trained_value = getattr(trained, key)
-        if value is None:
+        if value is None or value == trained_value:
             chosen[key] = trained_value
-            continue
-        if value != trained_value:
-            warnings.warn(f"{key}={value!r} differs from the adapter's training value {trained_value!r}; "
-                          "the model is evaluated on inputs it was not trained on", UserWarning, stacklevel=2)
-        chosen[key] = value
-    return PromptSetup(**chosen)
+        elif key in ANSWER_KEYS:
+            chosen[key] = trained_value
+            notes.append(f"{key}={value!r} is not the answer word the adapter was trained with ({trained_value!r}); "
+                         f"the trained word {trained_value!r} is read")
+        else:
+            chosen[key] = value
+            notes.append(f"{key}={value!r} differs from the adapter's training value {trained_value!r}; the model is "
+                         "evaluated on inputs it was not trained on")
+    return PromptSetup(**chosen), notes
 
 
 # ---------------------------------------------------------------------------------- dataset format
@@ -259,6 +266,7 @@ def _atomic_concat(path: Path, parts: Sequence[Path]) -> None:
 
 @dataclass(frozen=True)
 class MapResult:
+    name: str
     records: int
     skipped: int
     batches_total: int
@@ -266,20 +274,21 @@ class MapResult:
     final_path: str
     final_bytes: int
     batch_bytes: int
+    batch_dir: str
 
     @property
     def bytes_per_record(self) -> float:
         return self.final_bytes / self.records
 
 
-def _manifest(cfg, index_digest: str, num_records: int) -> dict:
+def _manifest(cfg, job, index_digest: str, num_records: int) -> dict:
     return {
-        "annotation_file": str(cfg.annotation_file),
+        "annotation_file": str(job.annotation_file),
         "annotation_sha256": index_digest,
-        "data_root": str(cfg.data_root),
-        "prompt_text": cfg.prompt_text,
-        "fake_token": cfg.fake_token,
-        "real_token": cfg.real_token,
+        "data_root": str(job.data_root),
+        "prompt_text": job.prompt_text,
+        "fake_token": job.fake_token,
+        "real_token": job.real_token,
         "map_batch_size": cfg.map_batch_size,
         "on_bad_sample": cfg.on_bad_sample,
         "records": num_records,
@@ -314,52 +323,58 @@ def _build_batch(records, image_sizes: Mapping[int, tuple[int, int]], data_root:
     return lines
 
 
-def run_map(cfg, *, workers: int | None = None, progress: bool = True) -> MapResult:
-    """Index -> validated training set (``Task2MapConfig``), in resumable batches.
+def run_map(cfg, *, workers: int | None = None, progress: bool = True) -> list[MapResult]:
+    """Every index of a ``Task2MapConfig`` (``cfg.jobs()``) -> validated training set, in resumable batches.
 
-    The whole index is validated up front (every problem reported at once; ``on_bad_sample``
-    applies). Surviving records are cut into batches of ``map_batch_size``; a batch file that exists
-    is finished (written under a temporary name, then renamed) and is skipped, so a rerun after an
-    interruption only does the missing batches. The batches are then merged into
-    ``final_dataset_path``. ``batch_output_dir/map_manifest.json`` pins the job's parameters: a rerun
-    with a different index, prompt or batch size refuses to mix old and new batches.
+    Per index: the whole index is validated up front (every problem reported at once;
+    ``on_bad_sample`` applies). Surviving records are cut into batches of ``map_batch_size``; a
+    batch file that exists is finished (written under a temporary name, then renamed) and is
+    skipped, so a rerun after an interruption only does the missing batches. The batches are then
+    merged into the job's ``final_dataset_path``. ``batch_output_dir/map_manifest.json`` pins the
+    job's parameters: a rerun with a different index, prompt or batch size refuses to mix old and
+    new batches.
     """
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    data_root = Path(cfg.data_root)
-    batch_dir = Path(cfg.batch_output_dir)
-    final_path = Path(cfg.final_dataset_path)
-    setup = PromptSetup(None, cfg.prompt_text, cfg.fake_token, cfg.real_token)
+    jobs = cfg.jobs()
     # Fails early, naming the config keys, if the words are not single tokens after the assistant header.
     processor = load_processor(cfg.base_model_path)
-    answer_token_ids(processor, cfg.fake_token, cfg.real_token)
-    make_collator(processor, setup, train=True)
+    for job in jobs:
+        answer_token_ids(processor, job.fake_token, job.real_token)
+        make_collator(processor, PromptSetup(None, job.prompt_text, job.fake_token, job.real_token), train=True)
+    return [_run_map_job(cfg, job, workers, progress) for job in jobs]
 
-    records = load_index(cfg.annotation_file)
-    report = validate_records(records, data_root, source=str(cfg.annotation_file), workers=workers)
+
+def _run_map_job(cfg, job, workers: int, progress: bool) -> MapResult:
+    data_root = Path(job.data_root)
+    batch_dir = Path(job.batch_output_dir)
+    final_path = Path(job.final_dataset_path)
+    setup = PromptSetup(None, job.prompt_text, job.fake_token, job.real_token)
+    records = load_index(job.annotation_file)
+    report = validate_records(records, data_root, source=str(job.annotation_file), workers=workers)
     good = apply_bad_sample_policy(report, cfg.on_bad_sample, batch_dir)
     batch_dir.mkdir(parents=True, exist_ok=True)
     # Temporary files of a killed run (an exception removes its own): never valid, never reused.
     for stale in [*batch_dir.glob(f".*{_TMP_SUFFIX}"), *final_path.parent.glob(f".{final_path.name}.*{_TMP_SUFFIX}")]:
         stale.unlink()
-    _, index_digest = file_digest(cfg.annotation_file)
-    _check_manifest(batch_dir, _manifest(cfg, index_digest, len(good)))
+    _, index_digest = file_digest(job.annotation_file)
+    _check_manifest(batch_dir, _manifest(cfg, job, index_digest, len(good)))
 
     size = cfg.map_batch_size
     chunks = [good[i:i + size] for i in range(0, len(good), size)]
     paths = [batch_dir / BATCH_PATTERN.format(k) for k in range(len(chunks))]
     written = []
-    with tqdm(total=len(good), desc="map", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(good), desc=f"map {job.name}", unit="img", disable=not progress) as bar:
         for k, (chunk, path) in enumerate(zip(chunks, paths)):
             if not path.is_file():
-                _atomic_write_lines(path, _build_batch(chunk, report.image_sizes, data_root, cfg.prompt_text,
+                _atomic_write_lines(path, _build_batch(chunk, report.image_sizes, data_root, job.prompt_text,
                                                        setup.answers, workers))
                 written.append(k)
             bar.update(len(chunk))
     final_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_concat(final_path, paths)
-    return MapResult(records=len(good), skipped=report.num_skipped, batches_total=len(chunks),
+    return MapResult(name=job.name, records=len(good), skipped=report.num_skipped, batches_total=len(chunks),
                      batches_written=written, final_path=str(final_path), final_bytes=final_path.stat().st_size,
-                     batch_bytes=sum(p.stat().st_size for p in paths))
+                     batch_bytes=sum(p.stat().st_size for p in paths), batch_dir=str(batch_dir))
 
 
 # ------------------------------------------------------------------------------------ image dataset
@@ -489,34 +504,63 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
     return notes
 
 
-def trainer_arguments(training_args: Mapping[str, Any], root: str | None, base_dir: Path | None, *,
-                      cuda: bool | None = None) -> tuple[dict, list[str]]:
+def choose_precision(args: dict, torch_dtype: str, *, cuda: bool, bf16_supported: bool) -> list[str]:
+    """Make ``bf16`` / ``fp16`` in ``args`` fit the hardware and the weights' dtype; returns notes.
+
+    - no CUDA: both off (every task runs float32 on CPU; transformers refuses bf16 there);
+    - ``fp16`` with bfloat16 weights (the seed's ``torch_dtype: bfloat16`` + ``fp16: true``): fp16
+      autocast over bf16 weights mixes two half formats and overflows where bf16 does not, so bf16
+      is used when the GPU supports it;
+    - ``bf16`` on a GPU without bf16 support: fp16 instead;
+    - both set: an error, as in transformers.
+    """
+    notes = []
+    if args.get("bf16") and args.get("fp16"):
+        raise ConfigError("training_args sets both bf16 and fp16; keep one")
+    if not cuda:
+        for key in ("bf16", "fp16"):
+            if args.get(key):
+                args[key] = False
+                notes.append(f"training_args.{key} -> false: no CUDA device, the CPU run stays in float32")
+        return notes
+    if args.get("fp16") and torch_dtype == "bfloat16" and bf16_supported:
+        args["fp16"], args["bf16"] = False, True
+        notes.append("training_args.fp16 -> bf16: the weights are bfloat16 (torch_dtype) and this GPU supports "
+                     "bf16; fp16 autocast over bf16 weights overflows where bf16 does not")
+    elif args.get("bf16") and not bf16_supported:
+        args["bf16"], args["fp16"] = False, True
+        notes.append("training_args.bf16 -> fp16: this GPU has no bf16 support")
+    return notes
+
+
+def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_dir: Path | None, *,
+                      torch_dtype: str = "bfloat16", cuda: bool | None = None,
+                      bf16_supported: bool | None = None) -> tuple[dict, list[str]]:
     """The user's ``training_args`` as written, with the few adjustments the recipe needs; returns
     (keyword arguments for ``TrainingArguments`` plus ``resume_from_checkpoint``, notes to print).
 
     - keys the installed transformers renamed are translated (``warmup_ratio`` and friends);
     - paths (``output_dir``, ``logging_dir``, a ``resume_from_checkpoint`` folder) are relocated
-      like every other config path (``--root``);
+      like every other config path (``--root``); relative ones are inside ``out_dir``;
     - ``remove_unused_columns`` must be false: the dataset yields images, not model columns;
     - gradient checkpointing without explicit kwargs gets ``use_reentrant: false``, which keeps the
       vision LoRA gradients whatever the transformers version's default;
-    - without CUDA (``cuda`` None: detect) ``bf16`` / ``fp16`` are switched off, as every task runs
-      float32 on CPU (transformers refuses bf16 there); a note says so.
+    - mixed precision follows :func:`choose_precision` (``cuda`` / ``bf16_supported`` None: detect).
     """
     from transformers import TrainingArguments
 
     args = json.loads(json.dumps(dict(training_args)))
     notes = _adapt_to_installed(args, {f.name for f in fields(TrainingArguments)})
-    if not (torch.cuda.is_available() if cuda is None else cuda):
-        for key in ("bf16", "fp16"):
-            if args.get(key):
-                args[key] = False
-                notes.append(f"training_args.{key} -> false: no CUDA device, the CPU run stays in float32")
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if bf16_supported is None:
+        # Asked to plan for CUDA on a machine without it (tests): assume a bf16-capable GPU.
+        bf16_supported = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cuda
+    notes += choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=bf16_supported)
     if not isinstance(args.get("output_dir"), str) or not args["output_dir"]:
         raise ConfigError("training_args.output_dir is required (the Trainer's checkpoint folder)")
     for key in _PATH_ARGS:
         if isinstance(args.get(key), str):
-            args[key] = relocate_path(args[key], root, base_dir)
+            args[key] = relocate_path(args[key], root, out_dir)
     if args.get("remove_unused_columns", False):
         raise ConfigError("training_args.remove_unused_columns must be false: the collator turns images into model "
                           "inputs, so the Trainer must pass the dataset items through untouched")
@@ -529,7 +573,7 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, base_d
 
 def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str, Any]) -> dict:
     """What LORA.py writes next to the adapter: the config plus the prompt setup it trained with."""
-    out = asdict(cfg)
+    out = config_dict(cfg)
     out["training_args"] = dict(training_args)
     out.update(asdict(setup))
     return out
@@ -555,17 +599,42 @@ class TrainingRun:
         self.trainer.accelerator.wait_for_everyone()
 
 
-def build_trainer(cfg, root: str | None = None, base_dir: Path | None = None, *, callbacks=None) -> TrainingRun:
+def _eval_dataset(cfg, setup: PromptSetup):
+    """The ``test_dataset`` of the config as a dataset for the Trainer, or None.
+
+    A string is a map.py output, which must share the training set's prompt and answers; an object
+    is the earlier LORA.py's shape, an index (validated like every index) evaluated as it is.
+    """
+    spec = cfg.test_dataset
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        eval_data = read_task2_dataset(spec)
+        if eval_data.setup(cfg.image_size) != setup:
+            raise ValueError(f"test_dataset {spec} was mapped with a different prompt or answer words than "
+                             f"{cfg.train_dataset_path}; map both with the same config_map.json settings")
+        return Task2ImageDataset.from_samples(eval_data.samples, cfg.data_root, setup.image_size)
+    data_root = spec.data_root or cfg.data_root
+    records = load_index(spec.annotation_file)
+    report = validate_records(records, data_root, source=spec.annotation_file)
+    records = apply_bad_sample_policy(report, "fail", Path(cfg.out_dir))
+    if spec.dataset_limit is not None:
+        records = records[: spec.dataset_limit]
+    return Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], data_root, setup.image_size)
+
+
+def build_trainer(cfg, root: str | None = None, *, callbacks=None) -> TrainingRun:
     """Everything of LORA.py up to ``trainer.train()`` (``cfg`` is a ``Task2TrainConfig``)."""
     from transformers import Trainer, TrainingArguments, set_seed
 
     train_data = read_task2_dataset(cfg.train_dataset_path)
     setup = train_data.setup(cfg.image_size)
-    eval_data = read_task2_dataset(cfg.test_dataset) if cfg.test_dataset else None
-    if eval_data is not None and eval_data.setup(cfg.image_size) != setup:
-        raise ValueError(f"test_dataset {cfg.test_dataset} was mapped with a different prompt or answer words than "
-                         f"{cfg.train_dataset_path}; map both with the same config_map.json settings")
-    trainer_kwargs, notes = trainer_arguments(cfg.training_args, root, base_dir)
+    eval_dataset = _eval_dataset(cfg, setup)
+    trainer_kwargs, notes = trainer_arguments(cfg.training_args, root, Path(cfg.out_dir), torch_dtype=cfg.torch_dtype)
+    if eval_dataset is not None and trainer_kwargs.get("eval_strategy", "no") == "no":
+        trainer_kwargs["eval_strategy"] = "epoch"
+        notes.append("test_dataset given and training_args sets no eval_strategy: evaluating (eval_loss) after "
+                     "every epoch")
     resume = trainer_kwargs.pop("resume_from_checkpoint", None)
     args = TrainingArguments(**trainer_kwargs)
     if args.process_index == 0:
@@ -591,8 +660,7 @@ def build_trainer(cfg, root: str | None = None, base_dir: Path | None = None, *,
         args=args,
         data_collator=TrainerCollator(make_collator(processor, setup, train=True)),
         train_dataset=Task2ImageDataset.from_samples(train_data.samples, cfg.data_root, setup.image_size),
-        eval_dataset=(Task2ImageDataset.from_samples(eval_data.samples, cfg.data_root, setup.image_size)
-                      if eval_data is not None else None),
+        eval_dataset=eval_dataset,
         callbacks=callbacks,
     )
     return TrainingRun(trainer, setup, trainer_kwargs, resume, targets)

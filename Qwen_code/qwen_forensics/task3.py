@@ -38,7 +38,8 @@ from .lm_eval import answer_logits
 from .losses import ForensicLossWeights, forensic_loss
 from .model.heads import ForensicHeads
 from .model.hybrid import FusionProjector, HybridModel, HybridPrompt, embedding_rms
-from .model.lora import LoraTargetSpec, check_lora_wrapped, locate_components, make_lora_config, resolve_targets
+from .model.lora import (LoraTargetSpec, check_lora_wrapped, locate_components, make_lora_config,
+                         resolve_targets_with_notes)
 from .prompts import answer_token_ids
 from .training import autocast, build_optimizer_and_schedule, param_groups
 
@@ -51,31 +52,44 @@ NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position")
 
 # ----------------------------------------------------------------------------------------- LoRA
 def lora_target_spec(lora_cfg) -> LoraTargetSpec:
-    """The config's ``lora`` block (``task_configs.HybridLora``) as a per-component target spec."""
+    """The config's ``lora`` block (``task_configs.HybridLora``) as a per-component target spec.
+
+    ``lm.layers`` null means every LM layer unless ``lm.extra_modules`` / ``extra_patterns`` name
+    the modules (the earlier scripts' shape), then only those.
+    """
+    visual, lm = lora_cfg.visual, lora_cfg.lm
     lm_layers = None
-    if lora_cfg.lm.enabled:
-        lm_layers = "all" if lora_cfg.lm.layers is None else list(lora_cfg.lm.layers)
+    if lm.enabled:
+        if lm.layers is not None:
+            lm_layers = lm.layers if lm.layers == "all" else list(lm.layers)
+        elif not (lm.extra_modules or lm.extra_patterns):
+            lm_layers = "all"
     return LoraTargetSpec(
-        vision_blocks=list(lora_cfg.visual.blocks) if lora_cfg.visual.enabled else None,
+        vision_blocks=list(visual.blocks) if visual.enabled else None,
+        vision_extra_modules=list(visual.extra_modules) if visual.enabled else (),
+        vision_patterns=list(visual.extra_patterns) if visual.enabled else (),
         merger=lora_cfg.merge.enabled,
         lm_layers=lm_layers,
+        lm_extra_modules=list(lm.extra_modules) if lm.enabled else (),
+        lm_patterns=list(lm.extra_patterns) if lm.enabled else (),
     )
 
 
-def inject_hybrid_lora(base: nn.Module, lora_cfg) -> dict[str, list[str]]:
-    """Freeze ``base`` and inject ONE adapter over all enabled components; returns the targets.
+def inject_hybrid_lora(base: nn.Module, lora_cfg) -> tuple[dict[str, list[str]], list[str]]:
+    """Freeze ``base`` and inject ONE adapter over all enabled components; returns the targets and
+    notes (patterns that matched nothing).
 
     Targets are exact module paths per component (``model.lora.resolve_targets``); with every
     component off nothing is injected and the returned lists are all empty.
     """
     base.requires_grad_(False)
-    targets = resolve_targets(base, lora_target_spec(lora_cfg))
+    targets, notes = resolve_targets_with_notes(base, lora_target_spec(lora_cfg))
     if any(targets.values()):
         config = make_lora_config(targets, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
                                   bias=lora_cfg.bias)
         inject_adapter_in_model(config, base)
         check_lora_wrapped(base, targets)
-    return targets
+    return targets, notes
 
 
 def trainable_base_parameters(base: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -115,10 +129,13 @@ class HybridSpec:
                                   real_word=self.real_word, head_verdict=self.head_verdict_prompt)
 
 
-def build_hybrid_model(base: nn.Module, processor, cfg) -> tuple[HybridModel, HybridSpec]:
+def build_hybrid_model(base: nn.Module, processor, cfg, say=print) -> tuple[HybridModel, HybridSpec]:
     """A fresh hybrid model for training from a ``Task3TrainConfig``: LoRA injected into ``base``,
-    new heads and fusion projector on ``base``'s device (sizes read from ``base.config``)."""
-    targets = inject_hybrid_lora(base, cfg.lora)
+    new heads and fusion projector on ``base``'s device (sizes read from ``base.config``). Notes on
+    the LoRA targets (patterns that matched nothing) go to ``say``."""
+    targets, notes = inject_hybrid_lora(base, cfg.lora)
+    for note in notes:
+        say(f"note: {note}")
     spec = HybridSpec.from_train_config(cfg, targets)
     heads = ForensicHeads.from_vision_config(base.config.vision_config, cfg.visual_layers, cfg.fuse_dim)
     fusion = None

@@ -1,15 +1,20 @@
 """The config dataclass of every script, with the seed's keys (SPEC 4) plus documented additions.
 
-Paths default to the user's layout under ``/root/autodl-tmp``; ``--root`` or ``$QWEN_FORENSICS_ROOT``
-relocates them all (see ``config``).
+Inputs default to the user's layout under ``/root/autodl-tmp`` (``--root`` or ``$QWEN_FORENSICS_ROOT``
+relocates them); optional inputs (a validation index, an evaluation set during training) are off
+unless the config names them. Outputs default to names inside the script's output folder, and a
+relative output name in a config is a file inside that folder (see ``config``). Keys of the
+earlier scripts that changed name are accepted through each class's ``ALIASES``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from .checkpoint_paths import adapter_folder, checkpoint_folder, dataset_file, weights_file
 from .config import ConfigError, option
+from .prompts import DEFAULT_PROMPT, prompt_from_template
 
 ROOT = "/root/autodl-tmp"
 MODEL = f"{ROOT}/Qwen2.5-VL-7B-Instruct"
@@ -18,7 +23,6 @@ T1 = f"{ROOT}/task1_modular_lora"
 T2 = f"{ROOT}/task2_lm_lora"
 T3 = f"{ROOT}/task3_hybrid_lora"
 VIT_LORA_MODULES = ["attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-DEFAULT_PROMPT = "Is this image real or fake? Answer with one word: Real or Fake."
 
 
 def _check_image_size(image_size: int | None, allow_none: bool) -> None:
@@ -47,12 +51,12 @@ class MaskRuleConfig:
 @dataclass
 class Task1TrainConfig:
     """Task 1 training: LoRA on selected ViT blocks + classification and evidence heads."""
-    model_path: str = option(MODEL, "Qwen2.5-VL model folder (HF format)", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path=True)
-    ann_val: str | None = option(f"{DATA}/trainingset2/val_idx.json",
-                                 "validation index evaluated after each epoch (null: no validation)", path=True)
-    out_dir: str = option(f"{T1}/training", "output folder: checkpoints, logs, resolved config", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    model_path: str = option(MODEL, "Qwen2.5-VL model folder (HF format)", path="in")
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path="in")
+    ann_val: str | None = option(None, "validation index evaluated after each epoch (null: no validation)", path="in")
+    out_dir: str = option(f"{T1}/training", "output folder: checkpoints, logs, resolved config", path="out_dir")
     seed: int = option(42, "random seed (data order, init, dropout)")
     epochs: int = option(3, "training epochs")
     max_steps: int | None = option(None, "stop after this many optimizer steps (null: run all epochs)")
@@ -81,9 +85,11 @@ class Task1TrainConfig:
     evi_alpha: float = option(0.5, "evidence loss = alpha * BCE + (1 - alpha) * Dice")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail listing all, or skip and list them")
-    train_log: str = option(f"{T1}/training/train_log.csv", "per-epoch training CSV (appended)", path=True)
-    final_trained_heads: str = option(f"{T1}/training/final", "folder of the final checkpoint", path=True)
-    resume: str | None = option(None, "checkpoint folder to continue from (null: fresh run)", path=True)
+    train_log: str = option("train_log.csv", "per-epoch training CSV (appended); a name is a file in out_dir", path="out")
+    final_trained_heads: str = option("final", "final checkpoint folder (a name ending in .pt is the folder of that "
+                                      "stem)", path="out", resolve=checkpoint_folder)
+    resume: str | None = option(None, "checkpoint folder to continue from (null: fresh run)", path="in",
+                                resolve=checkpoint_folder)
 
     def validate(self) -> None:
         _check_image_size(self.image_size, allow_none=False)
@@ -98,13 +104,16 @@ class Task1TrainConfig:
 @dataclass
 class Task1HeadEvalConfig:
     """Task 1 subtask 1: evaluate the LoRA'd ViT + heads on an index."""
-    ckpt_path: str = option(f"{T1}/training/final", "Task 1 checkpoint folder", path=True)
-    model_path: str = option(MODEL, "Qwen2.5-VL model folder", path=True)
-    ann_test: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path=True)
-    ann_val: str | None = option(None, "validation index used only to tune the decision threshold", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    out_dir: str = option(f"{T1}/subtask_vit_head_eval", "output folder (predictions, heatmaps)", path=True)
-    csv_path: str = option(f"{T1}/subtask_vit_head_eval/metrics.csv", "metrics CSV (one row per run)", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    ckpt_path: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (a name ending in .pt: the folder of "
+                            "that stem)", path="in", resolve=checkpoint_folder)
+    model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
+    ann_test: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
+    ann_val: str | None = option(None, "validation index used only to tune the decision threshold", path="in")
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    out_dir: str = option(f"{T1}/subtask_vit_head_eval", "output folder (predictions, heatmaps)", path="out_dir")
+    csv_path: str = option("metrics.csv", "metrics CSV (one row per run); a name is a file in out_dir", path="out")
+    output_json: str = option("predictions.json", "per-image predictions; a name is a file in out_dir", path="out")
     batch_size: int = option(32, "images per forward")
     num_workers: int = option(4, "data loader workers")
     image_size: int | None = option(None, "letterbox side (null: the checkpoint's)")
@@ -113,7 +122,8 @@ class Task1HeadEvalConfig:
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
     amp_dtype: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype on GPU")
-    lora_r: int | None = option(None, "accepted for seed compatibility; the adapter's own config is used and checked")
+    lora_r: int | None = option(None, "accepted for seed compatibility: the adapter's own settings are used "
+                                      "(a different value is reported)")
     lora_alpha: int | None = option(None, "as lora_r")
     lora_dropout: float | None = option(None, "as lora_r")
     lora_target_layers: list[int] | None = option(None, "as lora_r")
@@ -122,16 +132,19 @@ class Task1HeadEvalConfig:
 @dataclass
 class Task1FullModelEvalConfig:
     """Task 1 subtask 2: the full model with the Task 1 visual LoRA answers Real/Fake."""
-    model_path: str = option(MODEL, "Qwen2.5-VL model folder", path=True)
-    lora_checkpoint: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (its visual LoRA is used)", path=True)
-    annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path=True)
-    val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    csv_path: str = option(f"{T1}/subtask_full_model_eval/metrics.csv", "metrics CSV", path=True)
-    output_json: str = option(f"{T1}/subtask_full_model_eval/predictions.json", "per-image predictions", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
+    lora_checkpoint: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (its visual LoRA is used; a "
+                                  "name ending in .pt: the folder of that stem)", path="in", resolve=checkpoint_folder)
+    annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
+    val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path="in")
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    out_dir: str = option(f"{T1}/subtask_full_model_eval", "output folder", path="out_dir")
+    csv_path: str = option("metrics.csv", "metrics CSV; a name is a file in out_dir", path="out")
+    output_json: str = option("predictions.json", "per-image predictions; a name is a file in out_dir", path="out")
     prompt_text: str = option(DEFAULT_PROMPT, "user prompt after the image")
-    fake_token: str = option("Fake", "answer word for fake (must be a single token)")
-    real_token: str = option("Real", "answer word for real (must be a single token)")
+    fake_token: str = option("Fake", "answer word for fake (one token; leading spaces are dropped, with a note)")
+    real_token: str = option("Real", "answer word for real (one token; leading spaces are dropped, with a note)")
     max_new_tokens: int = option(0, "generate this many tokens of free text per image (0: logits only)")
     batch_size: int = option(16, "images per forward")
     num_workers: int = option(4, "data loader workers")
@@ -139,7 +152,8 @@ class Task1FullModelEvalConfig:
     image_size: int | None = option(None, "letterbox side (null: the checkpoint's)")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU (CPU: float32)")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
-    lora_r: int | None = option(None, "accepted for seed compatibility; the adapter's config is used")
+    lora_r: int | None = option(None, "accepted for seed compatibility: the adapter's settings are used "
+                                      "(a different value is reported)")
     lora_alpha: int | None = option(None, "as lora_r")
     lora_dropout: float | None = option(None, "as lora_r")
     lora_target_layers: list[int] | None = option(None, "as lora_r")
@@ -147,45 +161,123 @@ class Task1FullModelEvalConfig:
 
 # --------------------------------------------------------------------------------------------- Task 2
 @dataclass
+class MapDataset:
+    """One index of ``config_map.json``'s ``datasets`` list (the earlier map.py's shape)."""
+    annotation_file: str = option(help="index to convert", path="in")
+    name: str = option("train", "label used in logs and in the default output names")
+    data_root: str | None = option(None, "folder image paths are relative to (null: the top-level data_root)", path="in")
+    batch_output_dir: str | None = option(None, "folder of batch files (null: <out_dir>/<name>_batches)", path="out")
+    final_dataset_path: str | None = option(None, "merged set (null: <out_dir>/<name>.jsonl; a name without .jsonl "
+                                            "is a folder holding records.jsonl)", path="out", resolve=dataset_file)
+    prompt_template: str | None = option(None, "this dataset's prompt template (null: the top-level one)")
+
+
+@dataclass
+class MapJob:
+    """One conversion run by map.py (built from the config; not a config section)."""
+    name: str
+    annotation_file: str
+    data_root: str
+    batch_output_dir: str
+    final_dataset_path: str
+    prompt_text: str
+    fake_token: str
+    real_token: str
+
+
+@dataclass
 class Task2MapConfig:
     """Task 2 preprocessing: index -> training records (messages + answer), resumable batches."""
-    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder (tokenizer and template)", path=True)
-    annotation_file: str = option(f"{DATA}/trainingset2/train_idx.json", "index to convert", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder (tokenizer and template)", path="in")
+    annotation_file: str | None = option(None, "index to convert (or give `datasets`)", path="in")
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    out_dir: str = option(f"{T2}/datasets", "output folder; relative output names are inside it", path="out_dir")
     map_batch_size: int = option(500, "records per batch file (a rerun skips finished batches)")
-    map_kwargs: dict[str, Any] = option(factory=dict, help="accepted for seed compatibility (no effect)")
-    batch_output_dir: str = option(f"{T2}/datasets/batches", "folder of batch files", path=True)
-    final_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "merged training set", path=True)
-    prompt_text: str = option(DEFAULT_PROMPT, "user prompt (same default as evaluation)")
+    map_kwargs: dict[str, Any] = option(factory=dict, help="accepted for seed compatibility (no effect: nothing is "
+                                                           "tokenised here any more)")
+    batch_output_dir: str = option("batches", "folder of batch files", path="out")
+    final_dataset_path: str = option("train.jsonl", "merged training set", path="out", resolve=dataset_file)
+    prompt_text: str | None = option(None, "user prompt (null: the template's question, else the default prompt)")
+    prompt_template: str | None = option(None, "the earlier scripts' 'question ... Answer: {label_text}': the text "
+                                               "before {label_text} (an 'Answer:' cue dropped) is the user prompt, "
+                                               "the label word is the assistant's answer")
     fake_token: str = option("Fake", "answer for fakes")
     real_token: str = option("Real", "answer for reals")
+    datasets: list[MapDataset] | None = option(None, "several indexes to convert (the earlier map.py's shape); "
+                                                     "replaces annotation_file / batch_output_dir / final_dataset_path")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
 
     def validate(self) -> None:
         _check_positive(map_batch_size=self.map_batch_size)
+        if (self.annotation_file is None) == (self.datasets is None):
+            raise ConfigError("give either annotation_file (one index) or datasets (a list of indexes), not both "
+                              "and not neither")
+        if self.prompt_text is not None and self.prompt_template is not None:
+            raise ConfigError("give prompt_text or prompt_template, not both")
+        if self.datasets is not None:
+            names = [d.name for d in self.datasets]
+            if not names or len(set(names)) != len(names):
+                raise ConfigError(f"datasets: each entry needs a distinct name, got {names}")
+
+    def _prompt(self, template: str | None) -> str:
+        if template is not None:
+            return prompt_from_template(template, self.fake_token, self.real_token)
+        return self.prompt_text if self.prompt_text is not None else DEFAULT_PROMPT
+
+    def jobs(self) -> list[MapJob]:
+        """Every conversion this config asks for, with its defaults filled in."""
+        if self.datasets is None:
+            return [MapJob("train", self.annotation_file, self.data_root, self.batch_output_dir,
+                           self.final_dataset_path, self._prompt(self.prompt_template), self.fake_token,
+                           self.real_token)]
+        out = []
+        for d in self.datasets:
+            batch_dir = d.batch_output_dir or f"{self.out_dir}/{d.name}_batches"
+            final = d.final_dataset_path or f"{self.out_dir}/{d.name}.jsonl"
+            out.append(MapJob(d.name, d.annotation_file, d.data_root or self.data_root, batch_dir, final,
+                              self._prompt(d.prompt_template or self.prompt_template), self.fake_token,
+                              self.real_token))
+        return out
+
+
+@dataclass
+class Task2EvalSet:
+    """The earlier LORA.py's ``test_dataset`` object: an index evaluated during training."""
+    annotation_file: str = option(help="index to evaluate on during training", path="in")
+    data_root: str | None = option(None, "folder its image paths are relative to (null: the top-level data_root)",
+                                   path="in")
+    dataset_limit: int | None = option(None, "use only the first N records (null: all)")
+    map_kwargs: dict[str, Any] = option(factory=dict, help="accepted for seed compatibility (no effect)")
 
 
 @dataclass
 class Task2TrainConfig:
     """Task 2 training: LM-supervised LoRA on ViT blocks + merger with HF Trainer."""
-    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
-    train_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "output of map.py", path=True)
-    test_dataset: str | None = option(None, "optional evaluation set (map.py output)", path=True)
-    data_root: str = option(DATA, "folder that image paths are relative to", path=True)
+    train_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "output of map.py (a .jsonl file, or a folder "
+                                     "holding records.jsonl)", path="in", resolve=dataset_file)
+    test_dataset: str | Task2EvalSet | None = option(None, "evaluation set during training: a map.py output, or an "
+                                                           "object {annotation_file, data_root, dataset_limit}",
+                                                     path="in", resolve=dataset_file)
+    data_root: str = option(DATA, "folder that image paths are relative to", path="in")
+    out_dir: str = option(f"{T2}/training", "output folder; relative output names are inside it", path="out_dir")
     image_size: int | None = option(448, "letterbox side; null keeps native resolution")
     lora_target_blocks: list[int] = option(factory=lambda: [7, 15, 23, 31], help="ViT blocks with LoRA")
     lora_target_modules: list[str] = option(factory=lambda: list(VIT_LORA_MODULES), help="modules in each block")
     lora_extra_modules: list[str] = option(factory=lambda: ["merger.mlp.0", "merger.mlp.2"],
-                                           help="extra vision modules with LoRA (the merger MLP)")
+                                           help="extra vision modules with LoRA (the merger MLP), with or without "
+                                                "the 'visual.' prefix")
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
     lora_bias: Literal["none", "all", "lora_only"] = option("none", "PEFT bias mode")
     lora_task_type: str | None = option("CAUSAL_LM", "PEFT task type")
     training_args: dict[str, Any] = option(factory=dict, help="Hugging Face TrainingArguments, as written")
-    save_lora_path: str = option(f"{T2}/training/lora_adapter",
-                                 "adapter folder (PEFT format + resolved_config.json with the prompt setup)", path=True)
+    save_lora_path: str = option("lora_adapter", "adapter folder (PEFT format + resolved_config.json with the "
+                                 "prompt setup)", path="out", resolve=adapter_folder)
 
     def validate(self) -> None:
         _check_image_size(self.image_size, allow_none=True)
@@ -195,16 +287,20 @@ class Task2TrainConfig:
 @dataclass
 class Task2InferConfig:
     """Task 2 evaluation: P(fake) from the answer-token logits of the LoRA'd model."""
-    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path=True)
-    lora_path: str = option(f"{T2}/training/lora_adapter", "adapter folder from LORA.py", path=True)
-    annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path=True)
-    val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    csv_path: str = option(f"{T2}/evaluation/metrics.csv", "metrics CSV", path=True)
-    output_json: str = option(f"{T2}/evaluation/predictions.json", "per-image predictions", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
+    lora_path: str = option(f"{T2}/training/lora_adapter", "adapter folder from LORA.py", path="in",
+                            resolve=adapter_folder)
+    annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
+    val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path="in")
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    out_dir: str = option(f"{T2}/evaluation", "output folder", path="out_dir")
+    csv_path: str = option("metrics.csv", "metrics CSV; a name is a file in out_dir", path="out")
+    output_json: str = option("predictions.json", "per-image predictions; a name is a file in out_dir", path="out")
     prompt_text: str | None = option(None, "user prompt after the image (null: the adapter's training prompt)")
-    fake_token: str | None = option(None, "answer word for fake (null: the adapter's)")
-    real_token: str | None = option(None, "answer word for real (null: the adapter's)")
+    fake_token: str | None = option(None, "answer word for fake; the adapter's trained word is read (a different "
+                                          "word is reported)")
+    real_token: str | None = option(None, "as fake_token")
     max_new_tokens: int = option(0, "also generate free text, its keyword label in its own column (0: logits only)")
     batch_size: int = option(16, "images per forward")
     num_workers: int = option(4, "data loader workers (image decoding)")
@@ -237,19 +333,28 @@ class LossWeights:
 
 @dataclass
 class LoraVisual:
-    enabled: bool = option(True, "LoRA on ViT blocks")
-    blocks: list[int] = option(factory=lambda: [7, 15, 23, 31], help="ViT blocks with LoRA")
+    enabled: bool = option(True, "LoRA on the vision tower")
+    blocks: list[int] = option(factory=lambda: [7, 15, 23, 31], help="ViT blocks with LoRA on all their linear layers")
+    extra_modules: list[str] = option(factory=list, help="further vision modules by name (with or without 'visual.')")
+    extra_patterns: list[str] = option(factory=list, help="the earlier scripts' substring patterns over vision module "
+                                                          "names ('visual.blocks.7.attn'); a pattern that matches "
+                                                          "nothing is reported")
 
 
 @dataclass
 class LoraSwitch:
-    enabled: bool = option(True, "enable this component's LoRA")
+    enabled: bool = option(False, "enable this component's LoRA (off when the key is absent, as in the earlier "
+                                  "scripts; the shipped config turns the merger on)")
 
 
 @dataclass
 class LoraLM:
     enabled: bool = option(True, "LoRA on the language model")
-    layers: list[int] | None = option(None, "LM layers with LoRA (null: all)")
+    layers: list[int] | Literal["all"] | None = option(None, "LM layers with LoRA on all their linear layers; "
+                                                             "null: all layers, unless extra_modules or "
+                                                             "extra_patterns name the modules (then only those)")
+    extra_modules: list[str] = option(factory=list, help="LM modules by name (with or without 'language_model.')")
+    extra_patterns: list[str] = option(factory=list, help="substring patterns over LM module names")
 
 
 @dataclass
@@ -266,11 +371,12 @@ class HybridLora:
 @dataclass
 class Task3TrainConfig:
     """Task 3 training: hybrid LoRA (ViT + merger + LM) with heads and fused soft tokens."""
-    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path=True)
-    ann_val: str | None = option(None, "optional validation index", path=True)
-    output_dir: str = option(f"{T3}/training", "output folder", path=True)
+    OUTPUT_DIR: ClassVar[str] = "output_dir"
+    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path="in")
+    ann_val: str | None = option(None, "optional validation index", path="in")
+    output_dir: str = option(f"{T3}/training", "output folder; relative output names are inside it", path="out_dir")
     seed: int = option(42, "random seed")
     epochs: int = option(2, "training epochs")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
@@ -300,11 +406,14 @@ class Task3TrainConfig:
     lora: HybridLora = option(factory=HybridLora, help="LoRA per component")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
-    train_log: str = option(f"{T3}/training/train_log.csv", "per-epoch training CSV", path=True)
-    lora_checkpoint: str = option(f"{T3}/training/final/adapter", "where the final adapter is written", path=True)
-    head_checkpoint: str = option(f"{T3}/training/final/heads.safetensors", "final heads file", path=True)
-    fusion_checkpoint: str = option(f"{T3}/training/final/fusion.safetensors", "final fusion file", path=True)
-    resume: str | None = option(None, "checkpoint folder to continue from", path=True)
+    train_log: str = option("train_log.csv", "per-epoch training CSV; a name is a file in output_dir", path="out")
+    lora_checkpoint: str = option("final/adapter", "where the final adapter folder is written", path="out",
+                                  resolve=adapter_folder)
+    head_checkpoint: str = option("final/heads.safetensors", "final heads file (a .pt name is written as "
+                                  ".safetensors)", path="out", resolve=weights_file)
+    fusion_checkpoint: str = option("final/fusion.safetensors", "final fusion file (a .pt name is written as "
+                                    ".safetensors)", path="out", resolve=weights_file)
+    resume: str | None = option(None, "checkpoint folder to continue from", path="in")
 
     def validate(self) -> None:
         _check_image_size(self.image_size, allow_none=False)
@@ -315,25 +424,41 @@ class Task3TrainConfig:
 @dataclass
 class Task3EvalConfig:
     """Task 3 evaluation: LM answer, head verdict and pixel metrics side by side."""
-    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path=True)
-    lora_checkpoint: str = option(f"{T3}/training/final/adapter", "adapter folder", path=True)
-    head_checkpoint: str = option(f"{T3}/training/final/heads.safetensors", "heads file", path=True)
-    fusion_checkpoint: str = option(f"{T3}/training/final/fusion.safetensors", "fusion file", path=True)
-    data_root: str = option(DATA, "folder that index paths are relative to", path=True)
-    annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path=True)
-    val_annotation_file: str | None = option(None, "validation index for the tuned threshold", path=True)
-    out_dir: str = option(f"{T3}/evaluation", "output folder", path=True)
-    csv_path: str = option(f"{T3}/evaluation/metrics.csv", "metrics CSV", path=True)
+    OUTPUT_DIR: ClassVar[str] = "out_dir"
+    ALIASES: ClassVar[dict[str, str]] = {"ann_eval": "annotation_file", "metrics_csv": "csv_path",
+                                         "inference_output": "output_json"}
+    base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
+    lora_checkpoint: str = option(f"{T3}/training/final/adapter", "adapter folder (or a file inside it)", path="in",
+                                  resolve=adapter_folder)
+    head_checkpoint: str = option(f"{T3}/training/final/heads.safetensors", "heads file (a .pt name: the "
+                                  ".safetensors of that stem)", path="in", resolve=weights_file)
+    fusion_checkpoint: str = option(f"{T3}/training/final/fusion.safetensors", "fusion file (a .pt name: the "
+                                    ".safetensors of that stem)", path="in", resolve=weights_file)
+    data_root: str = option(DATA, "folder that index paths are relative to", path="in")
+    annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate (earlier name: ann_eval)",
+                                  path="in")
+    val_annotation_file: str | None = option(None, "validation index for the tuned threshold", path="in")
+    out_dir: str = option(f"{T3}/evaluation", "output folder", path="out_dir")
+    csv_path: str = option("metrics.csv", "metrics CSV; a name is a file in out_dir (earlier name: metrics_csv)",
+                           path="out")
+    output_json: str = option("predictions.json", "per-image predictions; a name is a file in out_dir (earlier "
+                                                  "name: inference_output)", path="out")
     seed: int = option(42, "random seed")
     batch_size: int = option(8, "images per forward")
     num_workers: int = option(4, "data loader workers")
     image_size: int | None = option(None, "letterbox side (null: the checkpoint's)")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
-    visual_layers: list[int] | None = option(None, "accepted for seed compatibility; must match the checkpoint")
-    fusion_tokens: int | None = option(None, "accepted for seed compatibility; must match the checkpoint")
+    visual_layers: list[int] | None = option(None, "accepted for seed compatibility: the checkpoint's are used "
+                                                   "(a different value is reported)")
+    fusion_tokens: int | None = option(None, "as visual_layers")
+    fusion_hidden_dropout: float | None = option(None, "accepted for seed compatibility (no effect at evaluation)")
+    lora: HybridLora | None = option(None, "accepted for seed compatibility: the checkpoint's LoRA is loaded (a "
+                                           "config describing other targets is reported)")
     prompt: str | None = option(None, "user prompt (null: the training prompt)")
-    fake_token: str | None = option(None, "answer word for fake (null: training's)")
-    real_token: str | None = option(None, "answer word for real (null: training's)")
+    target_text: TargetText | None = option(None, "answer words (seed shape); the trained words are read")
+    fake_token: str | None = option(None, "answer word for fake; the trained word is read (a different word is "
+                                          "reported)")
+    real_token: str | None = option(None, "as fake_token")
     num_heatmaps: int = option(16, "heatmap pictures to write")
     pixel_threshold: float = option(0.5, "heatmap probability threshold for pixel metrics")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")

@@ -26,9 +26,9 @@ from qwen_forensics.task_configs import Task2TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, root, base_dir = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
-                                                default_config=Path(__file__).with_name("config_lora_trainer.json"))
-    run = build_trainer(cfg, root, base_dir)
+    cfg, root, _ = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
+                                         default_config=Path(__file__).with_name("config_lora_trainer.json"))
+    run = build_trainer(cfg, root)
     if run.trainer.is_world_process_zero():
         print(format_targets(run.targets))
         run.trainer.model.print_trainable_parameters()

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
-from qwen_forensics.config import load_config
+from qwen_forensics.config import config_dict, load_config
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
@@ -46,10 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task2InferConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_lora_infer.json"))
     accelerator = make_accelerator(1)
-    setup = resolve_infer_setup(cfg, adapter_setup(cfg.lora_path))
-    out_dir = Path(cfg.output_json).parent
+    setup, notes = resolve_infer_setup(cfg, adapter_setup(cfg.lora_path))
+    for note in notes:
+        accelerator.print(f"note: {note}")
+    out_dir = Path(cfg.out_dir)
     if accelerator.is_main_process:
-        write_resolved_config(out_dir, {**asdict(cfg), **asdict(setup)})
+        write_resolved_config(out_dir, {**config_dict(cfg), **asdict(setup)})
 
     processor = load_processor(cfg.base_model_path, setup.image_size)
     fake_id, real_id = answer_token_ids(processor, setup.fake_token, setup.real_token)
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                "base_model_path": cfg.base_model_path, "ap": metrics["ap"], "acc@tuned": metrics["acc@tuned"],
                "f1@tuned": metrics["f1@tuned"], "threshold": metrics["threshold"],
                "image_size": "native" if setup.image_size is None else setup.image_size,
+               "fake_token": setup.fake_token, "real_token": setup.real_token,
                "num_skipped": skipped,
                "images_per_s": images_per_s}
     csv_row.update(generated_columns(rows))

@@ -29,8 +29,9 @@ from qwen_forensics.evaluation import score_heads
 from qwen_forensics.metrics import append_csv_row, combined_score, image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model, predict_hybrid,
-                                  read_hybrid_spec)
+from qwen_forensics.model.lora import resolve_targets_with_notes
+from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model,
+                                  lora_target_spec, predict_hybrid, read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, seed_everything
 from qwen_forensics.visualize import save_heatmap_panel
@@ -52,10 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
     paths = CheckpointPaths.from_config(cfg)
     trained = read_hybrid_spec(paths.fusion_file)
-    _check_seed_keys(cfg, trained)
+    for note in seed_key_notes(cfg, trained):
+        accelerator.print(f"note: {note}")
     image_size = cfg.image_size or trained.image_size
     if image_size != trained.image_size:
-        print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
+        accelerator.print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -63,12 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     amp_dtype = AMP_FOR_DTYPE[cfg.torch_dtype] if on_gpu else "fp32"
     base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
     processor = load_processor(cfg.base_model_path, image_size)
+    if cfg.lora is not None:
+        for note in lora_config_notes(base, cfg.lora, trained):
+            accelerator.print(f"note: {note}")
     model, spec = load_hybrid_model(base, processor, paths)
     if cfg.prompt is not None and cfg.prompt != spec.prompt:
         accelerator.print(f"note: evaluating with prompt {cfg.prompt!r}; the model was trained with {spec.prompt!r}")
         model.prompt = HybridPrompt.build(processor, cfg.prompt, spec.fusion_tokens, fake_word=spec.fake_word,
                                           real_word=spec.real_word, head_verdict=spec.head_verdict_prompt)
-    answer_ids = answer_ids_for(processor, spec, cfg.fake_token, cfg.real_token)
+    answer_ids = answer_ids_for(processor, spec)
     collate = HybridCollator(processor, model.prompt)
 
     def predict(index_path: str, tag: str):
@@ -105,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         rec = records[i]
         save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
                            out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
-    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    output_json = Path(cfg.output_json)
+    output_json.parent.mkdir(parents=True, exist_ok=True)
+    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
     metrics = {"samples": lm["samples"], "positive_ratio": lm["positive_ratio"],
                **{f"lm_{k}": lm[k] for k in IMAGE_KEYS}, **{f"head_{k}": heads[k] for k in IMAGE_KEYS},
@@ -118,17 +125,45 @@ def main(argv: list[str] | None = None) -> None:
            "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s}
     append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
     print(json.dumps(metrics, indent=1))
-    print(f"metrics CSV: {cfg.csv_path}\npredictions: {out_dir / 'predictions.json'}\n"
+    print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"
           f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
 
 
-def _check_seed_keys(cfg: Task3EvalConfig, trained) -> None:
-    """The seed's eval config repeats training settings; when given they must match the checkpoint."""
+def seed_key_notes(cfg: Task3EvalConfig, trained) -> list[str]:
+    """The seed's eval config repeats training settings; the checkpoint's are what is loaded.
+
+    A repeated value that differs, and answer words other than the trained ones (reading another
+    token's logit gives a meaningless AUROC, SPEC 6.3), are reported; the trained values are used.
+    """
+    notes = []
     for key, value, saved in (("visual_layers", cfg.visual_layers, trained.visual_layers),
                               ("fusion_tokens", cfg.fusion_tokens, trained.fusion_tokens)):
         if value is not None and value != saved:
-            raise SystemExit(f"config error: {key}={value} but {cfg.fusion_checkpoint} was trained with {saved}; "
-                             f"set {key} to null or to the trained value")
+            notes.append(f"config {key}={value} but {cfg.fusion_checkpoint} was trained with {saved}; the "
+                         "checkpoint's value is used")
+    words = {"fake": [cfg.fake_token, cfg.target_text.fake if cfg.target_text else None],
+             "real": [cfg.real_token, cfg.target_text.real if cfg.target_text else None]}
+    for label, asked in words.items():
+        saved = trained.fake_word if label == "fake" else trained.real_word
+        for word in asked:
+            if word is not None and word != saved:
+                notes.append(f"{label} answer word {word!r} is not the trained one ({saved!r}); the trained word "
+                             "is read")
+    if cfg.fusion_hidden_dropout is not None:
+        notes.append("fusion_hidden_dropout has no effect at evaluation (dropout is off)")
+    return notes
+
+
+def lora_config_notes(base, lora_cfg, trained) -> list[str]:
+    """Compare the eval config's ``lora`` block with the checkpoint's recorded LoRA targets."""
+    wanted, notes = resolve_targets_with_notes(base, lora_target_spec(lora_cfg))
+    wanted = sorted(n for names in wanted.values() for n in names)
+    saved = sorted(n for names in trained.lora_targets.values() for n in names)
+    if wanted != saved:
+        notes.append(f"the config's lora block names {len(wanted)} target modules, the checkpoint has {len(saved)} "
+                     f"({len(set(wanted) - set(saved))} only in the config, {len(set(saved) - set(wanted))} only in "
+                     "the checkpoint); the checkpoint's adapter is loaded")
+    return notes
 
 
 if __name__ == "__main__":

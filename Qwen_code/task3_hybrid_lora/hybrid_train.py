@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"resume: {cfg.resume} was trained with different {changed}; "
                              f"saved {[getattr(spec, k) for k in changed]}, config {[getattr(wanted, k) for k in changed]}")
     else:
-        model, spec = build_hybrid_model(base, processor, cfg)
+        model, spec = build_hybrid_model(base, processor, cfg, say=accelerator.print)
     accelerator.print(format_targets(spec.lora_targets))
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(base)

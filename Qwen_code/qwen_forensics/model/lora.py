@@ -148,11 +148,54 @@ def merger_targets(visual_module: nn.Module, prefix: str = "") -> list[str]:
     return [_join(prefix, rel) for rel in relative]
 
 
+# Prefixes under which configs name modules of one component: the released checkpoints' names
+# ("visual.merger.mlp.0"), transformers 5's ("model.visual..."), or names relative to the component.
+VISION_NAME_PREFIXES = ("model.visual.", "visual.")
+LM_NAME_PREFIXES = ("model.language_model.", "language_model.")
+
+
+def _strip_prefix(name: str, prefixes: Sequence[str]) -> str:
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
 def vision_module_targets(visual_module: nn.Module, paths: Sequence[str], prefix: str = "") -> list[str]:
-    """Exact module paths inside the vision tower (Task 2's ``lora_extra_modules``, e.g. ``merger.mlp.0``)."""
+    """Exact module paths inside the vision tower (Task 2's ``lora_extra_modules``, e.g. ``merger.mlp.0``;
+    a ``visual.`` / ``model.visual.`` prefix is accepted)."""
     if isinstance(paths, str):
         raise TypeError(f"vision module paths must be a list, got the string {paths!r}")
-    return _linear_paths(visual_module, list(paths), prefix)
+    return _linear_paths(visual_module, [_strip_prefix(p, VISION_NAME_PREFIXES) for p in paths], prefix)
+
+
+def lm_module_targets(language_model: nn.Module, paths: Sequence[str], prefix: str = "") -> list[str]:
+    """Exact module paths inside the language model (``layers.24.self_attn.q_proj``; a
+    ``language_model.`` / ``model.language_model.`` prefix is accepted)."""
+    if isinstance(paths, str):
+        raise TypeError(f"LM module paths must be a list, got the string {paths!r}")
+    return _linear_paths(language_model, [_strip_prefix(p, LM_NAME_PREFIXES) for p in paths], prefix)
+
+
+def pattern_targets(component: nn.Module, patterns: Sequence[str], canonical: str, prefix: str = ""
+                    ) -> tuple[list[str], list[str]]:
+    """The earlier scripts' substring patterns: every ``nn.Linear`` whose name contains a pattern.
+
+    A name is tried as ``<canonical>.<path>`` (``visual.blocks.7.attn.qkv``, the released
+    checkpoints' naming) and as its path in the model (``model.visual.blocks.7.attn.qkv``).
+    Returns (matched full names, patterns that matched nothing).
+    """
+    if isinstance(patterns, str):
+        raise TypeError(f"patterns must be a list, got the string {patterns!r}")
+    matched, unmatched = [], []
+    for pattern in patterns:
+        hits = [_join(prefix, rel) for rel, module in component.named_modules()
+                if rel and isinstance(module, nn.Linear) and (pattern in f"{canonical}.{rel}"
+                                                              or pattern in _join(prefix, rel))]
+        if not hits:
+            unmatched.append(pattern)
+        matched.extend(h for h in hits if h not in matched)
+    return matched, unmatched
 
 
 def lm_targets(
@@ -178,33 +221,48 @@ class LoraTargetSpec:
     vision_blocks: ViT block indices (Task 1 ``lora_target_layers``, Task 2 ``lora_target_blocks``,
     Task 3 ``lora.visual.blocks``); merger: LoRA on the merger MLP (Task 3 ``lora.merge``);
     vision_extra_modules: further exact paths inside the tower (Task 2 ``lora_extra_modules``);
-    lm_layers: decoder layer indices or ``"all"``.
+    vision_patterns / lm_patterns: the earlier scripts' substring patterns (``extra_patterns``);
+    lm_layers: decoder layer indices or ``"all"``; lm_extra_modules: exact LM module paths.
     """
 
     vision_blocks: Sequence[int] | None = None
     vision_modules: Sequence[str] = VISION_BLOCK_MODULES
     merger: bool = False
     vision_extra_modules: Sequence[str] = ()
+    vision_patterns: Sequence[str] = ()
     lm_layers: Sequence[int] | Literal["all"] | None = None
     lm_modules: Sequence[str] = LM_LAYER_MODULES
+    lm_extra_modules: Sequence[str] = ()
+    lm_patterns: Sequence[str] = ()
 
 
 def resolve_targets(model: nn.Module, spec: LoraTargetSpec) -> dict[str, list[str]]:
-    """Per component (``COMPONENTS``) the full module names, relative to ``model``.
+    """Per component (``COMPONENTS``) the full module names, relative to ``model`` (see
+    :func:`resolve_targets_with_notes`, which also reports patterns that matched nothing)."""
+    return resolve_targets_with_notes(model, spec)[0]
+
+
+def resolve_targets_with_notes(model: nn.Module, spec: LoraTargetSpec) -> tuple[dict[str, list[str]], list[str]]:
+    """Per component the full module names relative to ``model``, and notes for the log.
 
     ``model`` is the full Qwen2.5-VL model or a bare vision tower; disabled components map to [].
-    A module reached by two components is an error.
+    A module named twice explicitly is an error; a pattern match already targeted is dropped
+    (the earlier scripts collected targets in a set), and a pattern that matches nothing is
+    reported in the notes rather than silently adding nothing.
     """
     paths = locate_components(model)
-    wants_visual = spec.vision_blocks is not None or spec.merger or bool(spec.vision_extra_modules)
+    wants_visual = (spec.vision_blocks is not None or spec.merger or bool(spec.vision_extra_modules)
+                    or bool(spec.vision_patterns))
+    wants_lm = spec.lm_layers is not None or bool(spec.lm_extra_modules) or bool(spec.lm_patterns)
     if wants_visual and paths["visual"] is None:
         raise ValueError(f"vision LoRA requested but {type(model).__name__} contains no Qwen2.5-VL vision tower")
-    if spec.lm_layers is not None and paths["language_model"] is None:
+    if wants_lm and paths["language_model"] is None:
         raise ValueError(
             f"LM LoRA requested but {type(model).__name__} contains no language model "
             "(a bare vision tower cannot take LM targets)"
         )
     targets: dict[str, list[str]] = {c: [] for c in COMPONENTS}
+    unmatched: dict[str, list[str]] = {}
     if wants_visual:
         visual = model.get_submodule(paths["visual"])
         if spec.vision_blocks is not None:
@@ -213,11 +271,25 @@ def resolve_targets(model: nn.Module, spec: LoraTargetSpec) -> dict[str, list[st
             targets["merger"] = merger_targets(visual, paths["visual"])
         if spec.vision_extra_modules:
             targets["vision_extra"] = vision_module_targets(visual, spec.vision_extra_modules, paths["visual"])
-    if spec.lm_layers is not None:
+        if spec.vision_patterns:
+            hits, unmatched["vision"] = pattern_targets(visual, spec.vision_patterns, "visual", paths["visual"])
+            taken = set(_flatten(targets))
+            targets["vision_extra"] += [h for h in hits if h not in taken]
+    if wants_lm:
         lm = model.get_submodule(paths["language_model"])
-        targets["lm"] = lm_targets(lm, spec.lm_layers, spec.lm_modules, paths["language_model"])
+        if spec.lm_layers is not None:
+            targets["lm"] = lm_targets(lm, spec.lm_layers, spec.lm_modules, paths["language_model"])
+        if spec.lm_extra_modules:
+            targets["lm"] += lm_module_targets(lm, spec.lm_extra_modules, paths["language_model"])
+        if spec.lm_patterns:
+            hits, unmatched["lm"] = pattern_targets(lm, spec.lm_patterns, "language_model", paths["language_model"])
+            taken = set(_flatten(targets))
+            targets["lm"] += [h for h in hits if h not in taken]
     _flatten(targets)
-    return targets
+    notes = [f"{component} LoRA pattern {pattern!r} matches no linear module of this model, so it adds no "
+             f"target (the earlier scripts' substring match found nothing there either)"
+             for component, patterns in unmatched.items() for pattern in patterns]
+    return targets, notes
 
 
 def _flatten(targets: Mapping[str, Sequence[str]] | Sequence[str]) -> list[str]:

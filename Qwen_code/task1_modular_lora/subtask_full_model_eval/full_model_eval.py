@@ -35,7 +35,7 @@ from qwen_forensics.data.validate import load_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
-from qwen_forensics.prompts import answer_token_ids
+from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
 from qwen_forensics.training import make_accelerator, seed_everything
@@ -49,21 +49,27 @@ def main(argv: list[str] | None = None) -> None:
                       default_config=Path(__file__).with_name("config_full_model_eval.json"))
     accelerator = make_accelerator(1)
     seed_everything(cfg.seed)
-    out_dir = Path(cfg.output_json).parent
+    out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
     processor = load_processor(cfg.model_path, image_size)
+    # Task 1 never trains the LM, so the words read are the ones the instruct model emits.
+    (fake_word, fake_note), (real_word, real_note) = answer_word(cfg.fake_token), answer_word(cfg.real_token)
+    for note in (fake_note, real_note):
+        if note:
+            accelerator.print(f"note: {note}")
     try:
-        fake_id, real_id = answer_token_ids(processor, cfg.fake_token, cfg.real_token)
+        fake_id, real_id = answer_token_ids(processor, fake_word, real_word)
     except ValueError as err:
         raise SystemExit(f"config error (fake_token={cfg.fake_token!r}, real_token={cfg.real_token!r}): {err}") from None
     dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
     model = load_model(cfg.model_path, dtype=dtype, device=accelerator.device)
     model.requires_grad_(False)
     attach_task1_lora(model, cfg.lora_checkpoint)
-    check_seed_lora_keys(cfg, get_visual(model), cfg.lora_checkpoint)
+    for note in check_seed_lora_keys(cfg, get_visual(model), cfg.lora_checkpoint):
+        accelerator.print(f"note: {note}")
     collate = VisionLanguageCollator(processor, cfg.prompt_text)
 
     def score(index_path: str, tag: str, max_new_tokens: int):
@@ -89,13 +95,14 @@ def main(argv: list[str] | None = None) -> None:
 
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
-    rows = prediction_rows(records, scores, tuned, cfg.fake_token, cfg.real_token)
+    rows = prediction_rows(records, scores, tuned, fake_word, real_word)
     output_json = Path(cfg.output_json)
     output_json.parent.mkdir(parents=True, exist_ok=True)
     output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
                "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
+               "fake_token": fake_word, "real_token": real_word,
                "num_skipped": skipped, "images_per_s": images_per_s}
     csv_row.update(generated_columns(rows))
     append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)

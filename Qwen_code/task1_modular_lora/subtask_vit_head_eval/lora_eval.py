@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     dtype = "bfloat16" if accelerator.device.type == "cuda" and cfg.amp_dtype == "bf16" else "float32"
     visual = load_vision_tower(cfg.model_path, dtype=dtype)
     model = attach_task1_checkpoint(visual, cfg.ckpt_path)
-    check_seed_lora_keys(cfg, visual, cfg.ckpt_path)
+    for note in check_seed_lora_keys(cfg, visual, cfg.ckpt_path):
+        accelerator.print(f"note: {note}")
     collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
     model = accelerator.prepare(model)
 
@@ -81,14 +82,16 @@ def main(argv: list[str] | None = None) -> None:
         rec = records[i]
         save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
                            out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
-    (out_dir / "predictions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    output_json = Path(cfg.output_json)
+    output_json.parent.mkdir(parents=True, exist_ok=True)
+    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
            "num_skipped": skipped, "images_per_s": images_per_s}
     append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
-    print(f"metrics CSV: {cfg.csv_path}\npredictions: {out_dir / 'predictions.json'}\n"
+    print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"
           f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
 
 
