@@ -14,8 +14,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write (created if needed; existing files are overwritten)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed; the same seed writes the same bytes")
+    parser.add_argument("--text-layers", type=int, default=2,
+                        help="language-model layers (28, as in the 7B, for configs that name LM layers by index)")
     args = parser.parse_args(argv)
-    print(f"tiny Qwen2.5-VL written to {build_tiny_model(args.out, seed=args.seed)}")
+    print(f"tiny Qwen2.5-VL written to {build_tiny_model(args.out, seed=args.seed, text_layers=args.text_layers)}")
 
 
 if __name__ == "__main__":

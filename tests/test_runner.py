@@ -67,15 +67,52 @@ def test_skipping_steps(tmp_path):
     assert experiment_main("demo", steps, ["--skip-train", "--skip-eval"]) == 2
 
 
-@pytest.mark.parametrize("runner, evaluator", [("run_subtask_vit_head_experiment.py", "lora_eval.py"),
-                                               ("run_subtask_full_model_experiment.py", "full_model_eval.py")])
-def test_task1_runners_exit_with_the_failing_steps_code(tmp_path, runner, evaluator):
-    """The real runners on a root without a checkpoint: the eval step fails, the runner says so."""
+@pytest.mark.parametrize("runner, key", [("run_subtask_vit_head_experiment.py", "ckpt_path"),
+                                         ("run_subtask_full_model_experiment.py", "lora_checkpoint")])
+def test_task1_runners_stop_before_a_step_that_cannot_start(tmp_path, runner, key):
+    """The real runners on a root without a checkpoint: the eval step would fail at once, so the
+    runner says why before running it (exit code 2)."""
     done = subprocess.run([sys.executable, str(T1 / runner), "--root", str(tmp_path), "--skip-train"],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert "step 1/1 'eval'" in done.stderr and "failed with exit code" in done.stderr
-    assert evaluator in done.stderr
+    assert done.returncode == 2 and "experiment not started" in done.stderr
+    assert f"step 'eval': {key} = {tmp_path}/task1_modular_lora/training/final does not exist" in done.stderr
     help_text = subprocess.run([sys.executable, str(T1 / runner), "--help"], capture_output=True, text=True,
                                timeout=60).stdout
     assert all(flag in help_text for flag in ("--root", "--skip-train", "--train-set", "--eval-set"))
+
+
+SEED = Path(__file__).resolve().parent / "data" / "seed_configs"
+T2 = REPO / "Qwen_code" / "task2_lm_lora"
+T3 = REPO / "Qwen_code" / "task3_hybrid_lora"
+
+
+def _runner(script: Path, root: Path, *configs: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), "--root", str(root), *configs], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_runners_check_the_users_configs_fit_together_before_running(user_root):
+    """The user's files for one task come from different versions of the earlier scripts: the runner
+    says which link is broken and how to connect it, before any step runs."""
+    done = _runner(T1 / "run_subtask_vit_head_experiment.py", user_root,
+                   "--train-config", str(SEED / "task1_config_lora.json"),
+                   "--eval-config", str(SEED / "task1_subtask_vit_head_eval_config_eval.json"))
+    assert done.returncode == 2 and "experiment not started" in done.stderr
+    trained = user_root / "outputs_lora_joint/final_trained_heads_2_all"
+    assert (f"step 'eval' reads ckpt_path = {user_root}/task1_modular_lora/training/modular_vit_lora, but step "
+            f"'train' writes its final checkpoint to {trained}; pass --eval-set ckpt_path={trained}") in done.stderr
+    assert not (user_root / "outputs_lora_joint").exists(), "nothing ran"
+
+    done = _runner(T2 / "run_task2_experiment.py", user_root, "--map-config", str(SEED / "task2_config_map.json"),
+                   "--train-config", str(SEED / "task2_config_lora_trainer.json"),
+                   "--infer-config", str(SEED / "task2_config_lora_infer.json"))
+    mapped = user_root / "task2_lm_lora/datasets/train_dataset_mapped/records.jsonl"
+    assert done.returncode == 2 and f"pass --train-set train_dataset_path={mapped}" in done.stderr
+    assert "reads lora_path" not in done.stderr, "the trainer's adapter is the one the infer config names"
+
+    done = _runner(T3 / "run_task3_experiment.py", user_root, "--train-config", str(SEED / "task3_config_hybrid_train.json"),
+                   "--eval-config", str(SEED / "task3_config_hybrid_eval.json"))
+    assert done.returncode == 2
+    assert (f"step 'eval': ann_eval = {user_root}/data/testingset2/test_idx.json does not exist and no earlier step "
+            "writes it") in done.stderr
+    assert "head_checkpoint" not in done.stderr, "training writes what the eval config reads"

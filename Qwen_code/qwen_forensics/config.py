@@ -326,6 +326,27 @@ def parse_config(cls: type[T], data: dict, *, overrides: list[str] = (), root: s
     return cfg
 
 
+def input_paths(cfg: Any) -> dict[str, str]:
+    """Every input path of a parsed config, keyed by the name the user wrote (``datasets[0].annotation_file``)."""
+    meta = config_meta(cfg)
+    found: dict[str, str] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            dotted = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{dotted}.")
+            elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+                for i, item in enumerate(value):
+                    walk(item, f"{dotted}[{i}].")
+            elif f.metadata.get("path") == "in" and isinstance(value, str) and value:
+                found[_key_name(meta, type(cfg).__name__, dotted)] = value
+
+    walk(cfg, "")
+    return found
+
+
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -8,6 +8,11 @@ out (e.g. ``--skip-train`` evaluates an existing checkpoint). The first step tha
 run: the message names the step, its command and its exit code, and the runner exits with that
 code. The steps' own configs connect them (e.g. the training config's output folder is the
 evaluation config's checkpoint), so an override that moves one output must move the other too.
+
+Before the first step runs, every step's config is parsed (with its overrides and ``--root``) and
+every declared :class:`Link` is checked: the path a later step reads must be the one an earlier
+step writes. A config error or a broken link stops the run at once (exit code 2), naming both keys
+and the ``--<step>-set`` that would connect them, instead of after hours of training.
 """
 
 from __future__ import annotations
@@ -18,18 +23,38 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from .config import ROOT_ENV_VAR
+from .config import ROOT_ENV_VAR, ConfigError, input_paths, parse_config, read_config_file
 
-__all__ = ["Step", "StepFailed", "build_parser", "experiment_main", "run_steps", "step_commands"]
+__all__ = ["Link", "Step", "StepFailed", "build_parser", "check_links", "experiment_main", "run_steps",
+           "step_commands"]
 
 
 @dataclass(frozen=True)
 class Step:
-    name: str       # short name used in the flags: --<name>-set, --<name>-config, --skip-<name>
-    script: Path    # the pipeline script
-    what: str       # one line for the help text and the progress messages
+    name: str                   # short name used in the flags: --<name>-set, --<name>-config, --skip-<name>
+    script: Path                # the pipeline script
+    what: str                   # one line for the help text and the progress messages
+    config_class: type | None = None    # the script's config dataclass (for the link check)
+    default_config: Path | None = None  # the config the script reads without --config
+
+
+@dataclass(frozen=True)
+class Link:
+    """A path that step ``writer`` writes (config key ``written``) and step ``reader`` reads (``read``).
+
+    ``written`` may instead be a function of the writer's config, for outputs that are not one key.
+    """
+    what: str
+    writer: str
+    written: str | Callable[[Any], str]
+    reader: str
+    read: str
+
+
+def _value(cfg: Any, key: str | Callable[[Any], str]) -> str:
+    return key(cfg) if callable(key) else getattr(cfg, key)
 
 
 class StepFailed(RuntimeError):
@@ -84,12 +109,58 @@ def run_steps(commands: Sequence[tuple[Step, list[str]]]) -> None:
         print(f"[{number}/{total}] {step.name}: done", flush=True)
 
 
-def experiment_main(description: str, steps: Sequence[Step], argv: list[str] | None = None) -> int:
-    """Parse the runner flags, run the steps, and return the exit code for ``sys.exit``."""
+def _step_config(step: Step, args: argparse.Namespace):
+    attr = step.name.replace("-", "_")
+    path = Path(getattr(args, f"{attr}_config") or step.default_config)
+    return parse_config(step.config_class, read_config_file(path), overrides=getattr(args, f"{attr}_set"),
+                        root=args.root, base_dir=path.resolve().parent)
+
+
+def check_links(steps: Sequence[Step], links: Sequence[Link], args: argparse.Namespace) -> list[str]:
+    """Problems found before anything runs: configs that do not parse, links whose two ends differ,
+    and inputs that do not exist and that no earlier step writes.
+
+    Only steps that will run are checked, and a link only when both its steps run (with
+    ``--skip-train`` the evaluation reads an existing checkpoint, which it checks itself).
+    """
+    running = {s.name: s for s, _ in step_commands(steps, args)}
+    configs, problems = {}, []
+    for name, step in running.items():
+        if step.config_class is None:
+            continue
+        try:
+            configs[name] = _step_config(step, args)
+        except ConfigError as err:
+            problems.append(f"step '{name}': config error: {err}")
+    produced: dict[str, set[str]] = {name: set() for name in configs}
+    for link in links:
+        if link.writer not in configs or link.reader not in configs:
+            continue
+        produced[link.reader].add(link.read)
+        written, read = _value(configs[link.writer], link.written), _value(configs[link.reader], link.read)
+        if Path(written) != Path(read):
+            problems.append(
+                f"step '{link.reader}' reads {link.read} = {read}, but step '{link.writer}' writes {link.what} to "
+                f"{written}; pass --{link.reader}-set {link.read}={written} (or make the two configs agree)")
+    for name, cfg in configs.items():
+        for key, path in input_paths(cfg).items():
+            if key not in produced[name] and not Path(path).exists():
+                problems.append(f"step '{name}': {key} = {path} does not exist and no earlier step writes it")
+    return problems
+
+
+def experiment_main(description: str, steps: Sequence[Step], argv: list[str] | None = None,
+                    links: Sequence[Link] = ()) -> int:
+    """Parse the runner flags, check the steps' configs and links, run the steps; returns the exit code."""
     args = build_parser(description, steps).parse_args(argv)
     commands = step_commands(steps, args)
     if not commands:
         print("every step was skipped; nothing to run", file=sys.stderr)
+        return 2
+    problems = check_links(steps, links, args)
+    if problems:
+        print("experiment not started: the steps' configs do not fit together:\n  " + "\n  ".join(problems),
+              file=sys.stderr, flush=True)
         return 2
     try:
         run_steps(commands)

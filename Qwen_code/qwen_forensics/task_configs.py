@@ -225,6 +225,11 @@ class Task2MapConfig:
             return prompt_from_template(template, self.fake_token, self.real_token)
         return self.prompt_text if self.prompt_text is not None else DEFAULT_PROMPT
 
+    def training_job(self) -> MapJob:
+        """The job whose output LORA.py trains on: the one named "train", else the first."""
+        jobs = self.jobs()
+        return next((job for job in jobs if job.name == "train"), jobs[0])
+
     def jobs(self) -> list[MapJob]:
         """Every conversion this config asks for, with its defaults filled in."""
         if self.datasets is None:

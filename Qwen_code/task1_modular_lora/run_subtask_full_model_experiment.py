@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_forensics.runner import Step, experiment_main
+from qwen_forensics.runner import Link, Step, experiment_main
+from qwen_forensics.task_configs import Task1FullModelEvalConfig, Task1TrainConfig
 
 HERE = Path(__file__).resolve().parent
 STEPS = [
-    Step("train", HERE / "lora_train.py", "Task 1 training: ViT LoRA + forensic heads"),
+    Step("train", HERE / "lora_train.py", "Task 1 training: ViT LoRA + forensic heads", Task1TrainConfig,
+         HERE / "config_lora.json"),
     Step("eval", HERE / "subtask_full_model_eval" / "full_model_eval.py",
-         "subtask 2: the full model with the visual LoRA answers Real/Fake"),
+         "subtask 2: the full model with the visual LoRA answers Real/Fake", Task1FullModelEvalConfig,
+         HERE / "subtask_full_model_eval" / "config_full_model_eval.json"),
 ]
+LINKS = [Link("its final checkpoint", "train", "final_trained_heads", "eval", "lora_checkpoint")]
 
 if __name__ == "__main__":
-    raise SystemExit(experiment_main(__doc__, STEPS))
+    raise SystemExit(experiment_main(__doc__, STEPS, links=LINKS))

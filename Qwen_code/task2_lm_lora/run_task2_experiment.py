@@ -16,14 +16,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_forensics.runner import Step, experiment_main
+from qwen_forensics.runner import Link, Step, experiment_main
+from qwen_forensics.task_configs import Task2InferConfig, Task2MapConfig, Task2TrainConfig
 
 HERE = Path(__file__).resolve().parent
 STEPS = [
-    Step("map", HERE / "map.py", "Task 2 preprocessing: index -> training set (messages + answer, image digests)"),
-    Step("train", HERE / "LORA.py", "Task 2 training: LoRA on ViT blocks + merger with the LM answer loss"),
-    Step("infer", HERE / "lora_infer.py", "Task 2 evaluation: P(fake) from the answer-token logits"),
+    Step("map", HERE / "map.py", "Task 2 preprocessing: index -> training set (messages + answer, image digests)",
+         Task2MapConfig, HERE / "config_map.json"),
+    Step("train", HERE / "LORA.py", "Task 2 training: LoRA on ViT blocks + merger with the LM answer loss",
+         Task2TrainConfig, HERE / "config_lora_trainer.json"),
+    Step("infer", HERE / "lora_infer.py", "Task 2 evaluation: P(fake) from the answer-token logits", Task2InferConfig,
+         HERE / "config_lora_infer.json"),
+]
+LINKS = [
+    Link("the training set", "map", lambda cfg: cfg.training_job().final_dataset_path, "train", "train_dataset_path"),
+    Link("the adapter", "train", "save_lora_path", "infer", "lora_path"),
 ]
 
 if __name__ == "__main__":
-    raise SystemExit(experiment_main(__doc__, STEPS))
+    raise SystemExit(experiment_main(__doc__, STEPS, links=LINKS))

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_forensics.runner import Step, experiment_main
+from qwen_forensics.runner import Link, Step, experiment_main
+from qwen_forensics.task_configs import Task3EvalConfig, Task3TrainConfig
 
 HERE = Path(__file__).resolve().parent
 STEPS = [
-    Step("train", HERE / "hybrid_train.py", "Task 3 training: hybrid LoRA + heads + fusion projector"),
-    Step("eval", HERE / "hybrid_eval.py", "Task 3 evaluation: LM answer, head verdict and pixel metrics"),
+    Step("train", HERE / "hybrid_train.py", "Task 3 training: hybrid LoRA + heads + fusion projector", Task3TrainConfig,
+         HERE / "config_hybrid_train.json"),
+    Step("eval", HERE / "hybrid_eval.py", "Task 3 evaluation: LM answer, head verdict and pixel metrics",
+         Task3EvalConfig, HERE / "config_hybrid_eval.json"),
 ]
+LINKS = [Link(f"its {what}", "train", key, "eval", key)
+         for what, key in (("adapter", "lora_checkpoint"), ("heads", "head_checkpoint"),
+                           ("fusion projector", "fusion_checkpoint"))]
 
 if __name__ == "__main__":
-    raise SystemExit(experiment_main(__doc__, STEPS))
+    raise SystemExit(experiment_main(__doc__, STEPS, links=LINKS))

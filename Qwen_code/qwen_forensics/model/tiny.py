@@ -202,7 +202,7 @@ def _tokenizer_config(tokenizer: Tokenizer) -> dict:
     }
 
 
-def _model_config(tokenizer: Tokenizer) -> dict:
+def _model_config(tokenizer: Tokenizer, text_layers: int) -> dict:
     """Flat legacy layout, exactly like the released Qwen2.5-VL-7B-Instruct config.json."""
     ids = {text: tokenizer.token_to_id(text) for text, _ in QWEN_ADDED_TOKENS}
     # Round the embedding table up (the 7B pads 151665 tokens to 152064) so that padding rows exist too.
@@ -219,9 +219,10 @@ def _model_config(tokenizer: Tokenizer) -> dict:
         "video_token_id": ids["<|video_pad|>"],
         "hidden_act": "silu",
         **TEXT_DIMS,
+        "num_hidden_layers": text_layers,
         "initializer_range": 0.02,
         "max_position_embeddings": 4096,
-        "max_window_layers": TEXT_DIMS["num_hidden_layers"],
+        "max_window_layers": text_layers,
         "model_type": "qwen2_5_vl",
         "rms_norm_eps": 1e-06,
         "rope_theta": 1000000.0,
@@ -352,8 +353,11 @@ OUTPUT_FILES = frozenset(
 )
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, text_layers: int = TEXT_DIMS["num_hidden_layers"]) -> Path:
     """Write a tiny Qwen2.5-VL-Instruct folder to ``out_dir`` (created if needed) and return its path.
+
+    ``text_layers``: decoder layers of the language model (2 by default; 28, the 7B's count, lets
+    configs that name LM layers by index, such as ``language_model.layers.27.self_attn.q_proj``, run).
 
     Rebuilding into a folder of an earlier tiny build overwrites it; a folder holding anything else
     (a real model, say) is refused rather than clobbered.
@@ -373,7 +377,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     _write_json(out / "tokenizer_config.json", _tokenizer_config(tokenizer))
     _write_json(out / "chat_template.json", {"chat_template": QWEN_CHAT_TEMPLATE})
     _write_json(out / "preprocessor_config.json", _preprocessor_config())
-    config = _model_config(tokenizer)
+    if text_layers < 1:
+        raise ValueError(f"text_layers must be >= 1, got {text_layers}")
+    config = _model_config(tokenizer, text_layers)
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", _generation_config(config))
     _write_shards(_init_state_dict(config, seed), out)
