@@ -74,6 +74,7 @@ def bar_chart(metric: str, labels: Sequence[str], values: Sequence[float]) -> st
                     fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_title(metric)
+    ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
     return figure_data_uri(fig)
 
