@@ -44,13 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def short_labels(paths: list[Path]) -> list[str]:
-    """The fewest trailing path parts that make every label distinct (the whole path if needed)."""
-    parts = [p.parts for p in paths]
-    for n in range(1, max(len(p) for p in parts) + 1):
-        labels = ["/".join(p[-n:]) for p in parts]
-        if len(set(labels)) == len(set(map(str, paths))):
-            return labels
-    return [str(p) for p in paths]
+    """Per path, the fewest trailing parts that no other path ends with (the whole path if none)."""
+    labels = []
+    for path in paths:
+        others = [q.parts for q in paths if q != path]
+        for n in range(1, len(path.parts) + 1):
+            if all(q[-n:] != path.parts[-n:] for q in others):
+                labels.append("/".join(path.parts[-n:]))
+                break
+        else:
+            labels.append(str(path))
+    return labels
 
 
 def load_runs(paths: list[Path]) -> pd.DataFrame:
