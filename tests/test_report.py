@@ -182,6 +182,10 @@ def test_rows_are_checked_with_clear_errors():
         method_table([], "p_fake")
     with pytest.raises(ValueError, match="'p_fake_head'"):
         method_table([{"image_path": "a.jpg", "label": 1, "p_fake": 0.3}], "p_fake_head")
+    with pytest.raises(ValueError, match=r"rows \[1\] have no 'p_fake' value"):
+        method_table([{"image_path": "a.jpg", "label": 1, "p_fake": 0.3}, {"image_path": "b.jpg", "label": 0}], "p_fake")
+    with pytest.raises(ValueError, match="finite numbers"):
+        method_table([{"image_path": "a.jpg", "label": 1, "p_fake": "high"}], "p_fake")
     with pytest.raises(ValueError, match="label must be 0 or 1"):
         method_table([{"image_path": "a.jpg", "label": 2, "p_fake": 0.3}], "p_fake")
 
@@ -227,6 +231,8 @@ def test_select_gallery_best_and_worst_scored_fakes():
            for i, v in enumerate((0.5, 0.9, 0.5, 0.1))]
     assert select_gallery(tie, 2) == ([1, 0], [3, 2])
     assert select_gallery(tie, 3) == ([1, 0, 2], [3])  # never the same row twice
+    without_flag = [{k: v for k, v in r.items() if k != "empty_mask"} for r in tie]  # e.g. hand-made rows
+    assert select_gallery(without_flag, 1) == ([1], [3])
 
 
 def test_confusion_counts_match_sklearn():

@@ -34,10 +34,18 @@ def rows_frame(rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str] =
         raise ValueError("per-image rows are empty: the report needs at least one evaluated image")
     frame = pd.DataFrame(list(rows))
     for column in ("image_path", "label", *score_columns):
-        if column not in frame.columns or frame[column].isna().any():
-            where = [] if column not in frame.columns else np.flatnonzero(frame[column].isna().to_numpy())[:5].tolist()
-            raise ValueError(f"per-image rows lack column {column!r}" + (f" (rows {where} ...)" if where else "")
-                             + "; every row needs image_path, label and each score column")
+        if column not in frame.columns:
+            raise ValueError(f"per-image rows have no {column!r} column; every row needs image_path, label and "
+                             "each score column")
+        missing = np.flatnonzero(frame[column].isna().to_numpy())
+        if missing.size:
+            raise ValueError(f"per-image rows {missing[:5].tolist()} have no {column!r} value "
+                             f"({missing.size} rows in all)")
+    for column in score_columns:
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"score column {column!r} must hold finite numbers (P(fake)); rows "
+                             f"{np.flatnonzero(~np.isfinite(values))[:5].tolist()} do not")
     if not frame["label"].isin((0, 1)).all():
         raise ValueError(f"per-image rows: label must be 0 or 1, got {sorted(set(frame['label']))[:10]}")
     frame["label"] = frame["label"].astype(int)
@@ -48,7 +56,7 @@ def _pixel_scored(frame: pd.DataFrame) -> pd.Series:
     """Fakes with per-image pixel metrics and a non-empty mask: the images pixel means average over."""
     if "pixel_iou" not in frame.columns or "pixel_f1" not in frame.columns:
         return pd.Series(False, index=frame.index)
-    empty = frame["empty_mask"].eq(True) if "empty_mask" in frame.columns else False
+    empty = frame["empty_mask"].eq(True) if "empty_mask" in frame.columns else pd.Series(False, index=frame.index)
     return (frame["label"] == 1) & frame["pixel_iou"].notna() & frame["pixel_f1"].notna() & ~empty
 
 
