@@ -20,7 +20,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from qwen_forensics.breakdown import (EMPTY_BUCKET, area_bucket_labels, confusion_counts, mask_area_table,
                                       method_table, select_gallery)
 from qwen_forensics.data.methods import manipulation_method
-from qwen_forensics.metrics import append_csv_row
+from qwen_forensics.metrics import PixelMetricAccumulator, append_csv_row
 from qwen_forensics.report import HEADINGS, NO_TUNED, GalleryItem, format_value, report_tables, row_caption, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,6 +241,38 @@ def test_confusion_counts_match_sklearn():
     for threshold in (0.5, 0.42):
         tn, fp, fn, tp = confusion_matrix(y, [r["p_fake"] >= threshold for r in rows]).ravel()
         assert confusion_counts(rows, "p_fake", threshold) == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+
+
+def test_tables_agree_with_the_run_pixel_metrics():
+    """Rows built as score_heads builds them (PixelMetricAccumulator.update): the per-method and
+    per-bucket pixel means, weighted by their image counts, give back the run's pixel_f1 / pixel_iou."""
+    rng = np.random.default_rng(5)
+    acc = PixelMetricAccumulator(0.5)
+    rows, scored_per_method = [], Counter()
+    for i in range(30):
+        label = int(i % 3 != 0)
+        gt = np.zeros((24, 40), bool)
+        if label and i != 4:  # record 4: a fake whose binarised mask is empty
+            y, x = rng.integers(0, 20), rng.integers(0, 30)
+            gt[y:y + rng.integers(1, 12), x:x + rng.integers(1, 20)] = True
+        prob = np.clip(0.6 * gt + rng.random(gt.shape) * 0.6, 0, 1)
+        method = 1 + i % 4
+        name = fake_name(method, i) if label else f"image__{i}__{i:032x}__frame00001.jpg"
+        rows.append({"image_path": name, "label": label, "p_fake": float(rng.random()), **acc.update(prob, gt, label),
+                     "mask_area": float(gt.mean())})
+        scored_per_method[str(method)] += int(label and gt.any())
+    run = acc.compute()
+    assert run["num_fake_empty_mask"] == 1
+    table = method_table(rows, "p_fake").set_index("method")
+    weights = np.array([scored_per_method[m] for m in table.index if m != "real"])
+    for key in ("pixel_f1", "pixel_iou"):
+        means = table.drop(index="real")[key].to_numpy()
+        assert (weights * means).sum() / weights.sum() == pytest.approx(run[key])
+    buckets = mask_area_table(rows).set_index("bucket")
+    assert buckets.loc[EMPTY_BUCKET, "count"] == run["num_fake_empty_mask"]
+    assert buckets["count"].sum() == sum(r["label"] for r in rows)
+    filled = buckets.drop(index=EMPTY_BUCKET).query("count > 0")
+    assert (filled["count"] * filled["pixel_iou"]).sum() / filled["count"].sum() == pytest.approx(run["pixel_iou"])
 
 
 # --- the page ------------------------------------------------------------------------------------------------------

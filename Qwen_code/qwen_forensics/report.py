@@ -6,14 +6,18 @@ per manipulation method and per mask-area bucket (``breakdown``), and a gallery 
 worst localisations. Every picture is an embedded PNG data URI and the page has no script, so the
 file can be mailed or archived alone and opens the same anywhere.
 
-Typical use from an evaluation script, after ``score_heads`` (rows need ``mask_area`` for the
-bucket table, see ``breakdown``)::
+Typical use from an evaluation script, after ``score_heads`` (each row also needs ``mask_area`` for
+the bucket table, see ``breakdown``); only the few gallery heatmaps are mapped back to full size::
 
     best, worst = select_gallery(rows, k=4)
-    item = lambda i: GalleryItem(image=data_root / rows[i]["image_path"], gt_mask=gt[i], prob_map=maps[i],
-                                 caption=row_caption(rows[i], ["p_fake"]))
+
+    def item(i):
+        gt = load_binary_mask(records[i], data_root, mask_rule)
+        prob = original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
+        return GalleryItem(Path(data_root) / records[i].image_path, gt, prob, row_caption(rows[i], ["p_fake"]))
+
     write_report(out_dir / "report.html", metrics=metrics, rows=rows, score_columns=["p_fake"],
-                 thresholds={"p_fake": tuned}, description={"dataset": ..., "checkpoint": ...},
+                 thresholds={"p_fake": tuned}, description={"dataset": cfg.ann_test, "checkpoint": cfg.ckpt_path},
                  gallery_best=[item(i) for i in best], gallery_worst=[item(i) for i in worst])
 """
 from __future__ import annotations
