@@ -1,0 +1,269 @@
+"""One self-contained ``report.html`` per evaluation run, and the HTML pieces ``compare_runs.py`` shares.
+
+The page holds the run description, the metrics table (SPEC 7 names, as the CSV row has them),
+ROC and PR curves per score column, confusion matrices at 0.5 and at the tuned threshold, tables
+per manipulation method and per mask-area bucket (``breakdown``), and a gallery of the best and
+worst localisations. Every picture is an embedded PNG data URI and the page has no script, so the
+file can be mailed or archived alone and opens the same anywhere.
+
+Typical use from an evaluation script, after ``score_heads`` (each row also needs ``mask_area`` for
+the bucket table, see ``breakdown``); only the few gallery heatmaps are mapped back to full size::
+
+    best, worst = select_gallery(rows, k=4)
+
+    def item(i):
+        gt = load_binary_mask(records[i], data_root, mask_rule)
+        prob = original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
+        return GalleryItem(Path(data_root) / records[i].image_path, gt, prob, row_caption(rows[i], ["p_fake"]))
+
+    write_report(out_dir / "report.html", metrics=metrics, rows=rows, score_columns=["p_fake"],
+                 thresholds={"p_fake": tuned}, description={"dataset": cfg.ann_test, "checkpoint": cfg.ckpt_path},
+                 gallery_best=[item(i) for i in best], gallery_worst=[item(i) for i in worst])
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .breakdown import confusion_counts, mask_area_table, method_table, rows_frame
+from .plots import gallery_panel, roc_pr_figure
+
+HEADINGS = ("Run", "Metrics", "ROC and PR curves", "Confusion matrices", "Per manipulation method",
+            "Pixel metrics by mask area", "Best and worst localisations")
+NO_TUNED = "no validation set: no tuned threshold"
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { border-bottom: 2px solid #345; padding-bottom: .2em; }
+h2 { margin-top: 1.8em; color: #345; border-bottom: 1px solid #ccd; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
+th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; }
+th { background: #eef1f6; }
+td.text, th.text { text-align: left; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: .3em 0; }
+.note { color: #666; font-style: italic; }
+.cm { display: inline-block; margin-right: 2em; vertical-align: top; }
+figure { display: inline-block; vertical-align: top; max-width: 800px; margin: .5em 1em .5em 0; }
+figcaption { font-size: .85em; color: #444; overflow-wrap: anywhere; }
+img { max-width: 100%; }
+"""
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One localisation to show: ``image`` (a path or an RGB/grey array), the boolean ``gt_mask`` and the
+    probability map ``prob_map``, both at the image's original resolution, and a ``caption``."""
+    image: str | Path | np.ndarray
+    gt_mask: np.ndarray
+    prob_map: np.ndarray
+    caption: str
+
+
+@dataclass
+class ReportTables:
+    """The report's tables as data: per score column the per-method table and confusion counts
+    (``{"0.5": {...}, "tuned": {...}}``, ``tuned`` only with a threshold); the mask-area table when
+    the rows carry ``mask_area`` and pixel metrics, else None."""
+    methods: dict[str, pd.DataFrame]
+    confusion: dict[str, dict[str, dict[str, int]]]
+    mask_area: pd.DataFrame | None
+
+
+@dataclass
+class Report:
+    path: Path
+    tables: ReportTables = field(repr=False)
+
+
+def format_value(value: Any) -> str:
+    """Floats to 4 decimals, NaN / None / missing to "—" (an em dash), everything else as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4f}"
+    return str(value)
+
+
+def html_table(frame: pd.DataFrame, caption: str | None = None, text_columns: Iterable[str] = ()) -> str:
+    """A plain HTML table of ``frame`` (header = column names, escaped); ``text_columns`` align left."""
+    text = set(text_columns)
+
+    def cls(column: str) -> str:
+        return ' class="text"' if column in text else ""
+
+    head = "".join(f"<th{cls(c)}>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td{cls(c)}>{html.escape(format_value(v))}</td>" for c, v in zip(frame.columns, row))
+                   + "</tr>" for row in frame.itertuples(index=False))
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temporary name and ``os.replace``, so a reader never sees half a page."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _clean_thresholds(score_columns: Sequence[str], thresholds: Mapping[str, float | None] | None) -> dict[str, float]:
+    """Keep the usable tuned thresholds; NaN (the CSV's "no validation set") counts as none."""
+    thresholds = dict(thresholds or {})
+    unknown = sorted(set(thresholds) - set(score_columns))
+    if unknown:
+        raise ValueError(f"thresholds given for {unknown}, which are not among score_columns {list(score_columns)}")
+    return {k: float(v) for k, v in thresholds.items() if v is not None and not math.isnan(float(v))}
+
+
+def report_tables(rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
+                  thresholds: Mapping[str, float | None] | None = None) -> ReportTables:
+    """Compute every table of the report (no HTML, no pictures)."""
+    if not score_columns:
+        raise ValueError("report needs at least one score column (e.g. ['p_fake'] or ['p_fake_lm', 'p_fake_head'])")
+    frame = rows_frame(rows, score_columns)
+    tuned = _clean_thresholds(score_columns, thresholds)
+    methods = {c: method_table(rows, c, tuned.get(c)) for c in score_columns}
+    confusion = {c: {"0.5": confusion_counts(rows, c, 0.5),
+                     **({"tuned": confusion_counts(rows, c, tuned[c])} if c in tuned else {})} for c in score_columns}
+    has_area = {"mask_area", "pixel_f1", "pixel_iou"} <= set(frame.columns)
+    return ReportTables(methods, confusion, mask_area_table(rows) if has_area else None)
+
+
+def row_caption(row: Mapping[str, Any], score_columns: Sequence[str]) -> str:
+    """A gallery caption from a per-image row: file name, pixel IoU / F1, mask area and scores."""
+    parts = [os.path.basename(str(row.get("image_path", "?")))]
+    parts += [f"{k} {format_value(row[k])}" for k in ("pixel_iou", "pixel_f1", "mask_area") if k in row]
+    parts += [f"{c} {format_value(row[c])}" for c in score_columns if c in row]
+    return " · ".join(parts)
+
+
+def _run_section(title_rows: Mapping[str, Any], frame: pd.DataFrame) -> str:
+    counts = {"images": len(frame), "fakes": int(frame["label"].sum()), "reals": int((frame["label"] == 0).sum())}
+    facts = {**title_rows, **counts}
+    info = pd.DataFrame({"key": list(facts), "value": list(facts.values())}, dtype=object)
+    return html_table(info, text_columns=("key", "value"))
+
+
+def _metrics_section(metrics: Mapping[str, Any]) -> str:
+    if not metrics:
+        return note("no metrics given")
+    # object dtype keeps counts as integers next to float metrics
+    table = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())}, dtype=object)
+    return html_table(table, text_columns=("metric",))
+
+
+def _curves_section(frame: pd.DataFrame, score_columns: Sequence[str]) -> str:
+    y = frame["label"].to_numpy()
+    if y.min() == y.max():
+        return note(f"only one class among the {len(y)} images: ROC and PR curves are undefined")
+    curves = [(c, y, frame[c].to_numpy(dtype=np.float64)) for c in score_columns]
+    return img(roc_pr_figure(curves), "ROC and PR curves")
+
+
+def _confusion_html(counts: Mapping[str, int], caption: str) -> str:
+    cells = pd.DataFrame({"": ["true real", "true fake"], "called real": [counts["tn"], counts["fn"]],
+                          "called fake": [counts["fp"], counts["tp"]]})
+    return f'<div class="cm">{html_table(cells, caption, text_columns=("",))}</div>'
+
+
+def _confusion_section(tables: ReportTables, tuned: Mapping[str, float]) -> str:
+    parts = []
+    for column, by_threshold in tables.confusion.items():
+        parts.append(f"<h3>{html.escape(column)}</h3>" + _confusion_html(by_threshold["0.5"], f"{column} >= 0.5"))
+        if "tuned" in by_threshold:
+            parts.append(_confusion_html(by_threshold["tuned"], f"{column} >= tuned {tuned[column]:.4f}"))
+        else:
+            parts.append(note(NO_TUNED))
+    return "\n".join(parts)
+
+
+def _methods_section(tables: ReportTables) -> str:
+    intro = note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals image__{k}__{id}__frame{N}); "
+                 "auroc: the method's fakes against all reals; recall: share of its fakes called fake; "
+                 "fpr: share of its reals called fake; pixel means over its fakes with a non-empty mask.")
+    return intro + "".join(html_table(t, f"score {c}", text_columns=("method",)) for c, t in tables.methods.items())
+
+
+def _area_section(tables: ReportTables) -> str:
+    if tables.mask_area is None:
+        return note("not available: the rows need mask_area (fraction of the image in the binarised mask), "
+                    "pixel_f1 and pixel_iou")
+    return (note("Fakes by the fraction of the image their binarised mask covers; empty masks counted, not averaged.")
+            + html_table(tables.mask_area, text_columns=("bucket",)))
+
+
+def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem]) -> str:
+    if not best and not worst:
+        return note("no gallery items given")
+    parts = [note("Each entry: image | ground truth | heatmap overlay.")]
+    for title, items in (("Best (highest pixel IoU)", best), ("Worst (lowest pixel IoU)", worst)):
+        parts.append(f"<h3>{title}</h3>")
+        for item in items:
+            uri = gallery_panel(item.image, item.gt_mask, item.prob_map, name=item.caption)
+            parts.append(f"<figure>{img(uri, item.caption)}<figcaption>{html.escape(item.caption)}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
+                  thresholds: Mapping[str, float | None] | None = None, title: str = "Evaluation report",
+                  description: Mapping[str, Any] | None = None, gallery_best: Sequence[GalleryItem] = (),
+                  gallery_worst: Sequence[GalleryItem] = ()) -> tuple[str, ReportTables]:
+    """The report page as a string, and its tables. See ``write_report`` for the arguments."""
+    tables = report_tables(rows, score_columns, thresholds)
+    frame = rows_frame(rows, score_columns)
+    tuned = _clean_thresholds(score_columns, thresholds)
+    sections = (_run_section(description or {}, frame), _metrics_section(metrics),
+                _curves_section(frame, score_columns), _confusion_section(tables, tuned), _methods_section(tables),
+                _area_section(tables), _gallery_section(gallery_best, gallery_worst))
+    body = "\n".join(f"<h2>{heading}</h2>\n{content}" for heading, content in zip(HEADINGS, sections))
+    return html_page(title, body), tables
+
+
+def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                 score_columns: Sequence[str], thresholds: Mapping[str, float | None] | None = None,
+                 title: str = "Evaluation report", description: Mapping[str, Any] | None = None,
+                 gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = ()) -> Report:
+    """Write the self-contained report to ``out_path`` (atomically) and return its path and tables.
+
+    ``metrics``: the run's metrics dict (the CSV row's metrics; shown in its order, names as given).
+    ``rows``: per-image dicts (columns in ``breakdown``). ``score_columns``: the P(fake) columns to
+    plot and tabulate. ``thresholds``: tuned threshold per score column (None / NaN / absent: no
+    validation set). ``description``: run facts shown first (dataset, checkpoint, ...); image
+    counts are added from ``rows``. ``gallery_best`` / ``gallery_worst``: pictures chosen with
+    ``breakdown.select_gallery``.
+    """
+    page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
+                                 title=title, description=description, gallery_best=gallery_best,
+                                 gallery_worst=gallery_worst)
+    return Report(write_text_atomic(out_path, page), tables)
