@@ -53,7 +53,9 @@ def processor(tiny_dir):
 
 
 def _cfg(**overrides) -> Task3TrainConfig:
-    return parse_config(Task3TrainConfig, {"image_size": IMAGE_SIZE, "fuse_dim": 32, **overrides})
+    """LoRA on every component (as the shipped config) unless ``lora`` is overridden."""
+    return parse_config(Task3TrainConfig, {"image_size": IMAGE_SIZE, "fuse_dim": 32,
+                                           "lora": {"merge": {"enabled": True}}, **overrides})
 
 
 def _build(tiny_dir, processor, **overrides):
