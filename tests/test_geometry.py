@@ -212,6 +212,17 @@ def test_interior_is_bilinear(h, w, size, res):
     torch.testing.assert_close(out[inside_y][:, inside_x], reference[inside_y][:, inside_x], atol=2e-4, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unletterbox_stays_on_the_device_and_matches_the_host():
+    lb = letterbox_geometry(333, 517, 448)
+    grid_map = torch.rand(32, 32, generator=torch.Generator().manual_seed(0))
+    on_gpu = unletterbox(grid_map.cuda(), lb)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+    torch.testing.assert_close(on_gpu.cpu(), unletterbox(grid_map, lb), atol=1e-6, rtol=0)
+    constant = torch.from_numpy(content_map(lb, 32, 0.5)).cuda()
+    assert torch.equal(unletterbox(constant, lb), torch.full((333, 517), 0.5, device="cuda"))
+
+
 def score_through_evaluation(heatmap: np.ndarray, gt: np.ndarray, label: int, size: int, threshold: float) -> dict:
     """The evaluation path: original_size_heatmap, then the pixel metric accumulator."""
     acc = PixelMetricAccumulator(threshold)

@@ -110,10 +110,11 @@ def unletterbox(map_2d: np.ndarray | torch.Tensor, lb: Letterbox) -> np.ndarray 
        ``align_corners=False``). Positions beyond the centre of the outermost content cell hold
        that cell's value (clamp), rather than extrapolating.
 
-    Interpolation is written as ``a + w * (b - a)``, which returns ``a`` exactly when ``a == b``,
-    so a map that is constant ``c`` over the content cells comes back as exactly ``c`` at every
-    pixel, edges included, for any aspect ratio and resolution: a perfect full-frame prediction
-    scores F1 1.0 and a uniform one on a real gives false_alarm exactly 0 or 1 at any threshold.
+    Interpolation uses ``torch.lerp`` (``a + w * (b - a)``, or ``b - (1 - w) * (b - a)`` for
+    ``w >= 0.5``), which returns ``a`` exactly when ``a == b``. So a map that is constant ``c``
+    over the content cells comes back as exactly ``c`` at every pixel, edges included, for any
+    aspect ratio and resolution: a perfect full-frame prediction scores F1 1.0, and a uniform one
+    on a real gives false_alarm exactly 0 or 1, at any threshold.
     For a full-canvas map (r = size) the cells are canvas pixels and the crop is the content
     rectangle. Returns the input's type (numpy, or torch on its device).
     """
@@ -131,9 +132,8 @@ def unletterbox(map_2d: np.ndarray | torch.Tensor, lb: Letterbox) -> np.ndarray 
 
     y_lo, y_hi, wy = on_device(_axis_weights(lb.orig_h, lb.new_h, lb.pad_top, rows, lb, res))
     x_lo, x_hi, wx = on_device(_axis_weights(lb.orig_w, lb.new_w, lb.pad_left, cols, lb, res))
-    # Separable bilinear: along y to (orig_h, content cols), then along x.
-    top, bottom = cropped[y_lo], cropped[y_hi]
-    along_y = top + wy[:, None] * (bottom - top)
-    left, right = along_y[:, x_lo], along_y[:, x_hi]
-    out = left + wx[None, :] * (right - left)
+    # Separable bilinear, x first on the small (content rows, orig_w) map, so the full-size step
+    # gathers whole rows (about 10x faster than gathering columns at 1080x1920).
+    along_x = torch.lerp(cropped[:, x_lo], cropped[:, x_hi], wx[None, :])
+    out = torch.lerp(along_x[y_lo], along_x[y_hi], wy[:, None])
     return out.cpu().numpy() if as_numpy else out
