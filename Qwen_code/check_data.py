@@ -3,7 +3,11 @@
     python Qwen_code/check_data.py --index <root>/data/trainingset2/train_idx.json --data-root <root>/data
     python Qwen_code/check_data.py --index train_idx.json --other-index val_idx.json --no-files
 
-Exit code 1 when any index has problems or, with --other-index, when a video appears in both.
+The leakage check compares video groups: clips linked by a shared ForgeryNet id (a fake with the
+real of its target clip, one source/target pair under several method numbers, swaps between real
+clips), see qwen_forensics/data/leakage.py. The count by clip name alone is printed for comparison.
+
+Exit code 1 when any index has problems or, with --other-index, when a video group appears in both.
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from qwen_forensics.data.records import load_index, video_overlap
+from qwen_forensics.data.leakage import check_leakage
+from qwen_forensics.data.records import load_index
 from qwen_forensics.data.validate import validate_records
 
 
@@ -20,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, type=Path, help="index JSON (annotation.json, train_idx.json, ...)")
     parser.add_argument("--data-root", type=Path, help="folder the index paths are relative to (<root>/data); needed unless --no-files")
-    parser.add_argument("--other-index", type=Path, help="second index: report its records whose video also appears in --index")
+    parser.add_argument("--other-index", type=Path, help="second index: report its records whose video group also appears in --index")
     parser.add_argument("--no-files", action="store_true", help="check only what the index says (no image files needed)")
     parser.add_argument("--json-out", type=Path, help="also write the full report as JSON here")
     parser.add_argument("--top-sizes", type=int, default=10, help="how many image sizes to list (default 10)")
@@ -49,25 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {"reports": [r.to_dict() for r in reports]}
     leaked = 0
     if args.other_index:
-        overlap = video_overlap(reports[0].records, reports[1].records)
+        overlap = check_leakage(reports[0].records, reports[1].records, train_name=str(args.index), val_name=str(args.other_index))
         leaked = overlap.num_records
-        print(
-            f"video overlap: {overlap.num_records} of {reports[1].num_records} records in {args.other_index} "
-            f"come from {overlap.num_videos} of {overlap.total_videos_b} videos that also appear in {args.index}"
-        )
-        for video in overlap.videos[:20]:
-            print(f"  {video}")
-        if overlap.num_videos > 20:
-            print(f"  ... {overlap.num_videos - 20} more (see --json-out)")
+        print(overlap.summary(max_groups=20))
+        if overlap.num_groups > 20:
+            print("  (all groups and records: see --json-out)")
         if leaked:
-            print("fix: re-split grouped by video with python Qwen_code/make_split.py")
-        result["overlap"] = {
-            "num_records": overlap.num_records,
-            "num_videos": overlap.num_videos,
-            "total_videos_other": overlap.total_videos_b,
-            "videos": list(overlap.videos),
-            "records": [{"index": r.index, **r.to_json()} for r in overlap.records],
-        }
+            print("fix: re-split grouped by video group with python Qwen_code/make_split.py")
+        result["overlap"] = overlap.to_dict()
 
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,10 @@
 
     python Qwen_code/make_split.py --annotation <root>/data/trainingset2/annotation.json --seed 0
 
-No video (file name before '__frame') lands in both files. The index is validated first
-(index-only); problems stop the split with the full list.
+No video group lands in both files: clips that share a ForgeryNet id (a fake and the real of its
+target clip, one source/target pair under several method numbers, swaps between real clips) stay
+together; see qwen_forensics/data/leakage.py. The index is validated first (index-only); problems
+stop the split with the full list.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from qwen_forensics.data.records import load_index, save_index
+from qwen_forensics.data.leakage import video_groups
+from qwen_forensics.data.records import Record, load_index, save_index
 from qwen_forensics.data.split import split_by_video
 from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
 
@@ -21,17 +24,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotation", required=True, type=Path, help="annotation.json to split")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of records for val (default 0.15)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the video order (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the video-group order (default 0)")
     parser.add_argument("--out-dir", type=Path, help="where to write train_idx.json / val_idx.json (default: next to the annotation)")
     parser.add_argument("--force", action="store_true", help="overwrite existing train_idx.json / val_idx.json")
     return parser.parse_args(argv)
 
 
-def _describe(name: str, records: list) -> str:
+def _describe(name: str, records: list[Record], group_of: dict[str, str]) -> str:
     labels = Counter(r.label for r in records)
-    videos = len({r.video for r in records})
+    clips = {r.video for r in records}
+    groups = len({group_of[c] for c in clips})
     fake = 100.0 * labels[1] / len(records)
-    return f"{name}: {len(records)} records, {videos} videos, {labels[0]} real / {labels[1]} fake ({fake:.1f}% fake)"
+    return (f"{name}: {len(records)} records, {len(clips)} clips in {groups} video groups, "
+            f"{labels[0]} real / {labels[1]} fake ({fake:.1f}% fake)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_index(train, targets[0])
     save_index(val, targets[1])
-    print(_describe("all  ", records))
-    print(_describe("train", train) + f" -> {targets[0]}")
-    print(_describe("val  ", val) + f" -> {targets[1]}")
+    group_of = video_groups(records)
+    print(_describe("all  ", records, group_of))
+    print(_describe("train", train, group_of) + f" -> {targets[0]}")
+    print(_describe("val  ", val, group_of) + f" -> {targets[1]}")
     return 0
 
 

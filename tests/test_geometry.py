@@ -2,12 +2,15 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.geometry import Letterbox, letterbox_geometry, letterbox_image, letterbox_mask, unletterbox
+from qwen_forensics.data.geometry import Letterbox, content_cells, letterbox_geometry, letterbox_image, letterbox_mask, unletterbox
 from qwen_forensics.data.masks import MaskRule, binarize_mask, load_binary_mask
 from qwen_forensics.data.records import Record
+from qwen_forensics.evaluation import original_size_heatmap
+from qwen_forensics.metrics import PixelMetricAccumulator
 
 SIZES = [(240, 320), (720, 1280), (1280, 720), (500, 500), (1080, 1920)]
 
@@ -101,15 +104,17 @@ def test_unletterbox_crops_padding(h, w, res):
         np.testing.assert_allclose(out, 1.0, atol=1e-3)
     else:
         # A 32x32 map only knows the padding edge to a cell; what matters is that it is placed
-        # in continuous coordinates: a linear ramp in canvas y comes back exactly.
+        # in continuous coordinates: a linear ramp in canvas y comes back exactly between the
+        # centres of the outermost content cells, and holds the edge cell's value beyond them
+        # (padding cells are never blended in).
         step = 448 / res
         ramp = np.repeat(((np.arange(res) + 0.5) * step)[:, None], res, axis=1).astype(np.float32)
         out = unletterbox(ramp, lb)
+        rows, _ = content_cells(lb, res)
         y_canvas = lb.pad_top + (np.arange(h) + 0.5) * lb.new_h / h
-        y_canvas = np.clip(y_canvas, lb.pad_top + 0.5, lb.pad_top + lb.new_h - 0.5)
-        inside = (y_canvas >= step / 2) & (y_canvas <= 448 - step / 2)
-        np.testing.assert_allclose(out[inside, 0], y_canvas[inside], atol=1e-3)
-        np.testing.assert_allclose(out[inside, -1], y_canvas[inside], atol=1e-3)
+        expected = np.clip(y_canvas, (rows.start + 0.5) * step, (rows.stop - 0.5) * step)
+        np.testing.assert_allclose(out[:, 0], expected, atol=1e-3)
+        np.testing.assert_allclose(out[:, -1], expected, atol=1e-3)
 
 
 def test_unletterbox_patch_grid_places_blob():
@@ -133,6 +138,116 @@ def test_unletterbox_keeps_torch_and_checks_shape():
     assert torch.allclose(out, torch.ones_like(out))
     with pytest.raises(ValueError, match="square 2-D map"):
         unletterbox(np.zeros((16, 8)), lb)
+
+
+# Exact-edge tests: every aspect ratio the data has (and odd ones), at both canvases, for the patch
+# grids and full-canvas maps. Cells wholly in the padding get a value no content cell has, so any
+# padding that reaches an image pixel shows up.
+EDGE_SIZES = [(240, 320), (720, 1280), (1280, 720), (1080, 1920), (1920, 1080), (500, 500), (333, 517), (517, 333), (470, 854)]
+GRIDS = [(448, 32), (224, 16), (448, 448), (224, 224)]
+PADDING_VALUE = 7.0
+
+
+def content_map(lb: Letterbox, res: int, content: np.ndarray | float, padding: float = PADDING_VALUE) -> np.ndarray:
+    """An r x r map: ``content`` on the cells touching the image, ``padding`` on the others."""
+    rows, cols = content_cells(lb, res)
+    out = np.full((res, res), padding, np.float32)
+    out[rows, cols] = content
+    return out
+
+
+def test_content_cells_pinned():
+    lb = letterbox_geometry(720, 1280, 448)  # content rows 98..350 = cells 7..24 exactly (14 px cells)
+    assert content_cells(lb, 32) == (slice(7, 25), slice(0, 32))
+    assert content_cells(lb, 448) == (slice(98, 350), slice(0, 448))
+    odd = letterbox_geometry(333, 517, 448)  # rows 79..368: cells 5 and 26 are partly content
+    assert (odd.pad_top, odd.new_h) == (79, 289)
+    assert content_cells(odd, 32) == (slice(5, 27), slice(0, 32))
+
+
+@pytest.mark.parametrize("h, w", EDGE_SIZES)
+@pytest.mark.parametrize("size, res", GRIDS)
+def test_constant_over_content_cells_comes_back_exactly(h, w, size, res):
+    lb = letterbox_geometry(h, w, size)
+    for c in (0.0, 0.3, 0.5, 1.0):
+        out = unletterbox(content_map(lb, res, c), lb)
+        assert out.shape == (h, w) and out.dtype == np.float32
+        for name, edge in (("top row", out[0]), ("bottom row", out[-1]), ("left column", out[:, 0]), ("right column", out[:, -1])):
+            assert np.array_equal(edge, np.full_like(edge, c)), f"{name} of {h}x{w} at {size}/{res}: {np.unique(edge)[:5]}"
+        assert np.array_equal(out, np.full((h, w), c, np.float32))
+        back = unletterbox(torch.from_numpy(content_map(lb, res, c)), lb)
+        assert isinstance(back, torch.Tensor) and torch.equal(back, torch.full((h, w), c))
+
+
+@pytest.mark.parametrize("h, w", EDGE_SIZES)
+@pytest.mark.parametrize("size, res", GRIDS)
+def test_edges_blend_only_content_cells(h, w, size, res):
+    """Every output pixel is a convex blend of content cells: never outside their range, edges included."""
+    lb = letterbox_geometry(h, w, size)
+    rng = np.random.default_rng(h * w + res)
+    rows, cols = content_cells(lb, res)
+    values = rng.random((rows.stop - rows.start, cols.stop - cols.start)).astype(np.float32)
+    out = unletterbox(content_map(lb, res, values), lb)
+    lo, hi = values.min(), values.max()
+    for edge in (out[0], out[-1], out[:, 0], out[:, -1], out):
+        assert edge.min() >= lo and edge.max() <= hi
+
+
+@pytest.mark.parametrize("h, w", [(720, 1280), (333, 517), (1280, 720)])
+@pytest.mark.parametrize("size, res", GRIDS)
+def test_interior_is_bilinear(h, w, size, res):
+    """Between the centres of the outermost content cells the map is sampled as grid_sample does."""
+    lb = letterbox_geometry(h, w, size)
+    grid_map = torch.from_numpy(np.random.default_rng(1).random((res, res)).astype(np.float32))
+    out = unletterbox(grid_map, lb)
+    yc = lb.pad_top + (torch.arange(h, dtype=torch.float64) + 0.5) * lb.new_h / h
+    xc = lb.pad_left + (torch.arange(w, dtype=torch.float64) + 0.5) * lb.new_w / w
+    grid = torch.stack(torch.meshgrid(2 * yc / size - 1, 2 * xc / size - 1, indexing="ij")[::-1], dim=-1).float()
+    reference = F.grid_sample(grid_map[None, None], grid[None], mode="bilinear", align_corners=False)[0, 0]
+    rows, cols = content_cells(lb, res)
+    step = size / res
+    inside_y = (yc >= (rows.start + 0.5) * step) & (yc <= (rows.stop - 0.5) * step)
+    inside_x = (xc >= (cols.start + 0.5) * step) & (xc <= (cols.stop - 0.5) * step)
+    assert inside_y.float().mean() > 0.9 and inside_x.float().mean() > 0.9
+    torch.testing.assert_close(out[inside_y][:, inside_x], reference[inside_y][:, inside_x], atol=2e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unletterbox_stays_on_the_device_and_matches_the_host():
+    lb = letterbox_geometry(333, 517, 448)
+    grid_map = torch.rand(32, 32, generator=torch.Generator().manual_seed(0))
+    on_gpu = unletterbox(grid_map.cuda(), lb)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+    torch.testing.assert_close(on_gpu.cpu(), unletterbox(grid_map, lb), atol=1e-6, rtol=0)
+    constant = torch.from_numpy(content_map(lb, 32, 0.5)).cuda()
+    assert torch.equal(unletterbox(constant, lb), torch.full((333, 517), 0.5, device="cuda"))
+
+
+def score_through_evaluation(heatmap: np.ndarray, gt: np.ndarray, label: int, size: int, threshold: float) -> dict:
+    """The evaluation path: original_size_heatmap, then the pixel metric accumulator."""
+    acc = PixelMetricAccumulator(threshold)
+    acc.update(original_size_heatmap(heatmap, gt.shape, size), gt, label)
+    return acc.compute()
+
+
+@pytest.mark.parametrize("h, w", EDGE_SIZES)
+@pytest.mark.parametrize("size, res", [(448, 32), (224, 16), (448, 448)])
+def test_perfect_full_frame_prediction_scores_one(h, w, size, res):
+    lb = letterbox_geometry(h, w, size)
+    heatmap = content_map(lb, res, 1.0, padding=0.0)
+    for threshold in (0.5, 0.9, 1.0):
+        metrics = score_through_evaluation(heatmap, np.ones((h, w), bool), 1, size, threshold)
+        assert (metrics["pixel_f1"], metrics["pixel_iou"], metrics["ciou"]) == (1.0, 1.0, 1.0), threshold
+
+
+@pytest.mark.parametrize("h, w", EDGE_SIZES)
+@pytest.mark.parametrize("size, res", [(448, 32), (224, 16), (448, 448)])
+def test_uniform_prediction_on_real_false_alarm_is_all_or_nothing(h, w, size, res):
+    lb = letterbox_geometry(h, w, size)
+    real = np.zeros((h, w), bool)
+    for c, expected in ((0.6, 1.0), (0.5, 1.0), (0.4, 0.0)):  # positive means prob >= threshold
+        heatmap = content_map(lb, res, c, padding=0.0)
+        assert score_through_evaluation(heatmap, real, 0, size, 0.5)["false_alarm"] == expected, c
 
 
 def test_binarize_follows_relative_p99_rule():

@@ -1,4 +1,4 @@
-"""Video-grouped split (library and make_split.py) and check_data.py's leakage report."""
+"""Video-group split (library and make_split.py) and check_data.py's leakage report."""
 import json
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from qwen_forensics.data.leakage import check_leakage
 from qwen_forensics.data.records import Record, load_index, video_overlap
 from qwen_forensics.data.split import split_by_video
 
@@ -36,7 +37,7 @@ def synthetic_records(seed: int = 0) -> list[Record]:
 def test_split_by_video_is_grouped_balanced_and_seeded():
     records = synthetic_records()
     train, val = split_by_video(records, 0.15, seed=3)
-    assert video_overlap(train, val).num_records == 0
+    assert check_leakage(train, val).ok and video_overlap(train, val).num_records == 0
     assert sorted(r.index for r in train + val) == list(range(len(records)))
     assert abs(len(val) - 0.15 * len(records)) <= 3
     total = Counter(r.label for r in records)
@@ -54,7 +55,7 @@ def test_split_by_video_rejects_bad_arguments():
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         split_by_video(records, 1.0)
     one_video = [r for r in records if r.video == records[0].video]
-    with pytest.raises(ValueError, match="at least 2 videos"):
+    with pytest.raises(ValueError, match="at least 2 video groups"):
         split_by_video(one_video, 0.5)
 
 
@@ -75,6 +76,7 @@ def test_make_split_then_check_data_finds_no_overlap(tmp_path):
     assert len(train) + len(val) == len(raw)
     assert sorted(json.dumps(r.to_json()) for r in train + val) == sorted(json.dumps(r) for r in raw)
     assert {r.video for r in train}.isdisjoint({r.video for r in val})
+    assert check_leakage(train, val).ok
     assert f"-> {val_path}" in done.stdout
 
     again = run(MAKE_SPLIT, "--annotation", str(annotation), cwd=tmp_path)
@@ -113,11 +115,12 @@ def test_check_data_reports_leaky_pair(tmp_path):
     done = run(CHECK_DATA, "--index", str(data / "trainingset2" / "train_idx.json"), "--other-index", str(data / "trainingset2" / "val_idx.json"),
                "--data-root", str(data), "--json-out", str(report_path), cwd=workdir)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "video overlap: 2 of 3 records" in done.stdout and "from 1 of 2 videos" in done.stdout
+    assert "video overlap: 2 of 3 records" in done.stdout and "from 1 of 2 video groups" in done.stdout
     assert "image__1__aaa" in done.stdout and "problems: none" in done.stdout
     assert "36x64: 1" in done.stdout and "48x64: 2" in done.stdout
     report = json.loads(report_path.read_text())
-    assert report["overlap"]["num_records"] == 2 and report["overlap"]["videos"] == ["image__1__aaa"]
+    assert report["overlap"]["num_records"] == 2 and [g["label"] for g in report["overlap"]["groups"]] == ["image__1__aaa"]
+    assert report["overlap"]["by_clip_name"]["videos"] == ["image__1__aaa"]
     assert [r["index"] for r in report["overlap"]["records"]] == [0, 1]
     assert report["reports"][0]["label_counts"] == {"0": 2, "1": 1}
     assert report["reports"][0]["size_histogram"] == {"48x64": 2, "36x64": 1}

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 
@@ -63,30 +62,78 @@ def letterbox_mask(mask: np.ndarray, lb: Letterbox) -> np.ndarray:
     return out
 
 
+def content_cells(lb: Letterbox, res: int) -> tuple[slice, slice]:
+    """Rows and columns of an ``res x res`` map over the canvas whose cells touch the image content.
+
+    Cell i covers canvas ``[i, i+1) * size / res``; it touches the content when that span overlaps
+    the content span by a positive length. Integer arithmetic, so a content edge that lands exactly
+    on a cell edge never picks up the padding cell next to it through rounding.
+    """
+    if res <= 0:
+        raise ValueError(f"map resolution must be positive, got {res}.")
+
+    def span(pad: int, n_new: int) -> slice:
+        first = pad * res // lb.size
+        stop = -(-(pad + n_new) * res // lb.size)
+        return slice(first, stop)
+
+    return span(lb.pad_top, lb.new_h), span(lb.pad_left, lb.new_w)
+
+
+def _axis_weights(n_orig: int, n_new: int, pad: int, cells: slice, lb: Letterbox, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one axis: per original pixel, the two content cells to blend (relative to ``cells``) and
+    the weight of the second.
+
+    Pixel centres go to canvas coordinates, then to cell coordinates (cell k's centre is at k) and
+    are clamped to the centres of the first and last content cells, which holds the edge cell's
+    value out to the image border instead of blending in a padding cell. float64 on the host, so
+    the positions do not depend on the map's device or dtype.
+    """
+    centres = pad + (np.arange(n_orig, dtype=np.float64) + 0.5) * (n_new / n_orig)
+    u = np.clip(centres * (res / lb.size) - 0.5, cells.start, cells.stop - 1) - cells.start
+    lo = np.minimum(np.floor(u).astype(np.int64), cells.stop - cells.start - 1)
+    hi = np.minimum(lo + 1, cells.stop - cells.start - 1)
+    return lo, hi, (u - lo).astype(np.float32)
+
+
 def unletterbox(map_2d: np.ndarray | torch.Tensor, lb: Letterbox) -> np.ndarray | torch.Tensor:
     """Map a square model-space map (any resolution r x r) back to ``orig_h x orig_w``, float32.
 
     The map is taken to cover the whole canvas, so cell (i, j) of an r x r map covers canvas
-    coordinates [i, i+1) * size / r. Each original pixel centre is placed in canvas coordinates
-    and the map is sampled there bilinearly. Sample points are clamped to the centres of the
-    outermost content pixels of the canvas, so padding never bleeds into the image border (this is
-    the crop). Working in continuous coordinates keeps the crop right when the padding edge falls
-    inside a cell, e.g. for the 32 x 32 patch grid. Returns the input's type (numpy, or torch on
-    its device).
+    coordinates [i, i+1) * size / r. The rule:
+
+    1. Crop: keep only the cells that touch the image content (`content_cells`), including edge
+       cells that are partly padding. Cells wholly in the padding carry no information about the
+       image and are treated as absent, so they can never leak into the border rows.
+    2. Sample: each original pixel centre is placed in canvas coordinates and the cropped map is
+       interpolated bilinearly there (the same sample positions as ``grid_sample`` with
+       ``align_corners=False``). Positions beyond the centre of the outermost content cell hold
+       that cell's value (clamp), rather than extrapolating.
+
+    Interpolation uses ``torch.lerp`` (``a + w * (b - a)``, or ``b - (1 - w) * (b - a)`` for
+    ``w >= 0.5``), which returns ``a`` exactly when ``a == b``. So a map that is constant ``c``
+    over the content cells comes back as exactly ``c`` at every pixel, edges included, for any
+    aspect ratio and resolution: a perfect full-frame prediction scores F1 1.0, and a uniform one
+    on a real gives false_alarm exactly 0 or 1, at any threshold.
+    For a full-canvas map (r = size) the cells are canvas pixels and the crop is the content
+    rectangle. Returns the input's type (numpy, or torch on its device).
     """
     as_numpy = not isinstance(map_2d, torch.Tensor)
     grid_map = torch.as_tensor(np.asarray(map_2d) if as_numpy else map_2d).float()
     if grid_map.ndim != 2 or grid_map.shape[0] != grid_map.shape[1]:
         raise ValueError(f"unletterbox expects a square 2-D map, got shape {tuple(grid_map.shape)}.")
+    res = grid_map.shape[0]
+    rows, cols = content_cells(lb, res)
+    cropped = grid_map[rows, cols]
     device = grid_map.device
 
-    def canvas_coords(n_orig: int, n_new: int, pad: int) -> torch.Tensor:
-        centres = pad + (torch.arange(n_orig, device=device, dtype=torch.float32) + 0.5) * (n_new / n_orig)
-        return centres.clamp(pad + 0.5, pad + n_new - 0.5)
+    def on_device(arrays: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(a, device=device) for a in arrays)
 
-    # align_corners=False: normalised -1 / +1 are the outer edges of the map, i.e. canvas 0 / size.
-    gy = (2.0 * canvas_coords(lb.orig_h, lb.new_h, lb.pad_top) / lb.size - 1.0).view(-1, 1).expand(lb.orig_h, lb.orig_w)
-    gx = (2.0 * canvas_coords(lb.orig_w, lb.new_w, lb.pad_left) / lb.size - 1.0).view(1, -1).expand(lb.orig_h, lb.orig_w)
-    grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-    out = F.grid_sample(grid_map[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+    y_lo, y_hi, wy = on_device(_axis_weights(lb.orig_h, lb.new_h, lb.pad_top, rows, lb, res))
+    x_lo, x_hi, wx = on_device(_axis_weights(lb.orig_w, lb.new_w, lb.pad_left, cols, lb, res))
+    # Separable bilinear, x first on the small (content rows, orig_w) map, so the full-size step
+    # gathers whole rows (about 10x faster than gathering columns at 1080x1920).
+    along_x = torch.lerp(cropped[:, x_lo], cropped[:, x_hi], wx[None, :])
+    out = torch.lerp(along_x[y_lo], along_x[y_hi], wy[:, None])
     return out.cpu().numpy() if as_numpy else out

@@ -1,4 +1,4 @@
-"""Index records (`annotation.json`, `train_idx.json`, `val_idx.json`) and the video key.
+"""Index records (`annotation.json`, `train_idx.json`, `val_idx.json`) and the clip name.
 
 An index file is a JSON list of ``{"image_path", "mask_path", "label"}`` with paths relative to the
 data root. Fakes (label 1) name a mask image; reals (label 0) carry the image size ``"HxW"``
@@ -34,10 +34,13 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 
 def video_key(image_path: str) -> str:
-    """The video a frame comes from: the file name (no folder) before ``__frame``.
+    """The clip a frame comes from: the file name (no folder) before ``__frame``.
 
     ``trainingset2/image/3__<src>__<dst>__frame00128.jpg`` -> ``3__<src>__<dst>``. A name without
-    ``__frame`` is its own video (its stem), so stray stills never merge into one group.
+    ``__frame`` is its own clip (its stem), so stray stills never merge into one group.
+
+    This is not the unit of leakage: ForgeryNet reuses one clip's footage under several clip names
+    (other method numbers, the real clip itself); `leakage.video_groups` joins those.
     """
     name = os.path.basename(image_path)
     if _FRAME_SEP in name:
@@ -62,6 +65,7 @@ class Record:
 
     @property
     def video(self) -> str:
+        """The clip name (`video_key`). Splits and leakage checks use `leakage.video_groups` instead."""
         return video_key(self.image_path)
 
     def to_json(self) -> dict:
@@ -125,7 +129,7 @@ def save_index(records: list[Record], path: str | os.PathLike) -> None:
 
 @dataclass(frozen=True)
 class VideoOverlap:
-    """Records of index B whose video also appears in index A."""
+    """Records of index B whose clip name (`Record.video`) also appears in index A."""
 
     records: tuple[Record, ...]
     videos: tuple[str, ...]
@@ -141,7 +145,11 @@ class VideoOverlap:
 
 
 def video_overlap(a: list[Record], b: list[Record]) -> VideoOverlap:
-    """Video leakage check: which records of ``b`` come from a video present in ``a``."""
+    """Which records of ``b`` come from a clip name present in ``a``.
+
+    Kept as the clip-name baseline; it misses footage that ForgeryNet reuses under other clip
+    names. The leakage check is `leakage.check_leakage`.
+    """
     videos_a = {r.video for r in a}
     leaked = tuple(r for r in b if r.video in videos_a)
     return VideoOverlap(
