@@ -219,6 +219,19 @@ def test_task2_training_writes_the_adapter_the_infer_config_names(root, task2_ad
     assert {"model.visual.merger.mlp.0", "model.visual.merger.mlp.2", "model.visual.blocks.7.attn.qkv"} <= targets
 
 
+def test_task2_test_dataset_object_is_evaluated_during_training(root, task2_adapter, tmp_path):
+    """The earlier LORA.py's ``test_dataset`` object (an index) is an evaluation set during training."""
+    mapped = root / "task2_lm_lora" / "datasets" / "train_dataset_mapped"
+    spec = {"annotation_file": str(root / "data/testset2/annotation.json"), "dataset_limit": 6}
+    out = run("LORA", "task2_config_lora_trainer.json", root, f"train_dataset_path={mapped}",
+              f"test_dataset={json.dumps(spec)}", "training_args.num_train_epochs=1",
+              "training_args.gradient_accumulation_steps=8", "training_args.per_device_eval_batch_size=3",
+              f"training_args.output_dir={tmp_path / 'hf'}",
+              f"save_lora_path={tmp_path / 'adapter'}")
+    assert "evaluating (eval_loss) after every epoch" in out
+    assert re.search(r"'eval_loss': '?[0-9.]+", out), "the Trainer evaluated the test set"
+
+
 def test_task2_infer_reads_the_trained_answer_token_not_the_configured_one(root, task2_adapter):
     """The user's infer config asks for " Fake" / " Real"; the adapter was trained on "Fake" / "Real".
     The trained tokens are read, with a note naming both, and the scores equal a run that names them."""

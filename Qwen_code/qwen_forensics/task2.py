@@ -565,6 +565,9 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_di
         raise ConfigError("training_args.remove_unused_columns must be false: the collator turns images into model "
                           "inputs, so the Trainer must pass the dataset items through untouched")
     args["remove_unused_columns"] = False
+    # The PEFT wrapper's forward hides the model's signature, from which Trainer would infer the label
+    # key; without it an evaluation set would report no eval_loss.
+    args.setdefault("label_names", ["labels"])
     checkpointing = args.get("gradient_checkpointing") or args.get("activation_checkpointing")
     if checkpointing and not (args.get("gradient_checkpointing_kwargs") or args.get("activation_checkpointing_kwargs")):
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
