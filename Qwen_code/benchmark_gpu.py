@@ -1,22 +1,36 @@
-"""GPU throughput and memory at the real Qwen2.5-VL-7B shape, random bf16 weights (no download).
+"""GPU throughput and memory of each pipeline's hot step at the real Qwen2.5-VL-7B shape, random bf16 weights.
 
 The model dimensions are the published 7B ones (SPEC 5); tokenizer, chat template and image
 processor come from the tiny model folder, whose special-token ids the 7B-shaped config reuses, so
 the inputs are built by the project's own collators exactly as in the scripts. Images are the
 synthetic demo set, letterboxed to 448.
 
-    python Qwen_code/benchmark_gpu.py --workdir /tmp/bench --out results.json [--sections task1 subtask2]
+    python Qwen_code/benchmark_gpu.py --workdir /tmp/bench --out results.json [--sections task1 heads ...]
+        [--profile]
 
-Each section runs with transformers' per-window attention loop and with the batched window
-attention (``model/window_attention.py``). Reported per section: images/s after warm-up steps (CUDA-synchronised wall time) and the peak
-allocated GPU memory (torch.cuda.max_memory_allocated) in GiB.
+Every section is measured, in the same process, three ways:
+
+- ``fast``: what the scripts run (``window_attention.enable_fast_paths``: batched window attention,
+  precomputed vision inputs, fused rotary / RMSNorm / SiLU kernels; Task 2 reads only the answer
+  positions' logits);
+- ``loop``: plain transformers (its per-window attention loop and eager ops), same step otherwise;
+- ``seed``: the seed's way (the whole 8B model resident for Task 1, per-image ``generate`` for
+  evaluation, full-vocabulary logits for LM training, the seed configs' batch sizes).
+
+Reported per variant: images/s after warm-up (CUDA-synchronised wall time, median of the timed
+steps' mean), peak allocated GPU memory (``torch.cuda.max_memory_allocated``) and the fraction of
+the arithmetic limit (FLOPs of one image's step, counted from the shapes, at 790 TFLOP/s bf16).
+``--profile`` adds, for the ``fast`` variant, the GPU time per kernel class (matrix products,
+attention, fused kernels, other elementwise, copies) and the share of wall time the GPU was busy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -24,17 +38,17 @@ from peft import inject_adapter_in_model
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from qwen_forensics.data.collate import ImageBatchCollator, VisionLanguageCollator, model_inputs
-from qwen_forensics.lm_eval import answer_logits
+from qwen_forensics.data.collate import ImageBatchCollator, VisionLanguageCollator, answer_only_inputs, model_inputs
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
+from qwen_forensics.lm_eval import answer_logits
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.model.loader import get_visual, load_processor
 from qwen_forensics.model.lora import make_lora_config, vision_block_targets
 from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.model.window_attention import enable_batched_window_attention
+from qwen_forensics.model.window_attention import enable_fast_paths
+from qwen_forensics.model.loader import load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from qwen_forensics.synthetic import make_demo_dataset
 from qwen_forensics.task1 import cast_trainable_to_fp32
@@ -54,6 +68,8 @@ QWEN25_VL_7B = {
 }
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")
+PEAK_FLOPS = 790e12
+VARIANTS = ("fast", "loop", "seed")
 
 
 def seven_b_config(tiny_dir: Path) -> Qwen2_5_VLConfig:
@@ -67,6 +83,28 @@ def seven_b_config(tiny_dir: Path) -> Qwen2_5_VLConfig:
     return cfg
 
 
+# ----------------------------------------------------------------------------------- FLOP counts
+def vision_flops(cfg: Qwen2_5_VLConfig, tokens: int) -> float:
+    """Forward FLOPs of the vision tower + merger for one image of ``tokens`` patches (448 px: 1024)."""
+    v = cfg.vision_config
+    c, inner = v.hidden_size, v.intermediate_size
+    per_token = 2 * (4 * c * c + 3 * c * inner) * v.depth
+    window = (v.window_size // v.patch_size) ** 2
+    full = len(v.fullatt_block_indexes)
+    attention = 4 * tokens * c * (full * tokens + (v.depth - full) * window)
+    merger = 2 * (tokens // 4) * (4 * c * 4 * c + 4 * c * v.out_hidden_size)
+    return per_token * tokens + attention + merger
+
+
+def lm_flops(cfg: Qwen2_5_VLConfig, tokens: int) -> float:
+    """Forward FLOPs of the decoder over ``tokens`` positions (no LM head)."""
+    t = cfg.text_config
+    h, kv = t.hidden_size, t.hidden_size // t.num_attention_heads * t.num_key_value_heads
+    per_token = 2 * (2 * h * h + 2 * h * kv + 3 * h * t.intermediate_size) * t.num_hidden_layers
+    return per_token * tokens + 4 * tokens * tokens * h * t.num_hidden_layers
+
+
+# ----------------------------------------------------------------------------------- timing
 def timed(fn, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
@@ -78,107 +116,197 @@ def timed(fn, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+KERNEL_CLASSES = (("gemm", ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul")),
+                  ("attention", ("flash", "fmha", "attention", "efficient")),
+                  ("fused (ours)", ("_rotary", "_rms", "_silu")),
+                  ("copy / index", ("copy", "index", "gather", "scatter", "cat")),
+                  ("elementwise / reduce", ("elementwise", "reduce", "vectorized", "unrolled")))
+
+
+def profile(fn, steps: int = 2) -> dict:
+    """GPU time per kernel class over ``steps`` calls of ``fn`` and the share of wall time the GPU was busy."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    by_class: dict[str, float] = defaultdict(float)
+    top: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
+        name = event.name.lower()
+        kind = next((k for k, keys in KERNEL_CLASSES if any(key in name for key in keys)), "other")
+        by_class[kind] += us
+        top[event.name[:90]] += us
+    gpu = sum(by_class.values()) / 1e6
+    return {"gpu_busy": gpu / wall, "ms_per_call": {k: v / 1e3 / steps for k, v in sorted(by_class.items())},
+            "top_kernels_ms": {k: round(v / 1e3 / steps, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]}}
+
+
+def measure(name: str, fn, images: int, flops_per_image: float, steps: int, results: dict, variant: str,
+            do_profile: bool) -> None:
+    torch.cuda.reset_peak_memory_stats()
+    sec = timed(fn, steps, 2)
+    row = {"images_per_s": images / sec, "s_per_step": sec, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+           "batch": images, "flop_fraction": images / sec * flops_per_image / PEAK_FLOPS}
+    if do_profile and variant == "fast":
+        row["profile"] = profile(fn)
+    results.setdefault(name, {})[variant] = row
+    print(f"{name:>16} {variant:>5}: {row['images_per_s']:8.1f} img/s  {row['peak_gib']:6.1f} GiB  "
+          f"{100 * row['flop_fraction']:5.1f}% of the FLOP limit", flush=True)
+
+
+# ----------------------------------------------------------------------------------- inputs and models
 def items(workdir: Path, n: int) -> list[dict]:
     records = load_index(workdir / "data" / "trainingset2" / "annotation.json")
     ds = ForgeryDataset(records, workdir / "data", 448)
     return [ds[i % len(ds)] for i in range(n)]
 
 
-def bench_task1(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batch: int, steps: int, batched: bool) -> dict:
-    """One Task 1 training step (LoRA on 4 ViT blocks + heads), vision tower only on the GPU."""
-    torch.cuda.reset_peak_memory_stats()
-    with DEVICE:
-        visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg.vision_config, dtype=torch.bfloat16)
-    if batched:
-        enable_batched_window_attention(visual)
-    visual.requires_grad_(False)
-    inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.05), visual)
-    lora = cast_trainable_to_fp32(visual)
-    heads = ForensicHeads.from_vision_config(visual.config, LAYERS, 512).to(DEVICE)
-    model = ForensicViT(visual, LAYERS, heads).train()
-    opt = torch.optim.AdamW([{"params": lora, "lr": 1e-4}, {"params": heads.parameters(), "lr": 1e-3}])
-    b = ImageBatchCollator(processor)(items(workdir, batch))
-    b = {k: v.to(DEVICE) for k, v in b.items()}
-    weights = ForensicLossWeights()
-
-    def step():
-        with autocast(DEVICE, "bf16"):
-            out = model(b["pixel_values"], b["image_grid_thw"])
-        loss = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), b["mask"], b["labels"], weights)
-        loss["total"].backward()
-        torch.nn.utils.clip_grad_norm_(list(lora) + list(heads.parameters()), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    sec = timed(step, steps, 2)
-    result = {"batch": batch, "images_per_s": batch / sec, "s_per_step": sec,
-              "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-              "lm_resident": False}
-    return result
+def to_device(batch: dict) -> dict:
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def bench_subtask2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int,
-                   batched: bool) -> dict:
-    """Full model + visual LoRA: batched answer-token forward, and seed-style per-image generate."""
-    torch.cuda.reset_peak_memory_stats()
-    with DEVICE:
-        model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16).eval()
-    if batched:
-        enable_batched_window_attention(model)
-    visual = get_visual(model)
-    inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.0), visual)
-    visual.to(torch.bfloat16)
-    fake_id, real_id = answer_token_ids(processor.tokenizer)
-    collate = VisionLanguageCollator(processor, DEFAULT_PROMPT)
-    out = {}
-    for bs in batches:
-        b = collate(items(workdir, bs))
-        inputs = {k: v.to(DEVICE) for k, v in model_inputs(b).items()}
-        rows = torch.arange(bs, device=DEVICE)
-        pos = b["answer_positions"].to(DEVICE)
-
-        @torch.no_grad()
-        def forward():
-            logits = model(**inputs).logits
-            return torch.softmax(logits[rows, pos][:, [fake_id, real_id]].float(), -1)[:, 0]
-
-        sec = timed(forward, steps, 1)
-        out[f"batched_bs{bs}"] = {"images_per_s": bs / sec, "prompt_tokens": int(inputs["input_ids"].shape[1])}
-    one = {k: v.to(DEVICE) for k, v in model_inputs(collate(items(workdir, 1))).items()}
-
-    @torch.no_grad()
-    def generate():
-        model.generate(**one, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
-
-    out["per_image_generate"] = {"images_per_s": 1 / timed(generate, steps * 4, 2)}
-    out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return out
-
-
-def full_model(cfg: Qwen2_5_VLConfig, batched: bool):
+def full_model(cfg: Qwen2_5_VLConfig, fast: bool):
     with DEVICE:
         model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16)
-    if batched:
-        enable_batched_window_attention(model)
+    if fast:
+        enable_fast_paths(model)
     return model
 
 
-def bench_task2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int,
-                batched: bool) -> dict:
-    """Task 2: LM-loss training steps (LoRA on ViT blocks + merger, gradient checkpointing) and
-    the lora_infer forward (answer-token logits), at the shipped config's targets."""
-    torch.cuda.reset_peak_memory_stats()
-    model, _ = attach_lora(full_model(cfg, batched), Task2TrainConfig())
-    enable_gradient_checkpointing(model.get_base_model())
-    lora = cast_trainable_to_fp32(model)
-    opt = torch.optim.AdamW(lora, lr=1e-4)
-    setup = PromptSetup(448, DEFAULT_PROMPT, "Fake", "Real")
-    out = {}
-    for bs in batches:
-        b = {k: v.to(DEVICE) for k, v in model_inputs(make_collator(processor, setup, train=True)(items(workdir, bs))).items()}
+def vision_tower(cfg: Qwen2_5_VLConfig, fast: bool):
+    with DEVICE:
+        tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(cfg.vision_config, dtype=torch.bfloat16)
+    if fast:
+        enable_fast_paths(tower)
+    return tower
+
+
+def forensic_model(cfg: Qwen2_5_VLConfig, variant: str, lora: bool):
+    """Task 1's model: the tower (inside the resident full model for ``seed``), LoRA, heads."""
+    if variant == "seed":
+        holder = full_model(cfg, fast=False)
+        visual = holder.model.visual
+    else:
+        holder, visual = None, vision_tower(cfg, fast=variant == "fast")
+    visual.requires_grad_(False)
+    if lora:
+        inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.05),
+                                visual)
+    heads = ForensicHeads.from_vision_config(visual.config, LAYERS, 512).to(DEVICE)
+    return ForensicViT(visual, LAYERS, heads), holder
+
+
+def release() -> None:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------- sections
+def bench_task1(cfg, processor, workdir, args, results) -> None:
+    """One Task 1 training step (LoRA on 4 ViT blocks + heads), batch 16 (the seed config's 4 for seed)."""
+    flops = 3 * vision_flops(cfg, 1024)
+    for variant in VARIANTS:
+        batch = 4 if variant == "seed" else 16
+        model, holder = forensic_model(cfg, variant, lora=True)
+        model.train()
+        lora = cast_trainable_to_fp32(model.visual)
+        opt = torch.optim.AdamW([{"params": lora, "lr": 1e-4}, {"params": model.heads.parameters(), "lr": 1e-3}])
+        b = to_device(ImageBatchCollator(processor)(items(workdir, batch)))
+        weights = ForensicLossWeights()
 
         def step():
-            model.train()
+            with autocast(DEVICE, "bf16"):
+                out = model(b["pixel_values"], b["image_grid_thw"])
+            loss = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), b["mask"], b["labels"],
+                                 weights)
+            loss["total"].backward()
+            torch.nn.utils.clip_grad_norm_(list(lora) + list(model.heads.parameters()), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        measure("task1_train", step, batch, flops, args.steps, results, variant, args.profile)
+        del model, holder, opt, b
+        release()
+
+
+def bench_heads_eval(cfg, processor, workdir, args, results) -> None:
+    """Subtask 1 evaluation: vision forward + heads, batch 64 (the seed config's 8 for seed)."""
+    for variant in VARIANTS:
+        batch = 8 if variant == "seed" else 64
+        model, holder = forensic_model(cfg, variant, lora=False)
+        model.eval()
+        b = to_device(ImageBatchCollator(processor)(items(workdir, batch)))
+
+        @torch.no_grad()
+        def forward():
+            with autocast(DEVICE, "bf16"):
+                return model(b["pixel_values"], b["image_grid_thw"])
+
+        measure("heads_eval", forward, batch, vision_flops(cfg, 1024), args.steps, results, variant, args.profile)
+        del model, holder, b
+        release()
+
+
+def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
+    """Subtask 2 / Task 2 evaluation: P(fake) from one batched forward (batch 64); seed: per-image generate."""
+    fake_id, real_id = answer_token_ids(processor.tokenizer)
+    collate = VisionLanguageCollator(processor, DEFAULT_PROMPT)
+    for variant in VARIANTS:
+        model = full_model(cfg, fast=variant == "fast").eval()
+        visual = model.model.visual
+        inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.0),
+                                visual)
+        visual.to(torch.bfloat16)
+        batch = 1 if variant == "seed" else 64
+        b = to_device(collate(items(workdir, batch)))
+        tokens = int(b["input_ids"].shape[1])
+        flops = vision_flops(cfg, 1024) + lm_flops(cfg, tokens)
+
+        if variant == "seed":
+            inputs = model_inputs(b)
+
+            @torch.no_grad()
+            def forward():
+                model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
+                               return_dict_in_generate=True)
+        else:
+            @torch.no_grad()
+            def forward():
+                return answer_logits(model, b, fake_id, real_id)
+
+        measure("answer_eval", forward, batch, flops, args.steps * (4 if variant == "seed" else 1), results, variant,
+                args.profile)
+        results["answer_eval"][variant]["prompt_tokens"] = tokens
+        del model, b
+        release()
+
+
+def bench_task2(cfg, processor, workdir, args, results) -> None:
+    """Task 2 training: LoRA on ViT blocks + merger, LM loss on the answer, batch 8 (seed: 1, full logits)."""
+    setup = PromptSetup(448, DEFAULT_PROMPT, "Fake", "Real")
+    collate = make_collator(processor, setup, train=True)
+    for variant in VARIANTS:
+        batch = 1 if variant == "seed" else 8
+        model, _ = attach_lora(full_model(cfg, fast=variant == "fast"), Task2TrainConfig())
+        lora = cast_trainable_to_fp32(model)
+        opt = torch.optim.AdamW(lora, lr=1e-4)
+        full = to_device(model_inputs(collate(items(workdir, batch))))
+        b = answer_only_inputs(full) if variant == "fast" else full
+        tokens = int(full["input_ids"].shape[1])
+        flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
+        model.train()
+
+        def step():
             with autocast(DEVICE, "bf16"):
                 loss = model(**b).loss
             loss.backward()
@@ -186,59 +314,76 @@ def bench_task2(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[i
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        torch.cuda.reset_peak_memory_stats()
-        sec = timed(step, steps, 2)
-        out[f"train_bs{bs}"] = {"s_per_step": sec, "images_per_s": bs / sec,
-                                "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "gradient_checkpointing": True}
-    fake_id, real_id = answer_token_ids(processor.tokenizer)
-    for bs in (16, 64):
-        b = {k: v.to(DEVICE) for k, v in make_collator(processor, setup, train=False)(items(workdir, bs)).items()}
-
-        @torch.no_grad()
-        def infer():
-            model.eval()
-            with autocast(DEVICE, "bf16"):
-                return answer_logits(model, b, fake_id, real_id)
-
-        out[f"infer_bs{bs}"] = {"images_per_s": bs / timed(infer, steps, 1)}
-    return out
+        measure("task2_train", step, batch, flops, args.steps, results, variant, args.profile)
+        del model, opt, b, full
+        release()
 
 
-def bench_task3(cfg: Qwen2_5_VLConfig, processor, workdir: Path, batches: list[int], steps: int,
-                batched: bool) -> dict:
-    """Task 3: hybrid training steps (LoRA on ViT + merger + LM, heads, fusion soft tokens, gradient
-    checkpointing) and the hybrid_eval forward, at the shipped config's settings."""
-    torch.cuda.reset_peak_memory_stats()
+def bench_task3(cfg, processor, workdir, args, results) -> None:
+    """Task 3: hybrid training step (LoRA on ViT + merger + LM, heads, fusion tokens), batch 8 (seed: 2), and
+    the hybrid_eval forward (batch 64)."""
     train_cfg = Task3TrainConfig()
-    model, spec = build_hybrid_model(full_model(cfg, batched), processor, train_cfg)
-    enable_gradient_checkpointing(model.base)
-    optimizer, _ = hybrid_optimizer(model, train_cfg, total_steps=100)
-    weights = HybridLossWeights.from_config(train_cfg)
-    prompt = spec.hybrid_prompt(processor)
-    answers = {0: spec.real_word, 1: spec.fake_word}
-    out = {"fusion_tokens": train_cfg.fusion_tokens}
-    for bs in batches:
-        b = {k: v.to(DEVICE) for k, v in HybridCollator(processor, prompt, answers)(items(workdir, bs)).items()}
-        torch.cuda.reset_peak_memory_stats()
-        sec = timed(lambda: train_step(model, b, optimizer, weights), steps, 2)
-        out[f"train_bs{bs}"] = {"s_per_step": sec, "images_per_s": bs / sec,
-                                "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "gradient_checkpointing": True}
-    ids = answer_token_ids(processor.tokenizer, spec.fake_word, spec.real_word)
-    for bs in (16, 64):
-        b = {k: v.to(DEVICE) for k, v in HybridCollator(processor, prompt)(items(workdir, bs)).items()}
-        out[f"eval_bs{bs}"] = {"images_per_s": bs / timed(lambda: eval_batch(model, b, ids), steps, 1)}
-    return out
+    train_cfg.lora.merge.enabled = True
+    for variant in VARIANTS:
+        batch = 2 if variant == "seed" else 8
+        model, spec = build_hybrid_model(full_model(cfg, fast=variant == "fast"), processor, train_cfg)
+        if variant != "fast":
+            enable_gradient_checkpointing(model.base)
+        optimizer, _ = hybrid_optimizer(model, train_cfg, total_steps=100)
+        weights = HybridLossWeights.from_config(train_cfg)
+        prompt = spec.hybrid_prompt(processor)
+        b = to_device(HybridCollator(processor, prompt, {0: spec.real_word, 1: spec.fake_word})(items(workdir, batch)))
+        tokens = int(b["input_ids"].shape[1])
+        flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
+        measure("task3_train", lambda: train_step(model, b, optimizer, weights), batch, flops, args.steps, results,
+                variant, args.profile)
+        if variant != "seed":
+            ids = answer_token_ids(processor.tokenizer, spec.fake_word, spec.real_word)
+            e = to_device(HybridCollator(processor, prompt)(items(workdir, 64)))
+            flops = vision_flops(cfg, 1024) + lm_flops(cfg, int(e["input_ids"].shape[1]))
+            measure("task3_eval", lambda: eval_batch(model, e, ids), 64, flops, args.steps, results, variant,
+                    args.profile)
+        del model, optimizer, b
+        release()
+
+
+def bench_data(cfg, processor, workdir, args, results) -> None:
+    """Host-side cost per image of what the data loader workers do: JPEG decode, letterbox, mask
+    binarisation (fakes), and the image processor in the collator, at the user's frame sizes."""
+    from qwen_forensics.data.collate import ImageBatchCollator
+
+    for h, w in ((720, 1280), (1080, 1920)):
+        root = workdir / f"frames_{h}x{w}"
+        if not (root / "data").is_dir():
+            make_demo_dataset(root, n_train=24, n_test=4, sizes=[(h, w)], frames_per_video=2)
+        records = load_index(root / "data" / "trainingset2" / "annotation.json")
+        ds = ForgeryDataset(records, root / "data", 448)
+        row = {}
+        for label in (0, 1):
+            picked = [i for i, r in enumerate(records) if r.label == label]
+            start = time.perf_counter()
+            for i in picked:
+                ds[i]
+            row[f"item_ms_{'fake' if label else 'real'}"] = 1e3 * (time.perf_counter() - start) / len(picked)
+        batch = [ds[i] for i in range(16)]
+        start = time.perf_counter()
+        ImageBatchCollator(processor)(batch)
+        row["collate_ms_per_image"] = 1e3 * (time.perf_counter() - start) / 16
+        results.setdefault("data", {})[f"{h}x{w}"] = row
+        print(f"data {h}x{w}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+
+
+SECTIONS = {"data": bench_data, "task1": bench_task1, "heads": bench_heads_eval, "answer": bench_answer_eval, "task2": bench_task2,
+            "task3": bench_task3}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="scratch folder (tiny tokenizer/processor, demo images)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
-    parser.add_argument("--sections", nargs="+", default=["task1", "subtask2", "task2", "task3"],
-                        choices=["task1", "subtask2", "task2", "task3"])
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--windows", nargs="+", default=["loop", "batched"], choices=["loop", "batched"],
-                        help="vision window attention: transformers' per-window loop and/or the batched path")
+    parser.add_argument("--profile", action="store_true", help="kernel-time breakdown of the fast variant")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmark_gpu.py needs a CUDA device")
@@ -251,31 +396,16 @@ def main() -> None:
     processor = load_processor(tiny, 448)
     cfg = seven_b_config(tiny)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "transformers": __import__("transformers").__version__, "image_size": 448}
-    for windows in args.windows:
-        batched = windows == "batched"
-        if "task1" in args.sections:
-            for bs in (4, 16, 64):
-                key = f"task1_train_bs{bs}_{windows}"
-                results[key] = bench_task1(cfg, processor, workdir, bs, args.steps, batched)
-                print(key, json.dumps(results[key]), flush=True)
-                torch.cuda.empty_cache()
-        if "subtask2" in args.sections:
-            key = f"subtask2_eval_{windows}"
-            results[key] = bench_subtask2(cfg, processor, workdir, [16, 64], args.steps, batched)
-            print(key, json.dumps(results[key]), flush=True)
-            torch.cuda.empty_cache()
-        if "task2" in args.sections:
-            key = f"task2_{windows}"
-            results[key] = bench_task2(cfg, processor, workdir, [4, 8], args.steps, batched)
-            print(key, json.dumps(results[key]), flush=True)
-            torch.cuda.empty_cache()
-        if "task3" in args.sections:
-            key = f"task3_{windows}"
-            results[key] = bench_task3(cfg, processor, workdir, [2, 4], args.steps, batched)
-            print(key, json.dumps(results[key]), flush=True)
-            torch.cuda.empty_cache()
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+               "transformers": __import__("transformers").__version__, "image_size": 448,
+               "flop_limit_tflops": PEAK_FLOPS / 1e12}
+    for section in args.sections:
+        try:
+            SECTIONS[section](cfg, processor, workdir, args, results)
+        except torch.OutOfMemoryError as err:
+            results[f"{section}_error"] = f"out of memory: {err}"
+            print(f"{section}: out of memory", flush=True)
+            release()
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

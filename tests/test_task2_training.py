@@ -20,7 +20,9 @@ from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.synthetic import make_demo_dataset
-from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, build_trainer, make_collator, run_map
+from qwen_forensics.data.collate import model_inputs
+from qwen_forensics.task2 import (ImageEntry, Task2ImageDataset, TrainerCollator, adapter_setup, build_trainer,
+                                  make_collator, read_task2_dataset, run_map)
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
 
 TASK2_DIR = Path(task2.__file__).parents[1] / "task2_lm_lora"
@@ -151,3 +153,21 @@ def test_saved_adapter_reproduces_the_trained_model(root, tmp_path):
     torch.testing.assert_close(_p_fake(fresh, root, setup, cfg.base_model_path), trained, atol=1e-4, rtol=0)
     peft = PeftModel.from_pretrained(load_model(cfg.base_model_path, dtype="float32"), cfg.save_lora_path)
     torch.testing.assert_close(_p_fake(peft, root, setup, cfg.base_model_path), trained, atol=1e-4, rtol=0)
+
+
+def test_answer_only_logits_give_the_full_vocabulary_loss(root):
+    """Projecting only the answer positions (what the Trainer collator sends) leaves the loss unchanged."""
+    cfg = train_config(root)
+    data = read_task2_dataset(cfg.train_dataset_path)
+    setup = data.setup(cfg.image_size)
+    model = load_model(cfg.base_model_path, dtype="float32")
+    processor = load_processor(cfg.base_model_path, setup.image_size)
+    dataset = Task2ImageDataset.from_samples(data.samples[:4], cfg.data_root, setup.image_size)
+    full = model_inputs(make_collator(processor, setup, train=True)([dataset[i] for i in range(4)]))
+    cut = TrainerCollator(make_collator(processor, setup, train=True))([dataset[i] for i in range(4)])
+    assert cut["logits_to_keep"] == 3 and cut["labels"].shape[1] == 3
+    with torch.no_grad():
+        want = model(**full).loss
+        got = model(**cut)
+    assert got.logits.shape[1] == 3
+    torch.testing.assert_close(got.loss, want, rtol=1e-6, atol=1e-6)

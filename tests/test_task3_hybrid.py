@@ -19,12 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from qwen_forensics.config import parse_config
+from qwen_forensics.data.collate import lm_logits_to_keep
 from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, answer_ids_for,
                                   answer_lm_loss, build_hybrid_model, enable_gradient_checkpointing, eval_batch,
-                                  hybrid_inputs, hybrid_loss, lm_logits_to_keep, load_hybrid_model,
+                                  hybrid_inputs, hybrid_loss, load_hybrid_model,
                                   hybrid_optimizer, save_hybrid_weights, train_step)
 from qwen_forensics.task_configs import Task3TrainConfig
 

@@ -1,6 +1,11 @@
-"""The batched window attention gives the loop's outputs and gradients, on mixed-size batches."""
+"""The fast paths (batched window attention, precomputed vision inputs, fused kernels) give the plain
+transformers path's outputs and LoRA gradients, on letterboxed and on mixed-size batches."""
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +16,13 @@ from transformers import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
+from qwen_forensics.model import window_attention
+from qwen_forensics.model.loader import load_model
 from qwen_forensics.model.lora import make_lora_config, vision_block_targets
-from qwen_forensics.model.tiny import TEXT_DIMS, VISION_DIMS
-from qwen_forensics.model.window_attention import enable_batched_window_attention
+from qwen_forensics.model.tiny import TEXT_DIMS, VISION_DIMS, build_tiny_model
+from qwen_forensics.model.window_attention import enable_fast_paths, plan_attention
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_tower():
@@ -23,41 +32,69 @@ def make_tower():
     return Qwen2_5_VisionTransformerPretrainedModel(config).eval()
 
 
-@pytest.fixture(scope="module")
-def inputs():
+def _pixels(sizes):
     rng = np.random.default_rng(0)
-    # 224x224 (16 windows... of 8x8 patches: 4 full windows) and 168x280 (12x20 patches: edge windows
-    # of 8x4 and 4x8 patches), so window lengths differ within and across images.
-    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((224, 224), (168, 280))]
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
     processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=448 * 448)
     out = processor(images=images, return_tensors="pt")
     return out["pixel_values"], out["image_grid_thw"]
 
 
-def test_outputs_match_the_loop(inputs):
-    pixels, grid = inputs
+# 224x224 (4 full windows of 8x8 patches) and 168x280 (12x20 patches: edge windows of 8x4 and 4x8),
+# so window lengths differ within and across images; and two letterboxed 224x224 images.
+MIXED = [(224, 224), (168, 280)]
+LETTERBOXED = [(224, 224), (224, 224)]
+
+
+@pytest.mark.parametrize("sizes", [MIXED, LETTERBOXED], ids=["mixed", "letterboxed"])
+def test_outputs_match_transformers(sizes):
+    pixels, grid = _pixels(sizes)
     reference = make_tower()
-    batched = copy.deepcopy(reference)
-    assert enable_batched_window_attention(batched) == VISION_DIMS["depth"]
+    fast = copy.deepcopy(reference)
+    counts = enable_fast_paths(fast)
+    assert counts["attention"] == VISION_DIMS["depth"] and counts["vision_inputs"] == 1
+    assert counts["rms_norm"] == 2 * VISION_DIMS["depth"] + 1 and counts["mlp"] == VISION_DIMS["depth"]
     with torch.no_grad():
         want = reference(pixels, grid_thw=grid)
-        got = batched(pixels, grid_thw=grid)
+        got = fast(pixels, grid_thw=grid)
+        again = fast(pixels, grid_thw=grid)
     torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.pooler_output, want.pooler_output, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again.pooler_output, got.pooler_output, rtol=0, atol=0)
 
 
-def test_lora_gradients_match_the_loop(inputs):
-    pixels, grid = inputs
+def test_letterboxed_batches_attend_through_views_and_plan_once(monkeypatch):
+    """Equal windows need no gather; the plans are built once per grid, never per block."""
+    pixels, grid = _pixels(LETTERBOXED)
+    fast = make_tower()
+    enable_fast_paths(fast)
+    calls = []
+    real = window_attention.plan_attention
+    monkeypatch.setattr(window_attention, "plan_attention", lambda *a: calls.append(a) or real(*a))
+    with torch.no_grad():
+        fast(pixels, grid_thw=grid)
+        assert len(calls) == 2, "one plan for the windows, one for the full-attention blocks"
+        fast(pixels, grid_thw=grid)
+    assert len(calls) == 2
+    plans = [real(bounds, torch.device("cpu")) for bounds, _ in calls]
+    assert sorted(p.uniform for p in plans) == [64, 256] and all(not p.groups for p in plans)
+    ragged = plan_attention([0, 64, 96, 160], torch.device("cpu"))
+    assert ragged.uniform is None and [length for length, _ in ragged.groups] == [64, 32]
+
+
+@pytest.mark.parametrize("sizes", [MIXED, LETTERBOXED], ids=["mixed", "letterboxed"])
+def test_lora_gradients_match_transformers(sizes):
+    pixels, grid = _pixels(sizes)
     towers = []
-    for batched in (False, True):
+    for fast in (False, True):
         tower = make_tower()
         tower.requires_grad_(False)
         inject_adapter_in_model(make_lora_config(vision_block_targets(tower, [0, 7]), r=4, alpha=8, dropout=0.0), tower)
         for name, p in tower.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
-        if batched:
-            enable_batched_window_attention(tower)
+        if fast:
+            enable_fast_paths(tower)
         tower(pixels, grid_thw=grid).pooler_output.square().sum().backward()
         towers.append({n: p.grad for n, p in tower.named_parameters() if p.requires_grad})
     assert towers[0].keys() == towers[1].keys() and towers[0]
@@ -66,7 +103,97 @@ def test_lora_gradients_match_the_loop(inputs):
         torch.testing.assert_close(towers[1][name], towers[0][name], rtol=1e-4, atol=1e-6)
 
 
-def test_non_sdpa_towers_are_left_alone():
+def test_non_sdpa_towers_keep_their_attention():
     tower = make_tower()
     tower.config._attn_implementation = "eager"
-    assert enable_batched_window_attention(tower) == 0
+    assert enable_fast_paths(tower)["attention"] == 0
+
+
+def test_full_model_logits_match_transformers(tmp_path):
+    folder = build_tiny_model(tmp_path / "tiny")
+    plain, fast = load_model(folder, dtype="float32", fast_paths=False), load_model(folder, dtype="float32")
+    attention = type(plain.model.visual.blocks[0].attn)
+    assert plain.model.visual.blocks[0].attn.forward.__func__ is attention.forward
+    assert fast.model.visual.blocks[0].attn.forward.__func__ is window_attention._attention_forward
+    input_ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    pixels, grid = _pixels([(112, 112)])
+    with torch.no_grad():
+        lm_only = [m(input_ids=input_ids).logits for m in (plain, fast)]
+    torch.testing.assert_close(lm_only[1], lm_only[0], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        towers = [m.model.visual(pixels, grid_thw=grid).pooler_output for m in (plain, fast)]
+    torch.testing.assert_close(towers[1], towers[0], rtol=1e-5, atol=1e-5)
+
+
+# The fused kernels themselves, run by Triton's interpreter on the CPU (a fresh process: the
+# interpreter is chosen when the kernels are defined). Its bf16 conversion truncates where the GPU
+# rounds to nearest, so bf16 results may differ from eager by one bf16 step; fp32 agrees to fp32 order.
+KERNEL_CHECK = r"""
+import torch
+from qwen_forensics.model import fused_ops as fo
+torch.manual_seed(0)
+worst = {}
+def check(name, got, want, dtype):
+    for a, b in zip(got, want):
+        scale = b.float().abs().max().clamp(min=1)
+        worst[(name, str(dtype))] = max(worst.get((name, str(dtype)), 0), ((a.float() - b.float()).abs().max() / scale).item())
+for dtype in (torch.float32, torch.bfloat16):
+    n, heads, d = 37, 3, 80
+    qkv = torch.randn(n, 3 * heads * d, dtype=dtype, requires_grad=True)
+    cos, sin = torch.randn(n, d), torch.randn(n, d)
+    outs = [fo.rotary_split(qkv, cos, sin, heads, use_kernel=k) for k in (True, False)]
+    assert all(t.is_contiguous() for t in outs[0])
+    check("rotary", outs[0], outs[1], dtype)
+    grads = [torch.randn_like(t) for t in outs[1]]
+    check("rotary_grad", torch.autograd.grad(outs[0], qkv, grads), torch.autograd.grad(outs[1], qkv, grads), dtype)
+    x = torch.randn(5, 7, 1280, dtype=dtype, requires_grad=True)
+    w = (torch.randn(1280) * 0.5 + 1).to(dtype)
+    ys = [fo.rms_norm(x, w, 1e-6, use_kernel=k) for k in (True, False)]
+    check("rms_norm", ys[:1], ys[1:], dtype)
+    g = torch.randn_like(ys[1])
+    check("rms_norm_grad", torch.autograd.grad(ys[0], x, g), torch.autograd.grad(ys[1], x, g), dtype)
+    a = torch.randn(13, 3420, dtype=dtype, requires_grad=True)
+    b = torch.randn(13, 3420, dtype=dtype, requires_grad=True)
+    outs = [fo.silu_mul(a, b, use_kernel=k) for k in (True, False)]
+    check("silu_mul", outs[:1], outs[1:], dtype)
+    g = torch.randn_like(outs[1])
+    check("silu_mul_grad", torch.autograd.grad(outs[0], (a, b), g), torch.autograd.grad(outs[1], (a, b), g), dtype)
+for (name, dtype), err in sorted(worst.items()):
+    limit = 1e-6 if dtype == "torch.float32" else 1e-2
+    assert err <= limit, (name, dtype, err)
+    print(name, dtype, f"{err:.1e}")
+"""
+
+
+def test_fused_kernels_match_eager_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("\n") == 12, done.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels run on CUDA (the device check)")
+@pytest.mark.parametrize("sizes", [MIXED, LETTERBOXED], ids=["mixed", "letterboxed"])
+def test_cuda_bf16_fast_paths_match_transformers(sizes):
+    """On the GPU the kernels run for real: bf16 tower outputs and LoRA gradients against transformers'."""
+    pixels, grid = _pixels(sizes)
+    results = []
+    for fast in (False, True):
+        tower = make_tower().to("cuda", torch.bfloat16)
+        tower.requires_grad_(False)
+        inject_adapter_in_model(make_lora_config(vision_block_targets(tower, [0, 7]), r=4, alpha=8, dropout=0.0), tower)
+        for name, p in tower.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float()
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1)) if "lora_B" in name \
+                    else None
+        if fast:
+            assert enable_fast_paths(tower)["attention"] == VISION_DIMS["depth"]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = tower(pixels.cuda(), grid_thw=grid.cuda()).pooler_output
+        out.float().square().sum().backward()
+        results.append((out.float(), {n: p.grad.float() for n, p in tower.named_parameters() if p.requires_grad}))
+    (want, want_grads), (got, got_grads) = results
+    assert (got - want).norm() / want.norm() < 2e-2
+    for name in want_grads:
+        assert (got_grads[name] - want_grads[name]).norm() / want_grads[name].norm() < 5e-2, name

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import read_resolved_config, save_adapter, write_resolved_config
 from .config import ConfigError, config_dict, relocate_path
-from .data.collate import VisionLanguageCollator, model_inputs
+from .data.collate import VisionLanguageCollator, answer_only_inputs, model_inputs
 from .data.geometry import letterbox_image
 from .data.records import load_index
 from .data.validate import apply_bad_sample_policy, validate_records
@@ -425,7 +425,8 @@ class Task2ImageDataset(Dataset):
 
 
 class TrainerCollator:
-    """Wraps the LM collator for ``transformers.Trainer``: the model gets only what its forward takes."""
+    """Wraps the LM collator for ``transformers.Trainer``: the model gets only what its forward takes,
+    and projects only the answer positions onto the vocabulary (``collate.answer_only_inputs``)."""
 
     def __init__(self, collator: VisionLanguageCollator):
         if collator.answers is None:
@@ -433,7 +434,7 @@ class TrainerCollator:
         self.collator = collator
 
     def __call__(self, items):
-        return model_inputs(self.collator(items))
+        return answer_only_inputs(model_inputs(self.collator(items)))
 
 
 # ----------------------------------------------------------------------------------------- the model

@@ -32,7 +32,7 @@ from torch import nn
 
 from .checkpoint import (load_adapter_strict, load_module_safetensors, save_adapter, save_module_safetensors,
                          save_training_state, write_resolved_config)
-from .data.collate import IGNORE_INDEX, VisionLanguageCollator
+from .data.collate import IGNORE_INDEX, VisionLanguageCollator, lm_logits_to_keep
 from .evaluation import HeadPredictions, gather_in_order
 from .lm_eval import answer_logits
 from .losses import ForensicLossWeights, forensic_loss
@@ -210,18 +210,6 @@ class HybridLossWeights:
         if w.lm < 0:
             raise ValueError(f"loss_weights.lm must be >= 0, got {w.lm}; fix loss_weights in the config")
         return cls(w.lm, ForensicLossWeights(w.head_cls, w.head_evi, w.head_sparse, w.head_contrast, cfg.evi_alpha))
-
-
-def lm_logits_to_keep(labels: torch.Tensor) -> int:
-    """How many final positions' logits the LM loss needs: from the one before the first
-    supervised token to the end (3 for a one-token answer + end of turn with left padding)."""
-    supervised = (labels != IGNORE_INDEX).any(0).nonzero()
-    if supervised.numel() == 0:
-        raise ValueError("the batch has no supervised answer tokens; build it with answers (training mode)")
-    first = int(supervised[0])
-    if first == 0:
-        raise ValueError("a supervised token at position 0 has no preceding position to predict it")
-    return labels.shape[1] - first + 1
 
 
 def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

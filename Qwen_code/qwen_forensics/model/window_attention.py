@@ -1,62 +1,176 @@
-"""Batched window attention for the Qwen2.5-VL vision tower (same outputs, far fewer kernel launches).
+"""Fast paths for Qwen2.5-VL's blocks: batched window attention, precomputed vision inputs, fused ops.
 
-With SDPA, transformers' vision attention splits the packed sequence at ``cu_seqlens`` and calls
+transformers' vision attention (SDPA) splits the packed sequence at ``cu_seqlens`` and calls
 attention once per window in a Python loop: a 448 px image has 16 windows of 64 tokens, so a batch
-of 64 images makes about a thousand tiny attention calls per window-attention block, and the GPU
-idles between them (SPEC 8: the tower ran at ~6% of bf16 peak). Here every window of the same
-length is gathered into one batch and attended in a single SDPA call; full-attention blocks, whose
-"windows" are whole images, are batched the same way. The arithmetic per window is unchanged, so
-outputs match the loop up to floating-point summation order (tested), gradients flow as before, and
-LoRA-wrapped ``qkv``/``proj`` modules are called as usual.
+of 64 images makes about a thousand tiny attention calls per block, and the GPU idles between them
+(SPEC 8: the tower ran at ~6% of bf16 peak). Here:
+
+- every window of one length is attended in one SDPA call. Letterboxed images tile the sequence
+  with equal windows (and equal images for the full-attention blocks), which is then a plain
+  ``view``: no gather, no scatter back. Ragged batches gather each length group;
+- the tower's index tensors (rotary positions, window order, ``cu_seqlens``) depend only on the
+  images' patch grids. A hook on the tower builds them once per grid and hands them in through the
+  keyword arguments transformers' ``vision_utils`` accepts for exactly this, together with each
+  block's attention plan, so no block reads ``cu_seqlens`` back to the host (a sync per block);
+- rotary embedding, RMSNorm and SiLU-and-multiply run as the fused kernels of ``fused_ops``
+  (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM.
+
+The arithmetic per window is unchanged, so outputs and gradients match transformers' path up to
+floating-point summation order (tested), and LoRA-wrapped ``qkv``/``proj``/MLP modules are called
+as usual. Everything is switched on by :func:`enable_fast_paths`, which the loaders call.
 """
 
 from __future__ import annotations
 
 import types
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers import vision_utils
+from transformers.activations import SiLUActivation
+from transformers.utils.generic import get_max_seqlen
+
+from .fused_ops import rms_norm, rotary_split, silu_mul
+
+__all__ = ["AttentionPlan", "enable_fast_paths", "plan_attention"]
+
+_CACHE_SIZE = 8
 
 
-def _batched_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
-                     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
-    seq_length = hidden_states.shape[0]
-    q, k, v = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    cos, sin = position_embeddings
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How one ``cu_seqlens`` splits the sequence: equal segments (a view) or groups to gather."""
+    total: int
+    uniform: int | None                                   # segment length when all are equal
+    groups: tuple[tuple[int, torch.Tensor], ...] = ()     # (length, token index) per length otherwise
+    inverse: torch.Tensor | None = None
 
-    bounds = cu_seqlens.tolist()
-    starts, lengths = bounds[:-1], [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+def plan_attention(bounds: list[int], device: torch.device) -> AttentionPlan:
+    """The plan for segment boundaries ``bounds`` (host ints, as in ``cu_seqlens``)."""
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    starts = [a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    total = bounds[-1] - bounds[0]
+    if lengths and len(set(lengths)) == 1 and bounds[0] == 0:
+        return AttentionPlan(total, lengths[0])
     by_length: dict[int, list[int]] = {}
     for start, length in zip(starts, lengths):
-        if length:
-            by_length.setdefault(length, []).append(start)
-    pieces, order = [], []
+        by_length.setdefault(length, []).append(start)
+    groups, order = [], []
     for length, group in by_length.items():
-        index = (torch.tensor(group, device=q.device)[:, None] + torch.arange(length, device=q.device)).reshape(-1)
-        qg, kg, vg = (t.index_select(0, index).reshape(len(group), length, self.num_heads, -1).transpose(1, 2)
-                      for t in (q, k, v))
-        out = F.scaled_dot_product_attention(qg, kg, vg, scale=self.scaling)
-        pieces.append(out.transpose(1, 2).reshape(len(group) * length, -1))
+        index = (torch.tensor(group, device=device)[:, None] + torch.arange(length, device=device)).reshape(-1)
+        groups.append((length, index))
         order.append(index)
     order = torch.cat(order)
     inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    attn_output = torch.cat(pieces).index_select(0, inverse)
-    return self.proj(attn_output)
+    inverse[order] = torch.arange(order.numel(), device=device)
+    return AttentionPlan(total, None, tuple(groups), inverse)
 
 
-def enable_batched_window_attention(visual: nn.Module) -> int:
-    """Switch every vision attention of ``visual`` (the tower, or a module containing it) to the
-    batched path; returns how many were switched. Only for SDPA: eager keeps its own kernels and
-    flash-attention already runs all windows in one varlen call."""
-    switched = 0
-    for module in visual.modules():
-        if type(module).__name__ == "Qwen2_5_VLVisionAttention":
-            if module.config._attn_implementation != "sdpa":
-                continue
-            module.forward = types.MethodType(_batched_forward, module)
-            switched += 1
-    return switched
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    """q, k, v [N, H, D] -> attention output [N, H * D], segment by segment."""
+    n, heads, dim = q.shape
+    if plan.uniform is not None:
+        count = n // plan.uniform
+        qg, kg, vg = (t.view(count, plan.uniform, heads, dim).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
+        return out.transpose(1, 2).reshape(n, heads * dim)
+    pieces = []
+    for length, index in plan.groups:
+        qg, kg, vg = (t.index_select(0, index).view(-1, length, heads, dim).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
+        pieces.append(out.transpose(1, 2).reshape(-1, heads * dim))
+    return torch.cat(pieces).index_select(0, plan.inverse)
+
+
+def _attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                       position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
+    cos, sin = position_embeddings
+    q, k, v = rotary_split(self.qkv(hidden_states), cos, sin, self.num_heads)
+    plan = self._fast_plans.get(id(cu_seqlens), (None, None))
+    if plan[0] is not cu_seqlens:
+        plan = (cu_seqlens, plan_attention(cu_seqlens.tolist(), q.device))
+    return self.proj(_attend(q, k, v, plan[1], self.scaling))
+
+
+def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _mlp_forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(silu_mul(self.gate_proj(hidden_state), self.up_proj(hidden_state)))
+
+
+class _VisionInputs:
+    """Forward pre-hook of the tower: its grid-dependent index tensors, built once per grid."""
+
+    def __init__(self, tower: nn.Module, plans: dict):
+        self.tower = tower
+        self.plans = plans
+        self.cache: OrderedDict = OrderedDict()
+
+    def _build(self, grid_thw: torch.Tensor) -> dict:
+        tower = self.tower
+        kwargs = {
+            "position_ids": vision_utils.get_vision_position_ids(grid_thw, tower.spatial_merge_size),
+            "cu_seqlens": vision_utils.get_vision_cu_seqlens(grid_thw),
+        }
+        kwargs["window_index"], kwargs["cu_window_seqlens"] = vision_utils.get_vision_window_index(
+            grid_thw, spatial_merge_size=tower.spatial_merge_size, window_size=tower.window_size,
+            patch_size=tower.patch_size)
+        for name, key in (("max_seqlen", "cu_seqlens"), ("max_window_seqlen", "cu_window_seqlens")):
+            value = get_max_seqlen(kwargs[key], tower.config)
+            if value is not None:
+                kwargs[name] = value
+        for key in ("cu_seqlens", "cu_window_seqlens"):
+            self.plans[id(kwargs[key])] = (kwargs[key], plan_attention(kwargs[key].tolist(), grid_thw.device))
+        return kwargs
+
+    def __call__(self, module, args, kwargs):
+        grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        if grid_thw is None or any(key in kwargs for key in ("cu_seqlens", "position_ids", "window_index")):
+            return None
+        key = (grid_thw.device, tuple(map(tuple, grid_thw.tolist())))
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self._build(grid_thw)
+            self.cache[key] = entry
+            while len(self.cache) > _CACHE_SIZE:
+                _, old = self.cache.popitem(last=False)
+                for name in ("cu_seqlens", "cu_window_seqlens"):
+                    self.plans.pop(id(old[name]), None)
+        else:
+            self.cache.move_to_end(key)
+        return args, {**kwargs, **entry}
+
+
+def enable_fast_paths(model: nn.Module) -> dict[str, int]:
+    """Switch ``model`` (a vision tower, or the full model) to the fast paths; returns counts per kind.
+
+    Vision attention is switched only for SDPA (eager keeps its kernels, flash-attention already runs
+    all windows in one varlen call). RMSNorm and SiLU MLPs are switched everywhere; they fall back to
+    the eager formula wherever the fused kernels do not apply.
+    """
+    counts = {"attention": 0, "rms_norm": 0, "mlp": 0, "vision_inputs": 0}
+    for module in model.modules():
+        name = type(module).__name__
+        if name == "Qwen2_5_VisionTransformerPretrainedModel" and not getattr(module, "_fast_inputs", False):
+            plans: dict = {}
+            module.register_forward_pre_hook(_VisionInputs(module, plans), with_kwargs=True)
+            module._fast_inputs = True
+            for attention in module.modules():
+                if type(attention).__name__ == "Qwen2_5_VLVisionAttention" and attention.config._attn_implementation == "sdpa":
+                    attention._fast_plans = plans
+                    attention.forward = types.MethodType(_attention_forward, attention)
+                    counts["attention"] += 1
+            counts["vision_inputs"] += 1
+        elif name == "Qwen2_5_VLRMSNorm":
+            module.forward = types.MethodType(_rms_norm_forward, module)
+            counts["rms_norm"] += 1
+        elif name in ("Qwen2_5_VLMLP", "Qwen2MLP") and isinstance(module.act_fn, (SiLUActivation, nn.SiLU)):
+            module.forward = types.MethodType(_mlp_forward, module)
+            counts["mlp"] += 1
+    return counts
