@@ -45,10 +45,11 @@ from qwen_forensics.lm_eval import answer_logits
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.model.lora import make_lora_config, vision_block_targets
+from qwen_forensics.model.lora import LoraInputCast, make_lora_config, vision_block_targets
 from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.model.window_attention import enable_fast_paths
 from qwen_forensics.model.loader import load_processor
+from qwen_forensics.model.shapes import seven_b_config
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from qwen_forensics.synthetic import make_demo_dataset
 from qwen_forensics.task1 import cast_trainable_to_fp32
@@ -58,29 +59,10 @@ from qwen_forensics.task3 import (HybridCollator, HybridLossWeights, build_hybri
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
 from qwen_forensics.training import autocast
 
-QWEN25_VL_7B = {
-    "text": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                 intermediate_size=18944, vocab_size=152064, rope_theta=1000000.0,
-                 rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, max_position_embeddings=128000),
-    "vision": dict(depth=32, hidden_size=1280, num_heads=16, intermediate_size=3420, patch_size=14,
-                   temporal_patch_size=2, spatial_merge_size=2, window_size=112,
-                   fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=3584, tokens_per_second=2),
-}
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")
 PEAK_FLOPS = 790e12
 VARIANTS = ("fast", "loop", "seed")
-
-
-def seven_b_config(tiny_dir: Path) -> Qwen2_5_VLConfig:
-    """7B dimensions with the tiny folder's token ids (so its tokenizer builds valid inputs)."""
-    tiny = json.loads((tiny_dir / "config.json").read_text())
-    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-           if k in tiny}
-    text = {**QWEN25_VL_7B["text"], "bos_token_id": tiny.get("bos_token_id"), "eos_token_id": tiny.get("eos_token_id")}
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=QWEN25_VL_7B["vision"], **ids)
-    cfg._attn_implementation = "sdpa"
-    return cfg
 
 
 # ----------------------------------------------------------------------------------- FLOP counts
@@ -116,7 +98,7 @@ def timed(fn, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-KERNEL_CLASSES = (("gemm", ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul")),
+KERNEL_CLASSES = (("gemm", ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul", "nvjet")),
                   ("attention", ("flash", "fmha", "attention", "efficient")),
                   ("fused (ours)", ("_rotary", "_rms", "_silu")),
                   ("copy / index", ("copy", "index", "gather", "scatter", "cat")),
@@ -223,9 +205,10 @@ def bench_task1(cfg, processor, workdir, args, results) -> None:
         opt = torch.optim.AdamW([{"params": lora, "lr": 1e-4}, {"params": model.heads.parameters(), "lr": 1e-3}])
         b = to_device(ImageBatchCollator(processor)(items(workdir, batch)))
         weights = ForensicLossWeights()
+        lora_cast = LoraInputCast(model.visual) if variant == "fast" else None
 
         def step():
-            with autocast(DEVICE, "bf16"):
+            with autocast(DEVICE, "bf16", lora_cast):
                 out = model(b["pixel_values"], b["image_grid_thw"])
             loss = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), b["mask"], b["labels"],
                                  weights)
@@ -305,9 +288,10 @@ def bench_task2(cfg, processor, workdir, args, results) -> None:
         tokens = int(full["input_ids"].shape[1])
         flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
         model.train()
+        lora_cast = LoraInputCast(model) if variant == "fast" else None
 
         def step():
-            with autocast(DEVICE, "bf16"):
+            with autocast(DEVICE, "bf16", lora_cast):
                 loss = model(**b).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lora, 1.0)
@@ -335,8 +319,9 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
         b = to_device(HybridCollator(processor, prompt, {0: spec.real_word, 1: spec.fake_word})(items(workdir, batch)))
         tokens = int(b["input_ids"].shape[1])
         flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
-        measure("task3_train", lambda: train_step(model, b, optimizer, weights), batch, flops, args.steps, results,
-                variant, args.profile)
+        lora_cast = LoraInputCast(model.base) if variant == "fast" else None
+        measure("task3_train", lambda: train_step(model, b, optimizer, weights, lora_cast=lora_cast), batch, flops,
+                args.steps, results, variant, args.profile)
         if variant != "seed":
             ids = answer_token_ids(processor.tokenizer, spec.fake_word, spec.real_word)
             e = to_device(HybridCollator(processor, prompt)(items(workdir, 64)))

@@ -25,9 +25,9 @@ from qwen_forensics.model.window_attention import enable_fast_paths, plan_attent
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_tower():
+def make_tower(**dims):
     torch.manual_seed(0)
-    config = Qwen2_5_VLVisionConfig(**VISION_DIMS, out_hidden_size=TEXT_DIMS["hidden_size"])
+    config = Qwen2_5_VLVisionConfig(**{**VISION_DIMS, **dims}, out_hidden_size=TEXT_DIMS["hidden_size"])
     config._attn_implementation = "sdpa"
     return Qwen2_5_VisionTransformerPretrainedModel(config).eval()
 
@@ -103,6 +103,35 @@ def test_lora_gradients_match_transformers(sizes):
         torch.testing.assert_close(towers[1][name], towers[0][name], rtol=1e-4, atol=1e-6)
 
 
+def test_misaligned_mlp_weights_are_packed_and_give_the_same_outputs_and_lora_gradients():
+    """A 60-wide intermediate (like the 7B's 3420, not a multiple of 8) is re-homed into padded storage:
+    gate and up in one GEMM, state dict unchanged, outputs and LoRA gradients as before."""
+    pixels, grid = _pixels(LETTERBOXED)
+    runs = []
+    for fast in (False, True):
+        tower = make_tower(intermediate_size=60)
+        tower.requires_grad_(False)
+        inject_adapter_in_model(make_lora_config(vision_block_targets(tower, [0, 7]), r=4, alpha=8, dropout=0.0), tower)
+        for name, p in tower.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
+        shapes = {k: tuple(v.shape) for k, v in tower.state_dict().items()}
+        if fast:
+            enable_fast_paths(tower)
+        out = tower(pixels, grid_thw=grid).pooler_output
+        out.square().sum().backward()
+        runs.append((out.detach(), {n: p.grad for n, p in tower.named_parameters() if p.requires_grad}, tower))
+        assert {k: tuple(v.shape) for k, v in tower.state_dict().items()} == shapes
+    (want, want_grads, _), (got, got_grads, fast_tower) = runs
+    packed = [block.mlp.__dict__.get("_packed_mlp") for block in fast_tower.blocks]
+    assert all(p is not None and (p.inner, p.width) == (60, 64) for p in packed)
+    assert fast_tower.blocks[3].mlp.down_proj.weight.stride() == (64, 1), "down's rows are 16-byte aligned"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert want_grads.keys() == got_grads.keys()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6)
+
+
 def test_non_sdpa_towers_keep_their_attention():
     tower = make_tower()
     tower.config._attn_implementation = "eager"
@@ -165,6 +194,7 @@ for (name, dtype), err in sorted(worst.items()):
 """
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels themselves are checked (CUDA tests below)")
 def test_fused_kernels_match_eager_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
@@ -174,19 +204,20 @@ def test_fused_kernels_match_eager_in_the_interpreter():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels run on CUDA (the device check)")
 @pytest.mark.parametrize("sizes", [MIXED, LETTERBOXED], ids=["mixed", "letterboxed"])
-def test_cuda_bf16_fast_paths_match_transformers(sizes):
+@pytest.mark.parametrize("inner", [64, 60], ids=["aligned_mlp", "packed_mlp"])
+def test_cuda_bf16_fast_paths_match_transformers(sizes, inner):
     """On the GPU the kernels run for real: bf16 tower outputs and LoRA gradients against transformers'."""
     pixels, grid = _pixels(sizes)
     results = []
     for fast in (False, True):
-        tower = make_tower().to("cuda", torch.bfloat16)
+        tower = make_tower(intermediate_size=inner).to("cuda", torch.bfloat16)
         tower.requires_grad_(False)
         inject_adapter_in_model(make_lora_config(vision_block_targets(tower, [0, 7]), r=4, alpha=8, dropout=0.0), tower)
         for name, p in tower.named_parameters():
             if "lora_" in name:
                 p.data = p.data.float()
-                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1)) if "lora_B" in name \
-                    else None
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator(device="cuda").manual_seed(1))
         if fast:
             assert enable_fast_paths(tower)["attention"] == VISION_DIMS["depth"]
         with torch.autocast("cuda", dtype=torch.bfloat16):

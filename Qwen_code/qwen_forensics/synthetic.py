@@ -96,14 +96,16 @@ def make_demo_dataset(
     val_fraction: float = 0.2,
     kind_weights: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Write a synthetic forgery set under ``root/data`` and return a summary.
 
     ``n_train`` images go to ``trainingset2`` (split by video into train_idx / val_idx with about
     ``val_fraction`` of each class's videos in val), ``n_test`` to ``testset2``; both must be even
     (half fake, half real). ``sizes`` are (height, width) pairs cycled per video. The output is a
-    pure function of the arguments. ``overwrite`` replaces an existing synthetic set; a folder
-    without the marker file is never deleted, so real data cannot be wiped by mistake.
+    pure function of the arguments (``workers`` > 1 renders videos in parallel processes, with the
+    same bytes). ``overwrite`` replaces an existing synthetic set; a folder without the marker file
+    is never deleted, so real data cannot be wiped by mistake.
     """
     _check_args(n_train, n_test, sizes, frames_per_video, val_fraction, kind_weights)
     data_dir = Path(root) / "data"
@@ -123,8 +125,8 @@ def make_demo_dataset(
         (data_dir / split / "image").mkdir(parents=True)
         (data_dir / split / "spatial_localize").mkdir()
         records = []
-        for video in videos:
-            records.extend(_render_video(video, data_dir))
+        for video, rendered in zip(videos, _render_all(videos, data_dir, workers)):
+            records.extend(rendered)
             if video.kind is not None:
                 for frame in video.frames:
                     kinds_by_image[f"{split}/image/{video.file_name(frame)}"] = video.kind
@@ -265,6 +267,14 @@ def _pick_val_videos(rng, videos: list[_Video], val_fraction: float) -> set[str]
         n_val = min(len(stems) - 1, max(1, round(len(stems) * val_fraction)))
         val.update(stems[i] for i in rng.permutation(len(stems))[:n_val])
     return val
+
+
+def _render_all(videos: list[_Video], data_dir: Path, workers: int) -> list[list[dict]]:
+    if workers <= 1:
+        return [_render_video(video, data_dir) for video in videos]
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_render_video, videos, [data_dir] * len(videos), chunksize=4))
 
 
 def _render_video(video: _Video, data_dir: Path) -> list[dict]:

@@ -42,7 +42,7 @@ from .data.geometry import letterbox_image
 from .data.records import load_index
 from .data.validate import apply_bad_sample_policy, validate_records
 from .model.loader import get_visual, load_model, load_processor
-from .model.lora import LoraTargetSpec, check_lora_wrapped, make_lora_config, resolve_targets
+from .model.lora import LoraInputCast, LoraTargetSpec, check_lora_wrapped, make_lora_config, resolve_targets
 from .prompts import answer_token_ids, build_messages
 
 
@@ -657,6 +657,10 @@ def build_trainer(cfg, root: str | None = None, *, callbacks=None) -> TrainingRu
     model, targets = attach_lora(model, cfg)
     if args.gradient_checkpointing:
         vision_inputs_require_grad(model)
+    if args.bf16 or args.fp16:
+        # Trainer runs every forward (training and evaluation) under autocast, which makes PEFT's
+        # fp32 copy of each LoRA input redundant (see model.lora.LoraInputCast).
+        LoraInputCast(model).set(False)
 
     processor = load_processor(cfg.base_model_path, setup.image_size)
     trainer = Trainer(

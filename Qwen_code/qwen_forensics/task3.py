@@ -225,13 +225,14 @@ def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: HybridLossWeights,
-                amp_dtype: str, device: torch.device) -> dict[str, torch.Tensor]:
+                amp_dtype: str, device: torch.device, lora_cast=None) -> dict[str, torch.Tensor]:
     """Forward + joint loss: ``total`` = lm weight * LM answer loss + the weighted head loss.
 
     Returns ``total``, ``lm``, ``head`` (weighted head total) and the head's unweighted terms.
+    ``lora_cast``: a ``model.lora.LoraInputCast`` of the model (see ``training.autocast``).
     """
     labels = batch["labels"]
-    with autocast(device, amp_dtype):
+    with autocast(device, amp_dtype, lora_cast):
         out = model(**hybrid_inputs(batch), logits_to_keep=lm_logits_to_keep(labels))
     lm = answer_lm_loss(out["logits"], labels)
     head = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["target"],
@@ -241,20 +242,21 @@ def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: Hy
 
 
 def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               weights: HybridLossWeights, *, amp_dtype: str = "bf16", max_norm: float = 1.0) -> dict[str, float]:
+               weights: HybridLossWeights, *, amp_dtype: str = "bf16", max_norm: float = 1.0,
+               lora_cast=None) -> dict[str, torch.Tensor]:
     """One plain optimiser step (no accelerate, no accumulation) on a batch already on the device.
 
     For benchmarks and tests; ``hybrid_train.py`` runs the same loss inside its accelerate loop.
     """
     model.train()
     device = next(model.parameters()).device
-    terms = hybrid_loss(model, batch, weights, amp_dtype, device)
+    terms = hybrid_loss(model, batch, weights, amp_dtype, device, lora_cast)
     terms["total"].backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return {k: v.detach() for k, v in terms.items()}
 
 
 # ----------------------------------------------------------------------------------------- prediction

@@ -8,7 +8,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +39,19 @@ def make_accelerator(grad_accum: int, *, find_unused_parameters: bool = False) -
     return Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=kwargs)
 
 
-def autocast(device: torch.device, amp_dtype: str):
-    """bf16/fp16 autocast on CUDA; plain fp32 elsewhere (CPU autocast would only add noise here)."""
+def autocast(device: torch.device, amp_dtype: str, lora_cast=None):
+    """bf16/fp16 autocast on CUDA; plain fp32 elsewhere (CPU autocast would only add noise here).
+
+    ``lora_cast`` (a ``model.lora.LoraInputCast``): also skip PEFT's fp32 copy of LoRA inputs,
+    which autocast makes redundant.
+    """
     if device.type != "cuda" or amp_dtype == "fp32":
         return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp_dtype])
+    stack = ExitStack()
+    stack.enter_context(torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp_dtype]))
+    if lora_cast is not None:
+        stack.enter_context(lora_cast.off())
+    return stack
 
 
 def param_groups(groups: dict[str, tuple[list[torch.nn.Parameter], float]], weight_decay: float) -> list[dict]:
@@ -65,7 +73,10 @@ def param_groups(groups: dict[str, tuple[list[torch.nn.Parameter], float]], weig
 
 
 def build_optimizer_and_schedule(groups: list[dict], *, total_steps: int, warmup_ratio: float):
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    """AdamW (the fused single-kernel update when every parameter is already on the GPU) and a
+    warm-up + cosine schedule."""
+    fused = all(p.is_cuda for group in groups for p in group["params"])
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
     warmup = int(math.ceil(warmup_ratio * total_steps))
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return optimizer, scheduler
@@ -84,21 +95,35 @@ def _synchronized_clock() -> float:
     return time.perf_counter()
 
 
+def peak_gib() -> float:
+    """Peak GPU memory allocated by this process so far, in GiB (0 without CUDA)."""
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def speed_line(images: int, seconds: float, what: str) -> str:
+    """The one line every script prints about its speed (the end-to-end benchmark parses it)."""
+    return (f"[speed] {what}: {images} images in {seconds:.2f} s = {images / max(seconds, 1e-9):.2f} images/s, "
+            f"peak GPU memory {peak_gib():.2f} GiB")
+
+
 def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimizer, scheduler,
                 loss_fn: Callable[[dict], dict[str, torch.Tensor]], *, max_norm: float, step: int, max_step: int,
-                desc: str, shown: tuple[str, ...] | None = None) -> tuple[int, dict[str, float]]:
+                desc: str, shown: tuple[str, ...] | None = None, log_every: int = 20) -> tuple[int, dict[str, float]]:
     """One epoch of the custom recipes (Task 1, Task 3): accumulation, clipping, schedule, progress bar.
 
     ``loss_fn(batch)`` runs the forward (under autocast) and returns loss terms with ``total``. The
     scheduler steps once per optimizer step (it is not prepared by accelerate, which would step it
-    once per process). Stops early at ``max_step``. Returns the new step count and the epoch's
-    means per image: ``loss`` (the total), ``loss_<term>`` for the rest, and ``images_per_s``
-    over all processes.
+    once per process). Stops early at ``max_step``. The loss sums stay on the device and are read
+    back only every ``log_every`` batches: reading them after every step would make the host wait
+    for the GPU to finish the step before it can queue the next one. Returns the new step count and
+    the epoch's means per image: ``loss`` (the total), ``loss_<term>`` for the rest, ``images_per_s``
+    over all processes (data loading included) and ``peak_gib``.
     """
-    sums, seen = {}, 0
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process)
     start = _synchronized_clock()
-    for batch in bar:
+    for batch_index, batch in enumerate(bar):
         with accelerator.accumulate(model):
             terms = loss_fn(batch)
             accelerator.backward(terms["total"])
@@ -112,13 +137,17 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
         n = int(batch["image_grid_thw"].shape[0])
         seen += n
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
-        bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items() if shown is None or k in shown})
+            term = value.detach().float() * n
+            sums[key] = sums[key] + term if key in sums else term
+        if batch_index % log_every == 0:
+            bar.set_postfix({k: f"{float(v) / seen:.4f}" for k, v in sums.items() if shown is None or k in shown})
         if step >= max_step:
             break
     elapsed = _synchronized_clock() - start
-    stats = {("loss" if k == "total" else f"loss_{k}"): v / max(seen, 1) for k, v in sums.items()}
+    stats = {("loss" if k == "total" else f"loss_{k}"): float(v) / max(seen, 1) for k, v in sums.items()}
     stats["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
+    stats["peak_gib"] = peak_gib()
+    accelerator.print(speed_line(seen * accelerator.num_processes, elapsed, f"{desc} (training loop)"))
     return step, stats
 
 

@@ -27,7 +27,7 @@ from qwen_forensics.metrics import append_csv_row
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.loader import load_processor, load_vision_tower, resolve_dtype
-from qwen_forensics.model.lora import format_targets, make_lora_config, vision_block_targets
+from qwen_forensics.model.lora import LoraInputCast, format_targets, make_lora_config, vision_block_targets
 from qwen_forensics.task1 import ADAPTER_DIR, cast_trainable_to_fp32, load_heads, save_task1_checkpoint
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- setup: model (vision tower only) + LoRA + heads
     on_gpu = accelerator.device.type == "cuda"
+    # Straight onto the device: the optimizer then sees GPU parameters and uses the fused AdamW.
     visual = load_vision_tower(cfg.model_path, dtype=resolve_dtype("bfloat16" if on_gpu and cfg.amp_dtype == "bf16"
-                                                                   else "float32"))
+                                                                   else "float32"), device=accelerator.device)
     visual.requires_grad_(False)
     if cfg.resume:
         load_adapter_strict(visual, Path(cfg.resume) / ADAPTER_DIR, is_trainable=True)
@@ -81,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         inject_adapter_in_model(make_lora_config(targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                                  dropout=cfg.lora_dropout), visual)
         heads = ForensicHeads.from_vision_config(visual.config, cfg.visual_layers, cfg.fuse_dim)
-    model = ForensicViT(visual, cfg.visual_layers, heads)
+    model = ForensicViT(visual, cfg.visual_layers, heads.to(accelerator.device))
     lora_params = cast_trainable_to_fp32(visual)
+    lora_cast = LoraInputCast(visual)
 
     # ---- setup: optimisation
     steps_total = optimizer_steps(math.ceil(len(train_loader) / accelerator.num_processes), cfg.grad_accum,
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- train
     def loss_fn(batch):
-        with autocast(accelerator.device, cfg.amp_dtype):
+        with autocast(accelerator.device, cfg.amp_dtype, lora_cast):
             out = model(batch["pixel_values"], batch["image_grid_thw"])
         return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
                              weights)

@@ -23,6 +23,7 @@ from qwen_forensics.config import load_config_and_paths
 from qwen_forensics.model.lora import format_targets
 from qwen_forensics.task2 import build_trainer
 from qwen_forensics.task_configs import Task2TrainConfig
+from qwen_forensics.training import speed_line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     run.save(cfg)
     if run.trainer.is_world_process_zero():
         print(json.dumps(result.metrics, indent=1))
+        seconds = result.metrics["train_runtime"]
+        print(speed_line(round(result.metrics["train_samples_per_second"] * seconds), seconds, "training (Trainer loop)"))
         print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {run.trainer.args.output_dir}")
 
 

@@ -36,7 +36,7 @@ from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, make_collator, resolve_infer_setup
 from qwen_forensics.task_configs import Task2InferConfig
-from qwen_forensics.training import make_accelerator
+from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc", "f1", "lora_path",
                "base_model_path"]
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.val_annotation_file:
         val_records, val_scores, _, _ = score(cfg.val_annotation_file, "val", 0)
         tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
+    run_start = time.perf_counter()
     records, scores, images_per_s, skipped = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
     # The collectives are over: every rank closes the process group before the main one scores
     # (a rank that exits with it open can abort at interpreter shutdown).
     accelerator.end_training()
@@ -100,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
                "image_size": "native" if setup.image_size is None else setup.image_size,
                "fake_token": setup.fake_token, "real_token": setup.real_token,
                "num_skipped": skipped,
-               "images_per_s": images_per_s}
+               "images_per_s": images_per_s, "peak_gib": peak_gib()}
     csv_row.update(generated_columns(rows))
     append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
+    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(f"{images_per_s:.2f} images/s\nmetrics CSV: {cfg.csv_path}\npredictions: {output_json}")

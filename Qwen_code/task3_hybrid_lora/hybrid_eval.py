@@ -33,7 +33,7 @@ from qwen_forensics.model.lora import resolve_targets_with_notes
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model,
                                   lora_target_spec, predict_hybrid, read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig
-from qwen_forensics.training import make_accelerator, seed_everything
+from qwen_forensics.training import make_accelerator, peak_gib, speed_line, seed_everything
 from qwen_forensics.visualize import save_heatmap_panel
 
 IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         val_labels = [r.label for r in val_records]
         tuned_lm = tune_threshold(val_labels, val_preds.p_fake_lm)
         tuned_head = tune_threshold(val_labels, val_preds.p_fake_head)
+    run_start = time.perf_counter()
     records, preds, images_per_s, skipped = predict(cfg.annotation_file, "test")
+    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
     # The collectives are over: every rank closes the process group before the main one scores
     # (a rank that exits with it open can abort at interpreter shutdown).
     accelerator.end_training()
@@ -122,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
-           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s}
+           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib()}
     append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps(metrics, indent=1))
     print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"
           f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")

@@ -22,7 +22,7 @@ from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import score_heads
 from qwen_forensics.metrics import append_csv_row, image_report
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.lora import format_targets
+from qwen_forensics.model.lora import LoraInputCast, format_targets
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
                                   build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
                                   load_hybrid_model, predict_hybrid, save_task3_checkpoint)
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(base)
     answer_ids = answer_ids_for(processor, spec)
+    lora_cast = LoraInputCast(model.base)
 
     # ---- setup: data
     train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             break
         model.train()
         step, stats = train_epoch(accelerator, model, train_loader, optimizer, scheduler,
-                                  lambda batch: hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device),
+                                  lambda batch: hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device,
+                                                            lora_cast),
                                   max_norm=cfg.max_norm, step=step, max_step=steps_total, desc=f"epoch {epoch}",
                                   shown=("total", "lm", "head"))
         lrs = dict(zip(group_names, scheduler.get_last_lr()))

@@ -11,7 +11,8 @@ gradients are the eager ones up to the order of fp32 operations (tested against 
   backward (the eager path keeps fp32 copies of q and k), and the qkv buffer is freed.
 - ``rms_norm(x, weight, eps)``: ``weight * bf16(x32 * rsqrt(mean(x32^2) + eps))``; keeps the
   half-precision input and one fp32 value per row for backward (eager keeps an fp32 copy).
-- ``silu_mul(gate, up)``: ``bf16(silu(gate)) * up``; keeps gate and up (eager keeps a third tensor).
+- ``silu_mul(gate, up)``: ``bf16(silu(gate)) * up``; keeps gate and up (eager keeps a third tensor);
+  ``silu_mul_packed(gu)`` the same for one packed [gate | up] GEMM output.
 
 Kernels run for CUDA tensors in bf16/fp16 when Triton is installed; everything else (CPU, fp32,
 trainable norm weights) takes the eager formula, so these functions are drop-in everywhere. With
@@ -175,6 +176,34 @@ if triton is not None:
 _ROTARY_ROWS = 4
 
 
+if triton is not None:
+    @triton.jit
+    def _silu_mul_packed_fwd(gu, y, rows, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+        # gu rows hold [gate | up], each WIDTH wide; y rows are WIDTH wide.
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < WIDTH
+        g = tl.load(gu + row * (2 * WIDTH) + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(gu + row * (2 * WIDTH) + WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(y.dtype.element_ty).to(tl.float32)
+        tl.store(y + row * WIDTH + cols, (act * u).to(y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _silu_mul_packed_bwd(go, gu, ggu, rows, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < WIDTH
+        out_ty = ggu.dtype.element_ty
+        grad = tl.load(go + row * WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gu + row * (2 * WIDTH) + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(gu + row * (2 * WIDTH) + WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-g))
+        act = (g / (1.0 + tl.exp(-g))).to(out_ty).to(tl.float32)
+        grad_act = (grad * u).to(out_ty).to(tl.float32)
+        tl.store(ggu + row * (2 * WIDTH) + WIDTH + cols, (grad * act).to(out_ty), mask=mask)
+        tl.store(ggu + row * (2 * WIDTH) + cols, (grad_act * sig * (1.0 + g * (1.0 - sig))).to(out_ty), mask=mask)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -250,6 +279,31 @@ class _SiluMul(torch.autograd.Function):
         return g_gate, g_up
 
 
+class _SiluMulPacked(torch.autograd.Function):
+    BLOCK = 1024
+
+    @staticmethod
+    def forward(ctx, gu):
+        width = gu.shape[-1] // 2
+        flat = gu.reshape(-1, 2 * width).contiguous()
+        rows = flat.shape[0]
+        y = torch.empty(rows, width, dtype=gu.dtype, device=gu.device)
+        _silu_mul_packed_fwd[(rows, triton.cdiv(width, _SiluMulPacked.BLOCK))](flat, y, rows, WIDTH=width,
+                                                                              BLOCK=_SiluMulPacked.BLOCK)
+        ctx.save_for_backward(flat)
+        ctx.shape = gu.shape
+        return y.reshape(*gu.shape[:-1], width)
+
+    @staticmethod
+    def backward(ctx, go):
+        flat, = ctx.saved_tensors
+        rows, width = flat.shape[0], flat.shape[1] // 2
+        ggu = torch.empty_like(flat)
+        _silu_mul_packed_bwd[(rows, triton.cdiv(width, _SiluMulPacked.BLOCK))](
+            go.reshape(rows, width).contiguous(), flat, ggu, rows, WIDTH=width, BLOCK=_SiluMulPacked.BLOCK)
+        return ggu.reshape(ctx.shape)
+
+
 def rotary_split(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, *,
                  use_kernel: bool | None = None):
     """Rotated q, k and v ([N, heads, head_dim] each) from the packed qkv projection [N, 3 * C]."""
@@ -276,3 +330,13 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, use_kernel: bool | None = 
     if use_kernel and gate.shape == up.shape and gate.dtype == up.dtype:
         return _SiluMul.apply(gate, up)
     return silu_mul_eager(gate, up)
+
+
+def silu_mul_packed(gu: torch.Tensor, *, use_kernel: bool | None = None) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gu = [gate | up]`` (one GEMM's output, last dim 2 * width)."""
+    width = gu.shape[-1] // 2
+    if use_kernel is None:
+        use_kernel = kernels_available(gu)
+    if use_kernel:
+        return _SiluMulPacked.apply(gu)
+    return silu_mul_eager(gu[..., :width], gu[..., width:])

@@ -13,7 +13,9 @@ of 64 images makes about a thousand tiny attention calls per block, and the GPU 
   keyword arguments transformers' ``vision_utils`` accepts for exactly this, together with each
   block's attention plan, so no block reads ``cu_seqlens`` back to the host (a sync per block);
 - rotary embedding, RMSNorm and SiLU-and-multiply run as the fused kernels of ``fused_ops``
-  (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM.
+  (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM;
+- the vision MLP's frozen weights live in storage padded to a 16-byte aligned width (3420 -> 3424),
+  gate and up as one GEMM: Hopper's fast GEMM kernels need that alignment (see ``_PackedMLP``).
 
 The arithmetic per window is unchanged, so outputs and gradients match transformers' path up to
 floating-point summation order (tested), and LoRA-wrapped ``qkv``/``proj``/MLP modules are called
@@ -33,11 +35,14 @@ from transformers import vision_utils
 from transformers.activations import SiLUActivation
 from transformers.utils.generic import get_max_seqlen
 
-from .fused_ops import rms_norm, rotary_split, silu_mul
+from .fused_ops import rms_norm, rotary_split, silu_mul, silu_mul_packed
 
 __all__ = ["AttentionPlan", "enable_fast_paths", "plan_attention"]
 
 _CACHE_SIZE = 8
+# Hopper's TMA-based GEMM kernels need 16-byte aligned row strides (8 bf16 elements); with the
+# vision MLP's 3420-wide intermediate cuBLAS falls back to Ampere kernels at about half the speed.
+ALIGN = 8
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,96 @@ def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
+@dataclass
+class _PackedMLP:
+    """An MLP's frozen weights re-homed into padded storage: gate and up stacked as one [2 * width, C]
+    matrix (zero rows beyond each ``inner``), down as [C, width] (zero columns). The modules' own
+    weights become views of it, so nothing is stored twice and the state dict is unchanged; the
+    zero padding contributes exact zeros, so the products equal the unpadded ones."""
+    inner: int
+    width: int
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+
+
+def _base(module: nn.Module) -> nn.Module:
+    return getattr(module, "base_layer", module)
+
+
+def _lora_delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """What a PEFT LoRA layer adds to its base output (None for a plain Linear), computed as PEFT does."""
+    if not hasattr(module, "lora_A"):
+        return None
+    delta = None
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+        xa = module._cast_input_dtype(x, lora_a.weight.dtype)
+        term = lora_b(lora_a(module.lora_dropout[name](xa))) * module.scaling[name]
+        delta = term if delta is None else delta + term
+    return delta
+
+
+def _plain_lora(module: nn.Module) -> bool:
+    """A plain Linear, or a vanilla LoRA layer (not merged, enabled, no DoRA or other variant)."""
+    if not hasattr(module, "lora_A"):
+        return isinstance(module, nn.Linear)
+    return (not module.merged and not module.disable_adapters and isinstance(module.base_layer, nn.Linear)
+            and not any(module.use_dora.get(a, False) for a in module.active_adapters)
+            and not getattr(module, "lora_variant", {}))
+
+
+def _pack(mlp: nn.Module) -> _PackedMLP | None:
+    gate, up, down = _base(mlp.gate_proj), _base(mlp.up_proj), _base(mlp.down_proj)
+    inner = gate.out_features
+    width = -(-inner // ALIGN) * ALIGN
+    weights = [gate.weight, up.weight, down.weight] + [b for b in (gate.bias, up.bias) if b is not None]
+    if width == inner or any(w.requires_grad for w in weights) or (gate.bias is None) != (up.bias is None):
+        return None
+    c = gate.in_features
+    with torch.no_grad():
+        gate_up = gate.weight.new_zeros(2 * width, c)
+        gate_up[:inner], gate_up[width:width + inner] = gate.weight, up.weight
+        down_w = down.weight.new_zeros(down.out_features, width)
+        down_w[:, :inner] = down.weight
+        bias = None
+        if gate.bias is not None:
+            bias = gate.bias.new_zeros(2 * width)
+            bias[:inner], bias[width:width + inner] = gate.bias, up.bias
+            gate.bias.data, up.bias.data = bias[:inner], bias[width:width + inner]
+        gate.weight.data, up.weight.data = gate_up[:inner], gate_up[width:width + inner]
+        down.weight.data = down_w[:, :inner]
+    return _PackedMLP(inner, width, gate_up, bias, down_w)
+
+
+def _packed(mlp: nn.Module) -> _PackedMLP | None:
+    """The MLP's packed weights, (re)built when the weights moved (``.to(device)``) or were replaced."""
+    if not all(_plain_lora(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+        return None
+    packed = mlp.__dict__.get("_packed_mlp")
+    gate, down = _base(mlp.gate_proj), _base(mlp.down_proj)
+    if packed is None or gate.weight.data_ptr() != packed.gate_up.data_ptr() \
+            or down.weight.data_ptr() != packed.down.data_ptr():
+        packed = _pack(mlp)
+        mlp.__dict__["_packed_mlp"] = packed
+    return packed
+
+
 def _mlp_forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(silu_mul(self.gate_proj(hidden_state), self.up_proj(hidden_state)))
+    packed = _packed(self)
+    if packed is None:
+        return self.down_proj(silu_mul(self.gate_proj(hidden_state), self.up_proj(hidden_state)))
+    gate_up = F.linear(hidden_state, packed.gate_up, packed.gate_up_bias)
+    for offset, module in ((0, self.gate_proj), (packed.width, self.up_proj)):
+        delta = _lora_delta(module, hidden_state)
+        if delta is not None:
+            gate_up[..., offset:offset + packed.inner] += delta.to(gate_up.dtype)
+    hidden = silu_mul_packed(gate_up)
+    out = F.linear(hidden, packed.down, _base(self.down_proj).bias)
+    delta = _lora_delta(self.down_proj, hidden[..., :packed.inner])
+    return out if delta is None else out + delta.to(out.dtype)
 
 
 class _VisionInputs:

@@ -38,7 +38,7 @@ from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training import make_accelerator, seed_everything
+from qwen_forensics.training import make_accelerator, peak_gib, speed_line, seed_everything
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.val_annotation_file:
         val_records, val_scores, _, _ = score(cfg.val_annotation_file, "val", 0)
         tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
+    run_start = time.perf_counter()
     records, scores, images_per_s, skipped = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
     # The collectives are over: every rank closes the process group before the main one scores
     # (a rank that exits with it open can abort at interpreter shutdown).
     accelerator.end_training()
@@ -103,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
                "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
                "fake_token": fake_word, "real_token": real_word,
-               "num_skipped": skipped, "images_per_s": images_per_s}
+               "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib()}
     csv_row.update(generated_columns(rows))
     append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
+    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(f"{images_per_s:.2f} images/s\nmetrics CSV: {cfg.csv_path}\npredictions: {output_json}")

@@ -29,7 +29,7 @@ from qwen_forensics.metrics import append_csv_row, tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1HeadEvalConfig
-from qwen_forensics.training import make_accelerator
+from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 from qwen_forensics.visualize import save_heatmap_panel
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.ann_val:
         val_records, val_preds, _, _ = predict(cfg.ann_val, "val")
         tuned = tune_threshold([r.label for r in val_records], val_preds.p_fake)
+    run_start = time.perf_counter()
     records, preds, images_per_s, skipped = predict(cfg.ann_test, "test")
+    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
     # The collectives are over: every rank closes the process group before the main one scores
     # (a rank that exits with it open can abort at interpreter shutdown).
     accelerator.end_training()
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
-           "num_skipped": skipped, "images_per_s": images_per_s}
+           "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib()}
     append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
     print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"

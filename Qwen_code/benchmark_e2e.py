@@ -1,0 +1,126 @@
+"""End-to-end speed of the pipeline scripts themselves, run as a user runs them, at the 7B shape.
+
+    python Qwen_code/benchmark_e2e.py --workdir /tmp/e2e --out e2e.json [--train-images 1024 --test-images 256]
+
+Builds a user root in ``--workdir``: a randomly initialised Qwen2.5-VL-7B-shaped model saved in the
+Hugging Face format (config, safetensors shards, the tiny folder's tokenizer and processor, whose
+token ids the config reuses) as ``Qwen2.5-VL-7B-Instruct/``, and a synthetic JPEG data set at the
+user's frame sizes (the mix of the user's real index: 720x1280 most, then 1080x1920, 360x480,
+360x640, 480x854) with its masks. Then every script runs in its own process with the shipped
+config and ``--root``, one epoch, exactly as ``python Qwen_code/...py --root DIR`` would run it:
+
+    Task 1 lora_train.py, lora_eval.py, full_model_eval.py; Task 2 map.py, LORA.py, lora_infer.py;
+    Task 3 hybrid_train.py, hybrid_eval.py
+
+Each script prints ``[speed]`` lines (``training.speed_line``): images, seconds, images/s and peak
+GPU memory of its training loop (data loading included) or of its evaluation (inference loop, and
+inference + scoring + outputs). This harness collects them with each process's wall time (model
+loading and start-up included) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qwen_forensics.model.shapes import seven_b_config
+from qwen_forensics.model.tiny import OUTPUT_FILES, build_tiny_model
+from qwen_forensics.synthetic import make_demo_dataset
+
+CODE = Path(__file__).resolve().parent
+# The user's frame sizes, in about the proportions of their real index (cycled per video).
+USER_SIZES = [(720, 1280)] * 4 + [(1080, 1920), (360, 480), (360, 640), (480, 854)]
+SPEED = re.compile(r"\[speed\] (?P<what>.+?): (?P<images>\d+) images in (?P<seconds>[0-9.]+) s = "
+                   r"(?P<rate>[0-9.]+) images/s, peak GPU memory (?P<peak>[0-9.]+) GiB")
+# What the 7B folder takes from the tiny one: everything but the weights and the model config.
+NOT_COPIED = ("config.json", "generation_config.json")
+
+
+def build_model_folder(folder: Path, tiny: Path) -> None:
+    """A random 7B-shaped model in the on-disk format of the released checkpoint."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(seven_b_config(tiny), dtype=torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size="5GB")
+    for name in OUTPUT_FILES:
+        if (tiny / name).is_file() and name not in NOT_COPIED and not name.startswith("model"):
+            shutil.copy(tiny / name, folder / name)
+    del model
+    torch.cuda.empty_cache()
+
+
+def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path) -> dict:
+    command = [sys.executable, str(CODE / script), "--root", str(root)]
+    for value in sets:
+        command += ["--set", value]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    log = done.stdout + done.stderr
+    (logs / f"{name}.log").write_text(log)
+    lines = [m.groupdict() for m in SPEED.finditer(log)]
+    row = {"wall_s": wall, "returncode": done.returncode,
+           "speed": [{"what": m["what"], "images": int(m["images"]), "seconds": float(m["seconds"]),
+                      "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"])} for m in lines]}
+    summary = ", ".join(f"{s['what']}: {s['images_per_s']:.1f} img/s, {s['peak_gib']:.1f} GiB" for s in row["speed"])
+    print(f"{name:>16}: rc {done.returncode}, {wall:6.1f} s wall; {summary}", flush=True)
+    if done.returncode:
+        print(log[-3000:], flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train-images", type=int, default=1024, help="images in train_idx.json")
+    parser.add_argument("--test-images", type=int, default=256)
+    parser.add_argument("--data-workers", type=int, default=16, help="processes that render the data set")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmark_e2e.py needs a CUDA device")
+    workdir = Path(args.workdir)
+    root, logs = workdir / "root", workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    tiny = build_tiny_model(workdir / "tiny") if not (workdir / "tiny" / "config.json").is_file() else workdir / "tiny"
+    timings = {}
+    start = time.perf_counter()
+    model_dir = root / "Qwen2.5-VL-7B-Instruct"
+    if not (model_dir / "config.json").is_file():
+        build_model_folder(model_dir, tiny)
+    timings["model_folder_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    # 80% of trainingset2 goes to train_idx.json (the rest to val_idx.json, which Task 1 validates on).
+    summary = make_demo_dataset(root, n_train=args.train_images * 5 // 4, n_test=args.test_images, sizes=USER_SIZES,
+                                frames_per_video=4, overwrite=True, workers=args.data_workers)
+    timings["data_s"] = time.perf_counter() - start
+    print(f"model folder {timings['model_folder_s']:.0f} s, data {timings['data_s']:.0f} s: {summary}", flush=True)
+
+    steps = [
+        ("task1_train", "task1_modular_lora/lora_train.py", ["epochs=1"]),
+        ("task1_head_eval", "task1_modular_lora/subtask_vit_head_eval/lora_eval.py", []),
+        ("task1_full_eval", "task1_modular_lora/subtask_full_model_eval/full_model_eval.py", []),
+        ("task2_map", "task2_lm_lora/map.py", []),
+        ("task2_train", "task2_lm_lora/LORA.py", ["training_args.num_train_epochs=1"]),
+        ("task2_infer", "task2_lm_lora/lora_infer.py", []),
+        ("task3_train", "task3_hybrid_lora/hybrid_train.py", ["epochs=1"]),
+        ("task3_eval", "task3_hybrid_lora/hybrid_eval.py", []),
+    ]
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "transformers": __import__("transformers").__version__, "data": summary, **timings, "scripts": {}}
+    for name, script, sets in steps:
+        results["scripts"][name] = run_script(name, script, root, sets, logs)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
