@@ -202,13 +202,16 @@ def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
     assert args["bf16"] is True
     on_cpu, cpu_notes = trainer_arguments(shipped["training_args"], None, None, cuda=False)
     assert on_cpu["bf16"] is False and any("bf16 -> false" in note for note in cpu_notes)
-    assert args["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
+    assert args["gradient_checkpointing"] is False and "gradient_checkpointing_kwargs" not in args
+    checkpointed, _ = trainer_arguments({**shipped["training_args"], "gradient_checkpointing": True}, None, None)
+    assert checkpointed["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
     assert args["remove_unused_columns"] is False
-    kept = {k: v for k, v in shipped["training_args"].items() if k not in ("output_dir", "warmup_ratio")}
+    kept = {k: v for k, v in shipped["training_args"].items() if k not in ("output_dir", "warmup_ratio", "label_names")}
     assert {k: args[k] for k in kept} == kept
     assert args.get("warmup_ratio", args.get("warmup_steps")) == 0.05
     TrainingArguments(**on_cpu)
-    reentrant = {**shipped["training_args"], "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    reentrant = {**shipped["training_args"], "gradient_checkpointing": True,
+                 "gradient_checkpointing_kwargs": {"use_reentrant": True}}
     explicit, _ = trainer_arguments(reentrant, None, None)
     assert explicit["gradient_checkpointing_kwargs"] == {"use_reentrant": True}
     assert trainer_arguments({"output_dir": "ckpt"}, None, tmp_path)[0]["output_dir"] == str(tmp_path / "ckpt")
