@@ -5,7 +5,8 @@ the fake and real words at the answer position), P(fake) from the heads' classif
 evidence heatmap (pixel metrics at the original resolution, SPEC 7). Image metrics are reported
 for both verdicts (``lm_*`` and ``head_*`` columns); ``score`` uses the LM's AUROC, ``head_score``
 the heads'. Thresholds are tuned on ``val_annotation_file`` when given (never on the test set).
-Writes one CSV row per run, ``predictions.json`` (per image) and heatmap pictures.
+Writes one CSV row per run, ``predictions.json`` (per image), heatmap pictures and ``report.html``
+(both verdicts' curves and tables, the heads' pixel metrics and gallery; ``qwen_forensics.eval_outputs``).
 
     python Qwen_code/task3_hybrid_lora/hybrid_eval.py --config Qwen_code/task3_hybrid_lora/config_hybrid_eval.json
 """
@@ -24,9 +25,10 @@ from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
 from qwen_forensics.evaluation import score_heads
-from qwen_forensics.metrics import append_csv_row, combined_score, image_report, tune_threshold
+from qwen_forensics.metrics import combined_score, image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import resolve_targets_with_notes
@@ -34,7 +36,6 @@ from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_fo
                                   lora_target_spec, predict_hybrid, read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, seed_everything
-from qwen_forensics.visualize import save_heatmap_panel
 
 IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
 PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake_empty_mask")
@@ -98,21 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     if not accelerator.is_main_process:
         return
 
-    fakes_first = sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:cfg.num_heatmaps]
-    heads, rows, maps = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
-                                    image_size=image_size, pixel_threshold=cfg.pixel_threshold,
-                                    tuned_threshold=tuned_head, keep_maps=set(fakes_first))
+    heads, rows, _ = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
+                                 image_size=image_size, pixel_threshold=cfg.pixel_threshold,
+                                 tuned_threshold=tuned_head)
     lm = image_report([r.label for r in records], preds.p_fake_lm, tuned_threshold=tuned_lm)
     for row, p_lm in zip(rows, preds.p_fake_lm):
         row["p_fake_head"] = row.pop("p_fake")
         row["p_fake_lm"] = float(p_lm)
-    for i, prob_map in maps.items():
-        rec = records[i]
-        save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
-                           out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
-    output_json = Path(cfg.output_json)
-    output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
     metrics = {"samples": lm["samples"], "positive_ratio": lm["positive_ratio"],
                **{f"lm_{k}": lm[k] for k in IMAGE_KEYS}, **{f"head_{k}": heads[k] for k in IMAGE_KEYS},
@@ -123,11 +116,18 @@ def main(argv: list[str] | None = None) -> None:
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
            "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s}
-    append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+    outputs = finish_evaluation(
+        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
+        rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],
+        thresholds={"p_fake_lm": tuned_lm, "p_fake_head": tuned_head},
+        title="Task 3: hybrid LoRA (LM answer and forensic heads)",
+        description={"dataset": cfg.annotation_file, "validation index (thresholds)": cfg.val_annotation_file,
+                     "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
+                     "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold},
+        heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
+        num_heatmaps=cfg.num_heatmaps)
     print(json.dumps(metrics, indent=1))
-    print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"
-          f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
-
+    print(outputs.summary())
 
 def seed_key_notes(cfg: Task3EvalConfig, trained) -> list[str]:
     """The seed's eval config repeats training settings; the checkpoint's are what is loaded.

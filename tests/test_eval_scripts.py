@@ -1,0 +1,264 @@
+"""The four evaluation scripts on the tiny model, run in this process as the user runs them: the shared
+tail (predictions file, heatmaps, report.html, CSV row) and its numbers, recomputed independently
+from the predictions file.
+
+One module-scoped workspace holds the tiny model, a small demo set and a checkpoint of each task made
+by its own training script (one optimizer step); every test reuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import html
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from qwen_forensics.data.methods import group_order, manipulation_method
+from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
+from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.report import HEADINGS, format_value
+from qwen_forensics.synthetic import make_demo_dataset
+from test_report import Page, assert_rendered, assert_self_contained, needs_chromium
+
+CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
+SCRIPTS = {
+    "lora_train": CODE / "task1_modular_lora/lora_train.py",
+    "lora_eval": CODE / "task1_modular_lora/subtask_vit_head_eval/lora_eval.py",
+    "full_model_eval": CODE / "task1_modular_lora/subtask_full_model_eval/full_model_eval.py",
+    "map": CODE / "task2_lm_lora/map.py",
+    "LORA": CODE / "task2_lm_lora/LORA.py",
+    "lora_infer": CODE / "task2_lm_lora/lora_infer.py",
+    "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
+    "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
+}
+MODEL = "Qwen2.5-VL-7B-Instruct"
+IMAGE_SIZE = 112
+# The score columns of each evaluation's per-image rows, and whether it has heatmaps.
+SCORES = {"lora_eval": ["p_fake"], "full_model_eval": ["p_fake"], "lora_infer": ["p_fake"],
+          "hybrid_eval": ["p_fake_lm", "p_fake_head"]}
+WITH_HEATMAPS = ("lora_eval", "hybrid_eval")
+
+
+def run(script: str, root: Path, *sets: str, config: Path | None = None) -> str:
+    """``main`` of a pipeline script in this process (shipped config unless given); returns what it printed."""
+    spec = importlib.util.spec_from_file_location(f"{script}_under_test", SCRIPTS[script])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--root", str(root), *(["--config", str(config)] if config else [])]
+    for value in sets:
+        argv += ["--set", value]
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            module.main(argv)
+    finally:
+        sys.stdout.write(printed.getvalue())
+    return printed.getvalue()
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """Tiny model and demo data in the user's layout: 26 train / 6 val (3 fake, 3 real) / 12 test images."""
+    root = tmp_path_factory.mktemp("eval_scripts")
+    build_tiny_model(root / MODEL)
+    make_demo_dataset(root, n_train=32, n_test=12, frames_per_video=1)
+    return root
+
+
+def index(root: Path, name: str) -> Path:
+    return root / "data" / {"train": "trainingset2/train_idx.json", "val": "trainingset2/val_idx.json",
+                            "test": "testset2/annotation.json"}[name]
+
+
+@pytest.fixture(scope="module")
+def task1_ckpt(root) -> Path:
+    out = root / "t1_train"
+    run("lora_train", root, f"out_dir={out}", "train_log=log.csv", "final_trained_heads=final", "max_steps=1",
+        "epochs=1", "batch_size=8", "num_workers=0", f"image_size={IMAGE_SIZE}", "visual_layers=[1]",
+        "lora_target_layers=[1]", "fuse_dim=32", "ann_val=null")
+    return out / "final"
+
+
+@pytest.fixture(scope="module")
+def task2_adapter(root) -> Path:
+    run("map", root)
+    out = root / "t2_train"
+    run("LORA", root, f"out_dir={out}", "save_lora_path=adapter", f"image_size={IMAGE_SIZE}", "lora_target_blocks=[1]",
+        "training_args.max_steps=1", "training_args.per_device_train_batch_size=4",
+        "training_args.gradient_accumulation_steps=1", "training_args.gradient_checkpointing=false",
+        "training_args.save_strategy=\"no\"", f"training_args.output_dir={out / 'hf'}")
+    return out / "adapter"
+
+
+@pytest.fixture(scope="module")
+def task3_run(root) -> Path:
+    """hybrid_train.py with the validation index (so its log has val_* columns), one step, final/ layout."""
+    out = root / "t3_train"
+    run("hybrid_train", root, f"output_dir={out}", "train_log=log.csv", "lora_checkpoint=final/adapter",
+        "head_checkpoint=final/heads.safetensors", "fusion_checkpoint=final/fusion.safetensors",
+        f"ann_val={index(root, 'val')}", "max_steps=1", "epochs=1", "batch_size=8", "grad_accum=1", "num_workers=0",
+        f"image_size={IMAGE_SIZE}", "visual_layers=[1]", "lora.visual.blocks=[1]", "fuse_dim=32",
+        "gradient_checkpointing=false")
+    return out
+
+
+def eval_sets(script: str, root: Path, ckpts: dict, out: Path, test: Path, val: Path | None) -> list[str]:
+    """The overrides that point one evaluation script at its checkpoint, the indexes and ``out``."""
+    common = [f"out_dir={out}", f"csv_path={out / 'metrics.csv'}", f"output_json={out / 'predictions.json'}",
+              "num_workers=0", "batch_size=8"]
+    if script == "lora_eval":
+        return [*common, f"ckpt_path={ckpts['task1']}", f"ann_test={test}", f"ann_val={json.dumps(val and str(val))}",
+                "num_heatmaps=3"]
+    if script == "full_model_eval":
+        return [*common, f"lora_checkpoint={ckpts['task1']}", f"annotation_file={test}",
+                f"val_annotation_file={json.dumps(val and str(val))}", "torch_dtype=float32"]
+    if script == "lora_infer":
+        return [*common, f"lora_path={ckpts['task2']}", f"annotation_file={test}",
+                f"val_annotation_file={json.dumps(val and str(val))}", "torch_dtype=float32"]
+    final = ckpts["task3"] / "final"
+    return [*common, f"lora_checkpoint={final / 'adapter'}", f"head_checkpoint={final / 'heads.safetensors'}",
+            f"fusion_checkpoint={final / 'fusion.safetensors'}", f"annotation_file={test}",
+            f"val_annotation_file={json.dumps(val and str(val))}", "torch_dtype=float32", "num_heatmaps=3"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(task1_ckpt, task2_adapter, task3_run) -> dict:
+    return {"task1": task1_ckpt, "task2": task2_adapter, "task3": task3_run}
+
+
+@pytest.fixture(scope="module")
+def plain_runs(root, ckpts, tmp_path_factory) -> dict:
+    """Each evaluation script on the test index with the validation index; its outputs and printout."""
+    runs = {}
+    for script in SCORES:
+        out = tmp_path_factory.mktemp(f"{script}_out")
+        printed = run(script, root, *eval_sets(script, root, ckpts, out, index(root, "test"), index(root, "val")))
+        runs[script] = {"out": out, "printed": printed, "rows": json.loads((out / "predictions.json").read_text()),
+                        "csv": csv_rows(out / "metrics.csv")[-1],
+                        "page": (out / REPORT_NAME).read_text(encoding="utf-8")}
+    return runs
+
+
+# --------------------------------------------------------------------------------------- the report
+@pytest.mark.parametrize("script", list(SCORES))
+def test_each_script_writes_the_report_next_to_its_csv_and_prints_it(plain_runs, script):
+    got = plain_runs[script]
+    report = got["out"] / REPORT_NAME
+    assert report.is_file() and (got["out"] / "metrics.csv").is_file()
+    assert f"report: {report}" in got["printed"]
+    page = Page(got["page"])
+    assert [h for tag, h in page.headings if tag == "h2"] == list(HEADINGS)
+    pictures = assert_self_contained(got["page"])
+    shown_metrics = dict(page.table(first_header="metric")[1:])
+    auroc_key = "lm_auroc" if script == "hybrid_eval" else "auroc"
+    assert shown_metrics[auroc_key] == format_value(float(got["csv"][auroc_key]))
+    run_facts = dict(page.table(first_header="key")[1:])
+    assert run_facts["images"] == str(len(got["rows"])) == got["csv"]["samples"]
+    if script in WITH_HEATMAPS:
+        assert html.escape(NO_HEATMAP_NOTE) not in got["page"]
+        # The curves, then the gallery: up to 4 best and 4 worst of the scored fakes.
+        scored = sum(r["label"] == 1 and not r["empty_mask"] for r in got["rows"])
+        assert len(pictures) == 1 + got["page"].count("<figure>") == 1 + min(8, scored)
+    else:
+        assert got["page"].count(html.escape(NO_HEATMAP_NOTE)) == 2 and len(pictures) == 1  # curves only
+
+
+def _rate(scores: np.ndarray, threshold: float) -> float:
+    return float((scores >= threshold).mean()) if scores.size else float("nan")
+
+
+def _method_rows(rows: list[dict], column: str, threshold: float) -> list[list[str]]:
+    """The per-method table recomputed with plain numpy/sklearn from the predictions file."""
+    groups = sorted({manipulation_method(r["image_path"]) for r in rows}, key=group_order)
+    reals = np.array([r[column] for r in rows if r["label"] == 0])
+    out = []
+    for group in groups:
+        members = [r for r in rows if manipulation_method(r["image_path"]) == group]
+        fakes = np.array([r[column] for r in members if r["label"] == 1])
+        own_reals = np.array([r[column] for r in members if r["label"] == 0])
+        nan = float("nan")
+        auroc = (float(roc_auc_score(np.r_[np.ones(fakes.size), np.zeros(reals.size)], np.r_[fakes, reals]))
+                 if fakes.size and reals.size else nan)
+        line = [group, len(members), fakes.size, own_reals.size, float(np.mean([r[column] for r in members])),
+                _rate(fakes, 0.5), _rate(own_reals, 0.5), _rate(fakes, threshold), _rate(own_reals, threshold), auroc]
+        if any("pixel_iou" in r for r in rows):
+            scored = [r for r in members if r["label"] == 1 and not r["empty_mask"]]
+            line += [float(np.mean([r["pixel_f1"] for r in scored])) if scored else nan,
+                     float(np.mean([r["pixel_iou"] for r in scored])) if scored else nan]
+        out.append([format_value(v) for v in line])
+    return out
+
+
+@pytest.mark.parametrize("script", list(SCORES))
+def test_per_method_table_and_confusion_equal_a_recomputation_from_the_predictions(plain_runs, script):
+    got = plain_runs[script]
+    page = Page(got["page"])
+    rows = got["rows"]
+    labels = np.array([r["label"] for r in rows])
+    for column in SCORES[script]:
+        prefix = {"p_fake_lm": "lm_", "p_fake_head": "head_"}.get(column, "")
+        threshold = float(got["csv"][f"{prefix}threshold"])
+        assert np.isfinite(threshold), "the validation index gives a tuned threshold"
+        shown = page.table(caption=f"score {column}")
+        assert shown[0][:2] == ["method", "count"]
+        assert shown[1:] == _method_rows(rows, column, threshold)
+        for name, cut in (("0.5", 0.5), ("tuned", threshold)):
+            caption = f"{column} >= 0.5" if name == "0.5" else f"{column} >= tuned {threshold:.4f}"
+            called = np.array([r[column] for r in rows]) >= cut
+            expected = [["true real", str(int((~called & (labels == 0)).sum())), str(int((called & (labels == 0)).sum()))],
+                        ["true fake", str(int((~called & (labels == 1)).sum())), str(int((called & (labels == 1)).sum()))]]
+            assert page.table(caption=caption)[1:] == expected
+
+
+def _binarised(mask_file: Path) -> np.ndarray:
+    """The documented rule, written out: scale to [0, 1], keep >= 0.2 * p99 and > 0."""
+    values = np.asarray(Image.open(mask_file).convert("L"), dtype=np.float64) / 255.0
+    return (values >= 0.2 * np.quantile(values, 0.99)) & (values > 0)
+
+
+@pytest.mark.parametrize("script", WITH_HEATMAPS)
+def test_rows_carry_mask_area_and_the_area_table_and_gallery_follow_it(plain_runs, root, script):
+    got = plain_runs[script]
+    test = {r["image_path"]: r for r in json.loads(index(root, "test").read_text())}
+    for row in got["rows"]:
+        expected = _binarised(root / "data" / test[row["image_path"]]["mask_path"]).mean() if row["label"] else 0.0
+        assert row["mask_area"] == pytest.approx(expected, abs=1e-12), row["image_path"]
+    page = Page(got["page"])
+    area = page.table(first_header="bucket")[1:]
+    fakes = [r for r in got["rows"] if r["label"] == 1]
+    assert sum(int(r[1]) for r in area) == len(fakes)
+    # Best gallery entry first: the scored fake with the highest pixel IoU (ties: earlier row).
+    scored = [r for r in fakes if not r["empty_mask"]]
+    best = max(scored, key=lambda r: (r["pixel_iou"], -got["rows"].index(r)))
+    first_caption = got["page"].split("<figcaption>", 1)[1].split("</figcaption>", 1)[0]
+    assert first_caption.startswith(Path(best["image_path"]).name)
+    pictures = sorted((got["out"] / "heatmaps").glob("*.png"))
+    assert len(pictures) == 3 and all(p.name.split("_", 1)[0].isdigit() for p in pictures)
+
+
+@needs_chromium
+def test_a_script_report_renders_in_chromium(plain_runs, tmp_path):
+    assert_rendered(tmp_path, plain_runs["hybrid_eval"]["out"] / REPORT_NAME, list(HEADINGS), min_blue=150)
