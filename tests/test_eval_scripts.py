@@ -2,130 +2,40 @@
 tail (predictions file, heatmaps, report.html, CSV row) and its numbers, recomputed independently
 from the predictions file.
 
-One module-scoped workspace holds the tiny model, a small demo set and a checkpoint of each task made
-by its own training script (one optimizer step); every test reuses them.
+The session's tiny workspace (``conftest.tiny_root``) holds the tiny model, a small demo set and a
+checkpoint of each task made by its own training script (one optimizer step); every test reuses them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import html
-import importlib.util
-import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from qwen_forensics.data.methods import group_order, manipulation_method
 from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
-from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.report import HEADINGS, format_value
-from qwen_forensics.synthetic import make_demo_dataset
+from scripts import csv_rows, demo_index, one_torch_thread, run_script
 from test_report import Page, assert_rendered, assert_self_contained, needs_chromium
 
-CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
-SCRIPTS = {
-    "lora_train": CODE / "task1_modular_lora/lora_train.py",
-    "lora_eval": CODE / "task1_modular_lora/subtask_vit_head_eval/lora_eval.py",
-    "full_model_eval": CODE / "task1_modular_lora/subtask_full_model_eval/full_model_eval.py",
-    "map": CODE / "task2_lm_lora/map.py",
-    "LORA": CODE / "task2_lm_lora/LORA.py",
-    "lora_infer": CODE / "task2_lm_lora/lora_infer.py",
-    "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
-    "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
-}
-MODEL = "Qwen2.5-VL-7B-Instruct"
-IMAGE_SIZE = 112
 # The score columns of each evaluation's per-image rows, and whether it has heatmaps.
 SCORES = {"lora_eval": ["p_fake"], "full_model_eval": ["p_fake"], "lora_infer": ["p_fake"],
           "hybrid_eval": ["p_fake_lm", "p_fake_head"]}
 WITH_HEATMAPS = ("lora_eval", "hybrid_eval")
 
 
-def run(script: str, root: Path, *sets: str, config: Path | None = None) -> str:
-    """``main`` of a pipeline script in this process (shipped config unless given); returns what it printed."""
-    spec = importlib.util.spec_from_file_location(f"{script}_under_test", SCRIPTS[script])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv = ["--root", str(root), *(["--config", str(config)] if config else [])]
-    for value in sets:
-        argv += ["--set", value]
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-            module.main(argv)
-    finally:
-        sys.stdout.write(printed.getvalue())
-    return printed.getvalue()
-
-
-def csv_rows(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_thread():
+    with one_torch_thread():
+        yield
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """Tiny model and demo data in the user's layout: 26 train / 6 val (3 fake, 3 real) / 12 test images."""
-    root = tmp_path_factory.mktemp("eval_scripts")
-    build_tiny_model(root / MODEL)
-    make_demo_dataset(root, n_train=32, n_test=12, frames_per_video=1)
-    return root
-
-
-def index(root: Path, name: str) -> Path:
-    return root / "data" / {"train": "trainingset2/train_idx.json", "val": "trainingset2/val_idx.json",
-                            "test": "testset2/annotation.json"}[name]
-
-
-@pytest.fixture(scope="module")
-def task1_ckpt(root) -> Path:
-    out = root / "t1_train"
-    run("lora_train", root, f"out_dir={out}", "train_log=log.csv", "final_trained_heads=final", "max_steps=1",
-        "epochs=1", "batch_size=8", "num_workers=0", f"image_size={IMAGE_SIZE}", "visual_layers=[1]",
-        "lora_target_layers=[1]", "fuse_dim=32", "ann_val=null")
-    return out / "final"
-
-
-@pytest.fixture(scope="module")
-def task2_adapter(root) -> Path:
-    run("map", root)
-    out = root / "t2_train"
-    run("LORA", root, f"out_dir={out}", "save_lora_path=adapter", f"image_size={IMAGE_SIZE}", "lora_target_blocks=[1]",
-        "training_args.max_steps=1", "training_args.per_device_train_batch_size=4",
-        "training_args.gradient_accumulation_steps=1", "training_args.gradient_checkpointing=false",
-        "training_args.save_strategy=\"no\"", f"training_args.output_dir={out / 'hf'}")
-    return out / "adapter"
-
-
-@pytest.fixture(scope="module")
-def task3_run(root) -> Path:
-    """hybrid_train.py with the validation index (so its log has val_* columns), one step, final/ layout."""
-    out = root / "t3_train"
-    run("hybrid_train", root, f"output_dir={out}", "train_log=log.csv", "lora_checkpoint=final/adapter",
-        "head_checkpoint=final/heads.safetensors", "fusion_checkpoint=final/fusion.safetensors",
-        f"ann_val={index(root, 'val')}", "max_steps=1", "epochs=1", "batch_size=8", "grad_accum=1", "num_workers=0",
-        f"image_size={IMAGE_SIZE}", "visual_layers=[1]", "lora.visual.blocks=[1]", "fuse_dim=32",
-        "gradient_checkpointing=false")
-    return out
-
-
-def eval_sets(script: str, root: Path, ckpts: dict, out: Path, test: Path, val: Path | None) -> list[str]:
+def eval_sets(script: str, ckpts: dict, out: Path, test: Path, val: Path | None) -> list[str]:
     """The overrides that point one evaluation script at its checkpoint, the indexes and ``out``."""
     common = [f"out_dir={out}", f"csv_path={out / 'metrics.csv'}", f"output_json={out / 'predictions.json'}",
               "num_workers=0", "batch_size=8"]
@@ -150,12 +60,13 @@ def ckpts(task1_ckpt, task2_adapter, task3_run) -> dict:
 
 
 @pytest.fixture(scope="module")
-def plain_runs(root, ckpts, tmp_path_factory) -> dict:
+def plain_runs(tiny_root, ckpts, tmp_path_factory) -> dict:
     """Each evaluation script on the test index with the validation index; its outputs and printout."""
     runs = {}
     for script in SCORES:
         out = tmp_path_factory.mktemp(f"{script}_out")
-        printed = run(script, root, *eval_sets(script, root, ckpts, out, index(root, "test"), index(root, "val")))
+        printed = run_script(script, tiny_root, *eval_sets(script, ckpts, out, demo_index(tiny_root, "test"),
+                                                           demo_index(tiny_root, "val")))
         runs[script] = {"out": out, "printed": printed, "rows": json.loads((out / "predictions.json").read_text()),
                         "csv": csv_rows(out / "metrics.csv")[-1],
                         "page": (out / REPORT_NAME).read_text(encoding="utf-8")}
@@ -240,11 +151,11 @@ def _binarised(mask_file: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("script", WITH_HEATMAPS)
-def test_rows_carry_mask_area_and_the_area_table_and_gallery_follow_it(plain_runs, root, script):
+def test_rows_carry_mask_area_and_the_area_table_and_gallery_follow_it(plain_runs, tiny_root, script):
     got = plain_runs[script]
-    test = {r["image_path"]: r for r in json.loads(index(root, "test").read_text())}
+    test = {r["image_path"]: r for r in json.loads(demo_index(tiny_root, "test").read_text())}
     for row in got["rows"]:
-        expected = _binarised(root / "data" / test[row["image_path"]]["mask_path"]).mean() if row["label"] else 0.0
+        expected = _binarised(tiny_root / "data" / test[row["image_path"]]["mask_path"]).mean() if row["label"] else 0.0
         assert row["mask_area"] == pytest.approx(expected, abs=1e-12), row["image_path"]
     page = Page(got["page"])
     area = page.table(first_header="bucket")[1:]
