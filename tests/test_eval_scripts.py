@@ -88,6 +88,9 @@ def test_each_script_writes_the_report_next_to_its_csv_and_prints_it(plain_runs,
     assert shown_metrics[auroc_key] == format_value(float(got["csv"][auroc_key]))
     run_facts = dict(page.table(first_header="key")[1:])
     assert run_facts["images"] == str(len(got["rows"])) == got["csv"]["samples"]
+    # The demo split is grouped by video: the guard ran and found nothing (CSV and report say so).
+    assert (got["csv"]["val_leak_check"], got["csv"]["val_overlap_records"]) == ("clean", "0")
+    assert (run_facts["val_leak_check"], run_facts["val_groups"]) == ("clean", got["csv"]["val_groups"])
     if script in WITH_HEATMAPS:
         assert html.escape(NO_HEATMAP_NOTE) not in got["page"]
         # The curves, then the gallery: up to 4 best and 4 worst of the scored fakes.

@@ -32,6 +32,7 @@ from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
 from qwen_forensics.config import config_dict, load_config
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.eval_outputs import finish_evaluation
+from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task2InferConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_lora_infer.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_path, allow_overlap=cfg.allow_val_overlap,
+                                        val_key="val_annotation_file", say=accelerator.print)
     setup, notes = resolve_infer_setup(cfg, adapter_setup(cfg.lora_path))
     for note in notes:
         accelerator.print(f"note: {note}")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                "image_size": "native" if setup.image_size is None else setup.image_size,
                "fake_token": setup.fake_token, "real_token": setup.real_token,
                "num_skipped": skipped,
-               "images_per_s": images_per_s}
+               "images_per_s": images_per_s, **leak_check.columns()}
     csv_row.update(generated_columns(rows))
     outputs = finish_evaluation(
         out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 2: LM-supervised ViT LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
-                     "answer words": f"{setup.fake_token} / {setup.real_token}"})
+                     "answer words": f"{setup.fake_token} / {setup.real_token}",
+                     **leak_check.columns()})
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")

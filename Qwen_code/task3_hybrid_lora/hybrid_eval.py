@@ -28,6 +28,7 @@ from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
 from qwen_forensics.evaluation import score_heads
+from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import combined_score, image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task3EvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_hybrid_eval.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.val_annotation_file, Path(cfg.fusion_checkpoint).parent,
+                                        allow_overlap=cfg.allow_val_overlap, val_key="val_annotation_file",
+                                        say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
-           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s}
+           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s,
+           **leak_check.columns()}
     outputs = finish_evaluation(
         out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
         rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 3: hybrid LoRA (LM answer and forensic heads)",
         description={"dataset": cfg.annotation_file, "validation index (thresholds)": cfg.val_annotation_file,
                      "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
-                     "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold},
+                     "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
+                     **leak_check.columns()},
         heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
         num_heatmaps=cfg.num_heatmaps)
     print(json.dumps(metrics, indent=1))

@@ -20,6 +20,7 @@ from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import score_heads
+from qwen_forensics.leak_guard import guard_training_split
 from qwen_forensics.metrics import append_csv_row, image_report
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import format_targets
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task3TrainConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_hybrid_train.json"))
     accelerator = make_accelerator(cfg.grad_accum)
+    # Index files only, before anything is loaded or written: a validation index sharing footage
+    # with the training index stops the run here (unless allow_val_overlap).
+    leak_check = guard_training_split(cfg, say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                                   shown=("total", "lm", "head"))
         lrs = dict(zip(group_names, scheduler.get_last_lr()))
         row = {"epoch": epoch, "step": step, **stats,
-               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs}}
+               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs},
+               **leak_check.columns()}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,

@@ -34,6 +34,7 @@ from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.eval_outputs import finish_evaluation
+from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1FullModelEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_full_model_eval.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_checkpoint,
+                                        allow_overlap=cfg.allow_val_overlap, val_key="val_annotation_file",
+                                        say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
                "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
                "fake_token": fake_word, "real_token": real_word,
-               "num_skipped": skipped, "images_per_s": images_per_s}
+               "num_skipped": skipped, "images_per_s": images_per_s, **leak_check.columns()}
     csv_row.update(generated_columns(rows))
     outputs = finish_evaluation(
         out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 1 subtask 2: full model with the Task 1 visual LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
-                     "answer words": f"{fake_word} / {real_word}"})
+                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")

@@ -27,6 +27,7 @@ from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
 from qwen_forensics.evaluation import predict_heads, score_heads
+from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1HeadEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_eval.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.ann_val, cfg.ckpt_path, allow_overlap=cfg.allow_val_overlap,
+                                        val_key="ann_val", say=accelerator.print)
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -79,13 +83,14 @@ def main(argv: list[str] | None = None) -> None:
                                    image_size=image_size, pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned)
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
-           "num_skipped": skipped, "images_per_s": images_per_s}
+           "num_skipped": skipped, "images_per_s": images_per_s, **leak_check.columns()}
     outputs = finish_evaluation(
         out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
         rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
         title="Task 1 subtask 1: ViT LoRA + forensic heads",
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
-                     "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold},
+                     "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
+                     **leak_check.columns()},
         heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
         num_heatmaps=cfg.num_heatmaps)
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
