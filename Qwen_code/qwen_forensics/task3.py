@@ -31,7 +31,7 @@ from torch import nn
 
 from .checkpoint import (load_adapter_strict, load_module_safetensors, read_safetensors_metadata, save_adapter,
                          save_module_safetensors, save_training_state, write_resolved_config)
-from .data.collate import IGNORE_INDEX, VisionLanguageCollator
+from .data.collate import IGNORE_INDEX, VisionLanguageCollator, require_mrope_inputs
 from .evaluation import HeadPredictions, gather_in_order
 from .lm_eval import answer_logits, decode_generated
 from .losses import ForensicLossWeights, forensic_loss
@@ -193,7 +193,9 @@ class HybridCollator:
 
 
 def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch's arguments for ``HybridModel.forward``."""
+    """The batch's arguments for ``HybridModel.forward`` (with ``mm_token_type_ids``, checked: the
+    model computes the image's 2-D positions from it)."""
+    require_mrope_inputs(batch)
     return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 

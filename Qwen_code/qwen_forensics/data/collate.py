@@ -28,10 +28,28 @@ from qwen_forensics.prompts import prompt_text_for
 
 IGNORE_INDEX = -100
 EXTRA_KEYS = ("target", "answer_positions", "position")
+MROPE_KEY = "mm_token_type_ids"
+
+
+def require_mrope_inputs(batch: Mapping[str, torch.Tensor]) -> None:
+    """Stop a batch with images but without ``mm_token_type_ids`` before it reaches the model.
+
+    Qwen2.5-VL gives image tokens 2-D (row, column) rotary positions only when the batch marks
+    which tokens are image tokens; without ``mm_token_type_ids`` transformers silently falls back
+    to 1-D positions (SPEC 6.2) and every answer is scored on inputs unlike the ones it was
+    trained on, with no error anywhere.
+    """
+    if "pixel_values" in batch and "input_ids" in batch and MROPE_KEY not in batch:
+        raise KeyError(f"the batch has images but no {MROPE_KEY!r}: without it transformers gives the image tokens "
+                       "1-D positions instead of Qwen2.5-VL's 2-D ones and the scores are silently wrong. Build "
+                       "batches with the model's own processor (VisionLanguageCollator / HybridCollator keep every key "
+                       "it returns); a custom collator must pass mm_token_type_ids through")
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch without the collator's bookkeeping keys, ready for ``model(**inputs)``."""
+    """The batch without the collator's bookkeeping keys, ready for ``model(**inputs)``; a batch with
+    images must carry ``mm_token_type_ids`` (:func:`require_mrope_inputs`)."""
+    require_mrope_inputs(batch)
     return {key: value for key, value in batch.items() if key not in EXTRA_KEYS}
 
 
