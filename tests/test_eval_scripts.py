@@ -1,6 +1,6 @@
 """The four evaluation scripts on the tiny model, run in this process as the user runs them: the shared
 tail (predictions file, heatmaps, report.html, CSV row) and its numbers, recomputed independently
-from the predictions file.
+from the predictions file; and every threshold-tuning branch, which must read the validation index only.
 
 The session's tiny workspace (``conftest.tiny_root``) holds the tiny model, a small demo set and a
 checkpoint of each task made by its own training script (one optimizer step); every test reuses them.
@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from qwen_forensics.data.methods import group_order, manipulation_method
 from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
+from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.report import HEADINGS, format_value
 from scripts import csv_rows, demo_index, one_torch_thread, run_script
 from test_report import Page, assert_rendered, assert_self_contained, needs_chromium
@@ -176,3 +177,73 @@ def test_rows_carry_mask_area_and_the_area_table_and_gallery_follow_it(plain_run
 @needs_chromium
 def test_a_script_report_renders_in_chromium(plain_runs, tmp_path):
     assert_rendered(tmp_path, plain_runs["hybrid_eval"]["out"] / REPORT_NAME, list(HEADINGS), min_blue=150)
+
+
+# --------------------------------------------------------------------------- thresholds tuned on val only
+def _flipped(records: list[dict], data_root: Path, mask_dir: str) -> list[dict]:
+    """The records with every label flipped: a fake becomes a real of its size, a real becomes a fake
+    with an empty mask (written under ``data_root/mask_dir``)."""
+    out = []
+    for record in records:
+        with Image.open(data_root / record["image_path"]) as img:
+            width, height = img.size
+        if record["label"] == 1:
+            out.append({**record, "mask_path": f"{height}x{width}", "label": 0})
+        else:
+            mask = f"{mask_dir}/{Path(record['image_path']).stem}.png"
+            (data_root / mask).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (width, height), 0).save(data_root / mask)
+            out.append({**record, "mask_path": mask, "label": 1})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuning_runs(tiny_root, ckpts, tmp_path_factory) -> dict:
+    """Each script twice, tuning on the validation index V: the test index is T + V, then flip(T) + V.
+
+    V inside the test set puts its predictions in the predictions file (so the tuned threshold can be
+    recomputed from them); flipping T changes the test labels and nothing the tuning may read.
+    """
+    data = tiny_root / "data"
+    test = json.loads(demo_index(tiny_root, "test").read_text())
+    val = json.loads(demo_index(tiny_root, "val").read_text())
+    folder = tmp_path_factory.mktemp("tuning_indexes")
+    indexes = {"same": folder / "test_plus_val.json", "flipped": folder / "flipped_test_plus_val.json"}
+    indexes["same"].write_text(json.dumps(test + val))
+    indexes["flipped"].write_text(json.dumps(_flipped(test, data, "flipped_masks") + val))
+    runs = {}
+    for script in SCORES:
+        for name, path in indexes.items():
+            out = tmp_path_factory.mktemp(f"{script}_{name}")
+            run_script(script, tiny_root, *eval_sets(script, ckpts, out, path, demo_index(tiny_root, "val")))
+            runs[script, name] = {"rows": json.loads((out / "predictions.json").read_text()),
+                                  "csv": csv_rows(out / "metrics.csv")[-1]}
+    return {"runs": runs, "num_test": len(test), "val_labels": [r["label"] for r in val]}
+
+
+@pytest.mark.parametrize("script", list(SCORES))
+def test_tuned_threshold_comes_from_the_validation_predictions_only(tuning_runs, script):
+    n, val_labels = tuning_runs["num_test"], tuning_runs["val_labels"]
+    same, flipped = tuning_runs["runs"][script, "same"], tuning_runs["runs"][script, "flipped"]
+    # The test labels really differ between the two runs (every record of T flipped, V untouched)...
+    assert [1 - r["label"] for r in same["rows"][:n]] == [r["label"] for r in flipped["rows"][:n]]
+    assert [r["label"] for r in same["rows"][n:]] == [r["label"] for r in flipped["rows"][n:]] == val_labels
+    for column in SCORES[script]:
+        prefix = {"p_fake_lm": "lm_", "p_fake_head": "head_"}.get(column, "")
+        tuned = float(same["csv"][f"{prefix}threshold"])
+        # ...the threshold is the F1-best cut of the validation predictions (recomputed from the rows)...
+        val_scores = [r[column] for r in same["rows"][n:]]
+        assert tuned == pytest.approx(tune_threshold(val_labels, val_scores), abs=1e-6), column
+        assert tuned != pytest.approx(tune_threshold([r["label"] for r in same["rows"]],
+                                                     [r[column] for r in same["rows"]]), abs=1e-6), \
+            "tuning on the whole test index would give another threshold here, so this run tells them apart"
+        # ...and it does not move when the test labels are flipped, while label-dependent metrics do.
+        assert float(flipped["csv"][f"{prefix}threshold"]) == tuned, column
+        for run in (same, flipped):
+            labels = [r["label"] for r in run["rows"]]
+            auroc = roc_auc_score(labels, [r[column] for r in run["rows"]])
+            assert float(run["csv"][f"{prefix}auroc"]) == pytest.approx(auroc, abs=1e-9)
+            called = np.array([r[column] for r in run["rows"]]) >= tuned
+            acc = float((called == np.array(labels).astype(bool)).mean())
+            assert float(run["csv"][f"{prefix}acc@tuned"]) == pytest.approx(acc, abs=1e-9)
+        assert float(flipped["csv"][f"{prefix}auroc"]) != pytest.approx(float(same["csv"][f"{prefix}auroc"]))
