@@ -247,3 +247,22 @@ def test_tuned_threshold_comes_from_the_validation_predictions_only(tuning_runs,
             acc = float((called == np.array(labels).astype(bool)).mean())
             assert float(run["csv"][f"{prefix}acc@tuned"]) == pytest.approx(acc, abs=1e-9)
         assert float(flipped["csv"][f"{prefix}auroc"]) != pytest.approx(float(same["csv"][f"{prefix}auroc"]))
+
+
+# --------------------------------------------------------------------------- Task 3: one score definition
+def test_task3_training_log_val_scores_are_the_evaluation_scores(tiny_root, task3_run, tmp_path):
+    """hybrid_train.py validated its one epoch on V; hybrid_eval.py on V with the same weights must report the
+    same numbers under the same names (val_X in the log = X in the CSV), score from the LM's AUROC."""
+    log, = csv_rows(task3_run / "log.csv")
+    run_script("hybrid_eval", tiny_root, *eval_sets("hybrid_eval", {"task3": task3_run}, tmp_path,
+                                                    demo_index(tiny_root, "val"), None))
+    row = csv_rows(tmp_path / "metrics.csv")[-1]
+    for name in ("lm_auroc", "head_auroc", "pixel_iou", "pixel_f1", "score", "head_score"):
+        assert float(log[f"val_{name}"]) == pytest.approx(float(row[name]), abs=1e-6), name
+    rows = json.loads((tmp_path / "predictions.json").read_text())
+    labels = [r["label"] for r in rows]
+    scored = [r for r in rows if r["label"] == 1 and not r["empty_mask"]]
+    pixels = np.mean([r["pixel_f1"] for r in scored]) + np.mean([r["pixel_iou"] for r in scored])
+    for name, column in (("score", "p_fake_lm"), ("head_score", "p_fake_head")):
+        expected = (roc_auc_score(labels, [r[column] for r in rows]) + pixels) / 3
+        assert float(log[f"val_{name}"]) == pytest.approx(expected, abs=1e-6), name

@@ -35,6 +35,7 @@ from .data.collate import IGNORE_INDEX, VisionLanguageCollator, require_mrope_in
 from .evaluation import HeadPredictions, gather_in_order
 from .lm_eval import answer_logits, decode_generated
 from .losses import ForensicLossWeights, forensic_loss
+from .metrics import combined_score
 from .model.heads import ForensicHeads
 from .model.hybrid import FusionProjector, HybridModel, HybridPrompt, embedding_rms
 from .model.lora import (LoraTargetSpec, check_lora_wrapped, locate_components, make_lora_config,
@@ -370,6 +371,17 @@ def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_
     got = gather_in_order(accelerator, positions, outputs, num_records)
     return HybridPredictions(p_fake_lm=got["p_fake_lm"], p_fake_head=got["p_fake_head"], heatmaps=got["heatmap"],
                              generated=decode_generated(tokenizer, got["generated"]) if max_new_tokens else None)
+
+
+def hybrid_scores(lm_auroc: float, heads: Mapping[str, float]) -> dict[str, float]:
+    """Task 3's two combined scores (SPEC 7's (AUROC + pixel_f1 + pixel_iou) / 3), one definition for the
+    training log's ``val_score`` / ``val_head_score`` and the evaluation CSV's ``score`` / ``head_score``.
+
+    ``score`` takes the LM's AUROC, since the LM's answer is Task 3's verdict; ``head_score`` the heads'
+    AUROC (``heads`` is ``evaluation.score_heads``' report, whose own ``score`` is that one). Both use
+    the heads' pixel F1 and IoU: the heatmap is the only localisation Task 3 has.
+    """
+    return {"score": combined_score(lm_auroc, heads["pixel_f1"], heads["pixel_iou"]), "head_score": heads["score"]}
 
 
 # ----------------------------------------------------------------------------------------- checkpoint

@@ -29,11 +29,11 @@ from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
 from qwen_forensics.evaluation import score_heads
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import combined_score, image_report, tune_threshold
+from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import resolve_targets_with_notes
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model,
+from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, hybrid_scores, load_hybrid_model,
                                   lora_target_spec, predict_hybrid, read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, seed_everything
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = {"samples": lm["samples"], "positive_ratio": lm["positive_ratio"],
                **{f"lm_{k}": lm[k] for k in IMAGE_KEYS}, **{f"head_{k}": heads[k] for k in IMAGE_KEYS},
-               **{k: heads[k] for k in PIXEL_KEYS},
-               "score": combined_score(lm["auroc"], heads["pixel_f1"], heads["pixel_iou"]),
-               "head_score": heads["score"]}
+               **{k: heads[k] for k in PIXEL_KEYS}, **hybrid_scores(lm["auroc"], heads)}
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,

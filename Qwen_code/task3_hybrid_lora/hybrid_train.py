@@ -26,11 +26,12 @@ from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import format_targets
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
                                   build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
-                                  load_hybrid_model, predict_hybrid, save_task3_checkpoint)
+                                  hybrid_scores, load_hybrid_model, predict_hybrid, save_task3_checkpoint)
 from qwen_forensics.task_configs import Task3TrainConfig
 from qwen_forensics.training import format_row, keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch
 
-# Always present; learning rates of absent groups and the val_* columns (with ann_val) follow.
+# Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
+# val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_lm", "loss_head", "loss_cls", "loss_evi", "loss_sparse",
                      "loss_contrast", "lr_heads", "images_per_s"]
 SPEC_KEYS = ("visual_layers", "fusion_tokens", "head_verdict_prompt", "prompt", "fake_word", "real_word", "image_size")
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
                 lm = image_report(labels, preds.p_fake_lm)
                 heads, _, _ = score_heads(val_records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
                                           image_size=cfg.image_size)
+                # The names and definitions of hybrid_eval.py's CSV, with a val_ prefix in the log.
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
-                           "pixel_f1": heads["pixel_f1"], "score": heads["score"]}
+                           "pixel_f1": heads["pixel_f1"], **hybrid_scores(lm["auroc"], heads)}
                 row.update({f"val_{k}": v for k, v in metrics.items()})
                 keep_best(metrics, best, {"lm_auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir,
                           out_dir, accelerator.print)
