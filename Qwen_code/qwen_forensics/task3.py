@@ -329,9 +329,8 @@ def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max
             break
         inputs["input_ids"] = torch.cat([inputs["input_ids"], token[:, None]], dim=1)
         inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(token[:, None])], dim=1)
-        if "mm_token_type_ids" in inputs:
-            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token[:, None])],
-                                                    dim=1)
+        # The new token is text (type 0); hybrid_inputs made sure the key is there.
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token[:, None])], dim=1)
     return out
 
 

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(metrics, indent=1))
     print(outputs.summary())
 
+
 def seed_key_notes(cfg: Task3EvalConfig, trained) -> list[str]:
     """The seed's eval config repeats training settings; the checkpoint's are what is loaded.
 

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                                               "threshold")}, indent=1))
     print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")
 
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
     main()
