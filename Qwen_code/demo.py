@@ -1,4 +1,5 @@
-"""One-command demo: tiny Qwen2.5-VL + synthetic forgery set in a workspace, then every pipeline.
+"""One-command demo: tiny Qwen2.5-VL + synthetic forgery set in a workspace, then every pipeline; it ends
+by printing the path of every evaluation's report.html.
 
     python Qwen_code/demo.py --workspace demo_workspace
 
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from qwen_forensics.eval_outputs import REPORT_NAME
 from qwen_forensics.model.tiny import build_tiny_model
 from qwen_forensics.synthetic import make_demo_dataset
 
@@ -86,6 +88,9 @@ def main() -> None:
         print(f"  {csv.relative_to(ws)}")
         lines = csv.read_text(encoding="utf-8").splitlines()
         print(f"    {lines[0]}\n    {lines[-1]}")
+    print("\nreports (open in a browser):")
+    for report in sorted(ws.glob(f"task*/**/{REPORT_NAME}")):
+        print(f"  {report}")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def test_truncated_jpeg_detected_at_any_cut(tmp_path, cut):
     data = noise_jpeg_bytes(240, 320, seed=5)
     path = tmp_path / "x.jpg"
     path.write_bytes(data[:-cut])
-    size, failure, detail = V._inspect_image(path)
+    size, failure, detail = V.inspect_image(path)
     assert (size, failure) == ((240, 320), "truncated")
     path.write_bytes(data)
-    assert V._inspect_image(path) == ((240, 320), None, "")
+    assert V.inspect_image(path) == ((240, 320), None, "")

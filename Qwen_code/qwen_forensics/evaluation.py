@@ -91,6 +91,9 @@ def score_heads(records: list[Record], preds: HeadPredictions, *, data_root: str
                 keep_maps: set[int] = frozenset()) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
     """Image and pixel metrics (SPEC 7) plus per-image rows; returns (metrics, rows, kept maps).
 
+    Each row holds ``image_path``, ``label``, ``p_fake``, the per-image pixel values of
+    ``PixelMetricAccumulator.update`` and ``mask_area``: the fraction of the image's pixels in the
+    binarised ground truth at the original resolution (0 for reals), which the report buckets by.
     ``keep_maps``: positions whose original-resolution heatmap is returned for pictures.
     """
     labels = np.array([r.label for r in records])
@@ -108,7 +111,7 @@ def score_heads(records: list[Record], preds: HeadPredictions, *, data_root: str
         for i, (rec, (gt, prob_map)) in enumerate(zip(records, pool.map(maps, range(len(records))))):
             per_image = pixels.update(prob_map, gt, rec.label)
             rows.append({"image_path": rec.image_path, "label": rec.label, "p_fake": float(preds.p_fake[i]),
-                         **{k: v for k, v in per_image.items()}})
+                         **per_image, "mask_area": float(gt.mean()) if gt.size else 0.0})
             if i in keep_maps:
                 kept[i] = prob_map
     report.update(pixels.compute())

@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from .data.collate import model_inputs
 from .evaluation import gather_in_order
 
-__all__ = ["AnswerScores", "answer_logits", "keyword_label", "score_answers"]
+__all__ = ["AnswerScores", "answer_logits", "decode_generated", "keyword_label", "score_answers"]
 
 
 @dataclass
@@ -102,11 +102,15 @@ def score_answers(model: torch.nn.Module, loader, accelerator: Accelerator, *, f
     values = {"logits": logits, **({"generated": generated} if max_new_tokens else {})}
     got = gather_in_order(accelerator, positions, values, num_records)
     pair = torch.from_numpy(got["logits"])
-    texts = None
-    if max_new_tokens:
-        texts = [t.strip() for t in tokenizer.batch_decode(got["generated"].tolist(), skip_special_tokens=True)]
+    texts = decode_generated(tokenizer, got["generated"]) if max_new_tokens else None
     return AnswerScores(p_fake=torch.softmax(pair, dim=-1)[:, 0].numpy(), logit_fake=pair[:, 0].numpy(),
                         logit_real=pair[:, 1].numpy(), generated=texts)
+
+
+def decode_generated(tokenizer, ids) -> list[str]:
+    """Generated ids [N, T] (padded with special tokens after each row's end) -> stripped text per row."""
+    rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def keyword_label(text: str, fake_word: str, real_word: str) -> int | None:

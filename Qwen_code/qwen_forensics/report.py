@@ -6,19 +6,9 @@ per manipulation method and per mask-area bucket (``breakdown``), and a gallery 
 worst localisations. Every picture is an embedded PNG data URI and the page has no script, so the
 file can be mailed or archived alone and opens the same anywhere.
 
-Typical use from an evaluation script, after ``score_heads`` (each row also needs ``mask_area`` for
-the bucket table, see ``breakdown``); only the few gallery heatmaps are mapped back to full size::
-
-    best, worst = select_gallery(rows, k=4)
-
-    def item(i):
-        gt = load_binary_mask(records[i], data_root, mask_rule)
-        prob = original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
-        return GalleryItem(Path(data_root) / records[i].image_path, gt, prob, row_caption(rows[i], ["p_fake"]))
-
-    write_report(out_dir / "report.html", metrics=metrics, rows=rows, score_columns=["p_fake"],
-                 thresholds={"p_fake": tuned}, description={"dataset": cfg.ann_test, "checkpoint": cfg.ckpt_path},
-                 gallery_best=[item(i) for i in best], gallery_worst=[item(i) for i in worst])
+The evaluation scripts write it through ``eval_outputs.finish_evaluation``, which picks the gallery
+with ``breakdown.select_gallery`` after ``score_heads`` and maps only those few heatmaps back to full
+size; each per-image row carries ``mask_area`` for the bucket table (see ``breakdown``).
 """
 from __future__ import annotations
 
@@ -215,17 +205,19 @@ def _methods_section(tables: ReportTables) -> str:
     return intro + "".join(html_table(t, f"score {c}", text_columns=("method",)) for c, t in tables.methods.items())
 
 
-def _area_section(tables: ReportTables) -> str:
+def _area_section(tables: ReportTables, pixel_note: str | None) -> str:
     if tables.mask_area is None:
+        if pixel_note:
+            return note(pixel_note)
         return note("not available: the rows need mask_area (fraction of the image in the binarised mask), "
                     "pixel_f1 and pixel_iou")
     return (note("Fakes by the fraction of the image their binarised mask covers; empty masks counted, not averaged.")
             + html_table(tables.mask_area, text_columns=("bucket",)))
 
 
-def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem]) -> str:
+def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem], pixel_note: str | None) -> str:
     if not best and not worst:
-        return note("no gallery items given")
+        return note(pixel_note or "no gallery items given")
     parts = [note("Each entry: image | ground truth | heatmap overlay.")]
     for title, items in (("Best (highest pixel IoU)", best), ("Worst (lowest pixel IoU)", worst)):
         parts.append(f"<h3>{title}</h3>")
@@ -238,14 +230,15 @@ def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem]) 
 def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
                   thresholds: Mapping[str, float | None] | None = None, title: str = "Evaluation report",
                   description: Mapping[str, Any] | None = None, gallery_best: Sequence[GalleryItem] = (),
-                  gallery_worst: Sequence[GalleryItem] = ()) -> tuple[str, ReportTables]:
+                  gallery_worst: Sequence[GalleryItem] = (),
+                  pixel_note: str | None = None) -> tuple[str, ReportTables]:
     """The report page as a string, and its tables. See ``write_report`` for the arguments."""
     tables = report_tables(rows, score_columns, thresholds)
     frame = rows_frame(rows, score_columns)
     tuned = _clean_thresholds(score_columns, thresholds)
     sections = (_run_section(description or {}, frame), _metrics_section(metrics),
                 _curves_section(frame, score_columns), _confusion_section(tables, tuned), _methods_section(tables),
-                _area_section(tables), _gallery_section(gallery_best, gallery_worst))
+                _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note))
     body = "\n".join(f"<h2>{heading}</h2>\n{content}" for heading, content in zip(HEADINGS, sections))
     return html_page(title, body), tables
 
@@ -253,7 +246,8 @@ def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any
 def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                  score_columns: Sequence[str], thresholds: Mapping[str, float | None] | None = None,
                  title: str = "Evaluation report", description: Mapping[str, Any] | None = None,
-                 gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = ()) -> Report:
+                 gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = (),
+                 pixel_note: str | None = None) -> Report:
     """Write the self-contained report to ``out_path`` (atomically) and return its path and tables.
 
     ``metrics``: the run's metrics dict (the CSV row's metrics; shown in its order, names as given).
@@ -261,9 +255,10 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
     plot and tabulate. ``thresholds``: tuned threshold per score column (None / NaN / absent: no
     validation set). ``description``: run facts shown first (dataset, checkpoint, ...); image
     counts are added from ``rows``. ``gallery_best`` / ``gallery_worst``: pictures chosen with
-    ``breakdown.select_gallery``.
+    ``breakdown.select_gallery``. ``pixel_note``: why a run has no pixel-level sections (a pipeline
+    without heatmaps), shown there instead of the generic notes.
     """
     page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
                                  title=title, description=description, gallery_best=gallery_best,
-                                 gallery_worst=gallery_worst)
+                                 gallery_worst=gallery_worst, pixel_note=pixel_note)
     return Report(write_text_atomic(out_path, page), tables)

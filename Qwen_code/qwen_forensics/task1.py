@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from peft.tuners.lora import LoraLayer
-from safetensors import safe_open
 from torch import nn
 
 from .checkpoint import (AdapterLoadResult, load_adapter_strict, load_module_safetensors, read_resolved_config,
-                         save_adapter, save_module_safetensors, save_training_state, write_resolved_config)
+                         read_safetensors_metadata, save_adapter, save_module_safetensors, save_training_state,
+                         write_resolved_config)
 from .model.forensic import ForensicViT
 from .model.heads import ForensicHeads
 from .model.lora import locate_components
@@ -52,8 +52,7 @@ def load_heads(ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
     path = Path(ckpt_dir) / HEADS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {ckpt_dir} a Task 1 checkpoint folder?")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors_metadata(path)
     if "heads_config" not in meta or "visual_layers" not in meta:
         raise ValueError(f"{path}: metadata lacks heads_config/visual_layers; it was not written by lora_train.py")
     heads = ForensicHeads.from_config(json.loads(meta["heads_config"]))

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .checkpoint import read_resolved_config, save_adapter, write_resolved_config
 from .config import ConfigError, config_dict, relocate_path
 from .data.collate import VisionLanguageCollator, answer_only_inputs, model_inputs
-from .data.geometry import letterbox_image
+from .data.dataset import model_image
 from .data.records import load_index
 from .data.validate import apply_bad_sample_policy, validate_records
 from .model.loader import get_visual, load_model, load_processor
@@ -417,10 +417,7 @@ class Task2ImageDataset(Dataset):
             raise ValueError(f"{path} changed after map.py recorded it (size or SHA-256 differ); rerun map.py so "
                              "the training set matches the images")
         with Image.open(io.BytesIO(data)) as img:
-            if self.image_size is None:
-                image = img.convert("RGB")
-            else:
-                image, _ = letterbox_image(img, self.image_size)
+            image = model_image(img, self.image_size)
         return {"image": image, "label": entry.label, "position": i}
 
 

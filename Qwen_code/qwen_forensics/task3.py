@@ -27,15 +27,15 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from peft import inject_adapter_in_model
-from safetensors import safe_open
 from torch import nn
 
-from .checkpoint import (load_adapter_strict, load_module_safetensors, save_adapter, save_module_safetensors,
-                         save_training_state, write_resolved_config)
-from .data.collate import IGNORE_INDEX, VisionLanguageCollator, lm_logits_to_keep
+from .checkpoint import (load_adapter_strict, load_module_safetensors, read_safetensors_metadata, save_adapter,
+                         save_module_safetensors, save_training_state, write_resolved_config)
+from .data.collate import IGNORE_INDEX, VisionLanguageCollator, lm_logits_to_keep, require_mrope_inputs
 from .evaluation import HeadPredictions, gather_in_order
-from .lm_eval import answer_logits
+from .lm_eval import answer_logits, decode_generated
 from .losses import ForensicLossWeights, forensic_loss
+from .metrics import combined_score
 from .model.heads import ForensicHeads
 from .model.hybrid import FusionProjector, HybridModel, HybridPrompt, embedding_rms
 from .model.lora import (LoraTargetSpec, check_lora_wrapped, locate_components, make_lora_config,
@@ -194,7 +194,9 @@ class HybridCollator:
 
 
 def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch's arguments for ``HybridModel.forward``."""
+    """The batch's arguments for ``HybridModel.forward`` (with ``mm_token_type_ids``, checked: the
+    model computes the image's 2-D positions from it)."""
+    require_mrope_inputs(batch)
     return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
@@ -283,29 +285,92 @@ def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids
             "heatmap": torch.sigmoid(out.heatmap_logit.float())}
 
 
+@torch.no_grad()
+def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max_new_tokens: int, *,
+                      eos_token_id: int, pad_token_id: int, amp_dtype: str = "bf16") -> torch.Tensor:
+    """[B, max_new_tokens] greedy continuation of each row's prompt: the LM's free-text answer.
+
+    The hybrid model has no generation cache (its soft tokens are made inside the forward from the
+    whole image), so each new token is one more full forward over the prompt and the tokens so far;
+    the loop stops once every row has emitted ``eos_token_id`` (the end of turn), and a finished
+    row's later ids are ``pad_token_id``. The multimodal placeholder tokens (image, video, vision
+    start/end, the soft-token slot) are never chosen: appended, they would claim image features or
+    slots the prompt does not have. Rows must end with the prompt (``HybridCollator`` without answers).
+    """
+    inputs = dict(hybrid_inputs(batch))
+    input_ids = inputs["input_ids"]
+    if not bool((batch["answer_positions"] == input_ids.shape[1] - 1).all()):
+        raise ValueError("greedy_answer_ids needs inference batches whose prompt ends every row (left padding, no "
+                         "appended answer): build them with HybridCollator without answers")
+    config = model.base.config
+    banned = torch.tensor([config.image_token_id, config.video_token_id, config.vision_start_token_id,
+                           config.vision_end_token_id, model.prompt.slot_token_id], device=input_ids.device)
+    rows = input_ids.shape[0]
+    out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        with autocast(input_ids.device, amp_dtype):
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
+        logits[:, banned] = float("-inf")
+        token = logits.argmax(-1).masked_fill(done, pad_token_id)
+        out[:, step] = token
+        done |= token == eos_token_id
+        if bool(done.all()):
+            break
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], token[:, None]], dim=1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(token[:, None])], dim=1)
+        # The new token is text (type 0); hybrid_inputs made sure the key is there.
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token[:, None])], dim=1)
+    return out
+
+
 @dataclass
 class HybridPredictions:
     """Per-record outputs, ordered by position in the evaluated record list."""
     p_fake_lm: np.ndarray      # [N] from the answer-token logits
     p_fake_head: np.ndarray    # [N] sigmoid of the heads' classifier logit
     heatmaps: np.ndarray       # [N, H, W] evidence probabilities on the patch grid
+    generated: list[str] | None = None  # greedy free-text answer per record (only with max_new_tokens > 0)
 
     def heads(self) -> HeadPredictions:
         return HeadPredictions(p_fake=self.p_fake_head, heatmaps=self.heatmaps)
 
 
 def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
-                   amp_dtype: str, num_records: int) -> HybridPredictions:
+                   amp_dtype: str, num_records: int, *, max_new_tokens: int = 0,
+                   tokenizer=None) -> HybridPredictions:
     """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``; ``model`` unwrapped, on the
-    device) on every process and gather every record once, in dataset order."""
+    device) on every process and gather every record once, in dataset order. With
+    ``max_new_tokens > 0`` each record's free-text answer (``greedy_answer_ids``, decoded with
+    ``tokenizer``) comes too; it costs one more forward per generated token."""
+    if max_new_tokens and tokenizer is None:
+        raise ValueError("predict_hybrid: pass the tokenizer to decode generated text (max_new_tokens > 0)")
     positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
+    if max_new_tokens:
+        outputs["generated"] = []
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for batch in loader:
         out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype)
+        if max_new_tokens:
+            out["generated"] = greedy_answer_ids(model, batch, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                                 pad_token_id=pad_id, amp_dtype=amp_dtype)
         positions.append(batch["position"])
         for key in outputs:
             outputs[key].append(out[key])
     got = gather_in_order(accelerator, positions, outputs, num_records)
-    return HybridPredictions(p_fake_lm=got["p_fake_lm"], p_fake_head=got["p_fake_head"], heatmaps=got["heatmap"])
+    return HybridPredictions(p_fake_lm=got["p_fake_lm"], p_fake_head=got["p_fake_head"], heatmaps=got["heatmap"],
+                             generated=decode_generated(tokenizer, got["generated"]) if max_new_tokens else None)
+
+
+def hybrid_scores(lm_auroc: float, heads: Mapping[str, float]) -> dict[str, float]:
+    """Task 3's two combined scores (SPEC 7's (AUROC + pixel_f1 + pixel_iou) / 3), one definition for the
+    training log's ``val_score`` / ``val_head_score`` and the evaluation CSV's ``score`` / ``head_score``.
+
+    ``score`` takes the LM's AUROC, since the LM's answer is Task 3's verdict; ``head_score`` the heads'
+    AUROC (``heads`` is ``evaluation.score_heads``' report, whose own ``score`` is that one). Both use
+    the heads' pixel F1 and IoU: the heatmap is the only localisation Task 3 has.
+    """
+    return {"score": combined_score(lm_auroc, heads["pixel_f1"], heads["pixel_iou"]), "head_score": heads["score"]}
 
 
 # ----------------------------------------------------------------------------------------- checkpoint
@@ -355,8 +420,7 @@ def save_task3_checkpoint(paths: CheckpointPaths, state_dir: Path, accelerator: 
 def _metadata(path: Path, keys: Sequence[str], writer: str) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (check the checkpoint paths in the config)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors_metadata(path)
     missing = [k for k in keys if k not in meta]
     if missing:
         raise ValueError(f"{path}: metadata lacks {missing}; it was not written by {writer}")

@@ -25,6 +25,11 @@ T3 = f"{ROOT}/task3_hybrid_lora"
 VIT_LORA_MODULES = ["attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
+ALLOW_VAL_OVERLAP_HELP = ("run even when the validation index shares video groups with the training index "
+                          "(warned; the overlap counts are recorded with the results). Off: the script stops "
+                          "before loading a model, since a leaked validation set inflates every number taken from it")
+
+
 def _check_image_size(image_size: int | None, allow_none: bool) -> None:
     if image_size is None:
         if not allow_none:
@@ -56,6 +61,7 @@ class Task1TrainConfig:
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path="in")
     ann_val: str | None = option(None, "validation index evaluated after each epoch (null: no validation)", path="in")
+    allow_val_overlap: bool = option(False, ALLOW_VAL_OVERLAP_HELP)
     out_dir: str = option(f"{T1}/training", "output folder: checkpoints, logs, resolved config", path="out_dir")
     seed: int = option(42, "random seed (data order, init, dropout)")
     epochs: int = option(3, "training epochs")
@@ -110,6 +116,7 @@ class Task1HeadEvalConfig:
     model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     ann_test: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
     ann_val: str | None = option(None, "validation index used only to tune the decision threshold", path="in")
+    allow_val_overlap: bool = option(False, ALLOW_VAL_OVERLAP_HELP)
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     out_dir: str = option(f"{T1}/subtask_vit_head_eval", "output folder (predictions, heatmaps)", path="out_dir")
     csv_path: str = option("metrics.csv", "metrics CSV (one row per run); a name is a file in out_dir", path="out")
@@ -138,6 +145,7 @@ class Task1FullModelEvalConfig:
                                   "name ending in .pt: the folder of that stem)", path="in", resolve=checkpoint_folder)
     annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
     val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path="in")
+    allow_val_overlap: bool = option(False, ALLOW_VAL_OVERLAP_HELP)
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     out_dir: str = option(f"{T1}/subtask_full_model_eval", "output folder", path="out_dir")
     csv_path: str = option("metrics.csv", "metrics CSV; a name is a file in out_dir", path="out")
@@ -298,6 +306,7 @@ class Task2InferConfig:
                             resolve=adapter_folder)
     annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
     val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path="in")
+    allow_val_overlap: bool = option(False, ALLOW_VAL_OVERLAP_HELP)
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     out_dir: str = option(f"{T2}/evaluation", "output folder", path="out_dir")
     csv_path: str = option("metrics.csv", "metrics CSV; a name is a file in out_dir", path="out")
@@ -381,6 +390,7 @@ class Task3TrainConfig:
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path="in")
     ann_val: str | None = option(None, "optional validation index", path="in")
+    allow_val_overlap: bool = option(False, ALLOW_VAL_OVERLAP_HELP)
     output_dir: str = option(f"{T3}/training", "output folder; relative output names are inside it", path="out_dir")
     seed: int = option(42, "random seed")
     epochs: int = option(2, "training epochs")
@@ -443,6 +453,7 @@ class Task3EvalConfig:
     annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate (earlier name: ann_eval)",
                                   path="in")
     val_annotation_file: str | None = option(None, "validation index for the tuned threshold", path="in")
+    allow_val_overlap: bool = option(False, ALLOW_VAL_OVERLAP_HELP)
     out_dir: str = option(f"{T3}/evaluation", "output folder", path="out_dir")
     csv_path: str = option("metrics.csv", "metrics CSV; a name is a file in out_dir (earlier name: metrics_csv)",
                            path="out")

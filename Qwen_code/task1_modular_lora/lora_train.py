@@ -22,6 +22,7 @@ from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import predict_heads, score_heads
+from qwen_forensics.leak_guard import guard_training_split
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.metrics import append_csv_row
 from qwen_forensics.model.forensic import ForensicViT
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     # LoRA on a block after the last tapped one gets no gradient from the heads: DDP must know.
     accelerator = make_accelerator(cfg.grad_accum,
                                    find_unused_parameters=max(cfg.lora_target_layers) > max(cfg.visual_layers))
+    # Index files only, before anything is loaded or written: a validation index sharing footage
+    # with the training index stops the run here (unless allow_val_overlap).
+    leak_check = guard_training_split(cfg, say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                                   max_norm=cfg.max_norm, step=step, max_step=steps_total, desc=f"epoch {epoch}")
         # NaN validation columns without validation keep the CSV's columns the same for every run.
         row = {"epoch": epoch, "step": step, **stats, "lr_head": scheduler.get_last_lr()[0],
-               "lr_lora": scheduler.get_last_lr()[-1], **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS}}
+               "lr_lora": scheduler.get_last_lr()[-1], **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS},
+               **leak_check.columns()}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)

@@ -10,7 +10,8 @@ never replacing the probability.
 
 Metrics CSV (one row per run, seed columns first: timestamp, dataset, samples, positive_ratio,
 auroc, acc, f1, lora_path, base_model_path; then ap and acc/f1 at the threshold tuned on
-``val_annotation_file``); per-image predictions in ``output_json``. Runs unchanged under
+``val_annotation_file``); per-image predictions in ``output_json``; ``report.html`` (curves,
+confusion matrices, per-method table) in ``out_dir``. Runs unchanged under
 ``accelerate launch --num_processes N``.
 
     python Qwen_code/task2_lm_lora/lora_infer.py --config Qwen_code/task2_lm_lora/config_lora_infer.json [--root DIR]
@@ -30,8 +31,10 @@ from torch.utils.data import DataLoader
 from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
 from qwen_forensics.config import config_dict, load_config
 from qwen_forensics.data.validate import load_split
+from qwen_forensics.eval_outputs import finish_evaluation
+from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
-from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
+from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, make_collator, resolve_infer_setup
@@ -46,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task2InferConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_lora_infer.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_path, allow_overlap=cfg.allow_val_overlap,
+                                        val_key="val_annotation_file", say=accelerator.print)
     setup, notes = resolve_infer_setup(cfg, adapter_setup(cfg.lora_path))
     for note in notes:
         accelerator.print(f"note: {note}")
@@ -90,10 +96,6 @@ def main(argv: list[str] | None = None) -> None:
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
     rows = prediction_rows(records, scores, tuned, setup.fake_token, setup.real_token)
-    output_json = Path(cfg.output_json)
-    output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
                "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"], "auroc": metrics["auroc"],
                "acc": metrics["acc@0.5"], "f1": metrics["f1@0.5"], "lora_path": cfg.lora_path,
@@ -102,13 +104,20 @@ def main(argv: list[str] | None = None) -> None:
                "image_size": "native" if setup.image_size is None else setup.image_size,
                "fake_token": setup.fake_token, "real_token": setup.real_token,
                "num_skipped": skipped,
-               "images_per_s": images_per_s, "peak_gib": peak_gib()}
+               "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
     csv_row.update(generated_columns(rows))
-    append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
+    outputs = finish_evaluation(
+        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
+        csv_columns=CSV_COLUMNS, rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
+        title="Task 2: LM-supervised ViT LoRA answers Real/Fake",
+        description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
+                     "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
+                     "answer words": f"{setup.fake_token} / {setup.real_token}",
+                     **leak_check.columns()})
     print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
-    print(f"{images_per_s:.2f} images/s\nmetrics CSV: {cfg.csv_path}\npredictions: {output_json}")
+    print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ the fake and real words at the answer position), P(fake) from the heads' classif
 evidence heatmap (pixel metrics at the original resolution, SPEC 7). Image metrics are reported
 for both verdicts (``lm_*`` and ``head_*`` columns); ``score`` uses the LM's AUROC, ``head_score``
 the heads'. Thresholds are tuned on ``val_annotation_file`` when given (never on the test set).
-Writes one CSV row per run, ``predictions.json`` (per image) and heatmap pictures.
+Writes one CSV row per run, ``predictions.json`` (per image), heatmap pictures and ``report.html``
+(both verdicts' curves and tables, the heads' pixel metrics and gallery; ``qwen_forensics.eval_outputs``).
 
     python Qwen_code/task3_hybrid_lora/hybrid_eval.py --config Qwen_code/task3_hybrid_lora/config_hybrid_eval.json
 """
@@ -24,17 +25,18 @@ from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
 from qwen_forensics.evaluation import score_heads
-from qwen_forensics.metrics import append_csv_row, combined_score, image_report, tune_threshold
+from qwen_forensics.leak_guard import guard_checkpoint_split
+from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import resolve_targets_with_notes
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, load_hybrid_model,
+from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, hybrid_scores, load_hybrid_model,
                                   lora_target_spec, predict_hybrid, read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, speed_line, seed_everything
-from qwen_forensics.visualize import save_heatmap_panel
+from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
 IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
 PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake_empty_mask")
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task3EvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_hybrid_eval.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.val_annotation_file, Path(cfg.fusion_checkpoint).parent,
+                                        allow_overlap=cfg.allow_val_overlap, val_key="val_annotation_file",
+                                        say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -100,36 +106,36 @@ def main(argv: list[str] | None = None) -> None:
     if not accelerator.is_main_process:
         return
 
-    fakes_first = sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:cfg.num_heatmaps]
-    heads, rows, maps = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
-                                    image_size=image_size, pixel_threshold=cfg.pixel_threshold,
-                                    tuned_threshold=tuned_head, keep_maps=set(fakes_first))
+    heads, rows, _ = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
+                                 image_size=image_size, pixel_threshold=cfg.pixel_threshold,
+                                 tuned_threshold=tuned_head)
     lm = image_report([r.label for r in records], preds.p_fake_lm, tuned_threshold=tuned_lm)
     for row, p_lm in zip(rows, preds.p_fake_lm):
         row["p_fake_head"] = row.pop("p_fake")
         row["p_fake_lm"] = float(p_lm)
-    for i, prob_map in maps.items():
-        rec = records[i]
-        save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
-                           out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
-    output_json = Path(cfg.output_json)
-    output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 
     metrics = {"samples": lm["samples"], "positive_ratio": lm["positive_ratio"],
                **{f"lm_{k}": lm[k] for k in IMAGE_KEYS}, **{f"head_{k}": heads[k] for k in IMAGE_KEYS},
-               **{k: heads[k] for k in PIXEL_KEYS},
-               "score": combined_score(lm["auroc"], heads["pixel_f1"], heads["pixel_iou"]),
-               "head_score": heads["score"]}
+               **{k: heads[k] for k in PIXEL_KEYS}, **hybrid_scores(lm["auroc"], heads)}
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
-           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib()}
-    append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+           "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s,
+           "peak_gib": peak_gib(), **leak_check.columns()}
+    outputs = finish_evaluation(
+        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
+        rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],
+        thresholds={"p_fake_lm": tuned_lm, "p_fake_head": tuned_head},
+        title="Task 3: hybrid LoRA (LM answer and forensic heads)",
+        description={"dataset": cfg.annotation_file, "validation index (thresholds)": cfg.val_annotation_file,
+                     "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
+                     "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
+                     **leak_check.columns()},
+        heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
+        num_heatmaps=cfg.num_heatmaps)
     print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps(metrics, indent=1))
-    print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"
-          f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
+    print(outputs.summary())
 
 
 def seed_key_notes(cfg: Task3EvalConfig, trained) -> list[str]:

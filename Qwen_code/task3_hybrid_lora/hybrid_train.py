@@ -20,16 +20,18 @@ from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import score_heads
+from qwen_forensics.leak_guard import guard_training_split
 from qwen_forensics.metrics import append_csv_row, image_report
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast, format_targets
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
                                   build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
-                                  load_hybrid_model, predict_hybrid, save_task3_checkpoint)
+                                  hybrid_scores, load_hybrid_model, predict_hybrid, save_task3_checkpoint)
 from qwen_forensics.task_configs import Task3TrainConfig
 from qwen_forensics.training import format_row, keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch
 
-# Always present; learning rates of absent groups and the val_* columns (with ann_val) follow.
+# Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
+# val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_lm", "loss_head", "loss_cls", "loss_evi", "loss_sparse",
                      "loss_contrast", "lr_heads", "images_per_s"]
 SPEC_KEYS = ("visual_layers", "fusion_tokens", "head_verdict_prompt", "prompt", "fake_word", "real_word", "image_size")
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task3TrainConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_hybrid_train.json"))
     accelerator = make_accelerator(cfg.grad_accum)
+    # Index files only, before anything is loaded or written: a validation index sharing footage
+    # with the training index stops the run here (unless allow_val_overlap).
+    leak_check = guard_training_split(cfg, say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                                   shown=("total", "lm", "head"))
         lrs = dict(zip(group_names, scheduler.get_last_lr()))
         row = {"epoch": epoch, "step": step, **stats,
-               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs}}
+               **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs},
+               **leak_check.columns()}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
@@ -120,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
                 lm = image_report(labels, preds.p_fake_lm)
                 heads, _, _ = score_heads(val_records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
                                           image_size=cfg.image_size)
+                # The names and definitions of hybrid_eval.py's CSV, with a val_ prefix in the log.
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
-                           "pixel_f1": heads["pixel_f1"], "score": heads["score"]}
+                           "pixel_f1": heads["pixel_f1"], **hybrid_scores(lm["auroc"], heads)}
                 row.update({f"val_{k}": v for k, v in metrics.items()})
                 keep_best(metrics, best, {"lm_auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir,
                           out_dir, accelerator.print)

@@ -11,7 +11,8 @@ Every row is the chat-templated prompt (``prompts.prompt_text_for``) with one im
   after the word when it is asked through ``generate``; ``answer_positions`` still points at the
   position whose logits predict the first answer token (the one eval reads).
 
-Extra keys next to the processor's output: ``target`` (image-level 0/1 labels, int64),
+Extra keys next to the processor's output: ``target`` (image-level 0/1 labels, int64; absent when
+inference items carry no label, e.g. ``predict.py``'s unlabelled images),
 ``answer_positions`` (int64 [B]), ``position`` (int64 [B], each item's index in its dataset, when the
 items carry one: distributed evaluation orders gathered outputs by it) and, in training mode,
 ``labels``. ``model_inputs`` strips the bookkeeping keys before calling the model.
@@ -27,10 +28,28 @@ from qwen_forensics.prompts import prompt_text_for
 
 IGNORE_INDEX = -100
 EXTRA_KEYS = ("target", "answer_positions", "position")
+MROPE_KEY = "mm_token_type_ids"
+
+
+def require_mrope_inputs(batch: Mapping[str, torch.Tensor]) -> None:
+    """Stop a batch with images but without ``mm_token_type_ids`` before it reaches the model.
+
+    Qwen2.5-VL gives image tokens 2-D (row, column) rotary positions only when the batch marks
+    which tokens are image tokens; without ``mm_token_type_ids`` transformers silently falls back
+    to 1-D positions (SPEC 6.2) and every answer is scored on inputs unlike the ones it was
+    trained on, with no error anywhere.
+    """
+    if "pixel_values" in batch and "input_ids" in batch and MROPE_KEY not in batch:
+        raise KeyError(f"the batch has images but no {MROPE_KEY!r}: without it transformers gives the image tokens "
+                       "1-D positions instead of Qwen2.5-VL's 2-D ones and the scores are silently wrong. Build "
+                       "batches with the model's own processor (VisionLanguageCollator / HybridCollator keep every key "
+                       "it returns); a custom collator must pass mm_token_type_ids through")
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch without the collator's bookkeeping keys, ready for ``model(**inputs)``."""
+    """The batch without the collator's bookkeeping keys, ready for ``model(**inputs)``; a batch with
+    images must carry ``mm_token_type_ids`` (:func:`require_mrope_inputs`)."""
+    require_mrope_inputs(batch)
     return {key: value for key, value in batch.items() if key not in EXTRA_KEYS}
 
 
@@ -62,7 +81,8 @@ def answer_only_inputs(inputs: Mapping[str, torch.Tensor]) -> dict:
 
 
 class VisionLanguageCollator:
-    """Collate ``[{"image": PIL.Image, "label": 0|1, ...}, ...]`` into model inputs.
+    """Collate ``[{"image": PIL.Image, "label": 0|1, ...}, ...]`` into model inputs (``label`` optional
+    in inference mode).
 
     Images must already be letterboxed to the size the processor was loaded for
     (``loader.load_processor(model_path, image_size)``); the collator does not resize.
@@ -112,17 +132,22 @@ class VisionLanguageCollator:
     def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         if not items:
             raise ValueError("cannot collate an empty batch")
+        # Training needs every label (it picks the answer); inference may score unlabelled images.
+        required = ("image", "label") if self.answers is not None else ("image",)
         for index, item in enumerate(items):
-            missing = [key for key in ("image", "label") if key not in item]
+            missing = [key for key in required if key not in item]
             if missing:
-                raise KeyError(f"batch item {index} lacks {missing}; items need 'image' (PIL image) and 'label' (0/1)")
-            if int(item["label"]) not in (0, 1):
+                raise KeyError(f"batch item {index} lacks {missing}; items need 'image' (PIL image) and, for "
+                               "training, 'label' (0/1)")
+            if "label" in item and int(item["label"]) not in (0, 1):
                 raise ValueError(f"batch item {index} has label {item['label']!r}; labels must be 0 (real) or 1 (fake)")
-        with_position = ["position" in item for item in items]
-        if any(with_position) and not all(with_position):
-            raise KeyError(f"batch items {[i for i, has in enumerate(with_position) if not has]} lack 'position' "
-                           "while others carry it; a dataset gives every item its index or none")
-        labels = [int(item["label"]) for item in items]
+        for key in ("position", "label"):
+            carried = [key in item for item in items]
+            if any(carried) and not all(carried):
+                raise KeyError(f"batch items {[i for i, has in enumerate(carried) if not has]} lack {key!r} while "
+                               "others carry it; a dataset gives every item one or none")
+        with_position = all("position" in item for item in items)
+        labels = [int(item["label"]) for item in items] if "label" in items[0] else None
         if self.answers is None:
             texts = [self.prompt] * len(items)
             answer_lengths = [0] * len(items)
@@ -145,8 +170,9 @@ class VisionLanguageCollator:
         # Causal LM: the logits at position p predict token p + 1, so the first answer token (at
         # last_token - length + 1) is predicted at last_token - length; with no answer, at last_token.
         batch["answer_positions"] = last_token - lengths
-        batch["target"] = torch.tensor(labels, dtype=torch.long)
-        if all(with_position):
+        if labels is not None:
+            batch["target"] = torch.tensor(labels, dtype=torch.long)
+        if with_position:
             batch["position"] = torch.tensor([int(item["position"]) for item in items], dtype=torch.long)
         if self.answers is not None:
             lm_labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
@@ -161,7 +187,8 @@ class ImageBatchCollator:
 
     Returns ``pixel_values`` and ``image_grid_thw`` from the model's image processor, the stacked
     training ``mask`` [B, S, S], image-level ``labels`` [B] and ``position`` [B] (index into the
-    dataset, used to order outputs gathered across processes).
+    dataset, used to order outputs gathered across processes). Items without ``mask`` and ``label``
+    (unlabelled images for prediction) give a batch without those two keys.
     """
 
     def __init__(self, processor) -> None:
@@ -170,11 +197,17 @@ class ImageBatchCollator:
     def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         if not items:
             raise ValueError("cannot collate an empty batch")
-        batch = dict(self.image_processor(images=[item["image"] for item in items], return_tensors="pt"))
-        return {
-            "pixel_values": batch["pixel_values"],
-            "image_grid_thw": batch["image_grid_thw"],
-            "mask": torch.stack([item["mask"] for item in items]),
-            "labels": torch.tensor([int(item["label"]) for item in items], dtype=torch.float32),
+        processed = dict(self.image_processor(images=[item["image"] for item in items], return_tensors="pt"))
+        batch = {
+            "pixel_values": processed["pixel_values"],
+            "image_grid_thw": processed["image_grid_thw"],
             "position": torch.tensor([int(item["position"]) for item in items], dtype=torch.long),
         }
+        labelled = ["mask" in item and "label" in item for item in items]
+        if any(labelled) and not all(labelled):
+            raise KeyError(f"batch items {[i for i, has in enumerate(labelled) if not has]} lack 'mask'/'label' "
+                           "while others carry them; training items need both")
+        if all(labelled):
+            batch["mask"] = torch.stack([item["mask"] for item in items])
+            batch["labels"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.float32)
+        return batch

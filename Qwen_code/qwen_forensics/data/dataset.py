@@ -1,8 +1,10 @@
-"""Torch dataset over validated records: letterboxed image and training mask per item."""
+"""Torch datasets: validated records (letterboxed image and training mask per item) and unlabelled
+image files (prediction)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -50,3 +52,28 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
             mask = torch.from_numpy(letterbox_mask(binary, lb))
         return {"image": image, "mask": mask, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
 
+
+
+def model_image(img: Image.Image, image_size: int | None) -> Image.Image:
+    """The RGB picture the processor receives: letterboxed to ``image_size``, or the original image
+    when ``image_size`` is None (the processor then resizes within its pixel bounds)."""
+    if image_size is None:
+        return img.convert("RGB")
+    return letterbox_image(img, image_size)[0]
+
+
+class ImageFileDataset(Dataset):
+    """Unlabelled image files (``predict.py``): items ``{"image", "position"}`` with the image prepared
+    by :func:`model_image`, exactly as the evaluation datasets prepare theirs. Check the files first
+    (``validate.inspect_image``): a file that fails to decode here raises."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int | None):
+        self.paths = [Path(p) for p in paths]
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        with Image.open(self.paths[i]) as img:
+            return {"image": model_image(img, self.image_size), "position": i}

@@ -113,7 +113,7 @@ class ValidationReport:
         }
 
 
-def _inspect_image(path: Path) -> tuple[tuple[int, int] | None, str | None, str]:
+def inspect_image(path: Path) -> tuple[tuple[int, int] | None, str | None, str]:
     """Return ``((h, w), None, "")`` for a good file, else ``(size_or_None, failure, detail)``.
 
     The size comes from the header (cheap); the full decode is what catches a truncated JPEG. JPEG
@@ -130,7 +130,7 @@ def _inspect_image(path: Path) -> tuple[tuple[int, int] | None, str | None, str]
                 img.load()
             except (OSError, SyntaxError) as err:
                 return (h, w), "truncated", f"{path} fails to decode fully ({err})"
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         return None, "unreadable", f"{path} cannot be read as an image ({err})"
     return (h, w), None, ""
 
@@ -193,7 +193,7 @@ def validate_records(
         fake_masks = [r for r in records if r.label == 1 and r.mask_path]
         paths = [data_root / r.image_path for r in to_check] + [data_root / r.mask_path for r in fake_masks]
         with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
-            results = list(pool.map(_inspect_image, paths))
+            results = list(pool.map(inspect_image, paths))
         image_result = dict(zip((r.index for r in to_check), results[: len(to_check)]))
         mask_result = dict(zip((r.index for r in fake_masks), results[len(to_check):]))
         image_kinds = {"missing": MISSING_IMAGE, "unreadable": UNREADABLE_IMAGE, "truncated": TRUNCATED_IMAGE}

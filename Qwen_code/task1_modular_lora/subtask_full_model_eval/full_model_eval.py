@@ -10,7 +10,8 @@ config sets one. With ``max_new_tokens > 0`` the greedy free text is reported in
 columns, next to (never instead of) the probability.
 
 Image metrics (AUROC, AP, ACC/F1 at 0.5, and at a threshold tuned on ``val_annotation_file``
-when given) go to the metrics CSV, one row per run; per-image results to ``output_json``. Runs
+when given) go to the metrics CSV, one row per run; per-image results to ``output_json``; curves,
+confusion matrices and the per-method table to ``report.html`` in ``out_dir``. Runs
 unchanged under ``accelerate launch --num_processes N`` (each process scores its shard).
 
     python Qwen_code/task1_modular_lora/subtask_full_model_eval/full_model_eval.py \
@@ -32,8 +33,10 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
+from qwen_forensics.eval_outputs import finish_evaluation
+from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
-from qwen_forensics.metrics import append_csv_row, image_report, tune_threshold
+from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1FullModelEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_full_model_eval.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_checkpoint,
+                                        allow_overlap=cfg.allow_val_overlap, val_key="val_annotation_file",
+                                        say=accelerator.print)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
@@ -98,20 +105,22 @@ def main(argv: list[str] | None = None) -> None:
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
     rows = prediction_rows(records, scores, tuned, fake_word, real_word)
-    output_json = Path(cfg.output_json)
-    output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
                "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
                "fake_token": fake_word, "real_token": real_word,
-               "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib()}
+               "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
     csv_row.update(generated_columns(rows))
-    append_csv_row(cfg.csv_path, csv_row, CSV_COLUMNS)
+    outputs = finish_evaluation(
+        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
+        csv_columns=CSV_COLUMNS, rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
+        title="Task 1 subtask 2: full model with the Task 1 visual LoRA answers Real/Fake",
+        description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
+                     "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
+                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
     print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
-    print(f"{images_per_s:.2f} images/s\nmetrics CSV: {cfg.csv_path}\npredictions: {output_json}")
+    print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")
 
 
 if __name__ == "__main__":

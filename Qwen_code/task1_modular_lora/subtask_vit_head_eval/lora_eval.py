@@ -2,7 +2,8 @@
 
 Image metrics (AUROC, AP, ACC/F1 at 0.5 and at a threshold tuned on ``ann_val`` when given) and
 pixel metrics at the original resolution (SPEC 7); one CSV row per run, a per-image predictions
-file and heatmap pictures (original | overlay | ground truth).
+file, heatmap pictures (original | overlay | ground truth) and ``report.html`` in ``out_dir``
+(``qwen_forensics.eval_outputs``).
 
     python Qwen_code/task1_modular_lora/subtask_vit_head_eval/lora_eval.py \
         --config Qwen_code/task1_modular_lora/subtask_vit_head_eval/config_eval.json
@@ -23,14 +24,15 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
 from qwen_forensics.evaluation import predict_heads, score_heads
-from qwen_forensics.metrics import append_csv_row, tune_threshold
+from qwen_forensics.leak_guard import guard_checkpoint_split
+from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, speed_line
-from qwen_forensics.visualize import save_heatmap_panel
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
                "pixel_iou", "ckpt_path", "model_path"]
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1HeadEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_eval.json"))
     accelerator = make_accelerator(1)
+    # Before any model loads: the threshold must not be tuned on footage the model was trained on.
+    leak_check = guard_checkpoint_split(cfg.ann_val, cfg.ckpt_path, allow_overlap=cfg.allow_val_overlap,
+                                        val_key="ann_val", say=accelerator.print)
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
@@ -76,26 +81,24 @@ def main(argv: list[str] | None = None) -> None:
     if not accelerator.is_main_process:
         return
 
-    fakes_first = sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:cfg.num_heatmaps]
-    metrics, rows, maps = score_heads(records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
-                                      image_size=image_size, pixel_threshold=cfg.pixel_threshold,
-                                      tuned_threshold=tuned, keep_maps=set(fakes_first))
-    for i, prob_map in maps.items():
-        rec = records[i]
-        save_heatmap_panel(Path(cfg.data_root) / rec.image_path, prob_map, load_binary_mask(rec, cfg.data_root, mask_rule),
-                           out_dir / "heatmaps" / f"{i:05d}_{Path(rec.image_path).stem}.png")
-    output_json = Path(cfg.output_json)
-    output_json.parent.mkdir(parents=True, exist_ok=True)
-    output_json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    metrics, rows, _ = score_heads(records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
+                                   image_size=image_size, pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned)
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
-           "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib()}
-    append_csv_row(cfg.csv_path, row, CSV_COLUMNS)
+           "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
+    outputs = finish_evaluation(
+        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
+        rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
+        title="Task 1 subtask 1: ViT LoRA + forensic heads",
+        description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
+                     "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
+                     **leak_check.columns()},
+        heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
+        num_heatmaps=cfg.num_heatmaps)
     print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
-    print(f"metrics CSV: {cfg.csv_path}\npredictions: {output_json}\n"
-          f"heatmaps: {out_dir / 'heatmaps'} ({len(maps)} pictures)")
+    print(outputs.summary())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""Is this image forged, and where? Predict on image files or folders with any trained checkpoint.
+
+    python Qwen_code/predict.py --ckpt <root>/task1_modular_lora/training/final photo.jpg frames/ [--out DIR]
+        [--batch-size 8] [--model PATH] [--max-new-tokens 4] [--threshold 0.5] [--recursive]
+
+``--ckpt`` is a Task 1 checkpoint folder, a Task 2 adapter folder or a Task 3 checkpoint (any of its
+layouts), or the training output folder holding one; the kind is detected from the files and every
+setting (base model, image size, prompt, answer words) comes from what training recorded, so nothing
+is repeated here (``--model`` replaces the recorded base model, e.g. after moving it). See
+``qwen_forensics/inference.py`` for what each kind of folder contains.
+
+Per image: P(fake) from what the checkpoint has (``p_fake_head`` from the forensic heads of Tasks 1
+and 3, ``p_fake_lm`` from the answer-token logits of Tasks 2 and 3; ``p_fake`` is the LM's where there
+is one), ``verdict`` at ``--threshold``, the LM's greedy answer text (``answer_text``, Tasks 2 and 3,
+up to ``--max-new-tokens`` tokens; 0 turns it off) and, with heads, the heatmap at the original
+resolution (grey PNG, 0-255 = P 0-1) and an overlay PNG. Images of any size are letterboxed to the
+checkpoint's ``image_size`` as in evaluation, in batches of ``--batch-size``.
+
+Writes into ``--out`` (default ``predictions`` in the current folder): ``predictions.csv`` and
+``predictions.json`` (one row per image, input order), ``heatmaps/`` and ``overlays/``, ``skipped.json``
+(unreadable, truncated or non-image files with the reason, and folder entries without an image
+extension) and ``run.json`` (the checkpoint used). Folders are scanned for .jpg .jpeg .png .bmp .webp
+.tif .tiff (``--recursive``: subfolders too). Exit code 2 when the checkpoint or model cannot be used,
+1 when no input is a readable image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from qwen_forensics.inference import (IMAGE_SUFFIXES, MODEL_KEYS, RUN_JSON, CheckpointError, Predictions,
+                                      collect_images, detect_checkpoint, predict_images, primary_score,
+                                      write_predictions)
+from qwen_forensics.model.loader import MODEL_FOLDER_CONTENTS
+from qwen_forensics.training import make_accelerator
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder (Task 1, 2 or 3) or the training "
+                                                                 "output folder holding one")
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files and folders")
+    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
+    parser.add_argument("--model", help="base model folder (default: the one the checkpoint's training recorded)")
+    parser.add_argument("--max-new-tokens", type=int, default=4,
+                        help="tokens of free-text LM answer per image (Tasks 2 and 3; 0: none; default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="verdict 'fake' when p_fake >= this "
+                                                                     "(default: %(default)s)")
+    parser.add_argument("--recursive", action="store_true", help="scan subfolders of folder inputs too")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.max_new_tokens < 0:
+        parser.error("--batch-size must be >= 1 and --max-new-tokens >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        ckpt = detect_checkpoint(args.ckpt)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = args.model or ckpt.model_path
+    if model is None or not Path(model).is_dir():
+        where = (f"the checkpoint records {model!r} ({MODEL_KEYS[ckpt.kind]} in its resolved_config.json), which is "
+                 "not a folder here" if model else "the checkpoint records no base model")
+        print(f"error: {where}; pass --model PATH (a folder with {MODEL_FOLDER_CONTENTS})", file=sys.stderr)
+        return 2
+    for note in ckpt.notes:
+        print(f"note: {note}")
+    parts = " + ".join(name for name, has in (("heads", ckpt.has_heads), ("LM answer", ckpt.has_lm)) if has)
+    print(f"checkpoint: {ckpt.kind} at {ckpt.folder} ({parts}; image_size {ckpt.image_size or 'native'}); "
+          f"model: {model}")
+
+    scan = collect_images(args.inputs, recursive=args.recursive, exclude=args.out)
+    for bad in scan.bad:
+        print(f"skipped {bad.path}: {bad.reason}")
+    if scan.ignored:
+        print(f"ignored {len(scan.ignored)} folder entries without an image extension ({', '.join(IMAGE_SUFFIXES)}); "
+              f"listed in {args.out / 'skipped.json'}")
+    preds = Predictions()
+    if scan.images:
+        preds = predict_images(ckpt, scan.images, model_path=model, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
+                               accelerator=make_accelerator(1))
+    rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold)
+    run = {"checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model, "image_size": ckpt.image_size,
+           "p_fake": primary_score(ckpt), "threshold": args.threshold, "images": len(rows), "skipped": len(scan.bad),
+           "notes": list(ckpt.notes)}
+    (args.out / RUN_JSON).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
+    fakes = sum(r["verdict"] == "fake" for r in rows)
+    print(f"{len(rows)} images predicted ({fakes} fake at p_fake >= {args.threshold}), {len(scan.bad)} skipped\n"
+          f"predictions: {args.out / 'predictions.csv'} and {args.out / 'predictions.json'}")
+    if not rows:
+        print("error: none of the inputs is a readable image", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The shared end of every evaluation script: predictions file, heatmap pictures, report, metrics CSV row.
+
+``lora_eval.py``, ``full_model_eval.py``, ``lora_infer.py`` and ``hybrid_eval.py`` score differently
+but finish the same way, through :func:`finish_evaluation`:
+
+1. ``output_json``: the per-image rows as a JSON list (``indent=1``), the format the scripts always wrote;
+2. ``<out_dir>/heatmaps/<position>_<stem>.png``: original | overlay | ground truth for the first
+   ``num_heatmaps`` records, fakes first (only for runs with heatmaps);
+3. ``<out_dir>/report.html``: the self-contained report (``report.write_report``): metrics, ROC/PR,
+   confusion matrices at 0.5 and at the tuned threshold, per-method table and, with heatmaps, the
+   mask-area table and the best/worst localisation gallery;
+4. the metrics CSV row, appended last, so a row in the CSV means every file of the run was written.
+
+Heatmaps stay on the patch grid until a picture needs one: :class:`HeatmapSource` maps only the few
+pictured records back to the original resolution (``evaluation.original_size_heatmap``), after
+``score_heads`` has scored them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .breakdown import select_gallery
+from .data.masks import MaskRule, load_binary_mask
+from .data.records import Record
+from .evaluation import original_size_heatmap
+from .metrics import append_csv_row
+from .report import GalleryItem, row_caption, write_report
+from .visualize import save_heatmap_panel
+
+REPORT_NAME = "report.html"
+HEATMAP_DIR = "heatmaps"
+GALLERY_SIZE = 4
+NO_HEATMAP_NOTE = "not available: this pipeline scores images by the language model's answer and makes no heatmap"
+
+
+@dataclass(frozen=True)
+class HeatmapSource:
+    """The patch-grid heatmaps of an evaluated record list and what maps one back to its image."""
+    records: Sequence[Record]
+    heatmaps: np.ndarray        # [N, h, w] probabilities on the letterboxed canvas, in record order
+    data_root: Path
+    mask_rule: MaskRule
+    image_size: int
+
+    def image_path(self, i: int) -> Path:
+        return Path(self.data_root) / self.records[i].image_path
+
+    def full_size(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(binarised ground truth, heatmap) of record ``i``, both at the image's original resolution."""
+        gt = load_binary_mask(self.records[i], self.data_root, self.mask_rule)
+        return gt, original_size_heatmap(self.heatmaps[i], gt.shape, self.image_size)
+
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """Where a finished evaluation put its files."""
+    predictions: Path
+    csv: Path
+    report: Path
+    heatmap_pictures: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The lines each script prints last."""
+        lines = [f"metrics CSV: {self.csv}", f"predictions: {self.predictions}"]
+        if self.heatmap_pictures:
+            lines.append(f"heatmaps: {self.heatmap_pictures[0].parent} ({len(self.heatmap_pictures)} pictures)")
+        lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """The per-image rows as one JSON list (the predictions file of every evaluation script)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(rows), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def pictured_positions(records: Sequence[Record], count: int) -> list[int]:
+    """The records that get a heatmap picture: the first ``count``, fakes before reals, in index order."""
+    return sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:count]
+
+
+def write_heatmap_pictures(source: HeatmapSource, positions: Sequence[int], folder: Path) -> list[Path]:
+    """original | overlay | ground truth per position, named ``<position>_<image stem>.png``."""
+    written = []
+    for i in positions:
+        gt, prob_map = source.full_size(i)
+        name = f"{i:05d}_{Path(source.records[i].image_path).stem}.png"
+        written.append(save_heatmap_panel(source.image_path(i), prob_map, gt, folder / name))
+    return written
+
+
+def gallery(source: HeatmapSource, rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
+            k: int = GALLERY_SIZE) -> tuple[list[GalleryItem], list[GalleryItem]]:
+    """The ``k`` best and ``k`` worst localisations by pixel IoU (``breakdown.select_gallery``); only
+    those few heatmaps are mapped back to full size."""
+    best, worst = select_gallery(rows, k)
+
+    def item(i: int) -> GalleryItem:
+        gt, prob_map = source.full_size(i)
+        return GalleryItem(source.image_path(i), gt, prob_map, row_caption(rows[i], score_columns))
+
+    return [item(i) for i in best], [item(i) for i in worst]
+
+
+def finish_evaluation(*, out_dir: str | os.PathLike, output_json: str | os.PathLike, csv_path: str | os.PathLike,
+                      csv_row: Mapping[str, Any], csv_columns: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                      metrics: Mapping[str, Any], score_columns: Sequence[str],
+                      thresholds: Mapping[str, float | None], title: str, description: Mapping[str, Any],
+                      heatmaps: HeatmapSource | None = None, num_heatmaps: int = 0,
+                      gallery_size: int = GALLERY_SIZE) -> EvalOutputs:
+    """Write the predictions file, heatmap pictures, ``report.html`` and the CSV row (see the module doc).
+
+    ``rows``: per-image dicts (``image_path``, ``label``, the ``score_columns``; with heatmaps also the
+    pixel metrics and ``mask_area`` of ``evaluation.score_heads``). ``csv_row`` is appended to
+    ``csv_path`` with ``csv_columns`` leading (``metrics.append_csv_row``). ``thresholds``: the tuned
+    threshold per score column, None without a validation index. ``metrics`` and ``description`` are
+    the report's metrics table and run facts. Main process only.
+    """
+    out_dir = Path(out_dir)
+    predictions = write_predictions(output_json, rows)
+    pictures: list[Path] = []
+    best: list[GalleryItem] = []
+    worst: list[GalleryItem] = []
+    if heatmaps is not None:
+        pictures = write_heatmap_pictures(heatmaps, pictured_positions(heatmaps.records, num_heatmaps),
+                                          out_dir / HEATMAP_DIR)
+        best, worst = gallery(heatmaps, rows, score_columns, gallery_size)
+    report = write_report(out_dir / REPORT_NAME, metrics=metrics, rows=rows, score_columns=score_columns,
+                          thresholds=thresholds, title=title, description=description, gallery_best=best,
+                          gallery_worst=worst, pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE)
+    append_csv_row(csv_path, csv_row, csv_columns)
+    return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=pictures)

@@ -1,0 +1,357 @@
+"""Prediction on arbitrary image files with any trained checkpoint (``Qwen_code/predict.py``).
+
+Three steps, each reusing what the evaluation scripts use:
+
+1. :func:`detect_checkpoint`: which task wrote a folder, from the files in it (below), and what the
+   training recorded (base model, image size, prompt); nothing needs repeating on the command line.
+2. :func:`collect_images`: the inputs (files and folders) checked with ``validate.inspect_image``;
+   unreadable, truncated and non-image files are listed with the reason, never dropped silently.
+3. :func:`predict_images`: the task's own loaders, collators and batched scorers
+   (``evaluation.predict_heads``, ``lm_eval.score_answers``, ``task3.predict_hybrid``) over
+   ``data.dataset.ImageFileDataset`` (letterboxed to the checkpoint's ``image_size`` as in evaluation).
+
+Checkpoint folders (what :data:`CHECKPOINT_CONTENTS` tells a user):
+
+- Task 1 (``lora_train.py``): ``adapter/``, ``heads.safetensors``, ``resolved_config.json``. Heads only:
+  Task 1 never trains the language model, so its answer is subtask 2's question (``full_model_eval.py``),
+  and asking it here would load the whole LM for an untrained answer (about 15 GiB more for the 7B).
+- Task 2 (``LORA.py``'s ``save_lora_path``): ``adapter_config.json``, ``adapter_model.safetensors`` and a
+  ``resolved_config.json`` holding the prompt setup (``task2.SETUP_KEYS``). LM answer only.
+- Task 3 (``hybrid_train.py``): a fusion ``*.safetensors`` whose metadata holds ``hybrid_spec``, a heads
+  ``*.safetensors`` (metadata ``heads_config``) and, unless every LoRA was off, a PEFT adapter folder,
+  under any names: ``final/{adapter/, heads.safetensors, fusion.safetensors}`` (the default), the seed's
+  ``task3_lora/``, ``task3_heads.safetensors``, ``task3_fusion.safetensors`` in the output folder, or an
+  ``epoch_N/`` folder. Heads and LM answer.
+
+A training output folder also works: when the folder itself is none of these, the final checkpoint
+its ``resolved_config.json`` names, else ``final/``, else its only checkpoint subfolder (Task 2's
+adapter next to the Trainer's folder) is used, with a note.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from safetensors import SafetensorError
+from torch.utils.data import DataLoader
+
+from .checkpoint import RESOLVED_CONFIG_NAME, load_adapter_strict, read_resolved_config, read_safetensors_metadata
+from .checkpoint_paths import ADAPTER_FILES
+from .data.collate import ImageBatchCollator
+from .data.dataset import ImageFileDataset
+from .data.validate import inspect_image
+from .evaluation import original_size_heatmap, predict_heads
+from .lm_eval import score_answers
+from .model.loader import load_model, load_processor, load_vision_tower
+from .prompts import answer_token_ids
+from .task1 import attach_task1_checkpoint
+from .task2 import adapter_setup, make_collator
+from .task3 import (CheckpointPaths, HybridCollator, HybridSpec, answer_ids_for, load_hybrid_model, predict_hybrid,
+                    read_hybrid_spec)
+from .visualize import save_overlay, save_probability_map
+
+TASK1, TASK2, TASK3 = "task1", "task2", "task3"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+CHECKPOINT_CONTENTS = (
+    "Task 1 (lora_train.py): adapter/ + heads.safetensors + resolved_config.json; "
+    "Task 2 (LORA.py save_lora_path): adapter_config.json + adapter_model.safetensors + resolved_config.json "
+    "with image_size, prompt_text, fake_token, real_token; "
+    "Task 3 (hybrid_train.py): a fusion *.safetensors (metadata hybrid_spec) + a heads *.safetensors (metadata "
+    "heads_config) + an adapter folder (adapter_config.json) unless every LoRA was off, e.g. final/{adapter/, "
+    "heads.safetensors, fusion.safetensors} or task3_lora/ + task3_heads.safetensors + task3_fusion.safetensors. "
+    "A training output folder is accepted when its final/ (or its only checkpoint subfolder) is one of these")
+# The keys of a training config that name the final checkpoint (Task 1, Task 2, Task 3's fusion file).
+FINAL_CHECKPOINT_KEYS = ("final_trained_heads", "save_lora_path", "fusion_checkpoint")
+MODEL_KEYS = {TASK1: "model_path", TASK2: "base_model_path", TASK3: "base_model_path"}
+
+
+class CheckpointError(ValueError):
+    """A folder that is not a checkpoint predict.py can read; the message lists what one must contain."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A detected checkpoint: its task, where its parts are and what its training recorded."""
+    kind: str
+    folder: Path
+    model_path: str | None          # base model recorded by the training (None: not recorded)
+    image_size: int | None          # letterbox side; None: Task 2 trained at native resolution
+    task3: CheckpointPaths | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def has_heads(self) -> bool:
+        return self.kind in (TASK1, TASK3)
+
+    @property
+    def has_lm(self) -> bool:
+        return self.kind in (TASK2, TASK3)
+
+
+def _metadata_or_none(path: Path) -> dict[str, str] | None:
+    try:
+        return read_safetensors_metadata(path)
+    except (OSError, SafetensorError):
+        return None
+
+
+def _pick(candidates: list[Path], preferred: Sequence[str], what: str, folder: Path) -> Path:
+    """The one candidate, else the first whose name is preferred; an error naming them otherwise."""
+    if len(candidates) == 1:
+        return candidates[0]
+    for name in preferred:
+        chosen = [c for c in candidates if c.name == name]
+        if chosen:
+            return chosen[0]
+    found = ", ".join(c.name for c in candidates) or "none"
+    raise CheckpointError(f"{folder}: cannot tell which {what} belongs to the checkpoint (found: {found}); "
+                          f"keep one per folder. A checkpoint folder holds: {CHECKPOINT_CONTENTS}")
+
+
+def _recorded(folder: Path) -> dict:
+    path = folder / RESOLVED_CONFIG_NAME
+    return read_resolved_config(folder) if path.is_file() else {}
+
+
+def _task3_here(folder: Path, fusion_files: list[Path]) -> Checkpoint:
+    saved = _recorded(folder)
+    recorded_names = [Path(saved[k]).name for k in ("fusion_checkpoint", "head_checkpoint", "lora_checkpoint")
+                      if isinstance(saved.get(k), str)]
+    fusion = _pick(fusion_files, [*recorded_names, "fusion.safetensors"], "fusion file", folder)
+    spec: HybridSpec = read_hybrid_spec(fusion)
+    heads_files = [f for f in sorted(folder.glob("*.safetensors"))
+                   if f != fusion and "heads_config" in (_metadata_or_none(f) or {})]
+    if not heads_files:
+        raise CheckpointError(f"{folder}: {fusion.name} is a Task 3 fusion file but no heads *.safetensors (metadata "
+                              f"heads_config) is next to it. A checkpoint folder holds: {CHECKPOINT_CONTENTS}")
+    heads = _pick(heads_files, [*recorded_names, fusion.name.replace("fusion", "heads"), "heads.safetensors"],
+                  "heads file", folder)
+    adapters = [d for d in sorted(folder.iterdir()) if d.is_dir() and (d / ADAPTER_FILES[1]).is_file()]
+    if any(spec.lora_targets.values()):
+        if not adapters:
+            raise CheckpointError(f"{folder}: {fusion.name} was trained with LoRA but no adapter folder "
+                                  f"({ADAPTER_FILES[1]}) is next to it. A checkpoint folder holds: "
+                                  f"{CHECKPOINT_CONTENTS}")
+        adapter = _pick(adapters, [*recorded_names, "adapter"], "adapter folder", folder)
+    else:
+        adapter = folder / "adapter"
+    return Checkpoint(TASK3, folder, saved.get(MODEL_KEYS[TASK3]), spec.image_size,
+                      task3=CheckpointPaths(adapter, heads, fusion))
+
+
+def _detect_here(folder: Path) -> Checkpoint | None:
+    fusion_files = [f for f in sorted(folder.glob("*.safetensors")) if "hybrid_spec" in (_metadata_or_none(f) or {})]
+    if fusion_files:
+        return _task3_here(folder, fusion_files)
+    if (folder / "adapter").is_dir() and (folder / "heads.safetensors").is_file():
+        saved = _recorded(folder)
+        if "image_size" not in saved:
+            raise CheckpointError(f"{folder}: a Task 1 checkpoint needs the {RESOLVED_CONFIG_NAME} lora_train.py "
+                                  "writes next to adapter/ and heads.safetensors (it records image_size and "
+                                  f"model_path). A checkpoint folder holds: {CHECKPOINT_CONTENTS}")
+        return Checkpoint(TASK1, folder, saved.get(MODEL_KEYS[TASK1]), int(saved["image_size"]))
+    if (folder / ADAPTER_FILES[1]).is_file():
+        try:
+            setup = adapter_setup(folder)
+        except (FileNotFoundError, ValueError) as err:
+            raise CheckpointError(f"{folder} holds a PEFT adapter but not Task 2's prompt setup ({err}). A checkpoint "
+                                  f"folder holds: {CHECKPOINT_CONTENTS}") from None
+        return Checkpoint(TASK2, folder, _recorded(folder).get(MODEL_KEYS[TASK2]), setup.image_size)
+    return None
+
+
+def _final_candidates(folder: Path) -> list[Path]:
+    """Where a training output folder keeps its final checkpoint: what its config names, then final/."""
+    saved = _recorded(folder)
+    found = []
+    for key in FINAL_CHECKPOINT_KEYS:
+        value = saved.get(key)
+        if isinstance(value, str) and value:
+            named = Path(value).parent if key == "fusion_checkpoint" else Path(value)
+            # Absolute as written, else the same name inside this folder (the run was moved).
+            found += [named, folder / named.name]
+    found.append(folder / "final")
+    unique = list(dict.fromkeys(p for p in found if p.is_dir() and p.resolve() != folder.resolve()))
+    return unique
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    shown = ", ".join(names[:20]) + (f" ... and {len(names) - 20} more" if len(names) > 20 else "")
+    return shown or "nothing"
+
+
+def _with_note(found: Checkpoint, note: str) -> Checkpoint:
+    return Checkpoint(found.kind, found.folder, found.model_path, found.image_size, found.task3, (*found.notes, note))
+
+
+def detect_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """The checkpoint in ``path`` (a checkpoint folder, or a training output folder holding one)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"--ckpt {folder}: not a folder. A checkpoint folder holds: {CHECKPOINT_CONTENTS}")
+    found = _detect_here(folder)
+    if found is not None:
+        return found
+    for candidate in _final_candidates(folder):
+        found = _detect_here(candidate)
+        if found is not None:
+            return _with_note(found, f"{folder} is a training output folder; using its final checkpoint {candidate}")
+    inside = [c for c in (_detect_here(d) for d in sorted(folder.iterdir()) if d.is_dir()) if c is not None]
+    if len(inside) == 1:
+        return _with_note(inside[0], f"{folder} holds one checkpoint; using {inside[0].folder}")
+    if inside:
+        raise CheckpointError(f"--ckpt {folder} holds several checkpoints ({', '.join(c.folder.name for c in inside)}) "
+                              "and names none as final; pass the one to use")
+    raise CheckpointError(f"--ckpt {folder} is not a checkpoint folder (it holds: {_listing(folder)}). A checkpoint "
+                          f"folder holds: {CHECKPOINT_CONTENTS}")
+
+
+# --------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class BadFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageScan:
+    """The inputs sorted out: readable images (with their size), bad files (with the reason) and
+    folder entries skipped for their name (no image extension)."""
+    images: list[Path] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    bad: list[BadFile] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+
+
+def collect_images(inputs: Sequence[str | os.PathLike], *, recursive: bool = False,
+                   exclude: Path | None = None) -> ImageScan:
+    """Files as given (whatever their name) and the image-named files of folders (``IMAGE_SUFFIXES``,
+    any case; ``recursive`` descends), each decoded once to check it; ``exclude`` (the output folder)
+    is never scanned. Duplicates are predicted once."""
+    scan = ImageScan()
+    candidates: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            entries = sorted(path.rglob("*") if recursive else path.iterdir())
+            for entry in entries:
+                if not entry.is_file() or (exclude is not None and exclude.resolve() in entry.resolve().parents):
+                    continue
+                (candidates if entry.suffix.lower() in IMAGE_SUFFIXES else scan.ignored).append(entry)
+        else:
+            candidates.append(path)
+    for path in dict.fromkeys(candidates):
+        size, failure, detail = inspect_image(path)
+        if failure is None:
+            scan.images.append(path)
+            scan.sizes.append(size)
+        else:
+            scan.bad.append(BadFile(str(path), f"{failure}: {detail}"))
+    return scan
+
+
+# --------------------------------------------------------------------------------------- prediction
+@dataclass
+class Predictions:
+    """Per-image outputs in input order; a field is None when the checkpoint has no such part."""
+    p_fake_head: np.ndarray | None = None
+    heatmaps: np.ndarray | None = None         # [N, h, w] patch-grid probabilities on the letterboxed canvas
+    p_fake_lm: np.ndarray | None = None
+    answers: list[str] | None = None           # the LM's greedy free text
+
+
+def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str, batch_size: int,
+                   max_new_tokens: int, accelerator) -> Predictions:
+    """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched."""
+    on_gpu = accelerator.device.type == "cuda"
+    dtype, amp_dtype = ("bfloat16", "bf16") if on_gpu else ("float32", "fp32")
+    dataset = ImageFileDataset(images, ckpt.image_size)
+
+    def loader(collate):
+        return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate))
+
+    if ckpt.kind == TASK1:
+        model = attach_task1_checkpoint(load_vision_tower(model_path, dtype=dtype), ckpt.folder)
+        model = accelerator.prepare(model)
+        heads = predict_heads(model, loader(ImageBatchCollator(load_processor(model_path, ckpt.image_size))),
+                              accelerator, amp_dtype, len(images))
+        return Predictions(p_fake_head=heads.p_fake, heatmaps=heads.heatmaps)
+
+    processor = load_processor(model_path, ckpt.image_size)
+    base = load_model(model_path, dtype=dtype, device=accelerator.device)
+    if ckpt.kind == TASK2:
+        setup = adapter_setup(ckpt.folder)
+        base.requires_grad_(False)
+        load_adapter_strict(base, ckpt.folder)
+        fake_id, real_id = answer_token_ids(processor, setup.fake_token, setup.real_token)
+        scores = score_answers(base, loader(make_collator(processor, setup, train=False)), accelerator,
+                               fake_token_id=fake_id, real_token_id=real_id, num_records=len(images),
+                               max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
+        return Predictions(p_fake_lm=scores.p_fake, answers=scores.generated)
+
+    model, spec = load_hybrid_model(base, processor, ckpt.task3)
+    hybrid = predict_hybrid(model, loader(HybridCollator(processor, model.prompt)), accelerator,
+                            answer_ids_for(processor, spec), amp_dtype, len(images), max_new_tokens=max_new_tokens,
+                            tokenizer=processor.tokenizer)
+    return Predictions(p_fake_head=hybrid.p_fake_head, heatmaps=hybrid.heatmaps, p_fake_lm=hybrid.p_fake_lm,
+                       answers=hybrid.generated)
+
+
+# --------------------------------------------------------------------------------------- outputs
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSON = "predictions.json"
+SKIPPED_JSON = "skipped.json"
+RUN_JSON = "run.json"
+
+
+def primary_score(ckpt: Checkpoint) -> str:
+    """The column ``p_fake`` copies: the LM's answer where there is one (the Task 3 evaluation's
+    ``score`` uses it too), else the heads'."""
+    return "p_fake_lm" if ckpt.has_lm else "p_fake_head"
+
+
+def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *,
+                      threshold: float) -> list[dict]:
+    """One row per image (CSV and JSON, input order), the heatmap and overlay PNGs at each image's
+    original resolution, and ``skipped.json``; returns the rows.
+
+    Row keys: ``image``, ``height``, ``width``, then what the checkpoint has: ``p_fake_head``,
+    ``p_fake_lm``; always ``p_fake`` (:func:`primary_score`) and ``verdict`` ("fake" when
+    ``p_fake >= threshold``); ``answer_text`` (the LM's greedy words) and ``heatmap_png`` /
+    ``overlay_png`` (paths) where they exist.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, (path, (height, width)) in enumerate(zip(scan.images, scan.sizes)):
+        row: dict = {"image": str(path), "height": height, "width": width}
+        if preds.p_fake_head is not None:
+            row["p_fake_head"] = float(preds.p_fake_head[k])
+        if preds.p_fake_lm is not None:
+            row["p_fake_lm"] = float(preds.p_fake_lm[k])
+        row["p_fake"] = row[primary_score(ckpt)]
+        row["verdict"] = "fake" if row["p_fake"] >= threshold else "real"
+        if preds.answers is not None:
+            row["answer_text"] = preds.answers[k]
+        if preds.heatmaps is not None:
+            prob_map = original_size_heatmap(preds.heatmaps[k], (height, width), ckpt.image_size)
+            name = f"{k:05d}_{path.stem}.png"
+            row["heatmap_png"] = str(save_probability_map(prob_map, out_dir / "heatmaps" / name))
+            with Image.open(path) as img:
+                row["overlay_png"] = str(save_overlay(img, prob_map, out_dir / "overlays" / name))
+        rows.append(row)
+    with (out_dir / PREDICTIONS_CSV).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / PREDICTIONS_JSON).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    skipped = {"bad": [asdict(b) for b in scan.bad], "ignored_not_image_names": [str(p) for p in scan.ignored]}
+    (out_dir / SKIPPED_JSON).write_text(json.dumps(skipped, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return rows
