@@ -289,13 +289,17 @@ def test_label_mask_on_a_padded_native_resolution_batch(root, mapped):
     assert len(set(tokens_per_image)) == 4
     assert (batch["attention_mask"] == 0).any(dim=1).sum() == 3
     tokenizer = processor.tokenizer
+    # The Trainer gets the labels of the last logits_to_keep positions only (collate.answer_only_inputs).
+    offset = batch["input_ids"].shape[1] - batch["logits_to_keep"]
+    assert batch["labels"].shape[1] == batch["logits_to_keep"]
     for row, sample in enumerate(picked):
-        supervised = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten().tolist()
+        kept = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten()
+        supervised = (kept + offset).tolist()
         last = int(batch["attention_mask"][row].nonzero().max())
         assert supervised == [last - 1, last]
         answer = "Fake" if sample.label else "Real"
-        assert tokenizer.decode(batch["labels"][row, supervised]) == answer + "<|im_end|>"
-        assert torch.equal(batch["labels"][row, supervised], batch["input_ids"][row, supervised])
+        assert tokenizer.decode(batch["labels"][row, kept]) == answer + "<|im_end|>"
+        assert torch.equal(batch["labels"][row, kept], batch["input_ids"][row, supervised])
 
 
 def test_collator_wrapper_needs_training_mode(root, mapped):
