@@ -19,7 +19,6 @@ first CSV, so the result does not depend on the working directory. Exit code 2 o
 from __future__ import annotations
 
 import argparse
-import html
 import math
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from qwen_forensics.plots import bar_chart
-from qwen_forensics.report import format_value, html_page, html_table, img, note, write_text_atomic
+from qwen_forensics.report import format_value, html_page, html_table, img, note
+from qwen_forensics.files import atomic_write_text
 
 SPEC_METRICS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold", "pixel_f1", "pixel_iou",
                 "ciou", "cdice", "false_alarm", "num_fake_empty_mask", "score")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     table = comparison_table(runs, metrics)
     printable = pd.concat([run_list(runs).set_index("run").T.drop(index="csv"), table])
     print(printable.apply(lambda column: column.map(format_value)).to_string())
-    out = write_text_atomic((args.out or args.csv[0].parent) / "compare.html", render_compare(runs, table))
+    out = atomic_write_text((args.out or args.csv[0].parent) / "compare.html", render_compare(runs, table))
     print(f"comparison page: {out}")
     return 0
 

@@ -7,16 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
-from qwen_forensics.metrics import (
-    IMAGE_REPORT_KEYS,
-    PixelMetricAccumulator,
-    append_csv_row,
-    combined_score,
-    f1_iou_from_counts,
-    image_metrics,
-    image_report,
-    tune_threshold,
-)
+from qwen_forensics.metrics import (IMAGE_REPORT_KEYS, PixelMetricAccumulator, combined_score, f1_iou_from_counts,
+                                    image_metrics, image_report, tune_threshold)
+from qwen_forensics.files import append_csv_row
 
 Y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
 P = np.array([0.9, 0.6, 0.4, 0.55, 0.2, 0.1, 0.8, 0.45])

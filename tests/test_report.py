@@ -12,7 +12,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_auc_score
@@ -20,7 +19,8 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from qwen_forensics.breakdown import (EMPTY_BUCKET, area_bucket_labels, confusion_counts, mask_area_table,
                                       method_table, select_gallery)
 from qwen_forensics.data.methods import manipulation_method
-from qwen_forensics.metrics import PixelMetricAccumulator, append_csv_row
+from qwen_forensics.metrics import PixelMetricAccumulator
+from qwen_forensics.files import append_csv_row
 from qwen_forensics.report import HEADINGS, NO_TUNED, GalleryItem, format_value, report_tables, row_caption, write_report
 
 REPO = Path(__file__).resolve().parents[1]

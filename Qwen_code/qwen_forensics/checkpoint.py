@@ -29,7 +29,7 @@ import random
 import warnings
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from qwen_forensics.files import atomic_write
 from qwen_forensics.config import config_dict
 from qwen_forensics.model.lora import PEFT_MODEL_PREFIX, locate_components
 
@@ -59,17 +60,6 @@ def _short(items: list[str]) -> str:
     return f"{shown}{more}"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path} (check the checkpoint path in the config)")
@@ -78,7 +68,7 @@ def _require_file(path: Path, what: str) -> None:
 def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str] | None) -> None:
     # A private CPU copy per tensor: safetensors refuses tensors that share storage (views, ties).
     owned = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(owned, str(tmp), metadata=dict(metadata) if metadata else None))
+    atomic_write(path, lambda tmp: save_file(owned, str(tmp), metadata=dict(metadata) if metadata else None))
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -189,7 +179,7 @@ def _torch_save_checked(obj: Any, path: Path) -> None:
                 f"keep `extra` to tensors and plain Python values ({exc})"
             ) from exc
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _torch_load(path: Path, what: str) -> Any:
@@ -276,7 +266,7 @@ def write_resolved_config(ckpt_dir: str | os.PathLike, config: Mapping[str, Any]
     payload = config_dict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     path = Path(ckpt_dir) / RESOLVED_CONFIG_NAME
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

@@ -30,7 +30,7 @@ from .breakdown import select_gallery
 from .data.masks import MaskRule, load_binary_mask
 from .data.records import Record
 from .evaluation import original_size_heatmap
-from .metrics import append_csv_row
+from .files import append_csv_row
 from .report import GalleryItem, row_caption, write_report
 from .visualize import save_heatmap_panel
 

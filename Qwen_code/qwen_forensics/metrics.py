@@ -14,12 +14,9 @@ Conventions shared by every task:
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import warnings
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -336,57 +333,3 @@ class PixelMetricAccumulator:
         }
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = []
-        for line_no, row in enumerate(reader, start=2):
-            if None in row:
-                raise ValueError(
-                    f"{path}: line {line_no} has more fields than the header; fix or move the file "
-                    "before appending (it was left unchanged)"
-                )
-            rows.append(row)
-    return header, rows
-
-
-def append_csv_row(path: str | os.PathLike, row: Mapping[str, Any], leading_columns: Sequence[str]) -> None:
-    """Append one run's ``row`` to the metrics CSV at ``path``.
-
-    A new file gets the header ``leading_columns`` (the seed's columns, each required in ``row``)
-    followed by the row's other keys in their order. If the file exists and the row brings keys
-    its header lacks, the file is rewritten (atomically) with those columns appended, old rows
-    keeping empty cells; existing columns are never reordered or dropped. Only one process may
-    write (the main process under distributed runs).
-    """
-    path = Path(path)
-    missing = [c for c in leading_columns if c not in row]
-    if missing:
-        raise ValueError(f"metrics row for {path} lacks the required leading columns {missing}")
-    new_columns = list(dict.fromkeys([*leading_columns, *row.keys()]))
-    if path.exists() and path.stat().st_size > 0:
-        header, rows = _read_csv(path)
-        if not header:
-            raise ValueError(f"{path} exists but has no header line; fix or move it before appending")
-    else:
-        header, rows = [], []
-    extra = [c for c in new_columns if c not in header]
-    out_row = {k: "" if v is None else v for k, v in row.items()}
-    if header and not extra:
-        with path.open("a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=header, restval="").writerow(out_row)
-        return
-    columns = header + extra
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-            writer.writerow(out_row)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

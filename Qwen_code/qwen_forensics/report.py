@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .files import atomic_write_text
 from .breakdown import confusion_counts, mask_area_table, method_table, rows_frame
 from .plots import gallery_panel, roc_pr_figure
 
@@ -103,20 +104,6 @@ def html_table(frame: pd.DataFrame, caption: str | None = None, text_columns: It
 def html_page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temporary name and ``os.replace``, so a reader never sees half a page."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def note(text: str) -> str:
@@ -261,4 +248,4 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
     page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
                                  title=title, description=description, gallery_best=gallery_best,
                                  gallery_worst=gallery_worst, pixel_note=pixel_note)
-    return Report(write_text_atomic(out_path, page), tables)
+    return Report(atomic_write_text(out_path, page), tables)

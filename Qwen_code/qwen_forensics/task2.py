@@ -35,6 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .files import TMP_SUFFIX, atomic_concat, atomic_write_lines
 from .checkpoint import read_resolved_config, save_adapter, write_resolved_config
 from .config import ConfigError, config_dict, relocate_path
 from .data.collate import VisionLanguageCollator, answer_only_inputs, model_inputs
@@ -48,7 +49,6 @@ from .prompts import answer_token_ids, build_messages
 
 MANIFEST_NAME = "map_manifest.json"
 BATCH_PATTERN = "batch_{:05d}.jsonl"
-_TMP_SUFFIX = ".tmp"
 _HASH_CHUNK = 1 << 20
 # Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.
 SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")
@@ -238,32 +238,6 @@ def file_digest(path: str | os.PathLike) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _atomic_write_lines(path: Path, lines: Sequence[str]) -> None:
-    """Write to a temporary name and rename: a crash never leaves a half batch under the real name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_concat(path: Path, parts: Sequence[Path]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    try:
-        with tmp.open("wb") as out:
-            for part in parts:
-                out.write(part.read_bytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class MapResult:
     name: str
@@ -308,7 +282,7 @@ def _check_manifest(batch_dir: Path, manifest: dict) -> None:
     elif existing_batches:
         raise ValueError(f"{batch_dir} holds batch files but no {MANIFEST_NAME}; delete them or choose another "
                          "batch_output_dir")
-    _atomic_write_lines(path, [json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"])
+    atomic_write_lines(path, [json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"])
 
 
 def _build_batch(records, image_sizes: Mapping[int, tuple[int, int]], data_root: Path, prompt_text: str,
@@ -354,7 +328,7 @@ def _run_map_job(cfg, job, workers: int, progress: bool) -> MapResult:
     good = apply_bad_sample_policy(report, cfg.on_bad_sample, batch_dir)
     batch_dir.mkdir(parents=True, exist_ok=True)
     # Temporary files of a killed run (an exception removes its own): never valid, never reused.
-    for stale in [*batch_dir.glob(f".*{_TMP_SUFFIX}"), *final_path.parent.glob(f".{final_path.name}.*{_TMP_SUFFIX}")]:
+    for stale in [*batch_dir.glob(f".*{TMP_SUFFIX}"), *final_path.parent.glob(f".{final_path.name}.*{TMP_SUFFIX}")]:
         stale.unlink()
     _, index_digest = file_digest(job.annotation_file)
     _check_manifest(batch_dir, _manifest(cfg, job, index_digest, len(good)))
@@ -366,12 +340,12 @@ def _run_map_job(cfg, job, workers: int, progress: bool) -> MapResult:
     with tqdm(total=len(good), desc=f"map {job.name}", unit="img", disable=not progress) as bar:
         for k, (chunk, path) in enumerate(zip(chunks, paths)):
             if not path.is_file():
-                _atomic_write_lines(path, _build_batch(chunk, report.image_sizes, data_root, job.prompt_text,
+                atomic_write_lines(path, _build_batch(chunk, report.image_sizes, data_root, job.prompt_text,
                                                        setup.answers, workers))
                 written.append(k)
             bar.update(len(chunk))
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_concat(final_path, paths)
+    atomic_concat(final_path, paths)
     return MapResult(name=job.name, records=len(good), skipped=report.num_skipped, batches_total=len(chunks),
                      batches_written=written, final_path=str(final_path), final_bytes=final_path.stat().st_size,
                      batch_bytes=sum(p.stat().st_size for p in paths), batch_dir=str(batch_dir))

@@ -24,7 +24,7 @@ from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import predict_heads, score_heads
 from qwen_forensics.leak_guard import guard_training_split
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
-from qwen_forensics.metrics import append_csv_row
+from qwen_forensics.files import append_csv_row
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.loader import load_processor, load_vision_tower, resolve_dtype

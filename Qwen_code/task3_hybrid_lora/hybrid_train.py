@@ -21,7 +21,8 @@ from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.evaluation import score_heads
 from qwen_forensics.leak_guard import guard_training_split
-from qwen_forensics.metrics import append_csv_row, image_report
+from qwen_forensics.metrics import image_report
+from qwen_forensics.files import append_csv_row
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast, format_targets
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
