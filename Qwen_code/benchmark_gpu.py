@@ -45,12 +45,12 @@ from qwen_forensics.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.lora import LoraInputCast, make_lora_config, vision_block_targets
-from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.model.window_attention import enable_fast_paths
 from qwen_forensics.model.loader import load_processor
 from qwen_forensics.model.shapes import seven_b_config
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.task1 import cast_trainable_to_fp32
 from qwen_forensics.task2 import PromptSetup, attach_lora, make_collator
 from qwen_forensics.task3 import (HybridCollator, HybridLossWeights, build_hybrid_model, enable_gradient_checkpointing,

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from qwen_forensics.eval_outputs import REPORT_NAME
-from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.demo.dataset import make_demo_dataset
 
 CODE = Path(__file__).resolve().parent
 

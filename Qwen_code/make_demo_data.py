@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.dataset import make_demo_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

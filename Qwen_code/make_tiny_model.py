@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.demo.tiny import build_tiny_model
 
 
 def main(argv: list[str] | None = None) -> None:

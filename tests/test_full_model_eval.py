@@ -29,9 +29,9 @@ from qwen_forensics.lm_eval import keyword_label, score_answers
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor, load_vision_tower
 from qwen_forensics.model.lora import make_lora_config, vision_block_targets
-from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.task1 import attach_task1_lora
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from qwen_forensics.model.lora import (
     vision_block_targets,
     vision_module_targets,
 )
-from qwen_forensics.model.tiny import MROPE_SECTION, TEXT_DIMS, VISION_DIMS
+from qwen_forensics.demo.tiny import MROPE_SECTION, TEXT_DIMS, VISION_DIMS
 
 VISION = {**VISION_DIMS, "out_hidden_size": TEXT_DIMS["hidden_size"]}
 TEXT = {**TEXT_DIMS, "vocab_size": 256, "rope_scaling": {"type": "mrope", "mrope_section": MROPE_SECTION}}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from qwen_forensics.data.collate import IGNORE_INDEX, VisionLanguageCollator, model_inputs
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.prompts import (
     DEFAULT_FAKE_TOKEN,
     DEFAULT_PROMPT,

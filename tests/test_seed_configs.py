@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.demo.dataset import make_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = REPO / "Qwen_code"

@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 from qwen_forensics.data.masks import binarize_mask
 from qwen_forensics.data.records import load_index, video_key
 from qwen_forensics.data.validate import validate_records
-from qwen_forensics.synthetic import DEFAULT_SIZES, MARKER_NAME, STRONG_KINDS, make_demo_dataset
+from qwen_forensics.demo.dataset import DEFAULT_SIZES, MARKER_NAME, STRONG_KINDS, make_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_NAME = re.compile(r"^([1-9]|1[0-5])__[0-9a-f]{32}__[0-9a-f]{32}__frame\d{5}\.jpg$")

@@ -26,8 +26,8 @@ from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.task1 import attach_task1_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

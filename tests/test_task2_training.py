@@ -18,8 +18,8 @@ from qwen_forensics.data.records import load_index
 from qwen_forensics.lm_eval import answer_logits
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.data.collate import model_inputs
 from qwen_forensics.task2 import (ImageEntry, Task2ImageDataset, TrainerCollator, adapter_setup, build_trainer,
                                   make_collator, read_task2_dataset, run_map)

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from qwen_forensics.config import parse_config
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.tiny import build_tiny_model
-from qwen_forensics.synthetic import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.task3 import CheckpointPaths, build_hybrid_model, save_hybrid_weights
 from qwen_forensics.task_configs import Task3TrainConfig
 

@@ -22,7 +22,7 @@ from qwen_forensics.config import parse_config
 from qwen_forensics.data.collate import lm_logits_to_keep
 from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
-from qwen_forensics.model.tiny import build_tiny_model
+from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, answer_ids_for,
                                   answer_lm_loss, build_hybrid_model, enable_gradient_checkpointing, eval_batch,
                                   hybrid_inputs, hybrid_loss, load_hybrid_model,
