@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.model.shapes import seven_b_config
+from qwen_forensics.demo.shapes import seven_b_config
 from qwen_forensics.demo.tiny import OUTPUT_FILES, build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
 

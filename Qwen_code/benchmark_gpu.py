@@ -48,7 +48,7 @@ from qwen_forensics.model.lora import LoraInputCast, make_lora_config, vision_bl
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.model.window_attention import enable_fast_paths
 from qwen_forensics.model.loader import load_processor
-from qwen_forensics.model.shapes import seven_b_config
+from qwen_forensics.demo.shapes import seven_b_config
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.task1 import cast_trainable_to_fp32

@@ -23,7 +23,8 @@ from qwen_forensics.model.loader import (
     load_vision_tower,
     resolve_dtype,
 )
-from qwen_forensics.demo.tiny import QWEN_ADDED_TOKENS, build_tiny_model
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.demo.tokenizer import QWEN_ADDED_TOKENS
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_text_for
 
 
