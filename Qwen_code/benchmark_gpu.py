@@ -30,33 +30,34 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from peft import inject_adapter_in_model
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from qwen_forensics.data.collate import ImageBatchCollator, VisionLanguageCollator, answer_only_inputs, model_inputs
+from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, VisionLanguageCollator,
+                                         answer_only_inputs, make_collator, model_inputs)
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
-from qwen_forensics.lm_eval import answer_logits
-from qwen_forensics.losses import ForensicLossWeights, forensic_loss
+from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.shapes import seven_b_config
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.evaluation import answer_logits, eval_batch
+from qwen_forensics.losses import ForensicLossWeights, HybridLossWeights, forensic_loss, hybrid_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.model.lora import LoraInputCast, make_lora_config, vision_block_targets
-from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.model.window_attention import enable_fast_paths
+from qwen_forensics.model.hybrid import build_hybrid_model
 from qwen_forensics.model.loader import load_processor
-from qwen_forensics.demo.shapes import seven_b_config
-from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
-from qwen_forensics.demo.dataset import make_demo_dataset
-from qwen_forensics.task1 import cast_trainable_to_fp32
-from qwen_forensics.task2 import PromptSetup, attach_lora, make_collator
-from qwen_forensics.task3 import (HybridCollator, HybridLossWeights, build_hybrid_model, enable_gradient_checkpointing,
-                                  eval_batch, hybrid_optimizer, train_step)
+from qwen_forensics.model.lora import LoraInputCast, attach_lora, make_lora_config, trainable_to_fp32
+from qwen_forensics.model.lora_targets import vision_block_targets
+from qwen_forensics.model.window_attention import enable_fast_paths
+from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
-from qwen_forensics.training import autocast
+from qwen_forensics.training import autocast, enable_gradient_checkpointing, hybrid_optimizer
 
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")
@@ -192,15 +193,31 @@ def release() -> None:
     torch.cuda.empty_cache()
 
 
+def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               weights: HybridLossWeights, *, amp_dtype: str = "bf16", max_norm: float = 1.0,
+               lora_cast=None) -> dict[str, torch.Tensor]:
+    """One Task 3 optimiser step on a batch already on the device (``hybrid_train.py`` runs the same
+    loss inside its accelerate loop)."""
+    model.train()
+    device = next(model.parameters()).device
+    terms = hybrid_loss(model, batch, weights, amp_dtype, device, lora_cast)
+    terms["total"].backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in terms.items()}
+
+
 # ----------------------------------------------------------------------------------- sections
 def bench_task1(cfg, processor, workdir, args, results) -> None:
     """One Task 1 training step (LoRA on 4 ViT blocks + heads), batch 16 (the seed config's 4 for seed)."""
     flops = 3 * vision_flops(cfg, 1024)
-    for variant in VARIANTS:
+    def run(variant: str) -> None:
         batch = 4 if variant == "seed" else 16
         model, holder = forensic_model(cfg, variant, lora=True)
         model.train()
-        lora = cast_trainable_to_fp32(model.visual)
+        lora = trainable_to_fp32(model.visual)
         opt = torch.optim.AdamW([{"params": lora, "lr": 1e-4}, {"params": model.heads.parameters(), "lr": 1e-3}])
         b = to_device(ImageBatchCollator(processor)(items(workdir, batch)))
         weights = ForensicLossWeights()
@@ -217,13 +234,15 @@ def bench_task1(cfg, processor, workdir, args, results) -> None:
             opt.zero_grad(set_to_none=True)
 
         measure("task1_train", step, batch, flops, args.steps, results, variant, args.profile)
-        del model, holder, opt, b
+
+    for variant in VARIANTS:
+        run(variant)
         release()
 
 
 def bench_heads_eval(cfg, processor, workdir, args, results) -> None:
     """Subtask 1 evaluation: vision forward + heads, batch 64 (the seed config's 8 for seed)."""
-    for variant in VARIANTS:
+    def run(variant: str) -> None:
         batch = 8 if variant == "seed" else 64
         model, holder = forensic_model(cfg, variant, lora=False)
         model.eval()
@@ -235,7 +254,9 @@ def bench_heads_eval(cfg, processor, workdir, args, results) -> None:
                 return model(b["pixel_values"], b["image_grid_thw"])
 
         measure("heads_eval", forward, batch, vision_flops(cfg, 1024), args.steps, results, variant, args.profile)
-        del model, holder, b
+
+    for variant in VARIANTS:
+        run(variant)
         release()
 
 
@@ -243,7 +264,7 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
     """Subtask 2 / Task 2 evaluation: P(fake) from one batched forward (batch 64); seed: per-image generate."""
     fake_id, real_id = answer_token_ids(processor.tokenizer)
     collate = VisionLanguageCollator(processor, DEFAULT_PROMPT)
-    for variant in VARIANTS:
+    def run(variant: str) -> None:
         model = full_model(cfg, fast=variant == "fast").eval()
         visual = model.model.visual
         inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.0),
@@ -269,7 +290,9 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
         measure("answer_eval", forward, batch, flops, args.steps * (4 if variant == "seed" else 1), results, variant,
                 args.profile)
         results["answer_eval"][variant]["prompt_tokens"] = tokens
-        del model, b
+
+    for variant in VARIANTS:
+        run(variant)
         release()
 
 
@@ -277,10 +300,10 @@ def bench_task2(cfg, processor, workdir, args, results) -> None:
     """Task 2 training: LoRA on ViT blocks + merger, LM loss on the answer, batch 8 (seed: 1, full logits)."""
     setup = PromptSetup(448, DEFAULT_PROMPT, "Fake", "Real")
     collate = make_collator(processor, setup, train=True)
-    for variant in VARIANTS:
+    def run(variant: str) -> None:
         batch = 1 if variant == "seed" else 8
         model, _ = attach_lora(full_model(cfg, fast=variant == "fast"), Task2TrainConfig())
-        lora = cast_trainable_to_fp32(model)
+        lora = trainable_to_fp32(model)
         opt = torch.optim.AdamW(lora, lr=1e-4)
         full = to_device(model_inputs(collate(items(workdir, batch))))
         b = answer_only_inputs(full) if variant == "fast" else full
@@ -298,7 +321,9 @@ def bench_task2(cfg, processor, workdir, args, results) -> None:
             opt.zero_grad(set_to_none=True)
 
         measure("task2_train", step, batch, flops, args.steps, results, variant, args.profile)
-        del model, opt, b, full
+
+    for variant in VARIANTS:
+        run(variant)
         release()
 
 
@@ -307,7 +332,7 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
     the hybrid_eval forward (batch 64)."""
     train_cfg = Task3TrainConfig()
     train_cfg.lora.merge.enabled = True
-    for variant in VARIANTS:
+    def run(variant: str) -> None:
         batch = 2 if variant == "seed" else 8
         model, spec = build_hybrid_model(full_model(cfg, fast=variant == "fast"), processor, train_cfg)
         if variant != "fast":
@@ -327,7 +352,9 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
             flops = vision_flops(cfg, 1024) + lm_flops(cfg, int(e["input_ids"].shape[1]))
             measure("task3_eval", lambda: eval_batch(model, e, ids), 64, flops, args.steps, results, variant,
                     args.profile)
-        del model, optimizer, b
+
+    for variant in VARIANTS:
+        run(variant)
         release()
 
 
@@ -395,3 +422,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+

@@ -21,18 +21,21 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoint import save_adapter, write_resolved_config
+from qwen_forensics.adapters import save_adapter
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.checkpoint_folders import attach_task1_lora
 from qwen_forensics.data.collate import VisionLanguageCollator, model_inputs
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
-from qwen_forensics.lm_eval import keyword_label, score_answers
+from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.eval_outputs import keyword_label
+from qwen_forensics.evaluation import score_answers
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor, load_vision_tower
-from qwen_forensics.model.lora import make_lora_config, vision_block_targets
-from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.model.lora import make_lora_config
+from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
-from qwen_forensics.demo.dataset import make_demo_dataset
-from qwen_forensics.task1 import attach_task1_lora
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "Qwen_code" / "task1_modular_lora" / "subtask_full_model_eval" / "full_model_eval.py"

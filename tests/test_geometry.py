@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.geometry import Letterbox, content_cells, letterbox_geometry, letterbox_image, letterbox_mask, unletterbox
+from qwen_forensics.data.geometry import (Letterbox, content_cells, letterbox_geometry, letterbox_image,
+                                          letterbox_mask, original_size_heatmap, unletterbox)
 from qwen_forensics.data.masks import MaskRule, binarize_mask, load_binary_mask
 from qwen_forensics.data.records import Record
-from qwen_forensics.evaluation import original_size_heatmap
 from qwen_forensics.metrics import PixelMetricAccumulator
 
 SIZES = [(240, 320), (720, 1280), (1280, 720), (500, 500), (1080, 1920)]

@@ -7,20 +7,11 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from qwen_forensics.model.lora import (
-    LoraTargetSpec,
-    check_lora_wrapped,
-    format_targets,
-    lm_targets,
-    locate_components,
-    lora_wrapped_modules,
-    make_lora_config,
-    merger_targets,
-    resolve_targets,
-    vision_block_targets,
-    vision_module_targets,
-)
 from qwen_forensics.demo.tiny import MROPE_SECTION, TEXT_DIMS, VISION_DIMS
+from qwen_forensics.model.lora import check_lora_wrapped, lora_wrapped_modules, make_lora_config
+from qwen_forensics.model.lora_targets import (LoraTargetSpec, format_targets, lm_targets, locate_components,
+                                               merger_targets, resolve_targets, vision_block_targets,
+                                               vision_module_targets)
 
 VISION = {**VISION_DIMS, "out_hidden_size": TEXT_DIMS["hidden_size"]}
 TEXT = {**TEXT_DIMS, "vocab_size": 256, "rope_scaling": {"type": "mrope", "mrope_section": MROPE_SECTION}}

@@ -18,11 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from qwen_forensics.data.collate import VisionLanguageCollator, model_inputs
-from qwen_forensics.lm_eval import answer_logits, score_answers
+from qwen_forensics.data.collate import VisionLanguageCollator, hybrid_inputs, model_inputs
+from qwen_forensics.evaluation import answer_logits, score_answers
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
-from qwen_forensics.task3 import hybrid_inputs
 from scripts import load_script, one_torch_thread
 
 MODEL = "Qwen2.5-VL-7B-Instruct"

@@ -21,14 +21,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from qwen_forensics.checkpoint_folders import attach_task1_checkpoint
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
+from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.demo.dataset import make_demo_dataset
-from qwen_forensics.task1 import attach_task1_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 T1 = REPO / "Qwen_code" / "task1_modular_lora"
@@ -180,7 +180,7 @@ import sys
 import numpy as np
 import torch
 from qwen_forensics.model.loader import load_vision_tower
-from qwen_forensics.task1 import attach_task1_checkpoint
+from qwen_forensics.checkpoint_folders import attach_task1_checkpoint
 
 model_dir, ckpt, batch_file, out_file = sys.argv[1:]
 model = attach_task1_checkpoint(load_vision_tower(model_dir, dtype="float32"), ckpt).eval()

@@ -12,17 +12,19 @@ from peft import PeftModel
 from transformers import TrainerCallback
 
 from qwen_forensics import task2
-from qwen_forensics.checkpoint import load_adapter_strict
+from qwen_forensics.adapters import load_adapter_strict
+from qwen_forensics.checkpoint_folders import adapter_setup
 from qwen_forensics.config import parse_config
+from qwen_forensics.data.collate import TrainerCollator, make_collator, model_inputs
+from qwen_forensics.data.dataset import Task2ImageDataset
+from qwen_forensics.data.lm_records import read_task2_dataset, run_map
 from qwen_forensics.data.records import load_index
-from qwen_forensics.lm_eval import answer_logits
+from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.evaluation import answer_logits
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.demo.dataset import make_demo_dataset
-from qwen_forensics.data.collate import model_inputs
-from qwen_forensics.task2 import (ImageEntry, Task2ImageDataset, TrainerCollator, adapter_setup, build_trainer,
-                                  make_collator, read_task2_dataset, run_map)
+from qwen_forensics.task2 import build_trainer
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
 
 TASK2_DIR = Path(task2.__file__).parents[1] / "task2_lm_lora"
@@ -124,7 +126,7 @@ def test_resume_from_checkpoint_continues_the_run(root, tmp_path):
 def _p_fake(model, root: Path, setup, base_model_path: str) -> torch.Tensor:
     """P(fake) of the demo test images, as lora_infer.py computes it (one batched forward)."""
     records = load_index(root / "data/testset2/annotation.json")
-    dataset = Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], root / "data", setup.image_size)
+    dataset = Task2ImageDataset.from_records(records, root / "data", setup.image_size)
     processor = load_processor(base_model_path, setup.image_size)
     batch = make_collator(processor, setup, train=False)([dataset[i] for i in range(len(dataset))])
     ids = answer_token_ids(processor, setup.fake_token, setup.real_token)

@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from qwen_forensics.checkpoint_folders import CheckpointPaths, save_hybrid_weights
 from qwen_forensics.config import parse_config
-from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
-from qwen_forensics.task3 import CheckpointPaths, build_hybrid_model, save_hybrid_weights
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.model.hybrid import build_hybrid_model
+from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.task_configs import Task3TrainConfig
 
 RUNNER = Path(__file__).resolve().parents[1] / "Qwen_code" / "task3_hybrid_lora" / "run_task3_experiment.py"

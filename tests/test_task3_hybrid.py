@@ -18,16 +18,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from qwen_forensics.checkpoint_folders import CheckpointPaths, answer_ids_for, load_hybrid_model, save_hybrid_weights
 from qwen_forensics.config import parse_config
-from qwen_forensics.data.collate import lm_logits_to_keep
-from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, head_statistics
-from qwen_forensics.model.loader import get_language_model, load_model, load_processor
+from qwen_forensics.data.collate import HybridCollator, hybrid_inputs, lm_logits_to_keep
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, answer_ids_for,
-                                  answer_lm_loss, build_hybrid_model, enable_gradient_checkpointing, eval_batch,
-                                  hybrid_inputs, hybrid_loss, load_hybrid_model,
-                                  hybrid_optimizer, save_hybrid_weights, train_step)
+from qwen_forensics.evaluation import eval_batch
+from qwen_forensics.losses import HybridLossWeights, answer_lm_loss, hybrid_loss
+from qwen_forensics.model.hybrid import HybridPrompt, SLOT_TOKEN, build_hybrid_model, head_statistics
+from qwen_forensics.model.loader import get_language_model, load_model, load_processor
+from qwen_forensics.task3 import train_step
 from qwen_forensics.task_configs import Task3TrainConfig
+from qwen_forensics.training import enable_gradient_checkpointing, hybrid_optimizer
 
 IMAGE_SIZE = 112
 ANSWERS = {0: "Real", 1: "Fake"}

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from qwen_forensics.data.leakage import VideoLeakageWarning
+from qwen_forensics.data.lm_records import Task2Sample
 from qwen_forensics.data.records import load_index
 from qwen_forensics.leak_guard import LeakGuardError, guard_checkpoint_split
-from qwen_forensics.task2 import Task2Sample
 from scripts import csv_rows, demo_index, one_torch_thread, run_script
 
 REPO = Path(__file__).resolve().parents[1]

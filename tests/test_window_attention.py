@@ -16,10 +16,11 @@ from transformers import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
+from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS, build_tiny_model
 from qwen_forensics.model import window_attention
 from qwen_forensics.model.loader import load_model
-from qwen_forensics.model.lora import make_lora_config, vision_block_targets
-from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS, build_tiny_model
+from qwen_forensics.model.lora import make_lora_config
+from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.model.window_attention import enable_fast_paths, plan_attention
 
 REPO = Path(__file__).resolve().parents[1]

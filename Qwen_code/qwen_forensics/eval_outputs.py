@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,10 +29,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .breakdown import select_gallery
+from .data.geometry import original_size_heatmap
 from .data.masks import MaskRule, load_binary_mask
 from .data.records import Record
-from .evaluation import original_size_heatmap
+from .evaluation import AnswerScores, HeadPredictions
 from .files import append_csv_row
+from .metrics import PixelMetricAccumulator, combined_score, image_report
 from .report import GalleryItem, row_caption, write_report
 from .visualize import save_heatmap_panel
 
@@ -139,3 +143,73 @@ def finish_evaluation(*, out_dir: str | os.PathLike, output_json: str | os.PathL
                           gallery_worst=worst, pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE)
     append_csv_row(csv_path, csv_row, csv_columns)
     return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=pictures)
+
+
+def score_heads(records: list[Record], preds: HeadPredictions, *, data_root: str | Path, mask_rule: MaskRule,
+                image_size: int, pixel_threshold: float = 0.5, tuned_threshold: float | None = None,
+                keep_maps: set[int] = frozenset()) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
+    """Image and pixel metrics (SPEC 7) plus per-image rows; returns (metrics, rows, kept maps).
+
+    Each row holds ``image_path``, ``label``, ``p_fake``, the per-image pixel values of
+    ``PixelMetricAccumulator.update`` and ``mask_area``: the fraction of the image's pixels in the
+    binarised ground truth at the original resolution (0 for reals), which the report buckets by.
+    ``keep_maps``: positions whose original-resolution heatmap is returned for pictures.
+    """
+    labels = np.array([r.label for r in records])
+    report = image_report(labels, preds.p_fake, tuned_threshold=tuned_threshold)
+    pixels = PixelMetricAccumulator(pixel_threshold)
+    rows, kept = [], {}
+
+    def maps(i: int) -> tuple[np.ndarray, np.ndarray]:
+        gt = load_binary_mask(records[i], data_root, mask_rule)
+        return gt, original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
+
+    # Decoding the masks and resizing the maps release the GIL: threads keep the scoring of a large
+    # test set (one full-resolution mask per fake) from taking longer than its inference.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, (rec, (gt, prob_map)) in enumerate(zip(records, pool.map(maps, range(len(records))))):
+            per_image = pixels.update(prob_map, gt, rec.label)
+            rows.append({"image_path": rec.image_path, "label": rec.label, "p_fake": float(preds.p_fake[i]),
+                         **per_image, "mask_area": float(gt.mean()) if gt.size else 0.0})
+            if i in keep_maps:
+                kept[i] = prob_map
+    report.update(pixels.compute())
+    report["score"] = combined_score(report["auroc"], report["pixel_f1"], report["pixel_iou"])
+    return report, rows, kept
+
+
+def keyword_label(text: str, fake_word: str, real_word: str) -> int | None:
+    """The label a free-text answer names: 1 if it contains only the fake word, 0 if only the real
+    word (whole words, case-insensitive), None if it names both or neither."""
+    def names(word: str) -> bool:
+        return re.search(rf"\b{re.escape(word.strip())}\b", text, flags=re.IGNORECASE) is not None
+
+    fake, real = names(fake_word), names(real_word)
+    if fake == real:
+        return None
+    return 1 if fake else 0
+
+def prediction_rows(records: Sequence, scores: AnswerScores, tuned_threshold: float | None, fake_word: str,
+                    real_word: str) -> list[dict]:
+    """Per-image output of an LM evaluation: probability, both logits, decisions, optional free text
+    with its keyword label (its own column: it never replaces the probability-based decision)."""
+    rows = []
+    for i, rec in enumerate(records):
+        row = {"image_path": rec.image_path, "label": rec.label, "p_fake": float(scores.p_fake[i]),
+               "logit_fake": float(scores.logit_fake[i]), "logit_real": float(scores.logit_real[i]),
+               "pred@0.5": int(scores.p_fake[i] >= 0.5)}
+        if tuned_threshold is not None:
+            row["pred@tuned"] = int(scores.p_fake[i] >= tuned_threshold)
+        if scores.generated is not None:
+            row["generated_text"] = scores.generated[i]
+            row["generated_label"] = keyword_label(scores.generated[i], fake_word, real_word)
+        rows.append(row)
+    return rows
+
+def generated_columns(rows: Sequence[dict]) -> dict[str, float]:
+    """CSV columns for generated text: accuracy of its keyword label and how many named neither word."""
+    if not rows or "generated_label" not in rows[0]:
+        return {}
+    named = [r["generated_label"] for r in rows]
+    return {"generated_acc": sum(g == r["label"] for g, r in zip(named, rows)) / len(rows),
+            "generated_undecided": sum(g is None for g in named)}

@@ -10,19 +10,15 @@ truth binarised once by the configured rule (SPEC 7).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 
-from .data.geometry import letterbox_geometry, unletterbox
-from .data.masks import MaskRule, load_binary_mask
-from .data.records import Record
-from .metrics import PixelMetricAccumulator, combined_score, image_report
+from .data.collate import hybrid_inputs, model_inputs
+from .model.hybrid import HybridModel
 from .training import autocast
 
 
@@ -80,41 +76,175 @@ def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_
     return HeadPredictions(p_fake=got["p"], heatmaps=got["h"])
 
 
-def original_size_heatmap(heatmap: np.ndarray, gt_shape: tuple[int, int], image_size: int) -> np.ndarray:
-    """Patch-grid probabilities -> original image resolution, letterbox padding cropped."""
-    lb = letterbox_geometry(gt_shape[0], gt_shape[1], image_size)
-    return unletterbox(heatmap, lb)
+@dataclass
+class AnswerScores:
+    """Per-record outputs, ordered by dataset position."""
+    p_fake: np.ndarray              # [N] softmax over the two answer logits, fake entry
+    logit_fake: np.ndarray          # [N] raw logit of the fake token at the answer position
+    logit_real: np.ndarray          # [N] raw logit of the real token
+    generated: list[str] | None     # greedy free text per record (None unless max_new_tokens > 0)
 
+def answer_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], fake_token_id: int,
+                  real_token_id: int) -> torch.Tensor:
+    """[B, 2] float32 logits of (fake, real) at each row's ``answer_positions``, from one forward.
 
-def score_heads(records: list[Record], preds: HeadPredictions, *, data_root: str | Path, mask_rule: MaskRule,
-                image_size: int, pixel_threshold: float = 0.5, tuned_threshold: float | None = None,
-                keep_maps: set[int] = frozenset()) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
-    """Image and pixel metrics (SPEC 7) plus per-image rows; returns (metrics, rows, kept maps).
-
-    Each row holds ``image_path``, ``label``, ``p_fake``, the per-image pixel values of
-    ``PixelMetricAccumulator.update`` and ``mask_area``: the fraction of the image's pixels in the
-    binarised ground truth at the original resolution (0 for reals), which the report buckets by.
-    ``keep_maps``: positions whose original-resolution heatmap is returned for pictures.
+    ``logits_to_keep`` restricts the vocabulary projection to the distinct answer positions (one
+    with left padding), instead of [B, L, vocab] for the whole sequence.
     """
-    labels = np.array([r.label for r in records])
-    report = image_report(labels, preds.p_fake, tuned_threshold=tuned_threshold)
-    pixels = PixelMetricAccumulator(pixel_threshold)
-    rows, kept = [], {}
+    positions = batch["answer_positions"]
+    keep = torch.unique(positions)
+    logits = model(**model_inputs(batch), logits_to_keep=keep, use_cache=False).logits
+    column = torch.searchsorted(keep, positions)
+    rows = torch.arange(positions.shape[0], device=logits.device)
+    picked = logits[rows, column.to(logits.device)]
+    return picked[:, [fake_token_id, real_token_id]].float()
 
-    def maps(i: int) -> tuple[np.ndarray, np.ndarray]:
-        gt = load_binary_mask(records[i], data_root, mask_rule)
-        return gt, original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
+def _generate_ids(model, batch: Mapping[str, torch.Tensor], max_new_tokens: int, pad_token_id: int) -> torch.Tensor:
+    """[B, max_new_tokens] greedy continuation ids, padded with ``pad_token_id`` to a fixed width."""
+    seq_len = batch["input_ids"].shape[1]
+    if not bool((batch["answer_positions"] == seq_len - 1).all()):
+        raise ValueError("generated text needs inference batches whose prompt ends every row (left padding, no "
+                         "appended answer); build the collator without answers and with padding_side='left'")
+    out = model.generate(**model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=pad_token_id)
+    new = out[:, seq_len:]
+    padded = torch.full((new.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=new.device)
+    padded[:, : new.shape[1]] = new
+    return padded
 
-    # Decoding the masks and resizing the maps release the GIL: threads keep the scoring of a large
-    # test set (one full-resolution mask per fake) from taking longer than its inference.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, (rec, (gt, prob_map)) in enumerate(zip(records, pool.map(maps, range(len(records))))):
-            per_image = pixels.update(prob_map, gt, rec.label)
-            rows.append({"image_path": rec.image_path, "label": rec.label, "p_fake": float(preds.p_fake[i]),
-                         **per_image, "mask_area": float(gt.mean()) if gt.size else 0.0})
-            if i in keep_maps:
-                kept[i] = prob_map
-    report.update(pixels.compute())
-    report["score"] = combined_score(report["auroc"], report["pixel_f1"], report["pixel_iou"])
-    return report, rows, kept
+@torch.no_grad()
+def score_answers(model: torch.nn.Module, loader, accelerator: Accelerator, *, fake_token_id: int,
+                  real_token_id: int, num_records: int, max_new_tokens: int = 0, tokenizer=None) -> AnswerScores:
+    """Score every record of ``loader`` (``VisionLanguageCollator`` batches, prepared by ``accelerator``).
 
+    ``model`` is the (possibly LoRA'd) ``Qwen2_5_VLForConditionalGeneration``, already on the device
+    and not wrapped for DDP (evaluation needs no gradient synchronisation, and ``generate`` is not
+    reachable through the wrapper). ``tokenizer`` is required when ``max_new_tokens > 0``, to pad
+    and decode the generated text. All processes must call this; all receive the full result.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0 (0: no generated text)")
+    if max_new_tokens and tokenizer is None:
+        raise ValueError("score_answers: pass the tokenizer to decode generated text (max_new_tokens > 0)")
+    pad_token_id = None
+    if max_new_tokens:
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    positions, logits, generated = [], [], []
+    for batch in loader:
+        if "position" not in batch:
+            raise KeyError("score_answers needs each batch's dataset 'position'; give the dataset items a "
+                           "'position' (their index), as ForgeryDataset does")
+        positions.append(batch["position"])
+        logits.append(answer_logits(model, batch, fake_token_id, real_token_id))
+        if max_new_tokens:
+            generated.append(_generate_ids(model, batch, max_new_tokens, pad_token_id))
+    values = {"logits": logits, **({"generated": generated} if max_new_tokens else {})}
+    got = gather_in_order(accelerator, positions, values, num_records)
+    pair = torch.from_numpy(got["logits"])
+    texts = decode_generated(tokenizer, got["generated"]) if max_new_tokens else None
+    return AnswerScores(p_fake=torch.softmax(pair, dim=-1)[:, 0].numpy(), logit_fake=pair[:, 0].numpy(),
+                        logit_real=pair[:, 1].numpy(), generated=texts)
+
+def decode_generated(tokenizer, ids) -> list[str]:
+    """Generated ids [N, T] (padded with special tokens after each row's end) -> stripped text per row."""
+    rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
+# ----------------------------------------------------------------------------------------- prediction
+@torch.no_grad()
+def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids: tuple[int, int], *,
+               amp_dtype: str = "bf16") -> dict[str, torch.Tensor]:
+    """One inference forward: ``p_fake_lm``, ``p_fake_head`` [B] and ``heatmap`` [B, H, W] probabilities.
+
+    The LM's answer is read by ``answer_logits`` (the shared definition: softmax over the
+    fake and real logits at the answer position); the heads' outputs of the same forward are kept
+    by a hook, so the vision tower runs once. ``model`` is the unwrapped hybrid model.
+    """
+    model.eval()
+    kept = {}
+    handle = model.register_forward_hook(lambda module, args, output: kept.update(output=output))
+    try:
+        with autocast(next(model.parameters()).device, amp_dtype):
+            pair = answer_logits(model, batch, *answer_ids)
+    finally:
+        handle.remove()
+    out = kept["output"]
+    return {"p_fake_lm": torch.softmax(pair, dim=-1)[:, 0],
+            "p_fake_head": torch.sigmoid(out.cls_logit.float()),
+            "heatmap": torch.sigmoid(out.heatmap_logit.float())}
+
+@torch.no_grad()
+def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max_new_tokens: int, *,
+                      eos_token_id: int, pad_token_id: int, amp_dtype: str = "bf16") -> torch.Tensor:
+    """[B, max_new_tokens] greedy continuation of each row's prompt: the LM's free-text answer.
+
+    The hybrid model has no generation cache (its soft tokens are made inside the forward from the
+    whole image), so each new token is one more full forward over the prompt and the tokens so far;
+    the loop stops once every row has emitted ``eos_token_id`` (the end of turn), and a finished
+    row's later ids are ``pad_token_id``. The multimodal placeholder tokens (image, video, vision
+    start/end, the soft-token slot) are never chosen: appended, they would claim image features or
+    slots the prompt does not have. Rows must end with the prompt (``HybridCollator`` without answers).
+    """
+    inputs = dict(hybrid_inputs(batch))
+    input_ids = inputs["input_ids"]
+    if not bool((batch["answer_positions"] == input_ids.shape[1] - 1).all()):
+        raise ValueError("greedy_answer_ids needs inference batches whose prompt ends every row (left padding, no "
+                         "appended answer): build them with HybridCollator without answers")
+    config = model.base.config
+    banned = torch.tensor([config.image_token_id, config.video_token_id, config.vision_start_token_id,
+                           config.vision_end_token_id, model.prompt.slot_token_id], device=input_ids.device)
+    rows = input_ids.shape[0]
+    out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    for step in range(max_new_tokens):
+        with autocast(input_ids.device, amp_dtype):
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
+        logits[:, banned] = float("-inf")
+        token = logits.argmax(-1).masked_fill(done, pad_token_id)
+        out[:, step] = token
+        done |= token == eos_token_id
+        if bool(done.all()):
+            break
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], token[:, None]], dim=1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(token[:, None])], dim=1)
+        # The new token is text (type 0); hybrid_inputs made sure the key is there.
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token[:, None])], dim=1)
+    return out
+
+@dataclass
+class HybridPredictions:
+    """Per-record outputs, ordered by position in the evaluated record list."""
+    p_fake_lm: np.ndarray      # [N] from the answer-token logits
+    p_fake_head: np.ndarray    # [N] sigmoid of the heads' classifier logit
+    heatmaps: np.ndarray       # [N, H, W] evidence probabilities on the patch grid
+    generated: list[str] | None = None  # greedy free-text answer per record (only with max_new_tokens > 0)
+
+    def heads(self) -> HeadPredictions:
+        return HeadPredictions(p_fake=self.p_fake_head, heatmaps=self.heatmaps)
+
+def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
+                   amp_dtype: str, num_records: int, *, max_new_tokens: int = 0,
+                   tokenizer=None) -> HybridPredictions:
+    """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``; ``model`` unwrapped, on the
+    device) on every process and gather every record once, in dataset order. With
+    ``max_new_tokens > 0`` each record's free-text answer (``greedy_answer_ids``, decoded with
+    ``tokenizer``) comes too; it costs one more forward per generated token."""
+    if max_new_tokens and tokenizer is None:
+        raise ValueError("predict_hybrid: pass the tokenizer to decode generated text (max_new_tokens > 0)")
+    positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
+    if max_new_tokens:
+        outputs["generated"] = []
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for batch in loader:
+        out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype)
+        if max_new_tokens:
+            out["generated"] = greedy_answer_ids(model, batch, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                                 pad_token_id=pad_id, amp_dtype=amp_dtype)
+        positions.append(batch["position"])
+        for key in outputs:
+            outputs[key].append(out[key])
+    got = gather_in_order(accelerator, positions, outputs, num_records)
+    return HybridPredictions(p_fake_lm=got["p_fake_lm"], p_fake_head=got["p_fake_head"], heatmaps=got["heatmap"],
+                             generated=decode_generated(tokenizer, got["generated"]) if max_new_tokens else None)

@@ -7,7 +7,7 @@ Three steps, each reusing what the evaluation scripts use:
 2. :func:`collect_images`: the inputs (files and folders) checked with ``validate.inspect_image``;
    unreadable, truncated and non-image files are listed with the reason, never dropped silently.
 3. :func:`predict_images`: the task's own loaders, collators and batched scorers
-   (``evaluation.predict_heads``, ``lm_eval.score_answers``, ``task3.predict_hybrid``) over
+   (``evaluation.predict_heads``, ``evaluation.score_answers``, ``evaluation.predict_hybrid``) over
    ``data.dataset.ImageFileDataset`` (letterboxed to the checkpoint's ``image_size`` as in evaluation).
 
 Checkpoint folders (what :data:`CHECKPOINT_CONTENTS` tells a user):
@@ -16,7 +16,7 @@ Checkpoint folders (what :data:`CHECKPOINT_CONTENTS` tells a user):
   Task 1 never trains the language model, so its answer is subtask 2's question (``full_model_eval.py``),
   and asking it here would load the whole LM for an untrained answer (about 15 GiB more for the 7B).
 - Task 2 (``LORA.py``'s ``save_lora_path``): ``adapter_config.json``, ``adapter_model.safetensors`` and a
-  ``resolved_config.json`` holding the prompt setup (``task2.SETUP_KEYS``). LM answer only.
+  ``resolved_config.json`` holding the prompt setup (``checkpoint_folders.SETUP_KEYS``). LM answer only.
 - Task 3 (``hybrid_train.py``): a fusion ``*.safetensors`` whose metadata holds ``hybrid_spec``, a heads
   ``*.safetensors`` (metadata ``heads_config``) and, unless every LoRA was off, a PEFT adapter folder,
   under any names: ``final/{adapter/, heads.safetensors, fusion.safetensors}`` (the default), the seed's
@@ -42,19 +42,19 @@ from PIL import Image
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 
-from .checkpoint import RESOLVED_CONFIG_NAME, load_adapter_strict, read_resolved_config, read_safetensors_metadata
+from .adapters import load_adapter_strict
+from .checkpoint import RESOLVED_CONFIG_NAME, read_resolved_config, read_safetensors_metadata
+from .checkpoint_folders import (CheckpointPaths, adapter_setup, answer_ids_for, attach_task1_checkpoint,
+                                 load_hybrid_model, read_hybrid_spec)
 from .checkpoint_paths import ADAPTER_FILES
-from .data.collate import ImageBatchCollator
+from .data.collate import HybridCollator, ImageBatchCollator, make_collator
 from .data.dataset import ImageFileDataset
+from .data.geometry import original_size_heatmap
 from .data.validate import inspect_image
-from .evaluation import original_size_heatmap, predict_heads
-from .lm_eval import score_answers
+from .evaluation import predict_heads, predict_hybrid, score_answers
+from .model.hybrid import HybridSpec
 from .model.loader import load_model, load_processor, load_vision_tower
 from .prompts import answer_token_ids
-from .task1 import attach_task1_checkpoint
-from .task2 import adapter_setup, make_collator
-from .task3 import (CheckpointPaths, HybridCollator, HybridSpec, answer_ids_for, load_hybrid_model, predict_hybrid,
-                    read_hybrid_spec)
 from .visualize import save_overlay, save_probability_map
 
 TASK1, TASK2, TASK3 = "task1", "task2", "task3"

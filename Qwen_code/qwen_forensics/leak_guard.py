@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 from .checkpoint import RESOLVED_CONFIG_NAME, read_resolved_config
 from .data.leakage import LeakageReport, VideoLeakageError, require_no_leakage
+from .data.lm_records import read_task2_dataset
 from .data.records import Record, load_index
-from .task2 import read_task2_dataset
 
 ALLOW_KEY = "allow_val_overlap"
 # Keys of a training config (as resolved_config.json holds it) that name the training set.

@@ -23,10 +23,15 @@ Choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .data.collate import IGNORE_INDEX, hybrid_inputs, lm_logits_to_keep
+from .training import autocast
 
 __all__ = ["ForensicLossWeights", "forensic_loss", "mask_to_grid", "soft_dice"]
 
@@ -124,3 +129,44 @@ def forensic_loss(
         "contrast": contrast,
         "total": total,
     }
+
+
+# ----------------------------------------------------------------------------------------- loss
+@dataclass
+class HybridLossWeights:
+    lm: float = 1.0
+    head: ForensicLossWeights = field(default_factory=ForensicLossWeights)
+
+    @classmethod
+    def from_config(cls, cfg) -> "HybridLossWeights":
+        w = cfg.loss_weights
+        if w.lm < 0:
+            raise ValueError(f"loss_weights.lm must be >= 0, got {w.lm}; fix loss_weights in the config")
+        return cls(w.lm, ForensicLossWeights(w.head_cls, w.head_evi, w.head_sparse, w.head_contrast, cfg.evi_alpha))
+
+def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over the supervised tokens; ``logits`` are the last k positions."""
+    keep = logits.shape[1]
+    # The logits at position p predict token p + 1: the first kept position predicts nothing kept.
+    if bool((labels[:, : labels.shape[1] - keep + 1] != IGNORE_INDEX).any()):
+        raise ValueError(f"the logits of the last {keep} positions cannot predict every supervised token; "
+                         "keep lm_logits_to_keep(labels) positions")
+    kept = labels[:, -keep:]
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), kept[:, 1:].flatten().to(logits.device),
+                           ignore_index=IGNORE_INDEX)
+
+def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: HybridLossWeights,
+                amp_dtype: str, device: torch.device, lora_cast=None) -> dict[str, torch.Tensor]:
+    """Forward + joint loss: ``total`` = lm weight * LM answer loss + the weighted head loss.
+
+    Returns ``total``, ``lm``, ``head`` (weighted head total) and the head's unweighted terms.
+    ``lora_cast``: a ``model.lora.LoraInputCast`` of the model (see ``training.autocast``).
+    """
+    labels = batch["labels"]
+    with autocast(device, amp_dtype, lora_cast):
+        out = model(**hybrid_inputs(batch), logits_to_keep=lm_logits_to_keep(labels))
+    lm = answer_lm_loss(out["logits"], labels)
+    head = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["target"],
+                         weights.head)
+    return {"total": weights.lm * lm + head["total"], "lm": lm, "head": head["total"],
+            **{k: head[k] for k in ("cls", "evi", "sparse", "contrast")}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
 
 DEFAULT_PROMPT = "Is this image real or fake? Answer with one word: Real or Fake."
 DEFAULT_FAKE_TOKEN = "Fake"
@@ -102,3 +103,17 @@ def answer_token_ids(tokenizer, fake: str = DEFAULT_FAKE_TOKEN, real: str = DEFA
     if fake_id == real_id:
         raise ValueError(f"fake word {fake!r} and real word {real!r} are the same token ({fake_id}); use two different words")
     return fake_id, real_id
+
+
+# ----------------------------------------------------------------------------------- prompt setup
+@dataclass(frozen=True)
+class PromptSetup:
+    """Everything that decides which tokens the model sees and which answer token is read."""
+    image_size: int | None  # letterbox side; None = native resolution within the processor's bounds
+    prompt_text: str
+    fake_token: str
+    real_token: str
+
+    @property
+    def answers(self) -> dict[int, str]:
+        return {0: self.real_token, 1: self.fake_token}

@@ -15,8 +15,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
+
+from .model.hybrid import HybridModel
+from .model.lora import trainable_base_parameters
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -166,3 +170,25 @@ def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[s
 
 def format_row(row: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def enable_gradient_checkpointing(base: nn.Module) -> None:
+    """Non-reentrant checkpointing of every ViT block and decoder layer (the tap needs non-reentrant)."""
+    kwargs = {"use_reentrant": False}
+    # transformers 5.24 renamed the method (the old name warns); older 5.x releases only have the old one.
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.config.use_cache = False
+
+def hybrid_optimizer(model: HybridModel, cfg, total_steps: int):
+    """AdamW with groups heads / fusion / vision LoRA / LM LoRA and a warm-up cosine schedule."""
+    base_params = trainable_base_parameters(model.base)
+    groups = param_groups({
+        "heads": (list(model.heads.parameters()), cfg.lr_head),
+        "fusion": (list(model.fusion.parameters()) if model.fusion is not None else [], cfg.lr_fusion),
+        "lora_vision": (base_params["vision"], cfg.lr_lora),
+        "lora_lm": (base_params["lm"], cfg.lr_lora_lm if cfg.lr_lora_lm is not None else cfg.lr_lora),
+    }, cfg.weight_decay)
+    return build_optimizer_and_schedule(groups, total_steps=total_steps, warmup_ratio=cfg.warmup_ratio)

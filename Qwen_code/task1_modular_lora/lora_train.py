@@ -15,21 +15,24 @@ from pathlib import Path
 from peft import inject_adapter_in_model
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoint import load_adapter_strict, load_training_state, write_resolved_config
+from qwen_forensics.adapters import load_adapter_strict
+from qwen_forensics.checkpoint import load_training_state, write_resolved_config
+from qwen_forensics.checkpoint_folders import ADAPTER_DIR, load_heads, save_task1_checkpoint
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.evaluation import predict_heads, score_heads
+from qwen_forensics.data.validate import load_split
+from qwen_forensics.eval_outputs import score_heads
+from qwen_forensics.evaluation import predict_heads
+from qwen_forensics.files import append_csv_row
 from qwen_forensics.leak_guard import guard_training_split
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
-from qwen_forensics.files import append_csv_row
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.loader import load_processor, load_vision_tower, resolve_dtype
-from qwen_forensics.model.lora import LoraInputCast, format_targets, make_lora_config, vision_block_targets
-from qwen_forensics.task1 import ADAPTER_DIR, cast_trainable_to_fp32, load_heads, save_task1_checkpoint
+from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable_to_fp32
+from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
                                      optimizer_steps, param_groups, seed_everything, train_epoch)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  dropout=cfg.lora_dropout), visual)
         heads = ForensicHeads.from_vision_config(visual.config, cfg.visual_layers, cfg.fuse_dim)
     model = ForensicViT(visual, cfg.visual_layers, heads.to(accelerator.device))
-    lora_params = cast_trainable_to_fp32(visual)
+    lora_params = trainable_to_fp32(visual)
     lora_cast = LoraInputCast(visual)
 
     # ---- setup: optimisation

@@ -19,27 +19,99 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers import Trainer, TrainingArguments
+
+from qwen_forensics.adapters import save_adapter
+from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config_and_paths
-from qwen_forensics.model.lora import format_targets
-from qwen_forensics.task2 import build_trainer
+from qwen_forensics.data.collate import TrainerCollator, make_collator
+from qwen_forensics.data.dataset import Task2ImageDataset
+from qwen_forensics.data.lm_records import read_task2_dataset
+from qwen_forensics.data.records import load_index
+from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
+from qwen_forensics.hf_trainer import resolved_training_config, trainer_arguments
+from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.model.lora import LoraInputCast, attach_lora, vision_inputs_require_grad
+from qwen_forensics.model.lora_targets import format_targets
 from qwen_forensics.task_configs import Task2TrainConfig
-from qwen_forensics.training import speed_line
+from qwen_forensics.training import seed_everything, speed_line
+
+
+def evaluation_set(cfg: Task2TrainConfig, setup) -> Task2ImageDataset | None:
+    """``test_dataset`` as the Trainer's evaluation set: a map.py output (same prompt and answers as the
+    training set), or the earlier LORA.py's object, an index evaluated as it is."""
+    spec = cfg.test_dataset
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        data = read_task2_dataset(spec)
+        if data.setup(cfg.image_size) != setup:
+            raise SystemExit(f"test_dataset {spec} was mapped with a different prompt or answer words than "
+                             f"{cfg.train_dataset_path}; map both with the same config_map.json settings")
+        return Task2ImageDataset.from_samples(data.samples, cfg.data_root, setup.image_size)
+    data_root = spec.data_root or cfg.data_root
+    report = validate_records(load_index(spec.annotation_file), data_root, source=spec.annotation_file)
+    records = apply_bad_sample_policy(report, "fail", Path(cfg.out_dir))[: spec.dataset_limit]
+    return Task2ImageDataset.from_records(records, data_root, setup.image_size)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, root, _ = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
                                          default_config=Path(__file__).with_name("config_lora_trainer.json"))
-    run = build_trainer(cfg, root)
-    if run.trainer.is_world_process_zero():
-        print(format_targets(run.targets))
-        run.trainer.model.print_trainable_parameters()
-    result = run.train()
-    run.save(cfg)
-    if run.trainer.is_world_process_zero():
+
+    # ---- setup: data (the training set fixes the prompt and the answer words)
+    train_data = read_task2_dataset(cfg.train_dataset_path)
+    setup = train_data.setup(cfg.image_size)
+    eval_set = evaluation_set(cfg, setup)
+
+    # ---- setup: Trainer arguments as the user wrote them, adapted to this transformers and machine
+    trainer_kwargs, notes = trainer_arguments(cfg.training_args, root, Path(cfg.out_dir), torch_dtype=cfg.torch_dtype)
+    if eval_set is not None and trainer_kwargs.get("eval_strategy", "no") == "no":
+        trainer_kwargs["eval_strategy"] = "epoch"
+        notes.append("test_dataset given and training_args sets no eval_strategy: evaluating (eval_loss) after "
+                     "every epoch")
+    resume = trainer_kwargs.pop("resume_from_checkpoint", None)
+    args = TrainingArguments(**trainer_kwargs)
+    if args.process_index == 0:
+        for note in notes:
+            print(f"[config] {note}")
+        write_resolved_config(args.output_dir, resolved_training_config(cfg, setup, trainer_kwargs))
+
+    # ---- setup: model. Weights in the configured dtype on GPU (CPU runs stay float32); straight onto
+    # this process's device, which spares a host copy of the model per torchrun process.
+    model = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if args.device.type == "cuda" else "float32",
+                       device=args.device)
+    model.config.use_cache = False
+    # Trainer seeds only when it is built; the LoRA A matrices are drawn before that.
+    seed_everything(args.seed)
+    model, targets = attach_lora(model, cfg)
+    if args.gradient_checkpointing:
+        vision_inputs_require_grad(model)
+    if args.bf16 or args.fp16:
+        # Trainer runs every forward (training and evaluation) under autocast, which makes PEFT's
+        # fp32 copy of each LoRA input redundant (see model.lora.LoraInputCast).
+        LoraInputCast(model).set(False)
+    processor = load_processor(cfg.base_model_path, setup.image_size)
+    trainer = Trainer(model=model, args=args, data_collator=TrainerCollator(make_collator(processor, setup, train=True)),
+                      train_dataset=Task2ImageDataset.from_samples(train_data.samples, cfg.data_root,
+                                                                   setup.image_size),
+                      eval_dataset=eval_set)
+    if trainer.is_world_process_zero():
+        print(format_targets(targets))
+        trainer.model.print_trainable_parameters()
+
+    # ---- train
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    # ---- save: the adapter (PEFT format) and the prompt setup lora_infer.py reads back
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, cfg.save_lora_path)
+        write_resolved_config(cfg.save_lora_path, resolved_training_config(cfg, setup, trainer_kwargs))
         print(json.dumps(result.metrics, indent=1))
         seconds = result.metrics["train_runtime"]
         print(speed_line(round(result.metrics["train_samples_per_second"] * seconds), seconds, "training (Trainer loop)"))
-        print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {run.trainer.args.output_dir}")
+        print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {args.output_dir}")
+    trainer.accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -28,16 +28,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoint import load_adapter_strict, write_resolved_config
+from qwen_forensics.adapters import load_adapter_strict
+from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.checkpoint_folders import adapter_setup, resolve_infer_setup
 from qwen_forensics.config import config_dict, load_config
+from qwen_forensics.data.collate import make_collator
+from qwen_forensics.data.dataset import Task2ImageDataset
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.eval_outputs import finish_evaluation
+from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
+from qwen_forensics.evaluation import score_answers
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.task2 import ImageEntry, Task2ImageDataset, adapter_setup, make_collator, resolve_infer_setup
 from qwen_forensics.task_configs import Task2InferConfig
 from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 
@@ -71,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     def score(index_path: str, tag: str, max_new_tokens: int):
         records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}",
                                       accelerator)
-        dataset = Task2ImageDataset([ImageEntry(r.image_path, r.label) for r in records], cfg.data_root,
-                                    setup.image_size)
+        dataset = Task2ImageDataset.from_records(records, cfg.data_root, setup.image_size)
         loader = accelerator.prepare(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                                 collate_fn=collate))
         start = time.perf_counter()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config
-from qwen_forensics.task2 import run_map
+from qwen_forensics.data.lm_records import run_map
+from qwen_forensics.model.loader import load_processor
 from qwen_forensics.task_configs import Task2MapConfig
 
 
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     for job in cfg.jobs():
         print(f"map {job.name}: {job.annotation_file} -> {job.final_dataset_path}\n  prompt: {job.prompt_text!r}; "
               f"answers: fake {job.fake_token!r}, real {job.real_token!r}")
-    for result in run_map(cfg):
+    # The model's processor checks the answer words before any record is mapped.
+    for result in run_map(cfg, load_processor(cfg.base_model_path)):
         write_resolved_config(Path(result.batch_dir), cfg)
         done = result.batches_total - len(result.batches_written)
         print(f"map {result.name}: {result.records} records ({result.skipped} skipped) in {result.batches_total} "

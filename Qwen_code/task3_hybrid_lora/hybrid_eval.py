@@ -22,19 +22,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.checkpoint_folders import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
+                                               read_hybrid_spec, seed_key_notes)
 from qwen_forensics.config import load_config
+from qwen_forensics.data.collate import HybridCollator
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
-from qwen_forensics.evaluation import score_heads
+from qwen_forensics.data.validate import load_split
+from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
+from qwen_forensics.evaluation import predict_hybrid
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import image_report, tune_threshold
+from qwen_forensics.metrics import hybrid_scores, image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.lora import resolve_targets_with_notes
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, answer_ids_for, hybrid_scores, load_hybrid_model,
-                                  lora_target_spec, predict_hybrid, read_hybrid_spec)
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
@@ -136,43 +136,6 @@ def main(argv: list[str] | None = None) -> None:
     print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
     print(json.dumps(metrics, indent=1))
     print(outputs.summary())
-
-
-def seed_key_notes(cfg: Task3EvalConfig, trained) -> list[str]:
-    """The seed's eval config repeats training settings; the checkpoint's are what is loaded.
-
-    A repeated value that differs, and answer words other than the trained ones (reading another
-    token's logit gives a meaningless AUROC, SPEC 6.3), are reported; the trained values are used.
-    """
-    notes = []
-    for key, value, saved in (("visual_layers", cfg.visual_layers, trained.visual_layers),
-                              ("fusion_tokens", cfg.fusion_tokens, trained.fusion_tokens)):
-        if value is not None and value != saved:
-            notes.append(f"config {key}={value} but {cfg.fusion_checkpoint} was trained with {saved}; the "
-                         "checkpoint's value is used")
-    words = {"fake": [cfg.fake_token, cfg.target_text.fake if cfg.target_text else None],
-             "real": [cfg.real_token, cfg.target_text.real if cfg.target_text else None]}
-    for label, asked in words.items():
-        saved = trained.fake_word if label == "fake" else trained.real_word
-        for word in asked:
-            if word is not None and word != saved:
-                notes.append(f"{label} answer word {word!r} is not the trained one ({saved!r}); the trained word "
-                             "is read")
-    if cfg.fusion_hidden_dropout is not None:
-        notes.append("fusion_hidden_dropout has no effect at evaluation (dropout is off)")
-    return notes
-
-
-def lora_config_notes(base, lora_cfg, trained) -> list[str]:
-    """Compare the eval config's ``lora`` block with the checkpoint's recorded LoRA targets."""
-    wanted, notes = resolve_targets_with_notes(base, lora_target_spec(lora_cfg))
-    wanted = sorted(n for names in wanted.values() for n in names)
-    saved = sorted(n for names in trained.lora_targets.values() for n in names)
-    if wanted != saved:
-        notes.append(f"the config's lora block names {len(wanted)} target modules, the checkpoint has {len(saved)} "
-                     f"({len(set(wanted) - set(saved))} only in the config, {len(set(saved) - set(wanted))} only in "
-                     "the checkpoint); the checkpoint's adapter is loaded")
-    return notes
 
 
 if __name__ == "__main__":

@@ -15,21 +15,25 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import load_training_state, write_resolved_config
+from qwen_forensics.checkpoint_folders import CheckpointPaths, answer_ids_for, load_hybrid_model, save_task3_checkpoint
 from qwen_forensics.config import load_config
+from qwen_forensics.data.collate import HybridCollator
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.evaluation import score_heads
-from qwen_forensics.leak_guard import guard_training_split
-from qwen_forensics.metrics import image_report
+from qwen_forensics.data.validate import load_split
+from qwen_forensics.eval_outputs import score_heads
+from qwen_forensics.evaluation import predict_hybrid
 from qwen_forensics.files import append_csv_row
+from qwen_forensics.leak_guard import guard_training_split
+from qwen_forensics.losses import HybridLossWeights, hybrid_loss
+from qwen_forensics.metrics import hybrid_scores, image_report
+from qwen_forensics.model.hybrid import HybridSpec, build_hybrid_model
 from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.lora import LoraInputCast, format_targets
-from qwen_forensics.task3 import (CheckpointPaths, HybridCollator, HybridLossWeights, HybridSpec, answer_ids_for,
-                                  build_hybrid_model, enable_gradient_checkpointing, hybrid_loss, hybrid_optimizer,
-                                  hybrid_scores, load_hybrid_model, predict_hybrid, save_task3_checkpoint)
+from qwen_forensics.model.lora import LoraInputCast
+from qwen_forensics.model.lora_targets import format_targets
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import format_row, keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch
+from qwen_forensics.training import (enable_gradient_checkpointing, format_row, hybrid_optimizer, keep_best,
+                                     make_accelerator, optimizer_steps, seed_everything, train_epoch)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.

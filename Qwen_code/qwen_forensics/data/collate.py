@@ -21,10 +21,14 @@ items carry one: distributed evaluation orders gathered outputs by it) and, in t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from qwen_forensics.prompts import prompt_text_for
+from ..prompts import PromptSetup, prompt_text_for
+
+if TYPE_CHECKING:
+    from ..model.hybrid import HybridPrompt
 
 IGNORE_INDEX = -100
 EXTRA_KEYS = ("target", "answer_positions", "position")
@@ -211,3 +215,51 @@ class ImageBatchCollator:
             batch["mask"] = torch.stack([item["mask"] for item in items])
             batch["labels"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.float32)
         return batch
+
+
+def make_collator(processor, setup: PromptSetup, *, train: bool) -> VisionLanguageCollator:
+    """The one collator construction of Task 2: training appends and supervises the answer (right
+    padding), evaluation stops at the assistant header (left padding, the answer is read last)."""
+    if train:
+        return VisionLanguageCollator(processor, setup.prompt_text, answers=setup.answers, padding_side="right")
+    return VisionLanguageCollator(processor, setup.prompt_text)
+
+class TrainerCollator:
+    """Wraps the LM collator for ``transformers.Trainer``: the model gets only what its forward takes,
+    and projects only the answer positions onto the vocabulary (``collate.answer_only_inputs``)."""
+
+    def __init__(self, collator: VisionLanguageCollator):
+        if collator.answers is None:
+            raise ValueError("Trainer needs the training collator (answers given), which builds labels")
+        self.collator = collator
+
+    def __call__(self, items):
+        return answer_only_inputs(model_inputs(self.collator(items)))
+
+
+# Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
+NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position")
+
+# ----------------------------------------------------------------------------------------- data
+class HybridCollator:
+    """ForgeryDataset items -> ``VisionLanguageCollator`` batches of the hybrid prompt (left padded).
+
+    With ``answers`` (training) the batch also holds LM ``labels`` and the items' training ``mask``
+    [B, S, S] for the head losses; without (evaluation) it is exactly what ``evaluation.score_answers`` scores.
+    """
+
+    def __init__(self, processor, prompt: HybridPrompt, answers: Mapping[int, str] | None = None):
+        self.prompt = prompt
+        self.lm = VisionLanguageCollator(processor, prompt.text, answers=answers, padding_side="left")
+
+    def __call__(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        batch = self.lm(items)
+        if self.lm.answers is not None:
+            batch["mask"] = torch.stack([item["mask"] for item in items])
+        return batch
+
+def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's arguments for ``HybridModel.forward`` (with ``mm_token_type_ids``, checked: the
+    model computes the image's 2-D positions from it)."""
+    require_mrope_inputs(batch)
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}

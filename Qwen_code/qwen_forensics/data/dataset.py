@@ -2,7 +2,10 @@
 image files (prediction)."""
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .geometry import letterbox_image, letterbox_mask
+from .lm_records import Task2Sample
 from .masks import MaskRule, load_binary_mask
 from .records import Record
 
@@ -77,3 +81,51 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         with Image.open(self.paths[i]) as img:
             return {"image": model_image(img, self.image_size), "position": i}
+
+
+# ------------------------------------------------------------------------------------ image dataset
+@dataclass(frozen=True)
+class ImageEntry:
+    """What the image dataset needs per item; ``file_size``/``sha256`` (when known) are verified."""
+    image_path: str
+    label: int
+    file_size: int | None = None
+    sha256: str | None = None
+
+class Task2ImageDataset(Dataset):
+    """Items ``{"image": PIL RGB, "label", "position"}``: letterboxed to ``image_size``, or the
+    original image when ``image_size`` is None (the processor then resizes within its pixel bounds).
+
+    The file is read once; when the entry carries a digest it is checked on those bytes, so a
+    training image replaced after map.py is an error instead of a silent label mismatch.
+    """
+
+    def __init__(self, entries: Sequence[ImageEntry], data_root: str | os.PathLike, image_size: int | None):
+        self.entries = list(entries)
+        self.data_root = Path(data_root)
+        self.image_size = image_size
+
+    @classmethod
+    def from_records(cls, records: Sequence[Record], data_root, image_size) -> "Task2ImageDataset":
+        """Index records, read as they are (no digest to check)."""
+        return cls([ImageEntry(r.image_path, r.label) for r in records], data_root, image_size)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Task2Sample], data_root, image_size) -> "Task2ImageDataset":
+        return cls([ImageEntry(s.image_path, s.label, s.file_size, s.sha256) for s in samples], data_root, image_size)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict:
+        entry = self.entries[i]
+        path = self.data_root / entry.image_path
+        data = path.read_bytes()
+        changed = entry.sha256 is not None and (len(data) != entry.file_size
+                                                or hashlib.sha256(data).hexdigest() != entry.sha256)
+        if changed:
+            raise ValueError(f"{path} changed after map.py recorded it (size or SHA-256 differ); rerun map.py so "
+                             "the training set matches the images")
+        with Image.open(io.BytesIO(data)) as img:
+            image = model_image(img, self.image_size)
+        return {"image": image, "label": entry.label, "position": i}

@@ -137,3 +137,9 @@ def unletterbox(map_2d: np.ndarray | torch.Tensor, lb: Letterbox) -> np.ndarray 
     along_x = torch.lerp(cropped[:, x_lo], cropped[:, x_hi], wx[None, :])
     out = torch.lerp(along_x[y_lo], along_x[y_hi], wy[:, None])
     return out.cpu().numpy() if as_numpy else out
+
+
+def original_size_heatmap(heatmap: np.ndarray, gt_shape: tuple[int, int], image_size: int) -> np.ndarray:
+    """Patch-grid probabilities -> original image resolution, letterbox padding cropped."""
+    lb = letterbox_geometry(gt_shape[0], gt_shape[1], image_size)
+    return unletterbox(heatmap, lb)

@@ -26,15 +26,17 @@ differ in exactly one token in that context (checked when the prompt is built).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..prompts import prompt_text_for
 from .heads import ForensicHeads
 from .loader import get_language_model, get_visual
+from .lora import inject_hybrid_lora
+from ..prompts import prompt_text_for
 from .tap import ViTFeatureTap
 
 __all__ = [
@@ -188,7 +190,7 @@ class HybridModel(nn.Module):
 
     ``base`` may carry a LoRA adapter (injected in place) anywhere. ``fusion`` is None exactly when
     ``prompt.fusion_tokens`` is 0. Inputs are the processor's keys for a batch built with
-    ``prompt.text`` as the question (see ``task3.HybridCollator``); images must share one patch
+    ``prompt.text`` as the question (see ``data.collate.HybridCollator``); images must share one patch
     grid (letterboxed).
     """
 
@@ -249,7 +251,7 @@ class HybridModel(nn.Module):
             counts = slots.sum(1)
             if not bool((counts == self.prompt.fusion_tokens).all()):
                 raise ValueError(f"every row needs {self.prompt.fusion_tokens} soft-token slots, found "
-                                 f"{counts.tolist()}: build the batch with task3.HybridCollator and this model's prompt")
+                                 f"{counts.tolist()}: build the batch with data.collate.HybridCollator and this model's prompt")
             soft = self.fusion(heads_out["pooled"], head_statistics(heads_out["cls_logit"], heads_out["heatmap_logit"]))
             embeds = embeds.masked_scatter(slots.unsqueeze(-1).expand_as(embeds), soft.to(embeds.dtype))
         if self.prompt.head_verdict:
@@ -266,8 +268,53 @@ class HybridModel(nn.Module):
         fake_id, real_id = self.prompt.verdict_ids
         if not bool((input_ids[rows, positions] == real_id).all()):
             raise ValueError("the verdict word is not where the prompt puts it: build the batch with "
-                             "task3.HybridCollator and this model's prompt")
+                             "data.collate.HybridCollator and this model's prompt")
         with torch.no_grad():
             words = torch.where(cls_logit.detach() >= 0, fake_id, real_id).to(input_ids.device)
             word_embeds = self.base.get_input_embeddings()(words).to(embeds.dtype)
         return embeds.index_put((rows, positions), word_embeds)
+
+
+# ----------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class HybridSpec:
+    """Everything besides tensors that a hybrid checkpoint needs to rebuild its model and prompt."""
+
+    visual_layers: list[int]
+    fusion_tokens: int
+    head_verdict_prompt: bool
+    prompt: str
+    fake_word: str
+    real_word: str
+    image_size: int
+    lora_targets: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_train_config(cls, cfg, lora_targets: Mapping[str, Sequence[str]]) -> "HybridSpec":
+        return cls(list(cfg.visual_layers), cfg.fusion_tokens, cfg.head_verdict_prompt, cfg.prompt,
+                   cfg.target_text.fake, cfg.target_text.real, cfg.image_size,
+                   {k: list(v) for k, v in lora_targets.items()})
+
+    def hybrid_prompt(self, processor) -> HybridPrompt:
+        return HybridPrompt.build(processor, self.prompt, self.fusion_tokens, fake_word=self.fake_word,
+                                  real_word=self.real_word, head_verdict=self.head_verdict_prompt)
+
+def build_hybrid_model(base: nn.Module, processor, cfg, say=print) -> tuple[HybridModel, HybridSpec]:
+    """A fresh hybrid model for training from a ``Task3TrainConfig``: LoRA injected into ``base``,
+    new heads and fusion projector on ``base``'s device (sizes read from ``base.config``). Notes on
+    the LoRA targets (patterns that matched nothing) go to ``say``."""
+    targets, notes = inject_hybrid_lora(base, cfg.lora)
+    for note in notes:
+        say(f"note: {note}")
+    spec = HybridSpec.from_train_config(cfg, targets)
+    heads = ForensicHeads.from_vision_config(base.config.vision_config, cfg.visual_layers, cfg.fuse_dim)
+    fusion = None
+    if cfg.fusion_tokens:
+        fusion = FusionProjector(cfg.fuse_dim, int(base.config.text_config.hidden_size), cfg.fusion_tokens,
+                                 dropout=cfg.fusion_hidden_dropout, embed_rms=embedding_rms(base))
+    return assemble_hybrid_model(base, heads, fusion, spec, processor), spec
+
+def assemble_hybrid_model(base, heads, fusion, spec: HybridSpec, processor) -> HybridModel:
+    device = next(base.parameters()).device
+    fusion = fusion.to(device) if fusion is not None else None
+    return HybridModel(base, heads.to(device), fusion, spec.visual_layers, spec.hybrid_prompt(processor))

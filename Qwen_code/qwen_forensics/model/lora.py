@@ -1,309 +1,29 @@
-"""LoRA target resolution by exact module path, per component (vision blocks, merger, LM layers).
+"""LoRA on the model: configs for exact targets, injection and the one fp32 cast of trainable weights.
 
-The vision blocks and the LM layers both contain modules called ``mlp.gate_proj`` etc., so a
-suffix such as ``gate_proj`` would hit both towers. Targets here are therefore full module paths
-checked to exist and to be ``nn.Linear``, and ``make_lora_config`` hands PEFT a regex that
-full-matches exactly those paths and nothing else.
+- Task 1 injects one adapter into the bare vision tower (``inject_adapter_in_model``);
+- Task 2 wraps the full model in PEFT's model (``attach_lora``), for Hugging Face ``Trainer``;
+- Task 3 injects one adapter over every enabled component (``inject_hybrid_lora``).
 
-Components are located by class, not by attribute path, so the same code works on the full
-``Qwen2_5_VLForConditionalGeneration`` (tower at ``model.visual``, LM at ``model.language_model``)
-and on a bare vision tower (root ``""``), whatever the transformers version's nesting.
+Targets come from ``lora_targets`` (exact module paths); after injection ``check_lora_wrapped``
+confirms PEFT wrapped exactly those. Trainable weights train in fp32 even over a bf16 model
+(``trainable_to_fp32``): AdamW updates on bf16 weights stall.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from peft import LoraConfig
+import torch
+from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    Qwen2_5_VisionTransformerPretrainedModel,
-    Qwen2_5_VLTextModel,
-)
 
-VISION_BLOCK_MODULES = ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-LM_LAYER_MODULES = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
-# Configs may name modules by their last component; these tables expand them to exact paths
-# within one block / layer (not a suffix match over the whole model).
-VISION_MODULE_ALIASES = {
-    "qkv": "attn.qkv",
-    "proj": "attn.proj",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
-LM_MODULE_ALIASES = {
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
-COMPONENTS = ("visual", "merger", "vision_extra", "lm")
+from .loader import get_visual
+from .lora_targets import (LoraTargetSpec, _flatten, exact_target_regex, locate_components, resolve_targets,
+                           resolve_targets_with_notes)
+
 PEFT_MODEL_PREFIX = "base_model.model."
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix.rstrip('.')}.{name}" if prefix else name
-
-
-def _unique_path(model: nn.Module, cls: type) -> str | None:
-    paths = [name for name, module in model.named_modules() if isinstance(module, cls)]
-    if len(paths) > 1:
-        raise ValueError(f"expected at most one {cls.__name__} in the model, found {len(paths)} at {paths}")
-    return paths[0] if paths else None
-
-
-def locate_components(model: nn.Module) -> dict[str, str | None]:
-    """Module paths of the vision tower and the language model inside ``model`` ("" = root, None = absent)."""
-    return {
-        "visual": _unique_path(model, Qwen2_5_VisionTransformerPretrainedModel),
-        "language_model": _unique_path(model, Qwen2_5_VLTextModel),
-    }
-
-
-def _expand(modules: Sequence[str], aliases: Mapping[str, str], what: str) -> list[str]:
-    if isinstance(modules, str):
-        raise TypeError(f"{what} modules must be a list of names, got the string {modules!r}")
-    expanded = [aliases.get(m, m) for m in modules]
-    if not expanded:
-        raise ValueError(f"no {what} modules given; use e.g. {list(aliases.values())}")
-    duplicates = sorted({m for m in expanded if expanded.count(m) > 1})
-    if duplicates:
-        raise ValueError(f"{what} modules listed twice: {duplicates}")
-    return expanded
-
-
-def _check_indices(indices: Sequence[int], count: int, what: str) -> list[int]:
-    if isinstance(indices, str) or not indices:
-        raise ValueError(f"{what} indices must be a non-empty list of integers, got {indices!r}")
-    bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
-    if bad:
-        raise ValueError(
-            f"invalid {what} indices {bad}: the model has {count} {what}s, valid indices are 0..{count - 1}"
-        )
-    duplicates = sorted({i for i in indices if list(indices).count(i) > 1})
-    if duplicates:
-        raise ValueError(f"{what} indices listed twice: {duplicates}")
-    return list(indices)
-
-
-def _linear_paths(root: nn.Module, relative: list[str], prefix: str) -> list[str]:
-    for rel in relative:
-        try:
-            module = root.get_submodule(rel)
-        except AttributeError:
-            raise ValueError(f"module {_join(prefix, rel)!r} does not exist in the model") from None
-        if not isinstance(module, nn.Linear):
-            raise ValueError(
-                f"module {_join(prefix, rel)!r} is a {type(module).__name__}, not nn.Linear "
-                "(is a LoRA adapter already injected?)"
-            )
-    return [_join(prefix, rel) for rel in relative]
-
-
-def _layer_list(parent: nn.Module, attr: str, what: str) -> nn.ModuleList:
-    layers = getattr(parent, attr, None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(parent).__name__} has no '{attr}' ModuleList: it is not a Qwen2.5-VL {what}")
-    return layers
-
-
-def vision_block_targets(
-    visual_module: nn.Module,
-    blocks: Sequence[int],
-    modules: Sequence[str] = VISION_BLOCK_MODULES,
-    prefix: str = "",
-) -> list[str]:
-    """Full names of ``modules`` (e.g. ``attn.qkv``) in vision ``blocks``; ``prefix`` = the tower's path."""
-    depth = len(_layer_list(visual_module, "blocks", "vision tower"))
-    block_ids = _check_indices(blocks, depth, "vision block")
-    names = _expand(modules, VISION_MODULE_ALIASES, "vision block")
-    return _linear_paths(visual_module, [f"blocks.{b}.{m}" for b in block_ids for m in names], prefix)
-
-
-def merger_targets(visual_module: nn.Module, prefix: str = "") -> list[str]:
-    """The linear layers of the patch merger's MLP (``merger.mlp.0``, ``merger.mlp.2``)."""
-    merger = getattr(visual_module, "merger", None)
-    mlp = getattr(merger, "mlp", None)
-    if not isinstance(mlp, nn.Module):
-        raise ValueError(f"{type(visual_module).__name__} has no merger.mlp: it is not a Qwen2.5-VL vision tower")
-    relative = [f"merger.mlp.{name}" for name, m in mlp.named_children() if isinstance(m, nn.Linear)]
-    if not relative:
-        raise ValueError("the merger MLP has no nn.Linear layers (is a LoRA adapter already injected?)")
-    return [_join(prefix, rel) for rel in relative]
-
-
-# Prefixes under which configs name modules of one component: the released checkpoints' names
-# ("visual.merger.mlp.0"), transformers 5's ("model.visual..."), or names relative to the component.
-VISION_NAME_PREFIXES = ("model.visual.", "visual.")
-LM_NAME_PREFIXES = ("model.language_model.", "language_model.")
-
-
-def _strip_prefix(name: str, prefixes: Sequence[str]) -> str:
-    for prefix in prefixes:
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
-
-
-def vision_module_targets(visual_module: nn.Module, paths: Sequence[str], prefix: str = "") -> list[str]:
-    """Exact module paths inside the vision tower (Task 2's ``lora_extra_modules``, e.g. ``merger.mlp.0``;
-    a ``visual.`` / ``model.visual.`` prefix is accepted)."""
-    if isinstance(paths, str):
-        raise TypeError(f"vision module paths must be a list, got the string {paths!r}")
-    return _linear_paths(visual_module, [_strip_prefix(p, VISION_NAME_PREFIXES) for p in paths], prefix)
-
-
-def lm_module_targets(language_model: nn.Module, paths: Sequence[str], prefix: str = "") -> list[str]:
-    """Exact module paths inside the language model (``layers.24.self_attn.q_proj``; a
-    ``language_model.`` / ``model.language_model.`` prefix is accepted)."""
-    if isinstance(paths, str):
-        raise TypeError(f"LM module paths must be a list, got the string {paths!r}")
-    return _linear_paths(language_model, [_strip_prefix(p, LM_NAME_PREFIXES) for p in paths], prefix)
-
-
-def pattern_targets(component: nn.Module, patterns: Sequence[str], canonical: str, prefix: str = ""
-                    ) -> tuple[list[str], list[str]]:
-    """The earlier scripts' substring patterns: every ``nn.Linear`` whose name contains a pattern.
-
-    A name is tried as ``<canonical>.<path>`` (``visual.blocks.7.attn.qkv``, the released
-    checkpoints' naming) and as its path in the model (``model.visual.blocks.7.attn.qkv``).
-    Returns (matched full names, patterns that matched nothing).
-    """
-    if isinstance(patterns, str):
-        raise TypeError(f"patterns must be a list, got the string {patterns!r}")
-    matched, unmatched = [], []
-    for pattern in patterns:
-        hits = [_join(prefix, rel) for rel, module in component.named_modules()
-                if rel and isinstance(module, nn.Linear) and (pattern in f"{canonical}.{rel}"
-                                                              or pattern in _join(prefix, rel))]
-        if not hits:
-            unmatched.append(pattern)
-        matched.extend(h for h in hits if h not in matched)
-    return matched, unmatched
-
-
-def lm_targets(
-    language_model: nn.Module,
-    layers: Sequence[int] | Literal["all"],
-    modules: Sequence[str] = LM_LAYER_MODULES,
-    prefix: str = "",
-) -> list[str]:
-    """Full names of ``modules`` (e.g. ``self_attn.q_proj``) in decoder ``layers`` (or ``"all"``)."""
-    count = len(_layer_list(language_model, "layers", "language model"))
-    if layers == "all":
-        layer_ids = list(range(count))
-    else:
-        layer_ids = _check_indices(layers, count, "LM layer")
-    names = _expand(modules, LM_MODULE_ALIASES, "LM layer")
-    return _linear_paths(language_model, [f"layers.{i}.{m}" for i in layer_ids for m in names], prefix)
-
-
-@dataclass(frozen=True)
-class LoraTargetSpec:
-    """Which components get LoRA. ``None`` switches a component off.
-
-    vision_blocks: ViT block indices (Task 1 ``lora_target_layers``, Task 2 ``lora_target_blocks``,
-    Task 3 ``lora.visual.blocks``); merger: LoRA on the merger MLP (Task 3 ``lora.merge``);
-    vision_extra_modules: further exact paths inside the tower (Task 2 ``lora_extra_modules``);
-    vision_patterns / lm_patterns: the earlier scripts' substring patterns (``extra_patterns``);
-    lm_layers: decoder layer indices or ``"all"``; lm_extra_modules: exact LM module paths.
-    """
-
-    vision_blocks: Sequence[int] | None = None
-    vision_modules: Sequence[str] = VISION_BLOCK_MODULES
-    merger: bool = False
-    vision_extra_modules: Sequence[str] = ()
-    vision_patterns: Sequence[str] = ()
-    lm_layers: Sequence[int] | Literal["all"] | None = None
-    lm_modules: Sequence[str] = LM_LAYER_MODULES
-    lm_extra_modules: Sequence[str] = ()
-    lm_patterns: Sequence[str] = ()
-
-
-def resolve_targets(model: nn.Module, spec: LoraTargetSpec) -> dict[str, list[str]]:
-    """Per component (``COMPONENTS``) the full module names, relative to ``model`` (see
-    :func:`resolve_targets_with_notes`, which also reports patterns that matched nothing)."""
-    return resolve_targets_with_notes(model, spec)[0]
-
-
-def resolve_targets_with_notes(model: nn.Module, spec: LoraTargetSpec) -> tuple[dict[str, list[str]], list[str]]:
-    """Per component the full module names relative to ``model``, and notes for the log.
-
-    ``model`` is the full Qwen2.5-VL model or a bare vision tower; disabled components map to [].
-    A module named twice explicitly is an error; a pattern match already targeted is dropped
-    (the earlier scripts collected targets in a set), and a pattern that matches nothing is
-    reported in the notes rather than silently adding nothing.
-    """
-    paths = locate_components(model)
-    wants_visual = (spec.vision_blocks is not None or spec.merger or bool(spec.vision_extra_modules)
-                    or bool(spec.vision_patterns))
-    wants_lm = spec.lm_layers is not None or bool(spec.lm_extra_modules) or bool(spec.lm_patterns)
-    if wants_visual and paths["visual"] is None:
-        raise ValueError(f"vision LoRA requested but {type(model).__name__} contains no Qwen2.5-VL vision tower")
-    if wants_lm and paths["language_model"] is None:
-        raise ValueError(
-            f"LM LoRA requested but {type(model).__name__} contains no language model "
-            "(a bare vision tower cannot take LM targets)"
-        )
-    targets: dict[str, list[str]] = {c: [] for c in COMPONENTS}
-    unmatched: dict[str, list[str]] = {}
-    if wants_visual:
-        visual = model.get_submodule(paths["visual"])
-        if spec.vision_blocks is not None:
-            targets["visual"] = vision_block_targets(visual, spec.vision_blocks, spec.vision_modules, paths["visual"])
-        if spec.merger:
-            targets["merger"] = merger_targets(visual, paths["visual"])
-        if spec.vision_extra_modules:
-            targets["vision_extra"] = vision_module_targets(visual, spec.vision_extra_modules, paths["visual"])
-        if spec.vision_patterns:
-            hits, unmatched["vision"] = pattern_targets(visual, spec.vision_patterns, "visual", paths["visual"])
-            taken = set(_flatten(targets))
-            targets["vision_extra"] += [h for h in hits if h not in taken]
-    if wants_lm:
-        lm = model.get_submodule(paths["language_model"])
-        if spec.lm_layers is not None:
-            targets["lm"] = lm_targets(lm, spec.lm_layers, spec.lm_modules, paths["language_model"])
-        if spec.lm_extra_modules:
-            targets["lm"] += lm_module_targets(lm, spec.lm_extra_modules, paths["language_model"])
-        if spec.lm_patterns:
-            hits, unmatched["lm"] = pattern_targets(lm, spec.lm_patterns, "language_model", paths["language_model"])
-            taken = set(_flatten(targets))
-            targets["lm"] += [h for h in hits if h not in taken]
-    _flatten(targets)
-    notes = [f"{component} LoRA pattern {pattern!r} matches no linear module of this model, so it adds no "
-             f"target (the earlier scripts' substring match found nothing there either)"
-             for component, patterns in unmatched.items() for pattern in patterns]
-    return targets, notes
-
-
-def _flatten(targets: Mapping[str, Sequence[str]] | Sequence[str]) -> list[str]:
-    names = [n for group in targets.values() for n in group] if isinstance(targets, Mapping) else list(targets)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"LoRA targets listed twice: {duplicates}")
-    return names
-
-
-def exact_target_regex(names: Sequence[str]) -> str:
-    """A regex that PEFT full-matches against module names: exactly ``names``, nothing else."""
-    return "(?:" + "|".join(re.escape(n) for n in names) + ")"
 
 
 def make_lora_config(
@@ -344,27 +64,6 @@ def check_lora_wrapped(model: nn.Module, targets: Mapping[str, Sequence[str]] | 
         )
 
 
-_GROUP = re.compile(r"^(.*\.(?:blocks|layers)\.\d+)\.(.+)$")
-
-
-def format_targets(targets: Mapping[str, Sequence[str]]) -> str:
-    """Human-readable per-component listing, one line per block / layer."""
-    total = sum(len(v) for v in targets.values())
-    lines = [f"LoRA targets ({total} modules):"]
-    for component, names in targets.items():
-        if not names:
-            lines.append(f"  {component}: off")
-            continue
-        lines.append(f"  {component} ({len(names)}):")
-        groups: OrderedDict[str, list[str]] = OrderedDict()
-        for name in names:
-            match = _GROUP.match(name)
-            parent, leaf = (match.group(1), match.group(2)) if match else name.rpartition(".")[::2]
-            groups.setdefault(parent, []).append(leaf)
-        lines.extend(f"    {parent}: {', '.join(leaves)}" for parent, leaves in groups.items())
-    return "\n".join(lines)
-
-
 class LoraInputCast:
     """Switch off PEFT's cast of each LoRA layer's input to the adapter's dtype, inside autocast.
 
@@ -389,3 +88,99 @@ class LoraInputCast:
             yield
         finally:
             self.set(True)
+
+
+# ----------------------------------------------------------------------------------------- the model
+def trainer_target_spec(cfg) -> LoraTargetSpec:
+    """``Task2TrainConfig`` -> target spec; an empty block list means LoRA on the extra modules only."""
+    return LoraTargetSpec(vision_blocks=list(cfg.lora_target_blocks) or None,
+                          vision_modules=list(cfg.lora_target_modules),
+                          vision_extra_modules=list(cfg.lora_extra_modules))
+
+def attach_lora(model: torch.nn.Module, cfg):
+    """Wrap the full model in a PEFT model whose LoRA sits on exactly the configured vision modules."""
+    from peft import get_peft_model
+
+    targets = resolve_targets(model, trainer_target_spec(cfg))
+    config = make_lora_config(targets, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                              bias=cfg.lora_bias, task_type=cfg.lora_task_type)
+    peft_model = get_peft_model(model, config)
+    check_lora_wrapped(peft_model, targets)
+    return peft_model, targets
+
+def vision_inputs_require_grad(model: torch.nn.Module):
+    """Make the patch embedding's output require grad; returns the hook handle.
+
+    With reentrant checkpointing a block's parameters get gradients only if an input of the block
+    requires grad. The tower's first input is the frozen patch embedding of pixel values, which does
+    not, so every vision LoRA would silently get no gradient. Recent transformers hook the patch
+    embedding in ``enable_input_require_grads`` themselves, older ones only the token embeddings;
+    this hook makes the gradients independent of the installed version.
+    """
+    patch_embed = get_visual(model).patch_embed
+    return patch_embed.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
+
+
+# ----------------------------------------------------------------------------------------- LoRA
+def hybrid_target_spec(lora_cfg) -> LoraTargetSpec:
+    """The config's ``lora`` block (``task_configs.HybridLora``) as a per-component target spec.
+
+    ``lm.layers`` null means every LM layer unless ``lm.extra_modules`` / ``extra_patterns`` name
+    the modules (the earlier scripts' shape), then only those.
+    """
+    visual, lm = lora_cfg.visual, lora_cfg.lm
+    lm_layers = None
+    if lm.enabled:
+        if lm.layers is not None:
+            lm_layers = lm.layers if lm.layers == "all" else list(lm.layers)
+        elif not (lm.extra_modules or lm.extra_patterns):
+            lm_layers = "all"
+    return LoraTargetSpec(
+        vision_blocks=list(visual.blocks) if visual.enabled else None,
+        vision_extra_modules=list(visual.extra_modules) if visual.enabled else (),
+        vision_patterns=list(visual.extra_patterns) if visual.enabled else (),
+        merger=lora_cfg.merge.enabled,
+        lm_layers=lm_layers,
+        lm_extra_modules=list(lm.extra_modules) if lm.enabled else (),
+        lm_patterns=list(lm.extra_patterns) if lm.enabled else (),
+    )
+
+def inject_hybrid_lora(base: nn.Module, lora_cfg) -> tuple[dict[str, list[str]], list[str]]:
+    """Freeze ``base`` and inject ONE adapter over all enabled components; returns the targets and
+    notes (patterns that matched nothing).
+
+    Targets are exact module paths per component (``model.lora.resolve_targets``); with every
+    component off nothing is injected and the returned lists are all empty.
+    """
+    base.requires_grad_(False)
+    targets, notes = resolve_targets_with_notes(base, hybrid_target_spec(lora_cfg))
+    if any(targets.values()):
+        config = make_lora_config(targets, r=lora_cfg.r, alpha=lora_cfg.alpha, dropout=lora_cfg.dropout,
+                                  bias=lora_cfg.bias)
+        inject_adapter_in_model(config, base)
+        check_lora_wrapped(base, targets)
+    return targets, notes
+
+def trainable_to_fp32(module: nn.Module) -> list[nn.Parameter]:
+    """The module's trainable tensors (LoRA, plus biases with ``bias != "none"``), cast to fp32 in place.
+
+    Trainable weights train in fp32 even when the frozen model is bf16: AdamW updates on bf16
+    weights stall (the update is below bf16's resolution), so every recipe casts through here.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for param in params:
+        param.data = param.data.float()
+    return params
+
+
+def trainable_base_parameters(base: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """:func:`trainable_to_fp32` of the full model, split into ``vision`` (tower and merger) and ``lm``."""
+    visual_prefix = locate_components(base)["visual"] + "."
+    trainable = {id(p) for p in trainable_to_fp32(base)}
+    groups: dict[str, list[nn.Parameter]] = {"vision": [], "lm": []}
+    for name, param in base.named_parameters():
+        if id(param) in trainable:
+            groups["vision" if name.startswith(visual_prefix) else "lm"].append(param)
+    return groups
+
+

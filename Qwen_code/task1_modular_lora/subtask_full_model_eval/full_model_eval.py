@@ -3,7 +3,7 @@
 The full model is loaded, the Task 1 checkpoint's visual LoRA is attached strictly to its vision
 tower (the heads are not used), and every image is scored by one batched forward:
 P(fake) = softmax over the fake/real answer-token logits at the answer position (the last one,
-with left padding), as defined in ``qwen_forensics.lm_eval``. The answer tokens are what the chat
+with left padding), as defined in ``qwen_forensics.evaluation``. The answer tokens are what the chat
 template puts right after the assistant header (SPEC 6.3); a fake/real word that is not a single
 token there is an error. Images are letterboxed to the checkpoint's ``image_size`` unless the
 config sets one. With ``max_new_tokens > 0`` the greedy free text is reported in its own
@@ -29,19 +29,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.checkpoint_folders import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.eval_outputs import finish_evaluation
+from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
+from qwen_forensics.evaluation import score_answers
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.lm_eval import generated_columns, prediction_rows, score_answers
 from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
-from qwen_forensics.task1 import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, speed_line, seed_everything
+from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]

@@ -20,17 +20,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import write_resolved_config
+from qwen_forensics.checkpoint_folders import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation
-from qwen_forensics.evaluation import predict_heads, score_heads
+from qwen_forensics.data.validate import load_split
+from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
+from qwen_forensics.evaluation import predict_heads
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.task1 import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 

@@ -1,0 +1,129 @@
+"""The user's ``training_args`` as Hugging Face ``TrainingArguments`` of the installed transformers.
+
+Task 2 trains with ``Trainer`` and takes ``training_args`` as the user wrote them (the seed's keys
+predate transformers 5); this module translates renamed keys, relocates paths like every other
+config path, fits mixed precision to the hardware and records what was used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .config import ConfigError, config_dict, relocate_path
+from .prompts import PromptSetup
+
+
+_PATH_ARGS = ("output_dir", "logging_dir", "resume_from_checkpoint")
+
+# TrainingArguments keys that transformers renamed; used only when the installed version lacks the old name.
+_RENAMED_ARGS = {"warmup_ratio": "warmup_steps", "evaluation_strategy": "eval_strategy", "no_cuda": "use_cpu"}
+
+# Keys transformers 5 dropped that no longer change anything.
+_OBSOLETE_ARGS = {
+    "logging_dir": "transformers 5 has no logging_dir (TensorBoard reads $TENSORBOARD_LOGGING_DIR)",
+    "overwrite_output_dir": "transformers 5 always writes into output_dir",
+    "save_safetensors": "transformers 5 always saves safetensors",
+}
+
+def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
+    """Translate keys the installed transformers renamed (the seed's config predates v5); returns notes.
+
+    ``warmup_ratio`` became a float ``warmup_steps`` in [0, 1) with the same meaning.
+    """
+    notes = []
+    for old, new in _RENAMED_ARGS.items():
+        if old in args and old not in known:
+            if new in args:
+                raise ConfigError(f"training_args has both {old!r} and {new!r}; this transformers only knows "
+                                  f"{new!r}: keep one")
+            args[new] = args.pop(old)
+            notes.append(f"training_args.{old} -> {new}={args[new]!r} (renamed in this transformers version)")
+    for old, why in _OBSOLETE_ARGS.items():
+        if old in args and old not in known:
+            args.pop(old)
+            notes.append(f"training_args.{old} dropped: {why}")
+    unknown = sorted(k for k in args if k not in known)
+    if unknown:
+        raise ConfigError(f"training_args has keys this transformers' TrainingArguments does not know: {unknown}; "
+                          "see the TrainingArguments documentation of the installed version")
+    return notes
+
+def choose_precision(args: dict, torch_dtype: str, *, cuda: bool, bf16_supported: bool) -> list[str]:
+    """Make ``bf16`` / ``fp16`` in ``args`` fit the hardware and the weights' dtype; returns notes.
+
+    - no CUDA: both off (every task runs float32 on CPU; transformers refuses bf16 there);
+    - ``fp16`` with bfloat16 weights (the seed's ``torch_dtype: bfloat16`` + ``fp16: true``): fp16
+      autocast over bf16 weights mixes two half formats and overflows where bf16 does not, so bf16
+      is used when the GPU supports it;
+    - ``bf16`` on a GPU without bf16 support: fp16 instead;
+    - both set: an error, as in transformers.
+    """
+    notes = []
+    if args.get("bf16") and args.get("fp16"):
+        raise ConfigError("training_args sets both bf16 and fp16; keep one")
+    if not cuda:
+        for key in ("bf16", "fp16"):
+            if args.get(key):
+                args[key] = False
+                notes.append(f"training_args.{key} -> false: no CUDA device, the CPU run stays in float32")
+        return notes
+    if args.get("fp16") and torch_dtype == "bfloat16" and bf16_supported:
+        args["fp16"], args["bf16"] = False, True
+        notes.append("training_args.fp16 -> bf16: the weights are bfloat16 (torch_dtype) and this GPU supports "
+                     "bf16; fp16 autocast over bf16 weights overflows where bf16 does not")
+    elif args.get("bf16") and not bf16_supported:
+        args["bf16"], args["fp16"] = False, True
+        notes.append("training_args.bf16 -> fp16: this GPU has no bf16 support")
+    return notes
+
+def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_dir: Path | None, *,
+                      torch_dtype: str = "bfloat16", cuda: bool | None = None,
+                      bf16_supported: bool | None = None) -> tuple[dict, list[str]]:
+    """The user's ``training_args`` as written, with the few adjustments the recipe needs; returns
+    (keyword arguments for ``TrainingArguments`` plus ``resume_from_checkpoint``, notes to print).
+
+    - keys the installed transformers renamed are translated (``warmup_ratio`` and friends);
+    - paths (``output_dir``, ``logging_dir``, a ``resume_from_checkpoint`` folder) are relocated
+      like every other config path (``--root``); relative ones are inside ``out_dir``;
+    - ``remove_unused_columns`` must be false: the dataset yields images, not model columns;
+    - gradient checkpointing without explicit kwargs gets ``use_reentrant: false``, which keeps the
+      vision LoRA gradients whatever the transformers version's default;
+    - mixed precision follows :func:`choose_precision` (``cuda`` / ``bf16_supported`` None: detect).
+    """
+    from transformers import TrainingArguments
+
+    args = json.loads(json.dumps(dict(training_args)))
+    notes = _adapt_to_installed(args, {f.name for f in fields(TrainingArguments)})
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if bf16_supported is None:
+        # Asked to plan for CUDA on a machine without it (tests): assume a bf16-capable GPU.
+        bf16_supported = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cuda
+    notes += choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=bf16_supported)
+    if not isinstance(args.get("output_dir"), str) or not args["output_dir"]:
+        raise ConfigError("training_args.output_dir is required (the Trainer's checkpoint folder)")
+    for key in _PATH_ARGS:
+        if isinstance(args.get(key), str):
+            args[key] = relocate_path(args[key], root, out_dir)
+    if args.get("remove_unused_columns", False):
+        raise ConfigError("training_args.remove_unused_columns must be false: the collator turns images into model "
+                          "inputs, so the Trainer must pass the dataset items through untouched")
+    args["remove_unused_columns"] = False
+    # The PEFT wrapper's forward hides the model's signature, from which Trainer would infer the label
+    # key; without it an evaluation set would report no eval_loss.
+    args.setdefault("label_names", ["labels"])
+    checkpointing = args.get("gradient_checkpointing") or args.get("activation_checkpointing")
+    if checkpointing and not (args.get("gradient_checkpointing_kwargs") or args.get("activation_checkpointing_kwargs")):
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    return args, notes
+
+def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str, Any]) -> dict:
+    """What LORA.py writes next to the adapter: the config plus the prompt setup it trained with."""
+    out = config_dict(cfg)
+    out["training_args"] = dict(training_args)
+    out.update(asdict(setup))
+    return out
