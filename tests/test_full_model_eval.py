@@ -213,7 +213,7 @@ def test_seed_lora_keys_are_reported_and_the_adapters_settings_used(workspace, t
     other, _ = _run(workspace, tmp_path / "other", "lora_r=4", "lora_target_layers=[7]")
     out = capsys.readouterr().out
     assert "config lora_r=4 but the checkpoint" in out and "was trained with 8" in out
-    assert f"config lora_target_layers=[7] but the checkpoint" in out and "[7, 15, 23, 31]" in out
+    assert "config lora_target_layers=[7] but the checkpoint" in out and "[7, 15, 23, 31]" in out
     assert [r["p_fake"] for r in other] == [r["p_fake"] for r in rows]
 
 

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from transformers import TrainingArguments
 
-from qwen_forensics import task2
+from qwen_forensics import hf_trainer
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.checkpoint_folders import adapter_setup, resolve_infer_setup
 from qwen_forensics.config import ConfigError, parse_config
+from qwen_forensics.data import lm_records
 from qwen_forensics.data.collate import IGNORE_INDEX, TrainerCollator, make_collator
 from qwen_forensics.data.dataset import Task2ImageDataset
 from qwen_forensics.data.lm_records import read_task2_dataset, run_map
@@ -26,6 +27,7 @@ from qwen_forensics.hf_trainer import trainer_arguments
 from qwen_forensics.model.loader import load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig, Task2MapConfig, Task2TrainConfig
+from scripts import CODE
 
 MAX_BYTES_PER_RECORD = 700
 
@@ -40,14 +42,19 @@ def root(tmp_path_factory) -> Path:
 
 
 def map_config(root: Path, **overrides) -> Task2MapConfig:
-    shipped = json.loads((Path(task2.__file__).parents[1] / "task2_lm_lora" / "config_map.json").read_text())
+    shipped = json.loads((CODE / "task2_lm_lora" / "config_map.json").read_text())
     return parse_config(Task2MapConfig, shipped, overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()],
                         root=str(root))
 
 
+def map_records(cfg: Task2MapConfig):
+    """What map.py runs: the map job with the model's processor."""
+    return run_map(cfg, load_processor(cfg.base_model_path), workers=2, progress=False)
+
+
 @pytest.fixture(scope="module")
 def mapped(root):
-    result, = run_map(map_config(root), progress=False)
+    result, = map_records(map_config(root))
     return result, read_task2_dataset(result.final_path)
 
 
@@ -66,7 +73,7 @@ def test_map_writes_the_documented_format(root, mapped):
     ]
     sample = data.samples[0]
     image_file = root / "data" / sample.image_path
-    assert task2.file_digest(image_file) == (sample.file_size, sample.sha256)
+    assert lm_records.file_digest(image_file) == (sample.file_size, sample.sha256)
     with Image.open(image_file) as img:
         assert sample.image_hw == (img.height, img.width)
     assert result.bytes_per_record < MAX_BYTES_PER_RECORD
@@ -146,8 +153,8 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
     _stand_in_index(data_root, 1000)
     common = dict(data_root=str(data_root), annotation_file=str(data_root / "trainingset2/train_idx.json"),
                   map_batch_size=100)
-    full, = run_map(map_config(root, **common, batch_output_dir=str(tmp_path / "full/batches"),
-                               final_dataset_path=str(tmp_path / "full/train.jsonl")), progress=False)
+    full, = map_records(map_config(root, **common, batch_output_dir=str(tmp_path / "full/batches"),
+                                   final_dataset_path=str(tmp_path / "full/train.jsonl")))
     assert (full.records, full.batches_total, full.batches_written) == (1000, 10, list(range(10)))
     with capsys.disabled():
         print(f"\nmap: {full.bytes_per_record:.0f} bytes/record in the training set "
@@ -156,7 +163,7 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
 
     cfg = map_config(root, **common, batch_output_dir=str(tmp_path / "run/batches"),
                      final_dataset_path=str(tmp_path / "run/train.jsonl"))
-    real_build = task2._build_batch
+    real_build = lm_records._build_batch
     calls = []
 
     def crash_after_three(*args, **kwargs):
@@ -165,10 +172,10 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
             raise KeyboardInterrupt("simulated kill during batch 3")
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(task2, "_build_batch", crash_after_three)
+    monkeypatch.setattr(lm_records, "_build_batch", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
-        run_map(cfg, progress=False)
-    monkeypatch.setattr(task2, "_build_batch", real_build)
+        map_records(cfg)
+    monkeypatch.setattr(lm_records, "_build_batch", real_build)
     batch_dir = Path(cfg.batch_output_dir)
     assert sorted(p.name for p in batch_dir.glob("batch_*.jsonl")) == [f"batch_{k:05d}.jsonl" for k in range(3)]
     assert not Path(cfg.final_dataset_path).exists()
@@ -177,28 +184,28 @@ def test_map_1000_records_bounded_disk_and_resume(root, tmp_path, monkeypatch, c
     (tmp_path / "run" / ".train.jsonl.99999.tmp").write_text('{"index": 0')
     before = {p.name: p.stat().st_mtime_ns for p in batch_dir.glob("batch_*.jsonl")}
 
-    resumed, = run_map(cfg, progress=False)
+    resumed, = map_records(cfg)
     assert resumed.batches_written == list(range(3, 10))
     assert {name: (batch_dir / name).stat().st_mtime_ns for name in before} == before
     assert not list(batch_dir.glob(".*.tmp")) and not list((tmp_path / "run").glob(".*.tmp"))
     assert Path(cfg.final_dataset_path).read_bytes() == Path(full.final_path).read_bytes()
 
     (batch_dir / "batch_00009.jsonl").unlink()
-    assert run_map(cfg, progress=False)[0].batches_written == [9]
+    assert map_records(cfg)[0].batches_written == [9]
     assert Path(cfg.final_dataset_path).read_bytes() == Path(full.final_path).read_bytes()
 
     with pytest.raises(ValueError, match=r"different map job .*\['map_batch_size'\]"):
-        run_map(replace(cfg, map_batch_size=50), progress=False)
+        map_records(replace(cfg, map_batch_size=50))
 
 
 def test_map_rejects_multi_token_answers(root):
     with pytest.raises(ValueError, match="'Forgery' is not a single token"):
-        run_map(map_config(root, fake_token="Forgery"), progress=False)
+        map_records(map_config(root, fake_token="Forgery"))
 
 
 # ---------------------------------------------------------------------------------- Trainer arguments
 def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
-    shipped = json.loads((Path(task2.__file__).parents[1] / "task2_lm_lora" / "config_lora_trainer.json").read_text())
+    shipped = json.loads((CODE / "task2_lm_lora" / "config_lora_trainer.json").read_text())
     args, notes = trainer_arguments(shipped["training_args"], str(tmp_path), None, cuda=True)
     assert args["output_dir"] == str(tmp_path.resolve() / "task2_lm_lora/training/checkpoints")
     assert args["bf16"] is True
@@ -228,13 +235,13 @@ def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
 
 # ------------------------------------------------------------- one prompt setup for training and eval
 def _train_config(root: Path, **overrides) -> Task2TrainConfig:
-    shipped = json.loads((Path(task2.__file__).parents[1] / "task2_lm_lora" / "config_lora_trainer.json").read_text())
+    shipped = json.loads((CODE / "task2_lm_lora" / "config_lora_trainer.json").read_text())
     return parse_config(Task2TrainConfig, shipped, overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()],
                         root=str(root))
 
 
 def _infer_config(root: Path, **overrides) -> Task2InferConfig:
-    shipped = json.loads((Path(task2.__file__).parents[1] / "task2_lm_lora" / "config_lora_infer.json").read_text())
+    shipped = json.loads((CODE / "task2_lm_lora" / "config_lora_infer.json").read_text())
     return parse_config(Task2InferConfig, shipped, overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()],
                         root=str(root))
 
@@ -245,7 +252,7 @@ def test_eval_reads_exactly_the_supervised_token(root, mapped, tmp_path, image_s
     _, data = mapped
     train_cfg = _train_config(root, image_size=image_size)
     trained = data.setup(train_cfg.image_size)
-    write_resolved_config(tmp_path, task2.resolved_training_config(train_cfg, trained, {"output_dir": "x"}))
+    write_resolved_config(tmp_path, hf_trainer.resolved_training_config(train_cfg, trained, {"output_dir": "x"}))
     saved = adapter_setup(tmp_path)
     assert saved == trained
     evaluated, notes = resolve_infer_setup(_infer_config(root), saved)
@@ -330,8 +337,8 @@ def test_adapter_setup_requires_task2_keys(tmp_path):
 def test_precision_follows_hardware_and_weights(given, torch_dtype, cuda, bf16_ok, expected):
     """The seed's trainer config asks fp16 over bfloat16 weights: bf16 where the GPU has it, float32 on CPU."""
     args = dict(given)
-    notes = task2.choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=bf16_ok)
+    notes = hf_trainer.choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=bf16_ok)
     assert args == expected
     assert bool(notes) == (args != given)
     with pytest.raises(ValueError, match="both bf16 and fp16"):
-        task2.choose_precision({"bf16": True, "fp16": True}, torch_dtype, cuda=cuda, bf16_supported=bf16_ok)
+        hf_trainer.choose_precision({"bf16": True, "fp16": True}, torch_dtype, cuda=cuda, bf16_supported=bf16_ok)

@@ -1,5 +1,5 @@
-"""Task 2 training through the real Trainer path (``task2.build_trainer``, what LORA.py runs):
-vision LoRA gradients under gradient checkpointing, and resume_from_checkpoint."""
+"""Task 2 training through LORA.py itself (its ``main``, in this process, with a recording Trainer):
+vision LoRA gradients under gradient checkpointing, resume_from_checkpoint, the saved adapter."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
-from qwen_forensics import task2
 from qwen_forensics.adapters import load_adapter_strict
 from qwen_forensics.checkpoint_folders import adapter_setup
 from qwen_forensics.config import parse_config
@@ -24,20 +23,17 @@ from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.evaluation import answer_logits
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.task2 import build_trainer
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
+from scripts import CODE, load_script, one_torch_thread
 
-TASK2_DIR = Path(task2.__file__).parents[1] / "task2_lm_lora"
+TASK2_DIR = CODE / "task2_lm_lora"
 LORA_MODULES_PER_BLOCK = 5
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny ops on 2 shared cores: extra torch threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +42,47 @@ def root(tmp_path_factory) -> Path:
     build_tiny_model(root / "Qwen2.5-VL-7B-Instruct")
     make_demo_dataset(root, n_train=40, n_test=8, frames_per_video=2)
     run_map(parse_config(Task2MapConfig, json.loads((TASK2_DIR / "config_map.json").read_text()), root=str(root)),
-            progress=False)
+            load_processor(str(root / "Qwen2.5-VL-7B-Instruct")), progress=False)
     return root
 
 
-def train_config(root: Path, **overrides) -> Task2TrainConfig:
-    """The shipped trainer config with short-run overrides (``training_args.x`` reaches into the dict)."""
-    shipped = json.loads((TASK2_DIR / "config_lora_trainer.json").read_text())
+def quick_sets(**overrides) -> list[str]:
+    """Short-run ``--set`` overrides of the shipped trainer config (``training_args.x`` reaches into the dict)."""
     quick = {"image_size": 56, "training_args.bf16": False, "training_args.per_device_train_batch_size": 2,
              "training_args.gradient_accumulation_steps": 1, "training_args.warmup_ratio": 0.0,
              "training_args.lr_scheduler_type": "constant", "training_args.logging_steps": 1,
              "training_args.disable_tqdm": True, "training_args.dataloader_num_workers": 0, **overrides}
-    return parse_config(Task2TrainConfig, shipped, overrides=[f"{k}={json.dumps(v)}" for k, v in quick.items()],
-                        root=str(root))
+    return [f"{k}={json.dumps(v)}" for k, v in quick.items()]
+
+
+def train_config(root: Path, **overrides) -> Task2TrainConfig:
+    """The config LORA.py resolves from the same overrides."""
+    shipped = json.loads((TASK2_DIR / "config_lora_trainer.json").read_text())
+    return parse_config(Task2TrainConfig, shipped, overrides=quick_sets(**overrides), root=str(root))
+
+
+def run_lora(root: Path, callbacks=(), **overrides) -> Trainer:
+    """LORA.py's ``main`` with the quick overrides; returns its Trainer (with ``callbacks`` added and the
+    ``resume_from_checkpoint`` that ``train`` received recorded as ``resumed_from``)."""
+    lora = load_script("LORA")
+    made = []
+
+    class RecordingTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, callbacks=list(callbacks), **kwargs)
+            made.append(self)
+
+        def train(self, resume_from_checkpoint=None, **kwargs):
+            self.resumed_from = resume_from_checkpoint
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    lora.Trainer = RecordingTrainer
+    argv = ["--root", str(root)]
+    for value in quick_sets(**overrides):
+        argv += ["--set", value]
+    lora.main(argv)
+    trainer, = made
+    return trainer
 
 
 class GradProbe(TrainerCallback):
@@ -83,8 +107,7 @@ def test_every_vision_lora_tensor_gets_gradients_with_checkpointing(root, tmp_pa
         overrides["training_args.gradient_checkpointing_kwargs"] = {"use_reentrant": True}
     cfg = train_config(root, **overrides)
     probe = GradProbe()
-    run = build_trainer(cfg, callbacks=[probe])
-    run.train()
+    run_lora(root, callbacks=[probe], **overrides)
 
     assert probe.checkpointing == [True, True]
     first, second = probe.steps
@@ -104,7 +127,7 @@ def test_resume_from_checkpoint_continues_the_run(root, tmp_path):
     base = {"training_args.output_dir": str(out), "training_args.save_steps": 1,
             "training_args.save_strategy": "steps", "training_args.gradient_checkpointing": False,
             "save_lora_path": str(tmp_path / "adapter")}
-    build_trainer(train_config(root, **base, **{"training_args.max_steps": 2})).train()
+    run_lora(root, **base, **{"training_args.max_steps": 2})
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
 
     class StepCounter(TrainerCallback):
@@ -114,13 +137,11 @@ def test_resume_from_checkpoint_continues_the_run(root, tmp_path):
             self.steps.append(state.global_step)
 
     counter = StepCounter()
-    run = build_trainer(train_config(root, **base, **{"training_args.max_steps": 3,
-                                                     "training_args.resume_from_checkpoint": True}),
-                        callbacks=[counter])
-    assert run.resume is True
-    run.train()
+    trainer = run_lora(root, callbacks=[counter], **base,
+                       **{"training_args.max_steps": 3, "training_args.resume_from_checkpoint": True})
+    assert trainer.resumed_from is True
     assert counter.steps == [3]
-    assert run.trainer.state.global_step == 3
+    assert trainer.state.global_step == 3
 
 
 def _p_fake(model, root: Path, setup, base_model_path: str) -> torch.Tensor:
@@ -136,16 +157,14 @@ def _p_fake(model, root: Path, setup, base_model_path: str) -> torch.Tensor:
 
 
 def test_saved_adapter_reproduces_the_trained_model(root, tmp_path):
-    cfg = train_config(root, **{"training_args.output_dir": str(tmp_path / "ckpt"), "training_args.max_steps": 3,
-                                "training_args.learning_rate": 0.01, "training_args.save_strategy": "no",
-                                "training_args.gradient_checkpointing": False,
-                                "save_lora_path": str(tmp_path / "adapter")})
-    run = build_trainer(cfg)
-    run.train()
-    run.save(cfg)
+    overrides = {"training_args.output_dir": str(tmp_path / "ckpt"), "training_args.max_steps": 3,
+                 "training_args.learning_rate": 0.01, "training_args.save_strategy": "no",
+                 "training_args.gradient_checkpointing": False, "save_lora_path": str(tmp_path / "adapter")}
+    cfg = train_config(root, **overrides)
+    trainer = run_lora(root, **overrides)
     setup = adapter_setup(cfg.save_lora_path)
-    assert setup == run.setup and setup.image_size == 56
-    trained = _p_fake(run.trainer.model, root, setup, cfg.base_model_path)
+    assert setup == read_task2_dataset(cfg.train_dataset_path).setup(56) and setup.image_size == 56
+    trained = _p_fake(trainer.model, root, setup, cfg.base_model_path)
     untouched = _p_fake(load_model(cfg.base_model_path, dtype="float32"), root, setup, cfg.base_model_path)
     assert (trained - untouched).abs().max() > 1e-3, "training did not change the answer probabilities"
 

@@ -26,7 +26,6 @@ from qwen_forensics.evaluation import eval_batch
 from qwen_forensics.losses import HybridLossWeights, answer_lm_loss, hybrid_loss
 from qwen_forensics.model.hybrid import HybridPrompt, SLOT_TOKEN, build_hybrid_model, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
-from qwen_forensics.task3 import train_step
 from qwen_forensics.task_configs import Task3TrainConfig
 from qwen_forensics.training import enable_gradient_checkpointing, hybrid_optimizer
 
@@ -229,7 +228,7 @@ CHILD = textwrap.dedent("""
     import sys, torch
     from safetensors.torch import load_file, save_file
     from qwen_forensics.model.loader import load_model, load_processor
-    from qwen_forensics.task3 import CheckpointPaths, load_hybrid_model, read_hybrid_spec
+    from qwen_forensics.checkpoint_folders import CheckpointPaths, load_hybrid_model, read_hybrid_spec
     tiny, ckpt, batch_file, out_file = sys.argv[1:]
     paths = CheckpointPaths.folder(ckpt)
     processor = load_processor(tiny, read_hybrid_spec(paths.fusion_file).image_size)
@@ -279,8 +278,8 @@ def test_a_missing_tensor_fails_loudly(tiny_dir, processor, tmp_path, part):
     assert str(path) in str(err.value)
 
 
-def test_train_step_and_eval_batch_as_the_gpu_benchmark_calls_them(tiny_dir, processor):
-    """benchmark_gpu.py times exactly these two functions on fixed batches."""
+def test_hybrid_loss_trains_and_eval_batch_scores(tiny_dir, processor):
+    """The loss hybrid_train.py (and benchmark_gpu.py) minimises, and the scoring hybrid_eval.py runs."""
     base, model, spec = _build(tiny_dir, processor, lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0)
     cfg = _cfg(lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0)
     optimizer, _ = hybrid_optimizer(model, cfg, total_steps=1_000)
@@ -288,8 +287,15 @@ def test_train_step_and_eval_batch_as_the_gpu_benchmark_calls_them(tiny_dir, pro
     train = HybridCollator(processor, model.prompt, ANSWERS)(items)
     evaluation = HybridCollator(processor, model.prompt)(items)
     assert "mask" not in evaluation and "labels" in train
-    losses = [train_step(model, train, optimizer, HybridLossWeights.from_config(cfg), amp_dtype="fp32")["total"]
-              for _ in range(3)]
+    weights = HybridLossWeights.from_config(cfg)
+    losses = []
+    for _ in range(3):
+        model.train()
+        total = hybrid_loss(model, train, weights, "fp32", torch.device("cpu"))["total"]
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(total.detach()))
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     out = eval_batch(model, evaluation, answer_ids_for(processor, spec), amp_dtype="fp32")
     assert out["p_fake_lm"].shape == out["p_fake_head"].shape == (2,) and out["heatmap"].shape == (2, 8, 8)

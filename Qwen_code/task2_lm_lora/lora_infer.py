@@ -4,7 +4,7 @@ The adapter is attached strictly (every tensor of the file lands in the model, n
 created). Image geometry, prompt and answer words default to what LORA.py trained with (the
 adapter folder's resolved_config.json); a config value that differs is used but announced. Every
 image is scored by one batched forward: P(fake) = softmax over the fake/real answer-token logits at
-the position whose logits training supervised (``qwen_forensics.lm_eval``). With
+the position whose logits training supervised (``qwen_forensics.evaluation.answer_logits``). With
 ``max_new_tokens > 0`` the greedy free text and the label its keywords name are extra columns,
 never replacing the probability.
 

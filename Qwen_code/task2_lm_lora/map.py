@@ -1,7 +1,7 @@
 """Task 2 preprocessing: annotation index -> training set for LORA.py (JSON Lines).
 
 Each record holds the image path (relative to data_root), label, the chat messages (image, prompt;
-answer "Fake"/"Real") and the image's size and SHA-256; no pixels (see ``qwen_forensics.task2``
+answer "Fake"/"Real") and the image's size and SHA-256; no pixels (see ``qwen_forensics.data.lm_records``
 for the format and its disk cost). Work is done in batches under ``batch_output_dir``; rerunning
 after an interruption skips the finished batches, then everything is merged into
 ``final_dataset_path``. The earlier map.py's shape, a ``datasets`` list (e.g. train and test) with
