@@ -27,6 +27,13 @@ def make_user_layout(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules that run the tiny model (``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture
 def user_layout():
     """:func:`make_user_layout`, for tests that lay out several roots."""

@@ -38,8 +38,9 @@ def load_script(script: str):
 
 
 def run_script(script: str, root: Path | None, *sets: str, config: Path | None = None,
-               argv: list[str] | None = None) -> str:
-    """``main`` of a pipeline script with ``--root`` and ``--set`` overrides (or a raw ``argv``)."""
+               argv: list[str] | None = None, module=None) -> str:
+    """``main`` of a pipeline script with ``--root`` and ``--set`` overrides (or a raw ``argv``); ``module``
+    is the script already loaded (by :func:`load_script`), e.g. to time only its ``main``."""
     if argv is None:
         argv = ["--root", str(root), *(["--config", str(config)] if config else [])]
         for value in sets:
@@ -47,7 +48,7 @@ def run_script(script: str, root: Path | None, *sets: str, config: Path | None =
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-            result = load_script(script).main(argv)
+            result = (module or load_script(script)).main(argv)
     finally:
         sys.stdout.write(printed.getvalue())
     if isinstance(result, int) and result != 0:

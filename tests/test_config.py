@@ -1,13 +1,13 @@
 import json
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import ConfigError, ROOT_ENV_VAR, load_config, parse_config, read_config_file
-from qwen_forensics.task_configs import SHIPPED_CONFIGS, Task1TrainConfig, Task3TrainConfig
-
-CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
+from qwen_forensics.model import loader
+from qwen_forensics.task_configs import SHIPPED_CONFIGS, Task1TrainConfig, Task2MapConfig, Task3TrainConfig
+from scripts import CODE, run_script
 
 
 @pytest.mark.parametrize("rel", sorted(SHIPPED_CONFIGS))
@@ -43,10 +43,36 @@ def test_working_dir_is_ignored(capsys):
 def test_type_errors_are_reported():
     with pytest.raises(ConfigError, match="epochs"):
         parse_config(Task1TrainConfig, {"epochs": "3"})
-    with pytest.raises(ConfigError, match="multiple of 28"):
-        parse_config(Task1TrainConfig, {"image_size": 450})
+    with pytest.raises(ConfigError, match="image_size=0: must be positive"):
+        parse_config(Task1TrainConfig, {"image_size": 0})
     with pytest.raises(ConfigError, match="amp_dtype"):
         parse_config(Task1TrainConfig, {"amp_dtype": "bfloat"})
+
+
+def test_configs_check_themselves_when_built_in_python():
+    with pytest.raises(ConfigError, match="epochs=0: must be > 0"):
+        Task1TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="fusion_tokens"):
+        Task3TrainConfig(fusion_tokens=-1)
+    with pytest.raises(ConfigError, match="map_batch_size"):
+        replace(parse_config(Task2MapConfig, {"annotation_file": "train.json"}), map_batch_size=0)
+
+
+@pytest.mark.parametrize("script, fixture", [("lora_train", None), ("LORA", "task2_adapter"), ("hybrid_train", None),
+                                             ("lora_eval", "task1_ckpt")])
+def test_image_size_off_the_patch_grid_stops_before_weights_load(script, fixture, tiny_root, request, monkeypatch):
+    """The factor (patch 14 x merge 2 = 28) comes from the model folder's image processor, not from the code."""
+    if fixture:
+        request.getfixturevalue(fixture)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before image_size was checked")
+
+    monkeypatch.setattr(loader, "load_model", no_weights)
+    monkeypatch.setattr(loader, "load_vision_tower", no_weights)
+    sets = ["image_size=450"] + ([f"ckpt_path={tiny_root / 't1_train/final'}"] if script == "lora_eval" else [])
+    with pytest.raises(ValueError, match=r"image_size=450 must be a multiple of 28 .*preprocessor_config.json"):
+        run_script(script, tiny_root, *sets)
 
 
 def test_set_overrides_nested_and_flat(tmp_path, user_root):

@@ -21,7 +21,7 @@ from qwen_forensics.data.methods import group_order, manipulation_method
 from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.report import HEADINGS, format_value
-from scripts import csv_rows, demo_index, one_torch_thread, run_script
+from scripts import csv_rows, demo_index, run_script
 from test_report import Page, assert_rendered, assert_self_contained, needs_chromium
 
 # The score columns of each evaluation's per-image rows, and whether it has heatmaps.
@@ -30,10 +30,7 @@ SCORES = {"lora_eval": ["p_fake"], "full_model_eval": ["p_fake"], "lora_infer": 
 WITH_HEATMAPS = ("lora_eval", "hybrid_eval")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def eval_sets(script: str, ckpts: dict, out: Path, test: Path, val: Path | None) -> list[str]:

@@ -1,9 +1,8 @@
-"""Task 1 subtask 2 (full_model_eval.py) and the shared answer-token scoring (lm_eval) on the tiny model."""
+"""Task 1 subtask 2 (full_model_eval.py) and the shared answer-token scoring (evaluation.score_answers) on the tiny model."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from qwen_forensics.model.loader import get_visual, load_model, load_processor, 
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "Qwen_code" / "task1_modular_lora" / "subtask_full_model_eval" / "full_model_eval.py"
@@ -45,23 +45,10 @@ IMAGE_SIZE = 112
 LORA_BLOCKS = [7, 15, 23, 31]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("full_model_eval_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+full_model_eval = load_script("full_model_eval")
 
 
-full_model_eval = _load_script()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's ops are too small to gain from threads; on 2 shared cores extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

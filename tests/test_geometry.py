@@ -331,3 +331,14 @@ def test_dataset_rejects_mask_size_mismatch(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "fake_mask.jpg")
     with pytest.raises(ValueError, match="mask fake_mask.jpg is 10x10 but the image is 90x160"):
         ForgeryDataset([fake], tmp_path, image_size=112)[0]
+
+
+def test_evaluation_items_never_open_the_mask(tmp_path, monkeypatch):
+    fake, real = make_pair(tmp_path)
+    (tmp_path / "fake_mask.jpg").unlink()
+    ds = ForgeryDataset([fake, real], tmp_path, image_size=112, with_mask=False)
+    items = [ds[0], ds[1]]
+    assert [set(i) for i in items] == [{"image", "label", "letterbox", "record", "position"}] * 2
+    assert items[0]["image"].tobytes() == ForgeryDataset([real, fake], tmp_path, 112, with_mask=False)[1]["image"].tobytes()
+    with pytest.raises(FileNotFoundError):
+        ForgeryDataset([fake], tmp_path, image_size=112)[0]

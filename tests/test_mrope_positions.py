@@ -22,16 +22,13 @@ from qwen_forensics.data.collate import VisionLanguageCollator, hybrid_inputs, m
 from qwen_forensics.evaluation import answer_logits, score_answers
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
-from scripts import load_script, one_torch_thread
+from scripts import load_script
 
 MODEL = "Qwen2.5-VL-7B-Instruct"
 MERGE = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def expected_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, grid_thw: torch.Tensor,

@@ -20,15 +20,12 @@ from qwen_forensics.data.geometry import letterbox_geometry, letterbox_image, un
 from qwen_forensics.evaluation import greedy_answer_ids
 from qwen_forensics.inference import CheckpointError, collect_images, detect_checkpoint
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
-from scripts import demo_index, load_script, one_torch_thread, run_script
+from scripts import demo_index, load_script, run_script
 
 MODEL = "Qwen2.5-VL-7B-Instruct"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,16 @@ naming the key and the path; the test then points that one key at what the previ
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import importlib.util
-import io
 import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from scripts import csv_rows, load_script, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = REPO / "Qwen_code"
@@ -31,24 +27,6 @@ SHARED_SEED = REPO.parent / "shared" / "seed" / "configs"
 MODEL = "Qwen2.5-VL-7B-Instruct"
 CUTS = ("num_workers=0",)
 
-
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"seed_cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPTS = {
-    "lora_train": CODE / "task1_modular_lora/lora_train.py",
-    "lora_eval": CODE / "task1_modular_lora/subtask_vit_head_eval/lora_eval.py",
-    "full_model_eval": CODE / "task1_modular_lora/subtask_full_model_eval/full_model_eval.py",
-    "map": CODE / "task2_lm_lora/map.py",
-    "LORA": CODE / "task2_lm_lora/LORA.py",
-    "lora_infer": CODE / "task2_lm_lora/lora_infer.py",
-    "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
-    "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
-}
 
 # Paths opened while an audited script runs (sys.addaudithook cannot be removed; it records only
 # while the flag is set).
@@ -65,21 +43,14 @@ sys.addaudithook(_audit)
 
 
 def run(script: str, config: str, root: Path, *sets: str, audit: bool = False) -> str:
-    """Run a script's ``main`` in this process; returns what it printed (stdout and stderr)."""
-    argv = ["--config", str(SEED / config), "--root", str(root)]
-    for value in sets:
-        argv += ["--set", value]
-    module = _load(SCRIPTS[script])
+    """Run a script's ``main`` in this process with one of the user's config files; returns what it printed."""
+    module = load_script(script)
     _OPENED.clear()
     _AUDITING[0] = audit
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-            module.main(argv)
+        return run_script(script, root, *sets, config=SEED / config, module=module)
     finally:
         _AUDITING[0] = False
-        sys.stdout.write(printed.getvalue())
-    return printed.getvalue()
 
 
 def adapter_targets(adapter_dir: Path) -> set[str]:
@@ -88,17 +59,7 @@ def adapter_targets(adapter_dir: Path) -> set[str]:
     return {re.sub(r"\\(.)", r"\1", name) for name in pattern.removeprefix("(?:").removesuffix(")").split("|")}
 
 
-def csv_rows(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

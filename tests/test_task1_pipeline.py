@@ -4,7 +4,6 @@ strict loading, two-process training and evaluation, the seed README's commands,
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.loader import load_processor, load_vision_tower
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 T1 = REPO / "Qwen_code" / "task1_modular_lora"
@@ -42,23 +42,10 @@ IMAGE_SIZE = 112
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+lora_train = load_script("lora_train")
 
 
-lora_train = _load_script(TRAIN, "lora_train_under_test")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's ops are too small to gain from threads; on 2 shared cores extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _run(command: list[str], *, cwd: Path = REPO, env: dict | None = None, timeout: int = 300):

@@ -24,16 +24,13 @@ from qwen_forensics.evaluation import answer_logits
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
-from scripts import CODE, load_script, one_torch_thread
+from scripts import CODE, load_script
 
 TASK2_DIR = CODE / "task2_lm_lora"
 LORA_MODULES_PER_BLOCK = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ ANSWERS = {0: "Real", 1: "Fake"}
 ALL_OFF = {"visual": {"enabled": False}, "merge": {"enabled": False}, "lm": {"enabled": False}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine torch's two threads contend and run ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from qwen_forensics.dtypes import resolve_dtype
 from qwen_forensics.model.loader import (
     get_language_model,
     get_visual,
     load_model,
     load_processor,
     load_vision_tower,
-    resolve_dtype,
 )
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.tokenizer import QWEN_ADDED_TOKENS

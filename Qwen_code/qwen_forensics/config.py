@@ -187,11 +187,9 @@ def _build(cls: type[T], data: dict, where: str, meta: ConfigMeta) -> T:
             kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}", meta)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: required key '{name}' is missing ({f.metadata.get('help', '')})")
+    # Each config class checks its values in __post_init__, so a config built in Python is checked too.
     obj = cls(**kwargs)
     obj.__dict__["_given_keys"] = set(data)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
     return obj
 
 

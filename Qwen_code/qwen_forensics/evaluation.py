@@ -10,16 +10,64 @@ truth binarised once by the configured rule (SPEC 7).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
 
 from .data.collate import hybrid_inputs, model_inputs
+from .data.records import Record
+from .data.validate import load_split
 from .model.hybrid import HybridModel
 from .training import autocast
+
+
+@dataclass
+class SplitRun:
+    """One evaluated index: the usable records, their gathered predictions (in record order), the
+    inference loop's throughput and how many bad records the policy skipped."""
+    records: list[Record]
+    predictions: Any
+    images_per_s: float
+    skipped: int
+
+
+@dataclass
+class SplitEvaluator:
+    """How every evaluation script runs an index: validate it up front (``on_bad_sample``; skipped
+    records listed under ``out_dir/skipped_<tag>``), wrap it in the accelerator's sharded loader,
+    and time ``predict(loader, num_records, **kwargs)``, which gathers the predictions in order."""
+    accelerator: Accelerator
+    data_root: str
+    on_bad_sample: str
+    out_dir: Path
+    batch_size: int
+    num_workers: int
+    dataset: Callable[[list[Record]], Dataset]
+    collate: Callable
+    predict: Callable[..., Any]
+
+    def __call__(self, index_path: str, tag: str, **predict_kwargs) -> SplitRun:
+        records, skipped = load_split(index_path, self.data_root, self.on_bad_sample,
+                                      Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
+        loader = self.accelerator.prepare(DataLoader(self.dataset(records), batch_size=self.batch_size,
+                                                     num_workers=self.num_workers, collate_fn=self.collate))
+        start = time.perf_counter()
+        predictions = self.predict(loader, len(records), **predict_kwargs)
+        return SplitRun(records, predictions, len(records) / (time.perf_counter() - start), skipped)
+
+    def close(self) -> bool:
+        """End the distributed part; True on the process that scores and writes the outputs. Every
+        rank closes the process group before the main one scores (a rank that exits with it open
+        can abort at interpreter shutdown)."""
+        self.accelerator.end_training()
+        return self.accelerator.is_main_process
 
 
 @dataclass

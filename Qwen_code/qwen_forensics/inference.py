@@ -278,14 +278,13 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
     def loader(collate):
         return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate))
 
+    processor = load_processor(model_path, ckpt.image_size)
     if ckpt.kind == TASK1:
         model = attach_task1_checkpoint(load_vision_tower(model_path, dtype=dtype), ckpt.folder)
         model = accelerator.prepare(model)
-        heads = predict_heads(model, loader(ImageBatchCollator(load_processor(model_path, ckpt.image_size))),
-                              accelerator, amp_dtype, len(images))
+        heads = predict_heads(model, loader(ImageBatchCollator(processor)), accelerator, amp_dtype, len(images))
         return Predictions(p_fake_head=heads.p_fake, heatmaps=heads.heatmaps)
 
-    processor = load_processor(model_path, ckpt.image_size)
     base = load_model(model_path, dtype=dtype, device=accelerator.device)
     if ckpt.kind == TASK2:
         setup = adapter_setup(ckpt.folder)

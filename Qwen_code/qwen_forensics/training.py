@@ -19,11 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .dtypes import resolve_dtype
 from .model.hybrid import HybridModel
 from .model.lora import trainable_base_parameters
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -52,7 +50,7 @@ def autocast(device: torch.device, amp_dtype: str, lora_cast=None):
     if device.type != "cuda" or amp_dtype == "fp32":
         return nullcontext()
     stack = ExitStack()
-    stack.enter_context(torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp_dtype]))
+    stack.enter_context(torch.autocast(device_type="cuda", dtype=resolve_dtype(amp_dtype)))
     if lora_cast is not None:
         stack.enter_context(lora_cast.off())
     return stack

@@ -30,7 +30,8 @@ from qwen_forensics.leak_guard import guard_training_split
 from qwen_forensics.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.model.loader import load_processor, load_vision_tower, resolve_dtype
+from qwen_forensics.dtypes import resolve_dtype
+from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable_to_fp32
 from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
 from qwen_forensics.task_configs import Task1TrainConfig

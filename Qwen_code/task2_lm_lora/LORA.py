@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     train_data = read_task2_dataset(cfg.train_dataset_path)
     setup = train_data.setup(cfg.image_size)
     eval_set = evaluation_set(cfg, setup)
+    # The processor checks image_size against the model's patch size before any weights load.
+    processor = load_processor(cfg.base_model_path, setup.image_size)
 
     # ---- setup: Trainer arguments as the user wrote them, adapted to this transformers and machine
     trainer_kwargs, notes = trainer_arguments(cfg.training_args, root, Path(cfg.out_dir), torch_dtype=cfg.torch_dtype)
@@ -91,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
         # Trainer runs every forward (training and evaluation) under autocast, which makes PEFT's
         # fp32 copy of each LoRA input redundant (see model.lora.LoraInputCast).
         LoraInputCast(model).set(False)
-    processor = load_processor(cfg.base_model_path, setup.image_size)
     trainer = Trainer(model=model, args=args, data_collator=TrainerCollator(make_collator(processor, setup, train=True)),
                       train_dataset=Task2ImageDataset.from_samples(train_data.samples, cfg.data_root,
                                                                    setup.image_size),

@@ -26,7 +26,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from qwen_forensics.adapters import load_adapter_strict
 from qwen_forensics.checkpoint import write_resolved_config
@@ -34,9 +33,8 @@ from qwen_forensics.checkpoint_folders import adapter_setup, resolve_infer_setup
 from qwen_forensics.config import config_dict, load_config
 from qwen_forensics.data.collate import make_collator
 from qwen_forensics.data.dataset import Task2ImageDataset
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
-from qwen_forensics.evaluation import score_answers
+from qwen_forensics.evaluation import SplitEvaluator, score_answers
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import image_report, tune_threshold
 from qwen_forensics.model.loader import load_model, load_processor
@@ -71,28 +69,22 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.print(f"adapter {cfg.lora_path}: {loaded.num_tensors} tensors loaded strictly")
     collate = make_collator(processor, setup, train=False)
 
-    def score(index_path: str, tag: str, max_new_tokens: int):
-        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}",
-                                      accelerator)
-        dataset = Task2ImageDataset.from_records(records, cfg.data_root, setup.image_size)
-        loader = accelerator.prepare(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                                collate_fn=collate))
-        start = time.perf_counter()
-        scores = score_answers(model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id,
-                               num_records=len(records), max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
-        return records, scores, len(records) / (time.perf_counter() - start), skipped
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: Task2ImageDataset.from_records(records, cfg.data_root, setup.image_size), collate=collate,
+        predict=lambda loader, n, max_new_tokens: score_answers(
+            model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id, num_records=n,
+            max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer))
 
     tuned = None
     if cfg.val_annotation_file:
-        val_records, val_scores, _, _ = score(cfg.val_annotation_file, "val", 0)
-        tuned = tune_threshold([r.label for r in val_records], val_scores.p_fake)
+        val = evaluate(cfg.val_annotation_file, "val", max_new_tokens=0)
+        tuned = tune_threshold([r.label for r in val.records], val.predictions.p_fake)
     run_start = time.perf_counter()
-    records, scores, images_per_s, skipped = score(cfg.annotation_file, "test", cfg.max_new_tokens)
+    test = evaluate(cfg.annotation_file, "test", max_new_tokens=cfg.max_new_tokens)
+    records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
-    # The collectives are over: every rank closes the process group before the main one scores
-    # (a rank that exits with it open can abort at interpreter shutdown).
-    accelerator.end_training()
-    if not accelerator.is_main_process:
+    if not evaluate.close():
         return
 
     labels = [r.label for r in records]

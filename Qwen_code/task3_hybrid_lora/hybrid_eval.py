@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.checkpoint_folders import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
@@ -28,9 +27,9 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import HybridCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
-from qwen_forensics.evaluation import predict_hybrid
+from qwen_forensics.dtypes import amp_name
+from qwen_forensics.evaluation import SplitEvaluator, predict_hybrid
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import hybrid_scores, image_report, tune_threshold
 from qwen_forensics.model.hybrid import HybridPrompt
@@ -43,7 +42,6 @@ PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", *(f"lm_{k}" for k in IMAGE_KEYS),
                *(f"head_{k}" for k in IMAGE_KEYS), *PIXEL_KEYS, "score", "head_score", "lora_checkpoint",
                "head_checkpoint", "fusion_checkpoint", "base_model_path"]
-AMP_FOR_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         write_resolved_config(out_dir, cfg)
 
     on_gpu = accelerator.device.type == "cuda"
-    amp_dtype = AMP_FOR_DTYPE[cfg.torch_dtype] if on_gpu else "fp32"
-    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
+    amp_dtype = amp_name(cfg.torch_dtype) if on_gpu else "fp32"
+    # The processor first: it checks image_size against the model's patch size before weights load.
     processor = load_processor(cfg.base_model_path, image_size)
+    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
     if cfg.lora is not None:
         for note in lora_config_notes(base, cfg.lora, trained):
             accelerator.print(f"note: {note}")
@@ -82,28 +81,22 @@ def main(argv: list[str] | None = None) -> None:
     answer_ids = answer_ids_for(processor, spec)
     collate = HybridCollator(processor, model.prompt)
 
-    def predict(index_path: str, tag: str):
-        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
-        loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size, mask_rule),
-                                                batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                                collate_fn=collate))
-        start = time.perf_counter()
-        preds = predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, len(records))
-        return records, preds, len(records) / (time.perf_counter() - start), skipped
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
+        collate=collate, predict=lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, n))
 
     tuned_lm = tuned_head = None
     if cfg.val_annotation_file:
-        val_records, val_preds, _, _ = predict(cfg.val_annotation_file, "val")
-        val_labels = [r.label for r in val_records]
-        tuned_lm = tune_threshold(val_labels, val_preds.p_fake_lm)
-        tuned_head = tune_threshold(val_labels, val_preds.p_fake_head)
+        val = evaluate(cfg.val_annotation_file, "val")
+        val_labels = [r.label for r in val.records]
+        tuned_lm = tune_threshold(val_labels, val.predictions.p_fake_lm)
+        tuned_head = tune_threshold(val_labels, val.predictions.p_fake_head)
     run_start = time.perf_counter()
-    records, preds, images_per_s, skipped = predict(cfg.annotation_file, "test")
+    test = evaluate(cfg.annotation_file, "test")
+    records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
-    # The collectives are over: every rank closes the process group before the main one scores
-    # (a rank that exits with it open can abort at interpreter shutdown).
-    accelerator.end_training()
-    if not accelerator.is_main_process:
+    if not evaluate.close():
         return
 
     heads, rows, _ = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,

@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- setup: model (full Qwen2.5-VL) + one LoRA adapter + heads + fusion projector
     on_gpu = accelerator.device.type == "cuda"
-    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
+    # The processor first: it checks image_size against the model's patch size before weights load.
     processor = load_processor(cfg.base_model_path, cfg.image_size)
+    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
     if cfg.resume:
         model, spec = load_hybrid_model(base, processor, CheckpointPaths.folder(cfg.resume), is_trainable=True)
         wanted = HybridSpec.from_train_config(cfg, spec.lora_targets)

@@ -29,13 +29,17 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
     once). The original-resolution ground truth is not carried in items; evaluation loads it with
     `masks.load_binary_mask` so training batches stay small. Records should come out of
     `validate.apply_bad_sample_policy`; a mask whose size differs from its image still fails here.
+    ``with_mask=False`` (evaluations: they score against the original-resolution mask later, or
+    not at all) leaves ``mask`` out, so no mask file is decoded in the loader.
     """
 
-    def __init__(self, records: list[Record], data_root: str | os.PathLike, image_size: int, mask_rule: MaskRule = MaskRule()):
+    def __init__(self, records: list[Record], data_root: str | os.PathLike, image_size: int,
+                 mask_rule: MaskRule = MaskRule(), *, with_mask: bool = True):
         self.records = list(records)
         self.data_root = Path(data_root)
         self.image_size = image_size
         self.mask_rule = mask_rule
+        self.with_mask = with_mask
 
     def __len__(self) -> int:
         return len(self.records)
@@ -44,6 +48,9 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
         rec = self.records[i]
         with Image.open(self.data_root / rec.image_path) as img:
             image, lb = letterbox_image(img, self.image_size)
+        item = {"image": image, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
+        if not self.with_mask:
+            return item
         if rec.label == 0:
             mask = torch.zeros(self.image_size, self.image_size, dtype=torch.float32)
         else:
@@ -54,7 +61,7 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
                     f"but the image is {lb.orig_h}x{lb.orig_w}; run check_data.py and fix or skip it."
                 )
             mask = torch.from_numpy(letterbox_mask(binary, lb))
-        return {"image": image, "mask": mask, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
+        return {**item, "mask": mask}
 
 
 

@@ -16,18 +16,9 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
+from ..dtypes import resolve_dtype
 from .window_attention import enable_fast_paths
 
-_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
 
 MODEL_FOLDER_CONTENTS = (
     "config.json, the safetensors weights (model.safetensors, or model-*.safetensors shards with "
@@ -40,16 +31,6 @@ MODEL_FOLDER_CONTENTS = (
 VISION_KEY_PREFIXES = ("visual.", "model.visual.")
 _INDEX_FILE = "model.safetensors.index.json"
 _SINGLE_FILE = "model.safetensors"
-
-
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map a config string ("bfloat16", "bf16", "float32", ...) or a torch.dtype to a torch.dtype."""
-    if isinstance(name, torch.dtype):
-        return name
-    key = str(name).strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}")
-    return _DTYPES[key]
 
 
 def check_model_dir(model_path: str | Path) -> Path:

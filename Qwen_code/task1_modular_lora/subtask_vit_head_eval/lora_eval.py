@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.checkpoint_folders import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
@@ -25,9 +24,8 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.data.validate import load_split
 from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
-from qwen_forensics.evaluation import predict_heads
+from qwen_forensics.evaluation import SplitEvaluator, predict_heads
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
@@ -51,34 +49,29 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
+    # The processor first: it checks image_size against the model's patch size before weights load.
+    collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
     dtype = "bfloat16" if accelerator.device.type == "cuda" and cfg.amp_dtype == "bf16" else "float32"
     visual = load_vision_tower(cfg.model_path, dtype=dtype)
     model = attach_task1_checkpoint(visual, cfg.ckpt_path)
     for note in check_seed_lora_keys(cfg, visual, cfg.ckpt_path):
         accelerator.print(f"note: {note}")
-    collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
     model = accelerator.prepare(model)
 
-    def predict(index_path: str, tag: str):
-        records, skipped = load_split(index_path, cfg.data_root, cfg.on_bad_sample, out_dir / f"skipped_{tag}", accelerator)
-        loader = accelerator.prepare(DataLoader(ForgeryDataset(records, cfg.data_root, image_size, mask_rule),
-                                                batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                                collate_fn=collate))
-        start = time.perf_counter()
-        preds = predict_heads(model, loader, accelerator, cfg.amp_dtype, len(records))
-        return records, preds, len(records) / (time.perf_counter() - start), skipped
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
+        collate=collate, predict=lambda loader, n: predict_heads(model, loader, accelerator, cfg.amp_dtype, n))
 
     tuned = None
     if cfg.ann_val:
-        val_records, val_preds, _, _ = predict(cfg.ann_val, "val")
-        tuned = tune_threshold([r.label for r in val_records], val_preds.p_fake)
+        val = evaluate(cfg.ann_val, "val")
+        tuned = tune_threshold([r.label for r in val.records], val.predictions.p_fake)
     run_start = time.perf_counter()
-    records, preds, images_per_s, skipped = predict(cfg.ann_test, "test")
+    test = evaluate(cfg.ann_test, "test")
+    records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
-    # The collectives are over: every rank closes the process group before the main one scores
-    # (a rank that exits with it open can abort at interpreter shutdown).
-    accelerator.end_training()
-    if not accelerator.is_main_process:
+    if not evaluate.close():
         return
 
     metrics, rows, _ = score_heads(records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
