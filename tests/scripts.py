@@ -57,7 +57,7 @@ def run_script(script: str, root: Path | None, *sets: str, config: Path | None =
 
 
 def demo_index(root: Path, name: str) -> Path:
-    """The train / val / test index of the demo data (``synthetic.make_demo_dataset``) under ``root``."""
+    """The train / val / test index of the demo data (``demo.dataset.make_demo_dataset``) under ``root``."""
     return root / "data" / {"train": "trainingset2/train_idx.json", "val": "trainingset2/val_idx.json",
                             "test": "testset2/annotation.json"}[name]
 

@@ -34,6 +34,7 @@ TAB_BLUE = (31, 119, 180)  # matplotlib's first colour: the first curve and the 
 
 # --- manipulation_method -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path, group", [
     ("trainingset2/image/1__7283059e2ee6ec302df2936c7d23313b__731b7083e9932d276cb8a1584a0513e2__frame00067.jpg", "1"),
     ("trainingset2/image/7__2ac43aa43bf473f9a9c09b4b608619d3__f8fc74336ba9f2bd308c2d9186d3c836__frame00015.jpg", "7"),
@@ -79,6 +80,7 @@ def test_manipulation_method_on_the_whole_real_index():
 
 
 # --- synthetic predictions -----------------------------------------------------------------------------------------
+
 
 def fake_name(method: int, i: int) -> str:
     return f"testset2/image/{method}__{i:032x}__{i + 1:032x}__frame{i:05d}.jpg"
@@ -277,6 +279,7 @@ def test_tables_agree_with_the_run_pixel_metrics():
 
 # --- the page ------------------------------------------------------------------------------------------------------
 
+
 class Page(HTMLParser):
     """Headings, tables (caption + cell texts), every src/href and tag counts of an HTML page."""
 
@@ -427,6 +430,7 @@ def test_row_caption():
 
 # --- compare_runs.py -----------------------------------------------------------------------------------------------
 
+
 def write_run_csvs(tmp_path: Path) -> list[Path]:
     """Three CSVs in the task layouts, written by the real appender (columns differ per task)."""
     t1 = tmp_path / "task1_modular_lora" / "subtask_vit_head_eval" / "metrics.csv"
@@ -517,6 +521,7 @@ def test_short_labels_tell_csvs_apart(compare_runs):
 
 
 # --- in a browser --------------------------------------------------------------------------------------------------
+
 
 def chromium(tmp_path: Path, page: Path, *mode: str) -> subprocess.CompletedProcess:
     """One headless Chromium run on ``page`` (a fresh profile; nothing reaches the network)."""

@@ -207,7 +207,7 @@ def test_renamed_key_fails_loudly(tiny_dir, tmp_path):
     state = _read_all(tiny_dir)
     state["visual.blocks.2.attn.qkv.weight_renamed"] = state.pop("visual.blocks.2.attn.qkv.weight")
     _rewrite_weights(copy, state)
-    with pytest.raises(RuntimeError, match=r"1 missing_keys: blocks\.2\.attn\.qkv\.weight; 1 unexpected_keys: blocks\.2\.attn\.qkv\.weight_renamed"):
+    with pytest.raises(RuntimeError, match=r"1 missing_keys: \['blocks\.2\.attn\.qkv\.weight'\]; 1 unexpected_keys: \['blocks\.2\.attn\.qkv\.weight_renamed'\]"):
         load_vision_tower(copy)
     with pytest.raises(RuntimeError, match="missing_keys.*qkv.weight"):
         load_model(copy)

@@ -43,6 +43,7 @@ def _adapter_owner(model: nn.Module, adapter_name: str) -> nn.Module:
         raise ValueError(f"expected one module carrying PEFT adapter {adapter_name!r} in the model, found {found}")
     return roots[0][1]
 
+
 def save_adapter(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write adapter ``adapter_name`` as a PEFT adapter folder (config + safetensors).
 
@@ -61,8 +62,10 @@ def save_adapter(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name:
     config.save_pretrained(str(adapter_dir))
     return adapter_dir
 
+
 def _target_module_of(key: str) -> str:
     return key.split(".lora_", 1)[0] if ".lora_" in key else key.rsplit(".", 1)[0]
+
 
 def _has_submodule(root: nn.Module, path: str) -> bool:
     try:
@@ -70,6 +73,7 @@ def _has_submodule(root: nn.Module, path: str) -> bool:
     except AttributeError:
         return False
     return True
+
 
 def _adapter_root(model: nn.Module, keys: list[str], weights_path: Path) -> str:
     modules = sorted({_target_module_of(k) for k in keys})
@@ -89,10 +93,12 @@ def _adapter_root(model: nn.Module, keys: list[str], weights_path: Path) -> str:
         "the adapter was made for a different model or its tensor names were changed"
     )
 
+
 class AdapterLoadResult(NamedTuple):
     root: str  # path of the module the adapter was attached to ("" = the model itself)
     config: LoraConfig
     num_tensors: int
+
 
 def load_adapter_strict(
     model: nn.Module,

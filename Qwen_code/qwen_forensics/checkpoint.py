@@ -36,8 +36,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from qwen_forensics.config import config_dict
-from qwen_forensics.files import atomic_write
+from .config import config_dict
+from .files import atomic_write
 
 TRAINING_STATE_NAME = "training_state.pt"
 RESOLVED_CONFIG_NAME = "resolved_config.json"

@@ -53,6 +53,7 @@ ADAPTER_DIR = "adapter"
 
 HEADS_FILE = "heads.safetensors"
 
+
 def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Module, cfg, optimizer, scheduler,
                           step: int, epoch: int) -> None:
     """Write a complete, resumable Task 1 checkpoint folder (all processes must call it)."""
@@ -68,6 +69,7 @@ def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Mo
     save_training_state(ckpt_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
     accelerator.wait_for_everyone()
 
+
 def load_heads(ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
     """Rebuild the heads from their own saved constructor arguments and load them strictly."""
     path = Path(ckpt_dir) / HEADS_FILE
@@ -80,12 +82,14 @@ def load_heads(ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
     load_module_safetensors(heads, path)
     return heads, json.loads(meta["visual_layers"])
 
+
 def attach_task1_checkpoint(visual: nn.Module, ckpt_dir: str | Path) -> ForensicViT:
     """Vision tower (bare, or ``model.model.visual`` of the full model) + strict LoRA + strict heads."""
     ckpt_dir = Path(ckpt_dir)
     load_adapter_strict(visual, ckpt_dir / ADAPTER_DIR)
     heads, layers = load_heads(ckpt_dir)
     return ForensicViT(visual, layers, heads.to(next(visual.parameters()).device))
+
 
 def attach_task1_lora(model: nn.Module, ckpt_dir: str | Path) -> AdapterLoadResult:
     """Strictly attach a Task 1 checkpoint's visual LoRA to the full model's vision tower (subtask 2)."""
@@ -99,6 +103,7 @@ def attach_task1_lora(model: nn.Module, ckpt_dir: str | Path) -> AdapterLoadResu
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 SEED_LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_layers")
+
 
 def check_seed_lora_keys(cfg, visual: nn.Module, ckpt_dir: str | Path) -> list[str]:
     """The seed's evaluation configs repeat the LoRA settings; the adapter's own are what is loaded.
@@ -120,6 +125,7 @@ def check_seed_lora_keys(cfg, visual: nn.Module, ckpt_dir: str | Path) -> list[s
                          "the checkpoint's setting is used")
     return notes
 
+
 def checkpoint_image_size(ckpt_dir: str | Path) -> int:
     """The letterbox side the checkpoint was trained with (evaluation must use the same geometry)."""
     return int(read_resolved_config(ckpt_dir)["image_size"])
@@ -127,7 +133,7 @@ def checkpoint_image_size(ckpt_dir: str | Path) -> int:
 
 FUSION_FILE = "fusion.safetensors"
 
-# ----------------------------------------------------------------------------------------- checkpoint
+
 @dataclass(frozen=True)
 class CheckpointPaths:
     """Where each part of a Task 3 checkpoint lives (one folder, or the config's three final paths)."""
@@ -145,6 +151,7 @@ class CheckpointPaths:
         """The ``lora_checkpoint`` / ``head_checkpoint`` / ``fusion_checkpoint`` keys of a Task 3 config."""
         return cls(Path(cfg.lora_checkpoint), Path(cfg.head_checkpoint), Path(cfg.fusion_checkpoint))
 
+
 def save_hybrid_weights(model: HybridModel, spec: HybridSpec, paths: CheckpointPaths) -> None:
     """Write the adapter (if any LoRA), heads and fusion projector with their rebuild metadata."""
     if any(spec.lora_targets.values()):
@@ -157,6 +164,7 @@ def save_hybrid_weights(model: HybridModel, spec: HybridSpec, paths: CheckpointP
         "hybrid_spec": json.dumps(asdict(spec)),
     })
 
+
 def save_task3_checkpoint(paths: CheckpointPaths, state_dir: Path, accelerator: Accelerator, model: nn.Module,
                           spec: HybridSpec, cfg, optimizer, scheduler, step: int, epoch: int) -> None:
     """Weights to ``paths``, resolved config and training state to ``state_dir`` (all processes call it)."""
@@ -168,6 +176,7 @@ def save_task3_checkpoint(paths: CheckpointPaths, state_dir: Path, accelerator: 
     save_training_state(state_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
     accelerator.wait_for_everyone()
 
+
 def _metadata(path: Path, keys: Sequence[str], writer: str) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (check the checkpoint paths in the config)")
@@ -177,10 +186,12 @@ def _metadata(path: Path, keys: Sequence[str], writer: str) -> dict[str, str]:
         raise ValueError(f"{path}: metadata lacks {missing}; it was not written by {writer}")
     return meta
 
+
 def read_hybrid_spec(fusion_file: str | Path) -> HybridSpec:
     """The spec stored with the fusion projector (prompt, answer words, image size, layers, LoRA targets)."""
     meta = _metadata(Path(fusion_file), ["hybrid_spec"], "hybrid_train.py")
     return HybridSpec(**json.loads(meta["hybrid_spec"]))
+
 
 def load_hybrid_model(base: nn.Module, processor, paths: CheckpointPaths, *,
                       is_trainable: bool = False) -> tuple[HybridModel, HybridSpec]:
@@ -210,6 +221,7 @@ def load_hybrid_model(base: nn.Module, processor, paths: CheckpointPaths, *,
     load_module_safetensors(fusion if fusion is not None else nn.Module(), paths.fusion_file)
     return assemble_hybrid_model(base, heads, fusion, spec, processor), spec
 
+
 def answer_ids_for(processor, spec: HybridSpec, fake_word: str | None = None,
                    real_word: str | None = None) -> tuple[int, int]:
     """(fake id, real id) read at eval: the trained words unless overridden (then checked)."""
@@ -221,6 +233,7 @@ SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")
 
 ANSWER_KEYS = ("fake_token", "real_token")
 
+
 def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
     """The prompt setup LORA.py trained with, read from the adapter folder's resolved_config.json."""
     saved = read_resolved_config(lora_path)
@@ -230,6 +243,7 @@ def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
                          "written by Task 2's LORA.py, which records the geometry, prompt and answer words it "
                          "trained with; point lora_path at a LORA.py adapter folder")
     return PromptSetup(**{k: saved[k] for k in SETUP_KEYS})
+
 
 def resolve_infer_setup(cfg, trained: PromptSetup) -> tuple[PromptSetup, list[str]]:
     """Evaluation setup and notes for the log: the config's explicit values, else the adapter's.
@@ -278,6 +292,7 @@ def seed_key_notes(cfg, trained: HybridSpec) -> list[str]:
     if cfg.fusion_hidden_dropout is not None:
         notes.append("fusion_hidden_dropout has no effect at evaluation (dropout is off)")
     return notes
+
 
 def lora_config_notes(base, lora_cfg, trained) -> list[str]:
     """Compare the eval config's ``lora`` block with the checkpoint's recorded LoRA targets."""

@@ -189,6 +189,7 @@ def keyword_label(text: str, fake_word: str, real_word: str) -> int | None:
         return None
     return 1 if fake else 0
 
+
 def prediction_rows(records: Sequence, scores: AnswerScores, tuned_threshold: float | None, fake_word: str,
                     real_word: str) -> list[dict]:
     """Per-image output of an LM evaluation: probability, both logits, decisions, optional free text
@@ -205,6 +206,7 @@ def prediction_rows(records: Sequence, scores: AnswerScores, tuned_threshold: fl
             row["generated_label"] = keyword_label(scores.generated[i], fake_word, real_word)
         rows.append(row)
     return rows
+
 
 def generated_columns(rows: Sequence[dict]) -> dict[str, float]:
     """CSV columns for generated text: accuracy of its keyword label and how many named neither word."""

@@ -132,6 +132,7 @@ class AnswerScores:
     logit_real: np.ndarray          # [N] raw logit of the real token
     generated: list[str] | None     # greedy free text per record (None unless max_new_tokens > 0)
 
+
 def answer_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], fake_token_id: int,
                   real_token_id: int) -> torch.Tensor:
     """[B, 2] float32 logits of (fake, real) at each row's ``answer_positions``, from one forward.
@@ -147,6 +148,7 @@ def answer_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], fak
     picked = logits[rows, column.to(logits.device)]
     return picked[:, [fake_token_id, real_token_id]].float()
 
+
 def _generate_ids(model, batch: Mapping[str, torch.Tensor], max_new_tokens: int, pad_token_id: int) -> torch.Tensor:
     """[B, max_new_tokens] greedy continuation ids, padded with ``pad_token_id`` to a fixed width."""
     seq_len = batch["input_ids"].shape[1]
@@ -159,6 +161,7 @@ def _generate_ids(model, batch: Mapping[str, torch.Tensor], max_new_tokens: int,
     padded = torch.full((new.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=new.device)
     padded[:, : new.shape[1]] = new
     return padded
+
 
 @torch.no_grad()
 def score_answers(model: torch.nn.Module, loader, accelerator: Accelerator, *, fake_token_id: int,
@@ -194,13 +197,13 @@ def score_answers(model: torch.nn.Module, loader, accelerator: Accelerator, *, f
     return AnswerScores(p_fake=torch.softmax(pair, dim=-1)[:, 0].numpy(), logit_fake=pair[:, 0].numpy(),
                         logit_real=pair[:, 1].numpy(), generated=texts)
 
+
 def decode_generated(tokenizer, ids) -> list[str]:
     """Generated ids [N, T] (padded with special tokens after each row's end) -> stripped text per row."""
     rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
     return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
-# ----------------------------------------------------------------------------------------- prediction
 @torch.no_grad()
 def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids: tuple[int, int], *,
                amp_dtype: str = "bf16") -> dict[str, torch.Tensor]:
@@ -222,6 +225,7 @@ def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids
     return {"p_fake_lm": torch.softmax(pair, dim=-1)[:, 0],
             "p_fake_head": torch.sigmoid(out.cls_logit.float()),
             "heatmap": torch.sigmoid(out.heatmap_logit.float())}
+
 
 @torch.no_grad()
 def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max_new_tokens: int, *,
@@ -261,6 +265,7 @@ def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max
         inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token[:, None])], dim=1)
     return out
 
+
 @dataclass
 class HybridPredictions:
     """Per-record outputs, ordered by position in the evaluated record list."""
@@ -271,6 +276,7 @@ class HybridPredictions:
 
     def heads(self) -> HeadPredictions:
         return HeadPredictions(p_fake=self.p_fake_head, heatmaps=self.heatmaps)
+
 
 def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
                    amp_dtype: str, num_records: int, *, max_new_tokens: int = 0,

@@ -72,6 +72,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             rows.append(row)
     return header, rows
 
+
 def append_csv_row(path: str | os.PathLike, row: Mapping[str, Any], leading_columns: Sequence[str]) -> None:
     """Append one run's ``row`` to the metrics CSV at ``path``.
 

@@ -30,6 +30,7 @@ _OBSOLETE_ARGS = {
     "save_safetensors": "transformers 5 always saves safetensors",
 }
 
+
 def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
     """Translate keys the installed transformers renamed (the seed's config predates v5); returns notes.
 
@@ -52,6 +53,7 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
         raise ConfigError(f"training_args has keys this transformers' TrainingArguments does not know: {unknown}; "
                           "see the TrainingArguments documentation of the installed version")
     return notes
+
 
 def choose_precision(args: dict, torch_dtype: str, *, cuda: bool, bf16_supported: bool) -> list[str]:
     """Make ``bf16`` / ``fp16`` in ``args`` fit the hardware and the weights' dtype; returns notes.
@@ -80,6 +82,7 @@ def choose_precision(args: dict, torch_dtype: str, *, cuda: bool, bf16_supported
         args["bf16"], args["fp16"] = False, True
         notes.append("training_args.bf16 -> fp16: this GPU has no bf16 support")
     return notes
+
 
 def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_dir: Path | None, *,
                       torch_dtype: str = "bfloat16", cuda: bool | None = None,
@@ -120,6 +123,7 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_di
     if checkpointing and not (args.get("gradient_checkpointing_kwargs") or args.get("activation_checkpointing_kwargs")):
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return args, notes
+
 
 def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str, Any]) -> dict:
     """What LORA.py writes next to the adapter: the config plus the prompt setup it trained with."""

@@ -131,7 +131,6 @@ def forensic_loss(
     }
 
 
-# ----------------------------------------------------------------------------------------- loss
 @dataclass
 class HybridLossWeights:
     lm: float = 1.0
@@ -144,6 +143,7 @@ class HybridLossWeights:
             raise ValueError(f"loss_weights.lm must be >= 0, got {w.lm}; fix loss_weights in the config")
         return cls(w.lm, ForensicLossWeights(w.head_cls, w.head_evi, w.head_sparse, w.head_contrast, cfg.evi_alpha))
 
+
 def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy over the supervised tokens; ``logits`` are the last k positions."""
     keep = logits.shape[1]
@@ -154,6 +154,7 @@ def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     kept = labels[:, -keep:]
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), kept[:, 1:].flatten().to(logits.device),
                            ignore_index=IGNORE_INDEX)
+
 
 def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: HybridLossWeights,
                 amp_dtype: str, device: torch.device, lora_cast=None) -> dict[str, torch.Tensor]:

@@ -105,7 +105,6 @@ def answer_token_ids(tokenizer, fake: str = DEFAULT_FAKE_TOKEN, real: str = DEFA
     return fake_id, real_id
 
 
-# ----------------------------------------------------------------------------------- prompt setup
 @dataclass(frozen=True)
 class PromptSetup:
     """Everything that decides which tokens the model sees and which answer token is read."""

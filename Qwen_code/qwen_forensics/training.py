@@ -23,6 +23,7 @@ from .dtypes import resolve_dtype
 from .model.hybrid import HybridModel
 from .model.lora import trainable_base_parameters
 
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -179,6 +180,7 @@ def enable_gradient_checkpointing(base: nn.Module) -> None:
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.config.use_cache = False
+
 
 def hybrid_optimizer(model: HybridModel, cfg, total_steps: int):
     """AdamW with groups heads / fusion / vision LoRA / LM LoRA and a warm-up cosine schedule."""

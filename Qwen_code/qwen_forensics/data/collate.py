@@ -224,6 +224,7 @@ def make_collator(processor, setup: PromptSetup, *, train: bool) -> VisionLangua
         return VisionLanguageCollator(processor, setup.prompt_text, answers=setup.answers, padding_side="right")
     return VisionLanguageCollator(processor, setup.prompt_text)
 
+
 class TrainerCollator:
     """Wraps the LM collator for ``transformers.Trainer``: the model gets only what its forward takes,
     and projects only the answer positions onto the vocabulary (``collate.answer_only_inputs``)."""
@@ -240,7 +241,7 @@ class TrainerCollator:
 # Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
 NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position")
 
-# ----------------------------------------------------------------------------------------- data
+
 class HybridCollator:
     """ForgeryDataset items -> ``VisionLanguageCollator`` batches of the hybrid prompt (left padded).
 
@@ -257,6 +258,7 @@ class HybridCollator:
         if self.lm.answers is not None:
             batch["mask"] = torch.stack([item["mask"] for item in items])
         return batch
+
 
 def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch's arguments for ``HybridModel.forward`` (with ``mm_token_type_ids``, checked: the

@@ -64,7 +64,6 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
         return {**item, "mask": mask}
 
 
-
 def model_image(img: Image.Image, image_size: int | None) -> Image.Image:
     """The RGB picture the processor receives: letterboxed to ``image_size``, or the original image
     when ``image_size`` is None (the processor then resizes within its pixel bounds)."""
@@ -90,7 +89,6 @@ class ImageFileDataset(Dataset):
             return {"image": model_image(img, self.image_size), "position": i}
 
 
-# ------------------------------------------------------------------------------------ image dataset
 @dataclass(frozen=True)
 class ImageEntry:
     """What the image dataset needs per item; ``file_size``/``sha256`` (when known) are verified."""
@@ -98,6 +96,7 @@ class ImageEntry:
     label: int
     file_size: int | None = None
     sha256: str | None = None
+
 
 class Task2ImageDataset(Dataset):
     """Items ``{"image": PIL RGB, "label", "position"}``: letterboxed to ``image_size``, or the

@@ -42,6 +42,7 @@ BATCH_PATTERN = "batch_{:05d}.jsonl"
 
 _HASH_CHUNK = 1 << 20
 
+
 # ---------------------------------------------------------------------------------- dataset format
 @dataclass(frozen=True)
 class Task2Sample:
@@ -67,12 +68,15 @@ class Task2Sample:
             "sha256": self.sha256,
         }
 
+
 def _format_error(where: str, problem: str) -> ValueError:
     return ValueError(f"{where}: {problem}. Task 2 training sets are written by map.py; rerun it "
                       "(python Qwen_code/task2_lm_lora/map.py) instead of editing the file.")
 
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
 
 def sample_from_json(obj: Any, where: str) -> Task2Sample:
     """Parse one line of the training set, checking its exact shape."""
@@ -106,6 +110,7 @@ def sample_from_json(obj: Any, where: str) -> Task2Sample:
     return Task2Sample(index=obj["index"], image_path=message_image, label=label, prompt_text=prompt_text,
                        answer=answer_text, image_hw=(hw[0], hw[1]), file_size=obj["file_size"], sha256=sha)
 
+
 @dataclass(frozen=True)
 class Task2Data:
     """A training set: its samples and the one prompt / answer pair they all share."""
@@ -116,6 +121,7 @@ class Task2Data:
 
     def setup(self, image_size: int | None) -> PromptSetup:
         return PromptSetup(image_size, self.prompt_text, self.answers[1], self.answers[0])
+
 
 def read_task2_dataset(path: str | os.PathLike) -> Task2Data:
     """Read a map.py training set; all records must share one prompt and one answer word per label."""
@@ -150,6 +156,7 @@ def read_task2_dataset(path: str | os.PathLike) -> Task2Data:
         raise _format_error(str(path), f"real and fake share the answer {single[0]!r}")
     return Task2Data(str(path), samples, prompts[0], single)
 
+
 # ---------------------------------------------------------------------------------------- map job
 def file_digest(path: str | os.PathLike) -> tuple[int, str]:
     """(size in bytes, SHA-256 hex digest) of a file."""
@@ -160,6 +167,7 @@ def file_digest(path: str | os.PathLike) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class MapResult:
@@ -177,6 +185,7 @@ class MapResult:
     def bytes_per_record(self) -> float:
         return self.final_bytes / self.records
 
+
 def _manifest(cfg, job, index_digest: str, num_records: int) -> dict:
     return {
         "annotation_file": str(job.annotation_file),
@@ -189,6 +198,7 @@ def _manifest(cfg, job, index_digest: str, num_records: int) -> dict:
         "on_bad_sample": cfg.on_bad_sample,
         "records": num_records,
     }
+
 
 def _check_manifest(batch_dir: Path, manifest: dict) -> None:
     """Finished batches may be reused only if they were made by the same job."""
@@ -205,6 +215,7 @@ def _check_manifest(batch_dir: Path, manifest: dict) -> None:
                          "batch_output_dir")
     atomic_write_lines(path, [json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"])
 
+
 def _build_batch(records, image_sizes: Mapping[int, tuple[int, int]], data_root: Path, prompt_text: str,
                  answers: Mapping[int, str], workers: int) -> list[str]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -215,6 +226,7 @@ def _build_batch(records, image_sizes: Mapping[int, tuple[int, int]], data_root:
                              answer=answers[rec.label], image_hw=image_sizes[rec.index], file_size=size, sha256=sha)
         lines.append(json.dumps(sample.to_json(), ensure_ascii=False) + "\n")
     return lines
+
 
 def run_map(cfg, processor, *, workers: int | None = None, progress: bool = True) -> list[MapResult]:
     """Every index of a ``Task2MapConfig`` (``cfg.jobs()``) -> validated training set, in resumable batches.

@@ -23,6 +23,7 @@ _NOISE_SIGMA = 3.0
 
 _SCENE_DOWNSCALE = 4
 
+
 @dataclass(frozen=True)
 class Video:
     split: str
@@ -36,6 +37,7 @@ class Video:
 
     def file_name(self, frame: int) -> str:
         return f"{self.stem}__frame{frame:05d}.jpg"
+
 
 def render_video(video: Video, data_dir: Path) -> list[dict]:
     rng = np.random.default_rng(video.seed)
@@ -64,6 +66,7 @@ def render_video(video: Video, data_dir: Path) -> list[dict]:
         records.append({"image_path": f"{image_dir}/{name}", "mask_path": mask_path,
                         "label": video.label})
     return records
+
 
 def _scene(rng, h: int, w: int) -> np.ndarray:
     """Natural-ish background: gradient, low-frequency texture and soft colour blobs.
@@ -97,6 +100,7 @@ def _scene(rng, h: int, w: int) -> np.ndarray:
         img = img * (1 - a[..., None]) + colour * a[..., None]
     low = Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8))
     return np.asarray(low.resize((w, h), Image.BICUBIC))
+
 
 @dataclass(frozen=True)
 class _Region:
@@ -154,6 +158,7 @@ class _Region:
         soft = hard.filter(ImageFilter.GaussianBlur(feather))
         return np.asarray(soft, dtype=np.float32) / 255.0, (slice(y0, y1), slice(x0, x1))
 
+
 @dataclass(frozen=True)
 class _Style:
     """Per-video manipulation parameters, so all frames of a fake video share one method."""
@@ -187,6 +192,7 @@ class _Style:
             source=source,
         )
 
+
 def _manipulate(frame: np.ndarray, alpha: np.ndarray, box, style: _Style) -> np.ndarray:
     """Blend the manipulated content into ``frame`` in place; return the per-pixel change."""
     ys, xs = box
@@ -218,6 +224,7 @@ def _manipulate(frame: np.ndarray, alpha: np.ndarray, box, style: _Style) -> np.
     frame[ys, xs] = new_patch
     return change
 
+
 def _copy_source(hw: tuple[int, int], box, source: tuple[float, float]) -> tuple[slice, slice]:
     """Source box of the destination's size, inside the frame and as far from it as possible.
 
@@ -236,11 +243,13 @@ def _copy_source(hw: tuple[int, int], box, source: tuple[float, float]) -> tuple
         sy, sx = mirror_y, round(far_x + (mirror_x - far_x) * 0.25 * source[1])
     return slice(sy, sy + bh), slice(sx, sx + bw)
 
+
 def _soft_mask(rng, change: np.ndarray) -> np.ndarray:
     inside = change[change > 0]
     scale = max(float(np.percentile(inside, 99)) if inside.size else 1.0, 1.0)
     mask = np.clip(change / scale, 0, 1) * 255.0
     return mask + np.abs(rng.standard_normal(mask.shape, dtype=np.float32))
+
 
 def _save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
     img = Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))

@@ -111,6 +111,7 @@ _ANSWER_WORDS = ("Real", "Fake", " Real", " Fake", "real", "fake")
 
 _BPE_VOCAB_SIZE = 1024
 
+
 def build_tiny_tokenizer() -> Tokenizer:
     """Byte-level BPE with Qwen2's normaliser / pre-tokeniser / decoder and Qwen's added tokens."""
     tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
@@ -136,6 +137,7 @@ def build_tiny_tokenizer() -> Tokenizer:
             raise RuntimeError(f"tiny tokenizer: {word!r} became {len(ids)} tokens; extend _CORPUS_LINES")
     tokenizer.add_tokens([AddedToken(text, special=special, normalized=False) for text, special in QWEN_ADDED_TOKENS])
     return tokenizer
+
 
 def tokenizer_config(tokenizer: Tokenizer) -> dict:
     added = {}

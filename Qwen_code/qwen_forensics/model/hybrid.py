@@ -275,7 +275,6 @@ class HybridModel(nn.Module):
         return embeds.index_put((rows, positions), word_embeds)
 
 
-# ----------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class HybridSpec:
     """Everything besides tensors that a hybrid checkpoint needs to rebuild its model and prompt."""
@@ -299,6 +298,7 @@ class HybridSpec:
         return HybridPrompt.build(processor, self.prompt, self.fusion_tokens, fake_word=self.fake_word,
                                   real_word=self.real_word, head_verdict=self.head_verdict_prompt)
 
+
 def build_hybrid_model(base: nn.Module, processor, cfg, say=print) -> tuple[HybridModel, HybridSpec]:
     """A fresh hybrid model for training from a ``Task3TrainConfig``: LoRA injected into ``base``,
     new heads and fusion projector on ``base``'s device (sizes read from ``base.config``). Notes on
@@ -313,6 +313,7 @@ def build_hybrid_model(base: nn.Module, processor, cfg, say=print) -> tuple[Hybr
         fusion = FusionProjector(cfg.fuse_dim, int(base.config.text_config.hidden_size), cfg.fusion_tokens,
                                  dropout=cfg.fusion_hidden_dropout, embed_rms=embedding_rms(base))
     return assemble_hybrid_model(base, heads, fusion, spec, processor), spec
+
 
 def assemble_hybrid_model(base, heads, fusion, spec: HybridSpec, processor) -> HybridModel:
     device = next(base.parameters()).device

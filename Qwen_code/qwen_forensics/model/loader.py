@@ -16,6 +16,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
+from ..checkpoint import short_list
 from ..dtypes import resolve_dtype
 from .window_attention import enable_fast_paths
 
@@ -185,15 +186,25 @@ def load_processor(model_path: str | Path, image_size: int | None = None):
     return AutoProcessor.from_pretrained(path, local_files_only=True, image_processor=image_processor)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """PEFT wraps the model; the tower and the LM live on the wrapped one."""
-    get_base_model = getattr(model, "get_base_model", None)
-    return get_base_model() if callable(get_base_model) else model
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a PEFT wrapper (or a stack of them) wraps; hooks and lookups need the modules that run."""
+    seen = set()
+    while callable(getattr(model, "get_base_model", None)) and id(model) not in seen:
+        seen.add(id(model))
+        inner = model.get_base_model()
+        if inner is model:
+            break
+        model = inner
+    return model
 
 
 def get_visual(model: torch.nn.Module) -> Qwen2_5_VisionTransformerPretrainedModel:
-    """The vision tower of a Qwen2.5-VL model (``model.model.visual`` in transformers 5)."""
-    inner = getattr(_unwrap(model), "model", None)
+    """The vision tower of a Qwen2.5-VL model (``model.model.visual`` in transformers 5), or the tower
+    itself when given one; PEFT wrappers are looked through."""
+    model = unwrap_peft(model)
+    if isinstance(model, Qwen2_5_VisionTransformerPretrainedModel):
+        return model
+    inner = getattr(model, "model", None)
     visual = getattr(inner, "visual", None)
     if visual is None:
         raise AttributeError(
@@ -205,7 +216,7 @@ def get_visual(model: torch.nn.Module) -> Qwen2_5_VisionTransformerPretrainedMod
 
 def get_language_model(model: torch.nn.Module) -> torch.nn.Module:
     """The text decoder of a Qwen2.5-VL model (``model.model.language_model`` in transformers 5)."""
-    inner = getattr(_unwrap(model), "model", None)
+    inner = getattr(unwrap_peft(model), "model", None)
     language_model = getattr(inner, "language_model", None)
     if language_model is None:
         raise AttributeError(
@@ -215,9 +226,5 @@ def get_language_model(model: torch.nn.Module) -> torch.nn.Module:
     return language_model
 
 
-def _summarise(problems: dict[str, list[str]], shown: int = 8) -> str:
-    parts = []
-    for kind, keys in problems.items():
-        more = f" ... (+{len(keys) - shown} more)" if len(keys) > shown else ""
-        parts.append(f"{len(keys)} {kind}: {', '.join(keys[:shown])}{more}")
-    return "; ".join(parts)
+def _summarise(problems: dict[str, list[str]]) -> str:
+    return "; ".join(f"{len(keys)} {kind}: {short_list(keys)}" for kind, keys in problems.items())

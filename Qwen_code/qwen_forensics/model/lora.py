@@ -90,12 +90,12 @@ class LoraInputCast:
             self.set(True)
 
 
-# ----------------------------------------------------------------------------------------- the model
 def trainer_target_spec(cfg) -> LoraTargetSpec:
     """``Task2TrainConfig`` -> target spec; an empty block list means LoRA on the extra modules only."""
     return LoraTargetSpec(vision_blocks=list(cfg.lora_target_blocks) or None,
                           vision_modules=list(cfg.lora_target_modules),
                           vision_extra_modules=list(cfg.lora_extra_modules))
+
 
 def attach_lora(model: torch.nn.Module, cfg):
     """Wrap the full model in a PEFT model whose LoRA sits on exactly the configured vision modules."""
@@ -107,6 +107,7 @@ def attach_lora(model: torch.nn.Module, cfg):
     peft_model = get_peft_model(model, config)
     check_lora_wrapped(peft_model, targets)
     return peft_model, targets
+
 
 def vision_inputs_require_grad(model: torch.nn.Module):
     """Make the patch embedding's output require grad; returns the hook handle.
@@ -121,7 +122,6 @@ def vision_inputs_require_grad(model: torch.nn.Module):
     return patch_embed.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
 
 
-# ----------------------------------------------------------------------------------------- LoRA
 def hybrid_target_spec(lora_cfg) -> LoraTargetSpec:
     """The config's ``lora`` block (``task_configs.HybridLora``) as a per-component target spec.
 
@@ -145,6 +145,7 @@ def hybrid_target_spec(lora_cfg) -> LoraTargetSpec:
         lm_patterns=list(lm.extra_patterns) if lm.enabled else (),
     )
 
+
 def inject_hybrid_lora(base: nn.Module, lora_cfg) -> tuple[dict[str, list[str]], list[str]]:
     """Freeze ``base`` and inject ONE adapter over all enabled components; returns the targets and
     notes (patterns that matched nothing).
@@ -160,6 +161,7 @@ def inject_hybrid_lora(base: nn.Module, lora_cfg) -> tuple[dict[str, list[str]],
         inject_adapter_in_model(config, base)
         check_lora_wrapped(base, targets)
     return targets, notes
+
 
 def trainable_to_fp32(module: nn.Module) -> list[nn.Parameter]:
     """The module's trainable tensors (LoRA, plus biases with ``bias != "none"``), cast to fp32 in place.

@@ -58,8 +58,10 @@ LM_MODULE_ALIASES = {
 
 COMPONENTS = ("visual", "merger", "vision_extra", "lm")
 
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix.rstrip('.')}.{name}" if prefix else name
+
 
 def _unique_path(model: nn.Module, cls: type) -> str | None:
     paths = [name for name, module in model.named_modules() if isinstance(module, cls)]
@@ -67,12 +69,14 @@ def _unique_path(model: nn.Module, cls: type) -> str | None:
         raise ValueError(f"expected at most one {cls.__name__} in the model, found {len(paths)} at {paths}")
     return paths[0] if paths else None
 
+
 def locate_components(model: nn.Module) -> dict[str, str | None]:
     """Module paths of the vision tower and the language model inside ``model`` ("" = root, None = absent)."""
     return {
         "visual": _unique_path(model, Qwen2_5_VisionTransformerPretrainedModel),
         "language_model": _unique_path(model, Qwen2_5_VLTextModel),
     }
+
 
 def _expand(modules: Sequence[str], aliases: Mapping[str, str], what: str) -> list[str]:
     if isinstance(modules, str):
@@ -84,6 +88,7 @@ def _expand(modules: Sequence[str], aliases: Mapping[str, str], what: str) -> li
     if duplicates:
         raise ValueError(f"{what} modules listed twice: {duplicates}")
     return expanded
+
 
 def _check_indices(indices: Sequence[int], count: int, what: str) -> list[int]:
     if isinstance(indices, str) or not indices:
@@ -98,6 +103,7 @@ def _check_indices(indices: Sequence[int], count: int, what: str) -> list[int]:
         raise ValueError(f"{what} indices listed twice: {duplicates}")
     return list(indices)
 
+
 def _linear_paths(root: nn.Module, relative: list[str], prefix: str) -> list[str]:
     for rel in relative:
         try:
@@ -111,11 +117,13 @@ def _linear_paths(root: nn.Module, relative: list[str], prefix: str) -> list[str
             )
     return [_join(prefix, rel) for rel in relative]
 
+
 def _layer_list(parent: nn.Module, attr: str, what: str) -> nn.ModuleList:
     layers = getattr(parent, attr, None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(f"{type(parent).__name__} has no '{attr}' ModuleList: it is not a Qwen2.5-VL {what}")
     return layers
+
 
 def vision_block_targets(
     visual_module: nn.Module,
@@ -128,6 +136,7 @@ def vision_block_targets(
     block_ids = _check_indices(blocks, depth, "vision block")
     names = _expand(modules, VISION_MODULE_ALIASES, "vision block")
     return _linear_paths(visual_module, [f"blocks.{b}.{m}" for b in block_ids for m in names], prefix)
+
 
 def merger_targets(visual_module: nn.Module, prefix: str = "") -> list[str]:
     """The linear layers of the patch merger's MLP (``merger.mlp.0``, ``merger.mlp.2``)."""
@@ -146,11 +155,13 @@ VISION_NAME_PREFIXES = ("model.visual.", "visual.")
 
 LM_NAME_PREFIXES = ("model.language_model.", "language_model.")
 
+
 def _strip_prefix(name: str, prefixes: Sequence[str]) -> str:
     for prefix in prefixes:
         if name.startswith(prefix):
             return name[len(prefix):]
     return name
+
 
 def vision_module_targets(visual_module: nn.Module, paths: Sequence[str], prefix: str = "") -> list[str]:
     """Exact module paths inside the vision tower (Task 2's ``lora_extra_modules``, e.g. ``merger.mlp.0``;
@@ -159,12 +170,14 @@ def vision_module_targets(visual_module: nn.Module, paths: Sequence[str], prefix
         raise TypeError(f"vision module paths must be a list, got the string {paths!r}")
     return _linear_paths(visual_module, [_strip_prefix(p, VISION_NAME_PREFIXES) for p in paths], prefix)
 
+
 def lm_module_targets(language_model: nn.Module, paths: Sequence[str], prefix: str = "") -> list[str]:
     """Exact module paths inside the language model (``layers.24.self_attn.q_proj``; a
     ``language_model.`` / ``model.language_model.`` prefix is accepted)."""
     if isinstance(paths, str):
         raise TypeError(f"LM module paths must be a list, got the string {paths!r}")
     return _linear_paths(language_model, [_strip_prefix(p, LM_NAME_PREFIXES) for p in paths], prefix)
+
 
 def pattern_targets(component: nn.Module, patterns: Sequence[str], canonical: str, prefix: str = ""
                     ) -> tuple[list[str], list[str]]:
@@ -186,6 +199,7 @@ def pattern_targets(component: nn.Module, patterns: Sequence[str], canonical: st
         matched.extend(h for h in hits if h not in matched)
     return matched, unmatched
 
+
 def lm_targets(
     language_model: nn.Module,
     layers: Sequence[int] | Literal["all"],
@@ -200,6 +214,7 @@ def lm_targets(
         layer_ids = _check_indices(layers, count, "LM layer")
     names = _expand(modules, LM_MODULE_ALIASES, "LM layer")
     return _linear_paths(language_model, [f"layers.{i}.{m}" for i in layer_ids for m in names], prefix)
+
 
 @dataclass(frozen=True)
 class LoraTargetSpec:
@@ -222,10 +237,12 @@ class LoraTargetSpec:
     lm_extra_modules: Sequence[str] = ()
     lm_patterns: Sequence[str] = ()
 
+
 def resolve_targets(model: nn.Module, spec: LoraTargetSpec) -> dict[str, list[str]]:
     """Per component (``COMPONENTS``) the full module names, relative to ``model`` (see
     :func:`resolve_targets_with_notes`, which also reports patterns that matched nothing)."""
     return resolve_targets_with_notes(model, spec)[0]
+
 
 def resolve_targets_with_notes(model: nn.Module, spec: LoraTargetSpec) -> tuple[dict[str, list[str]], list[str]]:
     """Per component the full module names relative to ``model``, and notes for the log.
@@ -276,6 +293,7 @@ def resolve_targets_with_notes(model: nn.Module, spec: LoraTargetSpec) -> tuple[
              for component, patterns in unmatched.items() for pattern in patterns]
     return targets, notes
 
+
 def _flatten(targets: Mapping[str, Sequence[str]] | Sequence[str]) -> list[str]:
     names = [n for group in targets.values() for n in group] if isinstance(targets, Mapping) else list(targets)
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -283,11 +301,13 @@ def _flatten(targets: Mapping[str, Sequence[str]] | Sequence[str]) -> list[str]:
         raise ValueError(f"LoRA targets listed twice: {duplicates}")
     return names
 
+
 def exact_target_regex(names: Sequence[str]) -> str:
     """A regex that PEFT full-matches against module names: exactly ``names``, nothing else."""
     return "(?:" + "|".join(re.escape(n) for n in names) + ")"
 
 _GROUP = re.compile(r"^(.*\.(?:blocks|layers)\.\d+)\.(.+)$")
+
 
 def format_targets(targets: Mapping[str, Sequence[str]]) -> str:
     """Human-readable per-component listing, one line per block / layer."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .loader import unwrap_peft
+
 __all__ = ["ViTFeatureTap", "compute_window_index", "patch_order"]
 
 
@@ -98,13 +100,7 @@ def patch_order(grid_thw: torch.Tensor, spatial_merge_size: int, window_size: in
 
 def _unwrap_tower(visual: nn.Module) -> nn.Module:
     """PEFT wrappers forward attributes but hooks must sit on the modules that actually run."""
-    seen = set()
-    while hasattr(visual, "get_base_model") and id(visual) not in seen:
-        seen.add(id(visual))
-        inner = visual.get_base_model()
-        if inner is visual:
-            break
-        visual = inner
+    visual = unwrap_peft(visual)
     blocks = getattr(visual, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or getattr(visual, "config", None) is None:
         raise TypeError(
