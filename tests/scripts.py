@@ -27,6 +27,7 @@ SCRIPTS = {
     "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
     "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
     "predict": CODE / "predict.py",
+    "compare_runs": CODE / "compare_runs.py",
 }
 
 

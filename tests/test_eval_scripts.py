@@ -22,7 +22,7 @@ from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.report import HEADINGS, format_value
 from scripts import csv_rows, demo_index, run_script
-from test_report import Page, assert_rendered, assert_self_contained, needs_chromium
+from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 
 # The score columns of each evaluation's per-image rows, and whether it has heatmaps.
 SCORES = {"lora_eval": ["p_fake"], "full_model_eval": ["p_fake"], "lora_infer": ["p_fake"],

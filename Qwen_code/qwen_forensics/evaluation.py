@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from .data.collate import hybrid_inputs, model_inputs
 from .data.records import Record
 from .data.validate import load_split
 from .model.hybrid import HybridModel
-from .training import autocast
+from .metrics import tune_threshold
+from .training import autocast, speed_line
 
 
 @dataclass
@@ -36,6 +37,7 @@ class SplitRun:
     predictions: Any
     images_per_s: float
     skipped: int
+    started: float          # time.perf_counter() when the split began (validation, loading included)
 
 
 @dataclass
@@ -54,13 +56,29 @@ class SplitEvaluator:
     predict: Callable[..., Any]
 
     def __call__(self, index_path: str, tag: str, **predict_kwargs) -> SplitRun:
+        started = time.perf_counter()
         records, skipped = load_split(index_path, self.data_root, self.on_bad_sample,
                                       Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
         loader = self.accelerator.prepare(DataLoader(self.dataset(records), batch_size=self.batch_size,
                                                      num_workers=self.num_workers, collate_fn=self.collate))
         start = time.perf_counter()
         predictions = self.predict(loader, len(records), **predict_kwargs)
-        return SplitRun(records, predictions, len(records) / (time.perf_counter() - start), skipped)
+        return SplitRun(records, predictions, len(records) / (time.perf_counter() - start), skipped, started)
+
+    def run(self, test_index: str, val_index: str | None = None, *, scores: Sequence[str] = ("p_fake",),
+            val_kwargs: Mapping[str, Any] | None = None,
+            test_kwargs: Mapping[str, Any] | None = None) -> tuple[SplitRun, dict[str, float | None]]:
+        """The validation index (if any) only tunes one threshold per score (an attribute of the
+        predictions; None without validation); then the test index, whose inference speed is printed."""
+        tuned: dict[str, float | None] = dict.fromkeys(scores)
+        if val_index:
+            val = self(val_index, "val", **(val_kwargs or {}))
+            labels = [r.label for r in val.records]
+            tuned = {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
+        test = self(test_index, "test", **(test_kwargs or {}))
+        self.accelerator.print(speed_line(len(test.records), len(test.records) / test.images_per_s,
+                                          "evaluation (inference loop)"))
+        return test, tuned
 
     def close(self) -> bool:
         """End the distributed part; True on the process that scores and writes the outputs. Every

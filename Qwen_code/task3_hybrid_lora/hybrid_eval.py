@@ -31,7 +31,7 @@ from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_
 from qwen_forensics.dtypes import amp_name
 from qwen_forensics.evaluation import SplitEvaluator, predict_hybrid
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import hybrid_scores, image_report, tune_threshold
+from qwen_forensics.metrics import hybrid_scores, image_report
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.task_configs import Task3EvalConfig
@@ -86,18 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
         collate=collate, predict=lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, n))
 
-    tuned_lm = tuned_head = None
-    if cfg.val_annotation_file:
-        val = evaluate(cfg.val_annotation_file, "val")
-        val_labels = [r.label for r in val.records]
-        tuned_lm = tune_threshold(val_labels, val.predictions.p_fake_lm)
-        tuned_head = tune_threshold(val_labels, val.predictions.p_fake_head)
-    run_start = time.perf_counter()
-    test = evaluate(cfg.annotation_file, "test")
-    records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
+    test, tuned = evaluate.run(cfg.annotation_file, cfg.val_annotation_file, scores=("p_fake_lm", "p_fake_head"))
     if not evaluate.close():
         return
+    records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
+    tuned_lm, tuned_head = tuned["p_fake_lm"], tuned["p_fake_head"]
 
     heads, rows, _ = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
                                  image_size=image_size, pixel_threshold=cfg.pixel_threshold,
@@ -126,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                      **leak_check.columns()},
         heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
         num_heatmaps=cfg.num_heatmaps)
-    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
+    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps(metrics, indent=1))
     print(outputs.summary())
 

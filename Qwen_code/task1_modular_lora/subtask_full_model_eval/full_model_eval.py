@@ -35,7 +35,7 @@ from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
 from qwen_forensics.evaluation import SplitEvaluator, score_answers
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import image_report, tune_threshold
+from qwen_forensics.metrics import image_report
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
@@ -84,16 +84,12 @@ def main(argv: list[str] | None = None) -> None:
             model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id, num_records=n,
             max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer))
 
-    tuned = None
-    if cfg.val_annotation_file:
-        val = evaluate(cfg.val_annotation_file, "val", max_new_tokens=0)
-        tuned = tune_threshold([r.label for r in val.records], val.predictions.p_fake)
-    run_start = time.perf_counter()
-    test = evaluate(cfg.annotation_file, "test", max_new_tokens=cfg.max_new_tokens)
-    records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
+    test, tuned = evaluate.run(cfg.annotation_file, cfg.val_annotation_file, val_kwargs={"max_new_tokens": 0},
+                               test_kwargs={"max_new_tokens": cfg.max_new_tokens})
     if not evaluate.close():
         return
+    records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
+    tuned = tuned["p_fake"]
 
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
                      "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
-    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
+    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")

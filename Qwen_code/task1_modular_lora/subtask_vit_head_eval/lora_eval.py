@@ -27,7 +27,6 @@ from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
 from qwen_forensics.evaluation import SplitEvaluator, predict_heads
 from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, speed_line
@@ -63,16 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
         collate=collate, predict=lambda loader, n: predict_heads(model, loader, accelerator, cfg.amp_dtype, n))
 
-    tuned = None
-    if cfg.ann_val:
-        val = evaluate(cfg.ann_val, "val")
-        tuned = tune_threshold([r.label for r in val.records], val.predictions.p_fake)
-    run_start = time.perf_counter()
-    test = evaluate(cfg.ann_test, "test")
-    records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    accelerator.print(speed_line(len(records), len(records) / images_per_s, "evaluation (inference loop)"))
+    test, tuned = evaluate.run(cfg.ann_test, cfg.ann_val)
     if not evaluate.close():
         return
+    records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
+    tuned = tuned["p_fake"]
 
     metrics, rows, _ = score_heads(records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
                                    image_size=image_size, pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned)
@@ -88,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                      **leak_check.columns()},
         heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
         num_heatmaps=cfg.num_heatmaps)
-    print(speed_line(len(records), time.perf_counter() - run_start, "evaluation (inference, scoring and outputs)"))
+    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
     print(outputs.summary())
