@@ -216,6 +216,17 @@ def score_answers(model: torch.nn.Module, loader, accelerator: Accelerator, *, f
                         logit_real=pair[:, 1].numpy(), generated=texts)
 
 
+def answer_scorer(model: torch.nn.Module, accelerator: Accelerator, answer_ids: tuple[int, int], tokenizer):
+    """The ``predict`` of a :class:`SplitEvaluator` for the answer-token evaluations (Task 1 subtask 2,
+    Task 2): ``predict(loader, num_records, max_new_tokens=0)`` -> :class:`AnswerScores`."""
+    fake_token_id, real_token_id = answer_ids
+
+    def predict(loader, num_records: int, max_new_tokens: int = 0) -> AnswerScores:
+        return score_answers(model, loader, accelerator, fake_token_id=fake_token_id, real_token_id=real_token_id,
+                             num_records=num_records, max_new_tokens=max_new_tokens, tokenizer=tokenizer)
+    return predict
+
+
 def decode_generated(tokenizer, ids) -> list[str]:
     """Generated ids [N, T] (padded with special tokens after each row's end) -> stripped text per row."""
     rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]

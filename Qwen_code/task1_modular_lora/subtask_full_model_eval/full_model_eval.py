@@ -33,7 +33,7 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
-from qwen_forensics.evaluation import SplitEvaluator, score_answers
+from qwen_forensics.evaluation import SplitEvaluator, answer_scorer
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import image_report
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
         dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False), collate=collate,
-        predict=lambda loader, n, max_new_tokens: score_answers(
-            model, loader, accelerator, fake_token_id=fake_id, real_token_id=real_id, num_records=n,
-            max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer))
+        predict=answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer))
 
     test, tuned = evaluate.run(cfg.annotation_file, cfg.val_annotation_file, val_kwargs={"max_new_tokens": 0},
                                test_kwargs={"max_new_tokens": cfg.max_new_tokens})
