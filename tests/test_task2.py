@@ -204,12 +204,17 @@ def test_map_rejects_multi_token_answers(root):
 
 
 # ---------------------------------------------------------------------------------- Trainer arguments
-def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path):
+def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path, monkeypatch):
     shipped = json.loads((CODE / "task2_lm_lora" / "config_lora_trainer.json").read_text())
-    args, notes = trainer_arguments(shipped["training_args"], str(tmp_path), None, cuda=True)
+    with monkeypatch.context() as gpu:
+        # Planned as on a bf16-capable GPU (only the two queries are faked; nothing touches CUDA).
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        gpu.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        args, notes = trainer_arguments(shipped["training_args"], str(tmp_path), None)
     assert args["output_dir"] == str(tmp_path.resolve() / "task2_lm_lora/training/checkpoints")
     assert args["bf16"] is True
-    on_cpu, cpu_notes = trainer_arguments(shipped["training_args"], None, None, cuda=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu, cpu_notes = trainer_arguments(shipped["training_args"], None, None)
     assert on_cpu["bf16"] is False and any("bf16 -> false" in note for note in cpu_notes)
     assert args["gradient_checkpointing"] is False and "gradient_checkpointing_kwargs" not in args
     checkpointed, _ = trainer_arguments({**shipped["training_args"], "gradient_checkpointing": True}, None, None)

@@ -85,8 +85,7 @@ def choose_precision(args: dict, torch_dtype: str, *, cuda: bool, bf16_supported
 
 
 def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_dir: Path | None, *,
-                      torch_dtype: str = "bfloat16", cuda: bool | None = None,
-                      bf16_supported: bool | None = None) -> tuple[dict, list[str]]:
+                      torch_dtype: str = "bfloat16") -> tuple[dict, list[str]]:
     """The user's ``training_args`` as written, with the few adjustments the recipe needs; returns
     (keyword arguments for ``TrainingArguments`` plus ``resume_from_checkpoint``, notes to print).
 
@@ -96,17 +95,14 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_di
     - ``remove_unused_columns`` must be false: the dataset yields images, not model columns;
     - gradient checkpointing without explicit kwargs gets ``use_reentrant: false``, which keeps the
       vision LoRA gradients whatever the transformers version's default;
-    - mixed precision follows :func:`choose_precision` (``cuda`` / ``bf16_supported`` None: detect).
+    - mixed precision follows :func:`choose_precision` on this machine's GPU (or its absence).
     """
     from transformers import TrainingArguments
 
     args = json.loads(json.dumps(dict(training_args)))
     notes = _adapt_to_installed(args, {f.name for f in fields(TrainingArguments)})
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if bf16_supported is None:
-        # Asked to plan for CUDA on a machine without it (tests): assume a bf16-capable GPU.
-        bf16_supported = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cuda
-    notes += choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=bf16_supported)
+    cuda = torch.cuda.is_available()
+    notes += choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
     if not isinstance(args.get("output_dir"), str) or not args["output_dir"]:
         raise ConfigError("training_args.output_dir is required (the Trainer's checkpoint folder)")
     for key in _PATH_ARGS:
