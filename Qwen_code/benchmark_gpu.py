@@ -17,8 +17,8 @@ Every section is measured, in the same process, three ways:
 - ``seed``: the seed's way (the whole 8B model resident for Task 1, per-image ``generate`` for
   evaluation, full-vocabulary logits for LM training, the seed configs' batch sizes).
 
-Reported per variant: images/s after warm-up (CUDA-synchronised wall time, median of the timed
-steps' mean), peak allocated GPU memory (``torch.cuda.max_memory_allocated``) and the fraction of
+Reported per variant: images/s after warm-up (CUDA-synchronised wall time, the mean over the
+timed steps), peak allocated GPU memory (``torch.cuda.max_memory_allocated``) and the fraction of
 the arithmetic limit (FLOPs of one image's step, counted from the shapes, at 790 TFLOP/s bf16).
 ``--profile`` adds, for the ``fast`` variant, the GPU time per kernel class (matrix products,
 attention, fused kernels, other elementwise, copies) and the share of wall time the GPU was busy.
@@ -57,7 +57,7 @@ from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.model.window_attention import enable_fast_paths
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
-from qwen_forensics.training import autocast, enable_gradient_checkpointing, hybrid_optimizer
+from qwen_forensics.training import autocast, enable_gradient_checkpointing, hybrid_optimizer, peak_gib
 
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")
@@ -137,7 +137,7 @@ def measure(name: str, fn, images: int, flops_per_image: float, steps: int, resu
             do_profile: bool) -> None:
     torch.cuda.reset_peak_memory_stats()
     sec = timed(fn, steps, 2)
-    row = {"images_per_s": images / sec, "s_per_step": sec, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    row = {"images_per_s": images / sec, "s_per_step": sec, "peak_gib": peak_gib(),
            "batch": images, "flop_fraction": images / sec * flops_per_image / PEAK_FLOPS}
     if do_profile and variant == "fast":
         row["profile"] = profile(fn)
@@ -361,8 +361,6 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
 def bench_data(cfg, processor, workdir, args, results) -> None:
     """Host-side cost per image of what the data loader workers do: JPEG decode, letterbox, mask
     binarisation (fakes), and the image processor in the collator, at the user's frame sizes."""
-    from qwen_forensics.data.collate import ImageBatchCollator
-
     for h, w in ((720, 1280), (1080, 1920)):
         root = workdir / f"frames_{h}x{w}"
         if not (root / "data").is_dir():

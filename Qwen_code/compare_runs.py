@@ -88,7 +88,7 @@ def load_runs(paths: list[Path]) -> pd.DataFrame:
 
 def default_metrics(runs: pd.DataFrame) -> list[str]:
     """SPEC 7 metrics, each followed by its Task 3 lm_/head_ variants, that some run has."""
-    wanted = [name for m in (*SPEC_METRICS, "head_score") for name in (m, f"lm_{m}", f"head_{m}")]
+    wanted = [name for m in SPEC_METRICS for name in (m, f"lm_{m}", f"head_{m}")]
     present = [m for m in dict.fromkeys(wanted) if m in runs.columns and runs[m].notna().any()]
     return present
 

@@ -14,9 +14,14 @@ import io
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
+# The user's real train/val index files (no images), next to the repository as in CI.
+SHARED_INDEX = CODE.parents[1] / "shared" / "data" / "forgerynet_index"
+needs_real_index = pytest.mark.skipif(not SHARED_INDEX.is_dir(), reason=f"shared real index not found at "
+                                      f"{SHARED_INDEX} (shared/ is a sibling of the repo clone)")
 SCRIPTS = {
     "lora_train": CODE / "task1_modular_lora/lora_train.py",
     "lora_eval": CODE / "task1_modular_lora/subtask_vit_head_eval/lora_eval.py",
@@ -28,6 +33,7 @@ SCRIPTS = {
     "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
     "predict": CODE / "predict.py",
     "compare_runs": CODE / "compare_runs.py",
+    "benchmark_gpu": CODE / "benchmark_gpu.py",
 }
 
 

@@ -18,14 +18,11 @@ from qwen_forensics.data.leakage import (
 )
 from qwen_forensics.data.records import Record, load_index, video_overlap
 from qwen_forensics.data.split import split_by_video
+from scripts import SHARED_INDEX, needs_real_index
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_DATA = REPO / "Qwen_code" / "check_data.py"
 MAKE_SPLIT = REPO / "Qwen_code" / "make_split.py"
-SHARED_INDEX = REPO.parent / "shared" / "data" / "forgerynet_index"
-needs_real_index = pytest.mark.skipif(
-    not SHARED_INDEX.is_dir(), reason=f"shared real index not found at {SHARED_INDEX} (shared/ is a sibling of the repo clone)"
-)
 
 A, B, C, D, E = (ch * 32 for ch in "abcde")
 

@@ -94,7 +94,7 @@ def _check_2d_positions(seen: list[dict], model: torch.nn.Module, num_images: in
             assert torch.equal(own[:, row][:, valid], rule)
             image = step["input_ids"][row][valid] == image_token_id
             # 2-D, not the 1-D fallback: rows and columns of the image grid differ.
-            assert not torch.equal(rule[1][image], rule[2][image])
+            assert not torch.equal(positions[1, row][valid][image], positions[2, row][valid][image])
 
 
 def test_subtask2_gives_the_lm_2d_image_positions(tiny_root, task1_ckpt, tmp_path):

@@ -6,8 +6,8 @@ import pytest
 
 from qwen_forensics.data.records import Record, load_index, parse_size, save_index, video_key, video_overlap
 from qwen_forensics.data.validate import validate_records
+from scripts import SHARED_INDEX, needs_real_index
 
-SHARED_INDEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "forgerynet_index"
 
 FAKE = "3__f03a785c6a852b75a7ede5cee765e5b7__808351070d513c9621d5de2da2ce9600__frame00128.jpg"
 REAL = "image__19__aba83642ef85fbf03be9dda3c4f99edc__frame00001.jpg"
@@ -112,7 +112,7 @@ def test_video_overlap_counts_records_and_videos():
     assert [r.index for r in overlap.records] == [0, 1, 2]
 
 
-@pytest.mark.skipif(not SHARED_INDEX.is_dir(), reason=f"shared real index not found at {SHARED_INDEX} (shared/ is a sibling of the repo clone)")
+@needs_real_index
 def test_real_forgerynet_index_at_scale():
     train = load_index(SHARED_INDEX / "train_idx.json")
     val = load_index(SHARED_INDEX / "val_idx.json")

@@ -20,11 +20,10 @@ from qwen_forensics.metrics import PixelMetricAccumulator
 from qwen_forensics.report import (GalleryItem, HEADINGS, NO_TUNED, format_value, report_tables, row_caption,
                                    write_report)
 from browser import Page, assert_rendered, assert_self_contained, needs_chromium
-from scripts import load_script
+from scripts import SHARED_INDEX, load_script, needs_real_index
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARE = REPO / "Qwen_code" / "compare_runs.py"
-SHARED_INDEX = REPO.parent / "shared" / "data" / "forgerynet_index"
 
 
 # --- manipulation_method -------------------------------------------------------------------------------------------
@@ -64,7 +63,7 @@ def test_manipulation_method_accepts_other_extensions_and_case():
     assert manipulation_method("IMAGE__4__ff__frame00002.jpeg") == "real"
 
 
-@pytest.mark.skipif(not SHARED_INDEX.is_dir(), reason=f"shared real index not found at {SHARED_INDEX}")
+@needs_real_index
 def test_manipulation_method_on_the_whole_real_index():
     records = json.loads((SHARED_INDEX / "train_idx.json").read_text())
     groups = Counter(manipulation_method(r["image_path"]) for r in records)

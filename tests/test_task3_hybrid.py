@@ -28,6 +28,7 @@ from qwen_forensics.model.hybrid import HybridPrompt, SLOT_TOKEN, build_hybrid_m
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.task_configs import Task3TrainConfig
 from qwen_forensics.training import enable_gradient_checkpointing, hybrid_optimizer
+from scripts import load_script
 
 IMAGE_SIZE = 112
 ANSWERS = {0: "Real", 1: "Fake"}
@@ -272,8 +273,9 @@ def test_a_missing_tensor_fails_loudly(tiny_dir, processor, tmp_path, part):
     assert str(path) in str(err.value)
 
 
-def test_hybrid_loss_trains_and_eval_batch_scores(tiny_dir, processor):
-    """The loss hybrid_train.py (and benchmark_gpu.py) minimises, and the scoring hybrid_eval.py runs."""
+def test_train_step_and_eval_batch_as_the_gpu_benchmark_calls_them(tiny_dir, processor):
+    """benchmark_gpu.py times exactly these two on fixed batches: its train_step (the loss
+    hybrid_train.py minimises, clipped, one AdamW step) and eval_batch (what hybrid_eval.py scores)."""
     base, model, spec = _build(tiny_dir, processor, lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0)
     cfg = _cfg(lr_head=0.01, lr_fusion=0.01, warmup_ratio=0.0)
     optimizer, _ = hybrid_optimizer(model, cfg, total_steps=1_000)
@@ -281,15 +283,9 @@ def test_hybrid_loss_trains_and_eval_batch_scores(tiny_dir, processor):
     train = HybridCollator(processor, model.prompt, ANSWERS)(items)
     evaluation = HybridCollator(processor, model.prompt)(items)
     assert "mask" not in evaluation and "labels" in train
-    weights = HybridLossWeights.from_config(cfg)
-    losses = []
-    for _ in range(3):
-        model.train()
-        total = hybrid_loss(model, train, weights, "fp32", torch.device("cpu"))["total"]
-        total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(total.detach()))
+    train_step = load_script("benchmark_gpu").train_step
+    losses = [float(train_step(model, train, optimizer, HybridLossWeights.from_config(cfg), amp_dtype="fp32")["total"])
+              for _ in range(3)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     out = eval_batch(model, evaluation, answer_ids_for(processor, spec), amp_dtype="fp32")
     assert out["p_fake_lm"].shape == out["p_fake_head"].shape == (2,) and out["heatmap"].shape == (2, 8, 8)

@@ -17,12 +17,9 @@ from qwen_forensics.data.leakage import VideoLeakageWarning
 from qwen_forensics.data.lm_records import Task2Sample
 from qwen_forensics.data.records import load_index
 from qwen_forensics.leak_guard import LeakGuardError, guard_checkpoint_split
-from scripts import csv_rows, demo_index, one_torch_thread, run_script
+from scripts import SHARED_INDEX, csv_rows, demo_index, needs_real_index, one_torch_thread, run_script
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_INDEX = REPO.parent / "shared" / "data" / "forgerynet_index"
-needs_real_index = pytest.mark.skipif(not SHARED_INDEX.is_dir(), reason=f"shared real index not found at "
-                                      f"{SHARED_INDEX} (shared/ is a sibling of the repo clone)")
 KNOWN = ("video overlap: 1150 of 1500 records in", "come from 899 of 1227 video groups that also appear in")
 
 

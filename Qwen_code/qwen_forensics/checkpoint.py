@@ -10,14 +10,7 @@ Typical folder (names chosen by the task):
 Everything written with ``torch.save`` holds only tensors and plain Python values, so it loads
 with ``torch.load(..., weights_only=True)``; this is checked right after saving. Files are written
 to a temporary name and renamed, so an interrupted save never leaves a truncated file behind.
-
-Adapters: an adapter's tensor names are relative to the module it was injected into, its *root*.
-Task 1 trains the LoRA on the vision tower alone, so its root is the tower (names such as
-``blocks.7.attn.qkv``); Tasks 2 and 3 use the full model as root (``model.visual.blocks.7...``).
-``load_adapter_strict`` attaches an adapter to ``model`` itself when its names resolve there, else
-to the vision tower inside ``model``; so a tower adapter loads into a bare tower and into
-``Qwen2_5_VLForConditionalGeneration`` alike. Files follow ``PeftModel.save_pretrained``'s layout
-(keys prefixed ``base_model.model.``), so ``PeftModel.from_pretrained(root, folder)`` reads them too.
+(PEFT adapters: ``adapters``.)
 """
 
 from __future__ import annotations
@@ -37,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import config_dict
-from .files import atomic_write
+from .files import atomic_write, atomic_write_text
 
 TRAINING_STATE_NAME = "training_state.pt"
 RESOLVED_CONFIG_NAME = "resolved_config.json"
@@ -259,9 +252,7 @@ def write_resolved_config(ckpt_dir: str | os.PathLike, config: Mapping[str, Any]
     where each path came from and the notes) as ``resolved_config.json``."""
     payload = config_dict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-    path = Path(ckpt_dir) / RESOLVED_CONFIG_NAME
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
+    return atomic_write_text(Path(ckpt_dir) / RESOLVED_CONFIG_NAME, text)
 
 
 def read_resolved_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:

@@ -62,25 +62,31 @@ def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Mo
     if accelerator.is_main_process:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         save_adapter(inner.visual, ckpt_dir / ADAPTER_DIR)
-        save_module_safetensors(inner.heads, ckpt_dir / HEADS_FILE,
-                                {"heads_config": json.dumps(inner.heads.config), "visual_layers": json.dumps(inner.layers)})
+        save_heads(inner.heads, inner.layers, ckpt_dir / HEADS_FILE)
         write_resolved_config(ckpt_dir, cfg)
     accelerator.wait_for_everyone()
     save_training_state(ckpt_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
     accelerator.wait_for_everyone()
 
 
-def load_heads(ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
-    """Rebuild the heads from their own saved constructor arguments and load them strictly."""
-    path = Path(ckpt_dir) / HEADS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {ckpt_dir} a Task 1 checkpoint folder?")
-    meta = read_safetensors_metadata(path)
-    if "heads_config" not in meta or "visual_layers" not in meta:
-        raise ValueError(f"{path}: metadata lacks heads_config/visual_layers; it was not written by lora_train.py")
+def save_heads(heads: ForensicHeads, layers: Sequence[int], path: Path) -> None:
+    """The heads with what rebuilds them: their constructor arguments and the ViT blocks they read."""
+    save_module_safetensors(heads, path, {"heads_config": json.dumps(heads.config),
+                                          "visual_layers": json.dumps(list(layers))})
+
+
+def load_heads_file(path: Path, writer: str) -> tuple[ForensicHeads, list[int]]:
+    """Rebuild heads from their saved constructor arguments and load them strictly; returns the
+    heads and the ViT blocks they read. ``writer`` names the script that writes such files."""
+    meta = _metadata(path, ["heads_config", "visual_layers"], writer)
     heads = ForensicHeads.from_config(json.loads(meta["heads_config"]))
     load_module_safetensors(heads, path)
     return heads, json.loads(meta["visual_layers"])
+
+
+def load_heads(ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
+    """The heads of a Task 1 checkpoint folder."""
+    return load_heads_file(Path(ckpt_dir) / HEADS_FILE, "lora_train.py")
 
 
 def attach_task1_checkpoint(visual: nn.Module, ckpt_dir: str | Path) -> ForensicViT:
@@ -156,8 +162,7 @@ def save_hybrid_weights(model: HybridModel, spec: HybridSpec, paths: CheckpointP
     """Write the adapter (if any LoRA), heads and fusion projector with their rebuild metadata."""
     if any(spec.lora_targets.values()):
         save_adapter(model.base, paths.adapter_dir)
-    save_module_safetensors(model.heads, paths.heads_file,
-                            {"heads_config": json.dumps(model.heads.config), "visual_layers": json.dumps(model.layers)})
+    save_heads(model.heads, model.layers, paths.heads_file)
     fusion_state = model.fusion.state_dict() if model.fusion is not None else {}
     save_module_safetensors(fusion_state, paths.fusion_file, {
         "fusion_config": json.dumps(model.fusion.config if model.fusion is not None else None),
@@ -202,9 +207,9 @@ def load_hybrid_model(base: nn.Module, processor, paths: CheckpointPaths, *,
     """
     fusion_meta = _metadata(paths.fusion_file, ["fusion_config", "hybrid_spec"], "hybrid_train.py")
     spec = HybridSpec(**json.loads(fusion_meta["hybrid_spec"]))
-    heads_meta = _metadata(paths.heads_file, ["heads_config", "visual_layers"], "hybrid_train.py or lora_train.py")
-    if json.loads(heads_meta["visual_layers"]) != spec.visual_layers:
-        raise ValueError(f"{paths.heads_file} reads ViT blocks {heads_meta['visual_layers']} but {paths.fusion_file} "
+    heads, heads_layers = load_heads_file(paths.heads_file, "hybrid_train.py or lora_train.py")
+    if heads_layers != spec.visual_layers:
+        raise ValueError(f"{paths.heads_file} reads ViT blocks {heads_layers} but {paths.fusion_file} "
                          f"was trained with {spec.visual_layers}: the files come from different runs")
     base.requires_grad_(False)
     if any(spec.lora_targets.values()):
@@ -212,8 +217,6 @@ def load_hybrid_model(base: nn.Module, processor, paths: CheckpointPaths, *,
         if result.root:
             raise ValueError(f"{paths.adapter_dir} is a vision-tower adapter (Task 1); Task 3 needs its full-model adapter")
         check_lora_wrapped(base, spec.lora_targets)
-    heads = ForensicHeads.from_config(json.loads(heads_meta["heads_config"]))
-    load_module_safetensors(heads, paths.heads_file)
     fusion_config = json.loads(fusion_meta["fusion_config"])
     if (fusion_config is None) != (spec.fusion_tokens == 0):
         raise ValueError(f"{paths.fusion_file}: fusion_config and fusion_tokens={spec.fusion_tokens} disagree")
@@ -222,10 +225,9 @@ def load_hybrid_model(base: nn.Module, processor, paths: CheckpointPaths, *,
     return assemble_hybrid_model(base, heads, fusion, spec, processor), spec
 
 
-def answer_ids_for(processor, spec: HybridSpec, fake_word: str | None = None,
-                   real_word: str | None = None) -> tuple[int, int]:
-    """(fake id, real id) read at eval: the trained words unless overridden (then checked)."""
-    return answer_token_ids(processor, fake_word or spec.fake_word, real_word or spec.real_word)
+def answer_ids_for(processor, spec: HybridSpec) -> tuple[int, int]:
+    """(fake id, real id) of the answer words the checkpoint was trained with."""
+    return answer_token_ids(processor, spec.fake_word, spec.real_word)
 
 
 # Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.

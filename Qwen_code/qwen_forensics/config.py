@@ -217,12 +217,9 @@ def parse_config(cls: type[T], data: dict, *, overrides: list[str] = (), root: s
     cfg = _build(cls, data, cls.__name__, meta)
     overridden = {".".join(_parse_override(text)[0]) for text in overrides}
     ctx = PathContext(effective_root(root), base_dir, None, overridden, meta, check_inputs)
-    ctx.out_dir = output_folder(cfg, ctx, cls.__name__)
+    ctx.out_dir = output_folder(cfg, ctx)
     resolve_paths(cfg, ctx, "", cls.__name__)
     cfg.__dict__["_config_meta"] = meta
-    finalize = getattr(cfg, "finalize", None)
-    if finalize is not None:
-        finalize()
     return cfg
 
 
@@ -249,9 +246,9 @@ def build_arg_parser(description: str, default_config: Path | None) -> argparse.
 
 
 def load_config_and_paths(cls: type[T], *, description: str, default_config: Path | None = None,
-                          argv: list[str] | None = None) -> tuple[T, str | None, Path]:
-    """:func:`load_config` plus the relocation root and the config file's folder, for scripts that
-    must relocate paths inside free-form dicts the typed layer cannot see (Task 2's training_args)."""
+                          argv: list[str] | None = None) -> tuple[T, str | None]:
+    """:func:`load_config` plus the relocation root, for scripts that must relocate paths inside
+    free-form dicts the typed layer cannot see (Task 2's training_args)."""
     args = build_arg_parser(description, default_config).parse_args(argv)
     base_dir = Path(args.config).resolve().parent
     try:
@@ -261,7 +258,7 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
         raise SystemExit(f"config error ({args.config}): {err}") from None
     for note in config_meta(cfg).notes:
         print(f"[config] {note}", file=sys.stderr)
-    return cfg, effective_root(args.root), base_dir
+    return cfg, effective_root(args.root)
 
 
 def load_config(cls: type[T], *, description: str, default_config: Path | None = None,

@@ -107,7 +107,7 @@ def resolve_paths(obj: Any, ctx: PathContext, prefix: str, cls_name: str) -> Non
         ctx.meta.sources[key] = origin if given == value else f"{origin}: {given!r}"
 
 
-def output_folder(cfg: Any, ctx: PathContext, cls_name: str) -> Path | None:
+def output_folder(cfg: Any, ctx: PathContext) -> Path | None:
     name = getattr(type(cfg), "OUTPUT_DIR", None)
     if name is None:
         return None

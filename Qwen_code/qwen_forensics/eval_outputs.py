@@ -11,9 +11,9 @@ but finish the same way, through :func:`finish_evaluation`:
    mask-area table and the best/worst localisation gallery;
 4. the metrics CSV row, appended last, so a row in the CSV means every file of the run was written.
 
-Heatmaps stay on the patch grid until a picture needs one: :class:`HeatmapSource` maps only the few
-pictured records back to the original resolution (``evaluation.original_size_heatmap``), after
-``score_heads`` has scored them all.
+Heatmaps stay on the patch grid until they are scored: :class:`HeatmapSource` maps a record's map
+back to its original resolution (``data.geometry.original_size_heatmap``), for :func:`score_heads`
+(every record) and for the few pictures.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .breakdown import select_gallery
 from .data.geometry import original_size_heatmap
 from .data.masks import MaskRule, load_binary_mask
 from .data.records import Record
-from .evaluation import AnswerScores, HeadPredictions
+from .evaluation import AnswerScores
 from .files import append_csv_row
 from .metrics import PixelMetricAccumulator, combined_score, image_report
 from .report import GalleryItem, row_caption, write_report
@@ -124,8 +124,8 @@ def finish_evaluation(*, out_dir: str | os.PathLike, output_json: str | os.PathL
     """Write the predictions file, heatmap pictures, ``report.html`` and the CSV row (see the module doc).
 
     ``rows``: per-image dicts (``image_path``, ``label``, the ``score_columns``; with heatmaps also the
-    pixel metrics and ``mask_area`` of ``evaluation.score_heads``). ``csv_row`` is appended to
-    ``csv_path`` with ``csv_columns`` leading (``metrics.append_csv_row``). ``thresholds``: the tuned
+    pixel metrics and ``mask_area`` of ``eval_outputs.score_heads``). ``csv_row`` is appended to
+    ``csv_path`` with ``csv_columns`` leading (``files.append_csv_row``). ``thresholds``: the tuned
     threshold per score column, None without a validation index. ``metrics`` and ``description`` are
     the report's metrics table and run facts. Main process only.
     """
@@ -145,37 +145,35 @@ def finish_evaluation(*, out_dir: str | os.PathLike, output_json: str | os.PathL
     return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=pictures)
 
 
-def score_heads(records: list[Record], preds: HeadPredictions, *, data_root: str | Path, mask_rule: MaskRule,
-                image_size: int, pixel_threshold: float = 0.5, tuned_threshold: float | None = None,
-                keep_maps: set[int] = frozenset()) -> tuple[dict, list[dict], dict[int, np.ndarray]]:
-    """Image and pixel metrics (SPEC 7) plus per-image rows; returns (metrics, rows, kept maps).
+def score_heads(source: HeatmapSource, p_fake: np.ndarray, *, pixel_threshold: float = 0.5,
+                tuned_threshold: float | None = None) -> tuple[dict, list[dict]]:
+    """Image and pixel metrics (SPEC 7) plus per-image rows; returns (metrics, rows).
 
     Each row holds ``image_path``, ``label``, ``p_fake``, the per-image pixel values of
     ``PixelMetricAccumulator.update`` and ``mask_area``: the fraction of the image's pixels in the
     binarised ground truth at the original resolution (0 for reals), which the report buckets by.
-    ``keep_maps``: positions whose original-resolution heatmap is returned for pictures.
     """
+    records = source.records
     labels = np.array([r.label for r in records])
-    report = image_report(labels, preds.p_fake, tuned_threshold=tuned_threshold)
+    report = image_report(labels, p_fake, tuned_threshold=tuned_threshold)
     pixels = PixelMetricAccumulator(pixel_threshold)
-    rows, kept = [], {}
-
-    def maps(i: int) -> tuple[np.ndarray, np.ndarray]:
-        gt = load_binary_mask(records[i], data_root, mask_rule)
-        return gt, original_size_heatmap(preds.heatmaps[i], gt.shape, image_size)
-
+    rows = []
     # Decoding the masks and resizing the maps release the GIL: threads keep the scoring of a large
-    # test set (one full-resolution mask per fake) from taking longer than its inference.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, (rec, (gt, prob_map)) in enumerate(zip(records, pool.map(maps, range(len(records))))):
-            per_image = pixels.update(prob_map, gt, rec.label)
-            rows.append({"image_path": rec.image_path, "label": rec.label, "p_fake": float(preds.p_fake[i]),
-                         **per_image, "mask_area": float(gt.mean()) if gt.size else 0.0})
-            if i in keep_maps:
-                kept[i] = prob_map
+    # test set (one full-resolution mask per fake) from taking longer than its inference. Chunks bound
+    # how many full-resolution (mask, map) pairs wait for the accumulator at once.
+    workers = min(8, os.cpu_count() or 1)
+    chunk = 8 * workers
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(records), chunk):
+            positions = range(start, min(start + chunk, len(records)))
+            for i, (gt, prob_map) in zip(positions, pool.map(source.full_size, positions)):
+                rec = records[i]
+                per_image = pixels.update(prob_map, gt, rec.label)
+                rows.append({"image_path": rec.image_path, "label": rec.label, "p_fake": float(p_fake[i]),
+                             **per_image, "mask_area": float(gt.mean()) if gt.size else 0.0})
     report.update(pixels.compute())
     report["score"] = combined_score(report["auroc"], report["pixel_f1"], report["pixel_iou"])
-    return report, rows, kept
+    return report, rows
 
 
 def keyword_label(text: str, fake_word: str, real_word: str) -> int | None:

@@ -1,11 +1,10 @@
-"""Distributed-safe prediction with the forensic heads, and scoring at the original resolution.
+"""Distributed-safe prediction: the forensic heads, the answer-token probability and the hybrid
+model, plus :class:`SplitEvaluator`, which runs an index split the same way for every evaluation.
 
 Each process predicts its shard of the loader and ``gather_in_order`` gathers everything once at
 the end, drops the records that the distributed sampler repeats to even out the last batch (by
-dataset position), and checks that every record came back exactly once. Scoring happens on the
-gathered, small patch-grid heatmaps:
-each is mapped back to its image's original size (padding cropped) and compared with the ground
-truth binarised once by the configured rule (SPEC 7).
+dataset position), and checks that every record came back exactly once. Scoring at the original
+resolution is ``eval_outputs.score_heads``.
 """
 
 from __future__ import annotations
@@ -35,9 +34,13 @@ class SplitRun:
     inference loop's throughput and how many bad records the policy skipped."""
     records: list[Record]
     predictions: Any
-    images_per_s: float
+    seconds: float          # the inference loop alone
     skipped: int
     started: float          # time.perf_counter() when the split began (validation, loading included)
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.records) / self.seconds
 
 
 @dataclass
@@ -63,7 +66,7 @@ class SplitEvaluator:
                                                      num_workers=self.num_workers, collate_fn=self.collate))
         start = time.perf_counter()
         predictions = self.predict(loader, len(records), **predict_kwargs)
-        return SplitRun(records, predictions, len(records) / (time.perf_counter() - start), skipped, started)
+        return SplitRun(records, predictions, time.perf_counter() - start, skipped, started)
 
     def run(self, test_index: str, val_index: str | None = None, *, scores: Sequence[str] = ("p_fake",),
             val_kwargs: Mapping[str, Any] | None = None,
@@ -76,8 +79,7 @@ class SplitEvaluator:
             labels = [r.label for r in val.records]
             tuned = {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
         test = self(test_index, "test", **(test_kwargs or {}))
-        self.accelerator.print(speed_line(len(test.records), len(test.records) / test.images_per_s,
-                                          "evaluation (inference loop)"))
+        self.accelerator.print(speed_line(len(test.records), test.seconds, "evaluation (inference loop)"))
         return test, tuned
 
     def close(self) -> bool:
@@ -167,6 +169,11 @@ def answer_logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], fak
     return picked[:, [fake_token_id, real_token_id]].float()
 
 
+def _pad_id(tokenizer) -> int:
+    """What pads generated ids: the tokenizer's pad token, else its end-of-sequence token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _generate_ids(model, batch: Mapping[str, torch.Tensor], max_new_tokens: int, pad_token_id: int) -> torch.Tensor:
     """[B, max_new_tokens] greedy continuation ids, padded with ``pad_token_id`` to a fixed width."""
     seq_len = batch["input_ids"].shape[1]
@@ -197,7 +204,7 @@ def score_answers(model: torch.nn.Module, loader, accelerator: Accelerator, *, f
         raise ValueError("score_answers: pass the tokenizer to decode generated text (max_new_tokens > 0)")
     pad_token_id = None
     if max_new_tokens:
-        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_token_id = _pad_id(tokenizer)
     model.eval()
     positions, logits, generated = [], [], []
     for batch in loader:
@@ -303,9 +310,6 @@ class HybridPredictions:
     heatmaps: np.ndarray       # [N, H, W] evidence probabilities on the patch grid
     generated: list[str] | None = None  # greedy free-text answer per record (only with max_new_tokens > 0)
 
-    def heads(self) -> HeadPredictions:
-        return HeadPredictions(p_fake=self.p_fake_head, heatmaps=self.heatmaps)
-
 
 def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
                    amp_dtype: str, num_records: int, *, max_new_tokens: int = 0,
@@ -319,7 +323,7 @@ def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_
     positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
     if max_new_tokens:
         outputs["generated"] = []
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = _pad_id(tokenizer)
     for batch in loader:
         out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype)
         if max_new_tokens:

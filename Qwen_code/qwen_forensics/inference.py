@@ -44,8 +44,8 @@ from torch.utils.data import DataLoader
 
 from .adapters import load_adapter_strict
 from .checkpoint import RESOLVED_CONFIG_NAME, read_resolved_config, read_safetensors_metadata
-from .checkpoint_folders import (CheckpointPaths, adapter_setup, answer_ids_for, attach_task1_checkpoint,
-                                 load_hybrid_model, read_hybrid_spec)
+from .checkpoint_folders import (ADAPTER_DIR, CheckpointPaths, HEADS_FILE, adapter_setup, answer_ids_for,
+                                 attach_task1_checkpoint, load_hybrid_model, read_hybrid_spec)
 from .checkpoint_paths import ADAPTER_FILES
 from .data.collate import HybridCollator, ImageBatchCollator, make_collator
 from .data.dataset import ImageFileDataset
@@ -150,7 +150,7 @@ def _detect_here(folder: Path) -> Checkpoint | None:
     fusion_files = [f for f in sorted(folder.glob("*.safetensors")) if "hybrid_spec" in (_metadata_or_none(f) or {})]
     if fusion_files:
         return _task3_here(folder, fusion_files)
-    if (folder / "adapter").is_dir() and (folder / "heads.safetensors").is_file():
+    if (folder / ADAPTER_DIR).is_dir() and (folder / HEADS_FILE).is_file():
         saved = _recorded(folder)
         if "image_size" not in saved:
             raise CheckpointError(f"{folder}: a Task 1 checkpoint needs the {RESOLVED_CONFIG_NAME} lora_train.py "

@@ -144,11 +144,18 @@ class HybridLossWeights:
         return cls(w.lm, ForensicLossWeights(w.head_cls, w.head_evi, w.head_sparse, w.head_contrast, cfg.evi_alpha))
 
 
-def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy over the supervised tokens; ``logits`` are the last k positions."""
+def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor, needed: int | None = None) -> torch.Tensor:
+    """Mean next-token cross entropy over the supervised tokens; ``logits`` are the last k positions.
+
+    ``needed``: the :func:`lm_logits_to_keep` of ``labels`` when the caller has it on the host (the
+    training collator computes it); the coverage check then needs no look at the labels on the GPU."""
     keep = logits.shape[1]
     # The logits at position p predict token p + 1: the first kept position predicts nothing kept.
-    if bool((labels[:, : labels.shape[1] - keep + 1] != IGNORE_INDEX).any()):
+    if needed is not None:
+        uncovered = keep < needed
+    else:
+        uncovered = bool((labels[:, : labels.shape[1] - keep + 1] != IGNORE_INDEX).any())
+    if uncovered:
         raise ValueError(f"the logits of the last {keep} positions cannot predict every supervised token; "
                          "keep lm_logits_to_keep(labels) positions")
     kept = labels[:, -keep:]
@@ -164,9 +171,10 @@ def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: Hy
     ``lora_cast``: a ``model.lora.LoraInputCast`` of the model (see ``training.autocast``).
     """
     labels = batch["labels"]
+    keep = batch["logits_to_keep"] if "logits_to_keep" in batch else lm_logits_to_keep(labels)
     with autocast(device, amp_dtype, lora_cast):
-        out = model(**hybrid_inputs(batch), logits_to_keep=lm_logits_to_keep(labels))
-    lm = answer_lm_loss(out["logits"], labels)
+        out = model(**hybrid_inputs(batch), logits_to_keep=keep)
+    lm = answer_lm_loss(out["logits"], labels, needed=keep)
     head = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["target"],
                          weights.head)
     return {"total": weights.lm * lm + head["total"], "lm": lm, "head": head["total"],

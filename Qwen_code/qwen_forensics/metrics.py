@@ -338,7 +338,7 @@ def hybrid_scores(lm_auroc: float, heads: Mapping[str, float]) -> dict[str, floa
     training log's ``val_score`` / ``val_head_score`` and the evaluation CSV's ``score`` / ``head_score``.
 
     ``score`` takes the LM's AUROC, since the LM's answer is Task 3's verdict; ``head_score`` the heads'
-    AUROC (``heads`` is ``evaluation.score_heads``' report, whose own ``score`` is that one). Both use
+    AUROC (``heads`` is ``eval_outputs.score_heads``' report, whose own ``score`` is that one). Both use
     the heads' pixel F1 and IoU: the heatmap is the only localisation Task 3 has.
     """
     return {"score": combined_score(lm_auroc, heads["pixel_f1"], heads["pixel_iou"]), "head_score": heads["score"]}

@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from .visualize import overlay_array
+
 
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -97,8 +99,8 @@ def gallery_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map:
     """image | ground truth | heatmap overlay, each scaled to at most ``max_side`` px, as one PNG.
 
     ``gt_mask`` (bool) and ``prob_map`` (probabilities in [0, 1]) are at the image's original size,
-    as ``evaluation.original_size_heatmap`` returns them. The overlay uses matplotlib's ``hot``
-    colour map (black-red-yellow, like ``visualize.save_heatmap_panel``).
+    as ``data.geometry.original_size_heatmap`` returns them. The overlay is ``visualize.overlay_array``,
+    the blend of the heatmap pictures, so an image looks the same in the report and in ``heatmaps/``.
     """
     rgb = _rgb_array(image)
     gt_mask, prob_map = np.asarray(gt_mask), np.asarray(prob_map, dtype=np.float32)
@@ -111,8 +113,7 @@ def gallery_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map:
     small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.float32)
     prob = np.asarray(Image.fromarray(np.clip(prob_map, 0, 1)).resize(size, Image.BILINEAR), dtype=np.float32)
     gt = np.asarray(Image.fromarray(gt_mask.astype(np.uint8) * 255).resize(size, Image.NEAREST))
-    heat = matplotlib.colormaps["hot"](np.clip(prob, 0, 1))[..., :3] * 255
-    overlay = (1 - alpha) * small + alpha * heat
+    overlay = overlay_array(small.astype(np.uint8), prob, alpha)
     gap = np.full((size[1], 4, 3), 255, dtype=np.uint8)
     panel = np.concatenate([small.astype(np.uint8), gap, np.repeat(gt[..., None], 3, axis=-1), gap,
                             overlay.astype(np.uint8)], axis=1)

@@ -21,14 +21,14 @@ _ANSWER_CUE = re.compile(r"(?:answer|答案|回答)\s*[:：]?\s*$", re.IGNORECAS
 LABEL_FIELD = "label_text"
 
 
-def prompt_from_template(template: str, fake_word: str = DEFAULT_FAKE_TOKEN, real_word: str = DEFAULT_REAL_TOKEN) -> str:
+def prompt_from_template(template: str) -> str:
     """The user prompt meant by an earlier ``prompt_template`` such as ``"Q ... Answer: {label_text}"``.
 
     The earlier map.py formatted the template per record and trained on the whole text, question and
     answer word together. What it meant is a question answered by the label word; with the chat
     template the answer belongs in the assistant turn. So the text before ``{label_text}``, with a
-    trailing answer cue ("Answer:") removed, is the user prompt, and ``fake_word`` / ``real_word``
-    are the answers. ``{label_text}`` must end the template and be its only field.
+    trailing answer cue ("Answer:") removed, is the user prompt; the config's answer words are the
+    answers. ``{label_text}`` must end the template and be its only field.
     """
     fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     if fields != [LABEL_FIELD]:
@@ -71,7 +71,8 @@ def _tokenizer_of(tokenizer_or_processor):
     return getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` alone (no special tokens added)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -84,8 +85,8 @@ def answer_token_id(tokenizer, word: str) -> int:
     """
     prompt = prompt_text_for(tokenizer, DEFAULT_PROMPT)
     tokenizer = _tokenizer_of(tokenizer)
-    prompt_ids = _encode(tokenizer, prompt)
-    full_ids = _encode(tokenizer, prompt + word)
+    prompt_ids = encode_text(tokenizer, prompt)
+    full_ids = encode_text(tokenizer, prompt + word)
     added = full_ids[len(prompt_ids) :]
     if full_ids[: len(prompt_ids)] != prompt_ids or len(added) != 1:
         pieces = tokenizer.convert_ids_to_tokens(added) if full_ids[: len(prompt_ids)] == prompt_ids else "merged into the prompt"

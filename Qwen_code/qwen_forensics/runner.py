@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import ROOT_ENV_VAR, ConfigError, input_paths, parse_config, read_config_file
+from .config import DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, input_paths, parse_config, read_config_file
 
 __all__ = ["Link", "Step", "StepFailed", "build_parser", "check_links", "experiment_main", "run_steps",
            "step_commands"]
@@ -68,7 +68,7 @@ class StepFailed(RuntimeError):
 def build_parser(description: str, steps: Sequence[Step]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None,
-                        help=f"relocate every /root/autodl-tmp path of every step to this folder "
+                        help=f"relocate every {DEFAULT_ROOT} path of every step to this folder "
                              f"(also: environment variable {ROOT_ENV_VAR})")
     for step in steps:
         parser.add_argument(f"--skip-{step.name}", action="store_true", help=f"do not run the {step.name} step")

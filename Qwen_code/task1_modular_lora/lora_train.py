@@ -23,7 +23,7 @@ from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.eval_outputs import score_heads
+from qwen_forensics.eval_outputs import HeatmapSource, score_heads
 from qwen_forensics.evaluation import predict_heads
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.leak_guard import guard_training_split
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         if val_loader is not None:
             preds = predict_heads(model, val_loader, accelerator, cfg.amp_dtype, len(val_records))
             if accelerator.is_main_process:
-                metrics, _, _ = score_heads(val_records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
-                                            image_size=cfg.image_size)
+                heatmaps = HeatmapSource(val_records, preds.heatmaps, Path(cfg.data_root), mask_rule, cfg.image_size)
+                metrics, _ = score_heads(heatmaps, preds.p_fake)
                 row.update({f"val_{k}": metrics[k] for k in VAL_LOG_METRICS})
                 keep_best(metrics, best, {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir, out_dir,
                           accelerator.print)

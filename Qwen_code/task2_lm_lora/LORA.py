@@ -56,8 +56,8 @@ def evaluation_set(cfg: Task2TrainConfig, setup) -> Task2ImageDataset | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, root, _ = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
-                                         default_config=Path(__file__).with_name("config_lora_trainer.json"))
+    cfg, root = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
+                                      default_config=Path(__file__).with_name("config_lora_trainer.json"))
 
     # ---- setup: data (the training set fixes the prompt and the answer words)
     train_data = read_task2_dataset(cfg.train_dataset_path)

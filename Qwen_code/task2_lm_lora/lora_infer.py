@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
-    print(f"{images_per_s:.2f} images/s\n{outputs.summary()}")
+    print(outputs.summary())
 
 
 if __name__ == "__main__":

@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     tuned_lm, tuned_head = tuned["p_fake_lm"], tuned["p_fake_head"]
 
-    heads, rows, _ = score_heads(records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
-                                 image_size=image_size, pixel_threshold=cfg.pixel_threshold,
-                                 tuned_threshold=tuned_head)
+    heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
+    heads, rows = score_heads(heatmaps, preds.p_fake_head, pixel_threshold=cfg.pixel_threshold,
+                              tuned_threshold=tuned_head)
     lm = image_report([r.label for r in records], preds.p_fake_lm, tuned_threshold=tuned_lm)
     for row, p_lm in zip(rows, preds.p_fake_lm):
         row["p_fake_head"] = row.pop("p_fake")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                      "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
                      "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
+        heatmaps=heatmaps,
         num_heatmaps=cfg.num_heatmaps)
     print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps(metrics, indent=1))

@@ -21,7 +21,7 @@ from qwen_forensics.data.collate import HybridCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.eval_outputs import score_heads
+from qwen_forensics.eval_outputs import HeatmapSource, score_heads
 from qwen_forensics.evaluation import predict_hybrid
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.leak_guard import guard_training_split
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             if accelerator.is_main_process:
                 labels = [r.label for r in val_records]
                 lm = image_report(labels, preds.p_fake_lm)
-                heads, _, _ = score_heads(val_records, preds.heads(), data_root=cfg.data_root, mask_rule=mask_rule,
-                                          image_size=cfg.image_size)
+                heatmaps = HeatmapSource(val_records, preds.heatmaps, Path(cfg.data_root), mask_rule, cfg.image_size)
+                heads, _ = score_heads(heatmaps, preds.p_fake_head)
                 # The names and definitions of hybrid_eval.py's CSV, with a val_ prefix in the log.
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
                            "pixel_f1": heads["pixel_f1"], **hybrid_scores(lm["auroc"], heads)}

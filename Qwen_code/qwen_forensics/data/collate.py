@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..prompts import PromptSetup, prompt_text_for
+from ..prompts import PromptSetup, encode_text, prompt_text_for
 
 if TYPE_CHECKING:
     from ..model.hybrid import HybridPrompt
@@ -118,13 +118,10 @@ class VisionLanguageCollator:
             self._suffixes = {label: word + end_of_turn for label, word in self.answers.items()}
             self._answer_lengths = {label: self._suffix_length(suffix) for label, suffix in self._suffixes.items()}
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def _suffix_length(self, suffix: str) -> int:
         """Token count of the answer; tokenising it alone must give the same tokens as after the prompt."""
-        prompt_ids, suffix_ids = self._encode(self.prompt), self._encode(suffix)
-        if self._encode(self.prompt + suffix) != prompt_ids + suffix_ids:
+        prompt_ids, suffix_ids = encode_text(self.tokenizer, self.prompt), encode_text(self.tokenizer, suffix)
+        if encode_text(self.tokenizer, self.prompt + suffix) != prompt_ids + suffix_ids:
             raise ValueError(
                 f"answer text {suffix!r} does not tokenise the same on its own as after the prompt, so the "
                 "supervised tokens cannot be located; choose an answer word without leading whitespace"
@@ -239,14 +236,16 @@ class TrainerCollator:
 
 
 # Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
-NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position")
+NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep")
 
 
 class HybridCollator:
     """ForgeryDataset items -> ``VisionLanguageCollator`` batches of the hybrid prompt (left padded).
 
-    With ``answers`` (training) the batch also holds LM ``labels`` and the items' training ``mask``
-    [B, S, S] for the head losses; without (evaluation) it is exactly what ``evaluation.score_answers`` scores.
+    With ``answers`` (training) the batch also holds LM ``labels``, the items' training ``mask``
+    [B, S, S] for the head losses and ``logits_to_keep`` (:func:`lm_logits_to_keep`, an int computed
+    here on the host, so the training step does not wait on the GPU for it); without (evaluation)
+    it is exactly what ``evaluation.score_answers`` scores.
     """
 
     def __init__(self, processor, prompt: HybridPrompt, answers: Mapping[int, str] | None = None):
@@ -257,6 +256,7 @@ class HybridCollator:
         batch = self.lm(items)
         if self.lm.answers is not None:
             batch["mask"] = torch.stack([item["mask"] for item in items])
+            batch["logits_to_keep"] = lm_logits_to_keep(batch["labels"])
         return batch
 
 

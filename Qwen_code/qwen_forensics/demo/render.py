@@ -5,13 +5,14 @@ own seed, so videos can be drawn in any order or in parallel with the same bytes
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from ..files import atomic_write
 
 
 _SATURATED = np.array(
@@ -253,7 +254,5 @@ def _soft_mask(rng, change: np.ndarray) -> np.ndarray:
 
 def _save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
     img = Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
-    # Encode to memory first so an interrupted run never leaves a truncated JPEG behind.
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    path.write_bytes(buf.getvalue())
+    # Under a temporary name, then renamed: an interrupted run never leaves a truncated JPEG behind.
+    atomic_write(path, lambda tmp: img.save(tmp, format="JPEG", quality=quality))

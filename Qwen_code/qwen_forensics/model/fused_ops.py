@@ -25,6 +25,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
 try:
     import triton
@@ -45,19 +46,11 @@ def kernels_available(*tensors: torch.Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------------- eager reference
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def rotary_split_eager(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int):
     """transformers' vision attention: split qkv, rotate q and k in fp32, round back."""
     n = qkv.shape[0]
     q, k, v = qkv.reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
-    cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
-    q32, k32 = q.float(), k.float()
-    q_rot = (q32 * cos + rotate_half(q32) * sin).to(q.dtype)
-    k_rot = (k32 * cos + rotate_half(k32) * sin).to(k.dtype)
+    q_rot, k_rot = apply_rotary_pos_emb_vision(q, k, cos, sin)
     return q_rot, k_rot, v
 
 

@@ -83,11 +83,14 @@ class LoraInputCast:
 
     @contextlib.contextmanager
     def off(self):
+        """Cast off inside the block; each layer gets back the setting it had."""
+        previous = [layer.cast_input_dtype_enabled for layer in self.layers]
         self.set(False)
         try:
             yield
         finally:
-            self.set(True)
+            for layer, enabled in zip(self.layers, previous):
+                layer.cast_input_dtype_enabled = enabled
 
 
 def trainer_target_spec(cfg) -> LoraTargetSpec:

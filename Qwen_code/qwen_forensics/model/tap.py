@@ -141,6 +141,9 @@ class ViTFeatureTap:
         self._outputs: dict[int, torch.Tensor] = {}
         self._grid_thw: torch.Tensor | None = None
         self._order: torch.Tensor | None = None
+        # Patch orders by (grids, device): a training run sees one or two batch shapes, so the
+        # per-image index building runs once per shape, not at every forward.
+        self._orders: dict[tuple, torch.Tensor] = {}
         self._active = False
         self._grad_at_entry = False
         self._handles = [
@@ -197,14 +200,19 @@ class ViTFeatureTap:
 
     def _ordered(self, layer: int) -> torch.Tensor:
         hidden = self._outputs[layer]
-        if self._order is None:
-            self._order = patch_order(self._grid_thw, self._merge, self._window, self._patch)
+        if self._order is None or self._order.device != hidden.device:
+            key = (tuple(_grid_list(self._grid_thw)), hidden.device)
+            if key not in self._orders:
+                if len(self._orders) >= 64:
+                    self._orders.clear()
+                order = patch_order(self._grid_thw, self._merge, self._window, self._patch)
+                self._orders[key] = order.to(hidden.device)
+            self._order = self._orders[key]
         if self._order.numel() != hidden.shape[0]:
             raise RuntimeError(
                 f"ViTFeatureTap: block {layer} output has {hidden.shape[0]} tokens but grid_thw "
                 f"{self._grid_thw.tolist()} implies {self._order.numel()}"
             )
-        self._order = self._order.to(hidden.device)
         return hidden.index_select(0, self._order)
 
     def grids(self) -> list[list[torch.Tensor]]:

@@ -48,7 +48,6 @@ ALIGN = 8
 @dataclass(frozen=True)
 class AttentionPlan:
     """How one ``cu_seqlens`` splits the sequence: equal segments (a view) or groups to gather."""
-    total: int
     uniform: int | None                                   # segment length when all are equal
     groups: tuple[tuple[int, torch.Tensor], ...] = ()     # (length, token index) per length otherwise
     inverse: torch.Tensor | None = None
@@ -58,9 +57,8 @@ def plan_attention(bounds: list[int], device: torch.device) -> AttentionPlan:
     """The plan for segment boundaries ``bounds`` (host ints, as in ``cu_seqlens``)."""
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     starts = [a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    total = bounds[-1] - bounds[0]
     if lengths and len(set(lengths)) == 1 and bounds[0] == 0:
-        return AttentionPlan(total, lengths[0])
+        return AttentionPlan(lengths[0])
     by_length: dict[int, list[int]] = {}
     for start, length in zip(starts, lengths):
         by_length.setdefault(length, []).append(start)
@@ -72,7 +70,7 @@ def plan_attention(bounds: list[int], device: torch.device) -> AttentionPlan:
     order = torch.cat(order)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=device)
-    return AttentionPlan(total, None, tuple(groups), inverse)
+    return AttentionPlan(None, tuple(groups), inverse)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
@@ -170,15 +168,24 @@ def _pack(mlp: nn.Module) -> _PackedMLP | None:
 
 
 def _packed(mlp: nn.Module) -> _PackedMLP | None:
-    """The MLP's packed weights, (re)built when the weights moved (``.to(device)``) or were replaced."""
+    """The MLP's packed weights, (re)built when the weights moved (``.to(device)``) or were replaced.
+
+    An MLP that cannot be packed is remembered with its weights' storage and trainability, so the
+    check is not redone at every forward; once either changes it is tried again."""
     if not all(_plain_lora(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
         return None
-    packed = mlp.__dict__.get("_packed_mlp")
     gate, down = _base(mlp.gate_proj), _base(mlp.down_proj)
-    if packed is None or gate.weight.data_ptr() != packed.gate_up.data_ptr() \
-            or down.weight.data_ptr() != packed.down.data_ptr():
-        packed = _pack(mlp)
-        mlp.__dict__["_packed_mlp"] = packed
+    packed = mlp.__dict__.get("_packed_mlp")
+    if packed is not None and gate.weight.data_ptr() == packed.gate_up.data_ptr() \
+            and down.weight.data_ptr() == packed.down.data_ptr():
+        return packed
+    state = (gate.weight.data_ptr(), down.weight.data_ptr(),
+             tuple(p.requires_grad for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj) for p in _base(m).parameters()))
+    if mlp.__dict__.get("_unpackable") == state:
+        return None
+    packed = _pack(mlp)
+    mlp.__dict__["_packed_mlp"] = packed
+    mlp.__dict__["_unpackable"] = state if packed is None else None
     return packed
 
 

@@ -73,7 +73,7 @@ class Task2MapConfig:
 
     def _prompt(self, template: str | None) -> str:
         if template is not None:
-            return prompt_from_template(template, self.fake_token, self.real_token)
+            return prompt_from_template(template)
         return self.prompt_text if self.prompt_text is not None else DEFAULT_PROMPT
 
     def training_job(self) -> MapJob:

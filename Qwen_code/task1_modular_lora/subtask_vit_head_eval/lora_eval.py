@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     tuned = tuned["p_fake"]
 
-    metrics, rows, _ = score_heads(records, preds, data_root=cfg.data_root, mask_rule=mask_rule,
-                                   image_size=image_size, pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned)
+    heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
+    metrics, rows = score_heads(heatmaps, preds.p_fake, pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned)
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
            "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
                      "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size),
+        heatmaps=heatmaps,
         num_heatmaps=cfg.num_heatmaps)
     print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
