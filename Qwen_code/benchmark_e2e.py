@@ -39,7 +39,8 @@ CODE = Path(__file__).resolve().parent
 # The user's frame sizes, in about the proportions of their real index (cycled per video).
 USER_SIZES = [(720, 1280)] * 4 + [(1080, 1920), (360, 480), (360, 640), (480, 854)]
 SPEED = re.compile(r"\[speed\] (?P<what>.+?): (?P<images>\d+) images in (?P<seconds>[0-9.]+) s = "
-                   r"(?P<rate>[0-9.]+) images/s, peak GPU memory (?P<peak>[0-9.]+) GiB")
+                   r"(?P<rate>[0-9.]+) images/s, peak GPU memory (?P<peak>[0-9.]+) GiB"
+                   r"(?:, (?P<waited>[0-9.]+) s of it waiting for data)?")
 # What the 7B folder takes from the tiny one: everything but the weights and the model config.
 NOT_COPIED = ("config.json", "generation_config.json")
 
@@ -70,8 +71,11 @@ def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path) 
     lines = [m.groupdict() for m in SPEED.finditer(log)]
     row = {"wall_s": wall, "returncode": done.returncode,
            "speed": [{"what": m["what"], "images": int(m["images"]), "seconds": float(m["seconds"]),
-                      "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"])} for m in lines]}
-    summary = ", ".join(f"{s['what']}: {s['images_per_s']:.1f} img/s, {s['peak_gib']:.1f} GiB" for s in row["speed"])
+                      "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"]),
+                      "data_wait_s": float(m["waited"]) if m["waited"] else None} for m in lines]}
+    summary = ", ".join(f"{s['what']}: {s['images_per_s']:.1f} img/s, {s['peak_gib']:.1f} GiB"
+                        + (f", data wait {s['data_wait_s']:.1f} s" if s["data_wait_s"] is not None else "")
+                        for s in row["speed"])
     print(f"{name:>16}: rc {done.returncode}, {wall:6.1f} s wall; {summary}", flush=True)
     if done.returncode:
         print(log[-3000:], flush=True)
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=1024, help="images in train_idx.json")
     parser.add_argument("--test-images", type=int, default=256)
     parser.add_argument("--data-workers", type=int, default=16, help="processes that render the data set")
+    parser.add_argument("--scripts", nargs="+", default=None,
+                        help="run only these steps (names as in the output, e.g. task1_train task1_head_eval)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmark_e2e.py needs a CUDA device")
@@ -117,7 +123,13 @@ def main() -> None:
     ]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "transformers": __import__("transformers").__version__, "data": summary, **timings, "scripts": {}}
+    known = [name for name, _, _ in steps]
+    unknown = sorted(set(args.scripts or []) - set(known))
+    if unknown:
+        raise SystemExit(f"--scripts: unknown {unknown}; the steps are {known}")
     for name, script, sets in steps:
+        if args.scripts and name not in args.scripts:
+            continue
         results["scripts"][name] = run_script(name, script, root, sets, logs)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -120,8 +120,16 @@ def profile(fn, steps: int = 2) -> dict:
         wall = time.perf_counter() - start
     by_class: dict[str, float] = defaultdict(float)
     top: dict[str, float] = defaultdict(float)
+    syncs, sync_us, launches = 0, 0.0, 0
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA:
+            # Host side: each synchronising runtime call makes the host wait for the GPU to drain,
+            # after which the GPU waits for the host to queue work again.
+            if "Synchronize" in event.name or event.name == "cudaMemcpy":
+                syncs += 1
+                sync_us += event.cpu_time_total
+            elif event.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"):
+                launches += 1
             continue
         us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
         name = event.name.lower()
@@ -129,8 +137,14 @@ def profile(fn, steps: int = 2) -> dict:
         by_class[kind] += us
         top[event.name[:90]] += us
     gpu = sum(by_class.values()) / 1e6
-    return {"gpu_busy": gpu / wall, "ms_per_call": {k: v / 1e3 / steps for k, v in sorted(by_class.items())},
-            "top_kernels_ms": {k: round(v / 1e3 / steps, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]}}
+    host_ops = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages() if e.self_cpu_time_total > 0),
+                      key=lambda kv: -kv[1])[:15]
+    return {"gpu_busy": gpu / wall, "wall_ms_per_call": 1e3 * wall / steps,
+            "ms_per_call": {k: v / 1e3 / steps for k, v in sorted(by_class.items())},
+            "top_kernels_ms": {k: round(v / 1e3 / steps, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:12]},
+            "host_syncs_per_call": syncs / steps, "host_sync_ms_per_call": sync_us / 1e3 / steps,
+            "kernel_launches_per_call": launches / steps,
+            "top_host_ops_self_ms": {k[:60]: round(v / 1e3 / steps, 2) for k, v in host_ops}}
 
 
 def measure(name: str, fn, images: int, flops_per_image: float, steps: int, results: dict, variant: str,
@@ -235,7 +249,7 @@ def bench_task1(cfg, processor, workdir, args, results) -> None:
 
         measure("task1_train", step, batch, flops, args.steps, results, variant, args.profile)
 
-    for variant in VARIANTS:
+    for variant in args.variants:
         run(variant)
         release()
 
@@ -255,7 +269,7 @@ def bench_heads_eval(cfg, processor, workdir, args, results) -> None:
 
         measure("heads_eval", forward, batch, vision_flops(cfg, 1024), args.steps, results, variant, args.profile)
 
-    for variant in VARIANTS:
+    for variant in args.variants:
         run(variant)
         release()
 
@@ -291,7 +305,7 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
                 args.profile)
         results["answer_eval"][variant]["prompt_tokens"] = tokens
 
-    for variant in VARIANTS:
+    for variant in args.variants:
         run(variant)
         release()
 
@@ -322,7 +336,7 @@ def bench_task2(cfg, processor, workdir, args, results) -> None:
 
         measure("task2_train", step, batch, flops, args.steps, results, variant, args.profile)
 
-    for variant in VARIANTS:
+    for variant in args.variants:
         run(variant)
         release()
 
@@ -353,7 +367,7 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
             measure("task3_eval", lambda: eval_batch(model, e, ids), 64, flops, args.steps, results, variant,
                     args.profile)
 
-    for variant in VARIANTS:
+    for variant in args.variants:
         run(variant)
         release()
 
@@ -393,6 +407,8 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="kernel-time breakdown of the fast variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="which of fast / loop / seed to measure")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmark_gpu.py needs a CUDA device")

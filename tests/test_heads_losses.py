@@ -202,3 +202,78 @@ def test_evi_alpha_extremes_and_validation():
         ForensicLossWeights(lambda_sparse=-1.0)
     with pytest.raises(ValueError, match="labels"):
         forensic_loss(cls_logit, heatmap, mask, torch.tensor([1, 0, 1]), ForensicLossWeights())
+
+
+def _old_forensic_loss(cls_logit, heatmap_logit, target_mask, labels, weights):
+    """The loss as it was with boolean indexing and Python branches (host syncs), for comparison."""
+    labels = labels.float()
+    target = mask_to_grid(target_mask, tuple(heatmap_logit.shape[1:]))
+    loss_cls = torch.nn.functional.binary_cross_entropy_with_logits(cls_logit, labels)
+    evi_bce = torch.nn.functional.binary_cross_entropy_with_logits(heatmap_logit, target)
+    prob = torch.sigmoid(heatmap_logit)
+    has_target = target.flatten(1).sum(1) > 0
+    zero = heatmap_logit.sum() * 0.0
+    evi_dice = soft_dice(prob[has_target], target[has_target]).mean() if has_target.any() else zero
+    evi = weights.evi_alpha * evi_bce + (1.0 - weights.evi_alpha) * evi_dice
+    sparse = prob.mean()
+    per_image = prob.flatten(1).mean(1)
+    fake = labels > 0.5
+    if fake.any() and (~fake).any():
+        contrast = per_image[~fake].mean() - per_image[fake].mean()
+    else:
+        contrast = zero
+    total = (weights.lambda_cls * loss_cls + weights.lambda_evi * evi + weights.lambda_sparse * sparse
+             + weights.lambda_contrast * contrast)
+    return dict(cls=loss_cls, evi_bce=evi_bce, evi_dice=evi_dice, evi=evi, sparse=sparse, contrast=contrast,
+                total=total)
+
+
+def _random_batch(gen, batch, kind):
+    """kind: 'real' (no fakes, no masks), 'fake' (all fakes), 'no_target' (fakes with empty masks), 'mixed'."""
+    cls_logit = torch.randn(batch, generator=gen) * 2
+    heatmap = torch.randn(batch, 3, 4, generator=gen) * 2
+    if kind == "real":
+        labels = torch.zeros(batch, dtype=torch.long)
+    elif kind in ("fake", "no_target"):
+        labels = torch.ones(batch, dtype=torch.long)
+    else:
+        labels = torch.randint(0, 2, (batch,), generator=gen)
+    mask = (torch.rand(batch, 12, 16, generator=gen) > 0.6).float() * labels.view(-1, 1, 1)
+    if kind == "no_target":
+        mask.zero_()
+    elif kind == "mixed":
+        mask[torch.rand(batch, generator=gen) < 0.3] = 0.0  # some fakes whose mask is empty
+    return cls_logit, heatmap, mask, labels
+
+
+@pytest.mark.parametrize("kind", ["real", "fake", "no_target", "mixed"])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6])
+def test_loss_matches_boolean_indexing_reference(kind, batch):
+    weights = ForensicLossWeights(lambda_cls=0.7, lambda_evi=1.3, lambda_sparse=0.2, lambda_contrast=0.4,
+                                  evi_alpha=0.3)
+    for seed in range(4):
+        cls_logit, heatmap, mask, labels = _random_batch(torch.Generator().manual_seed(seed), batch, kind)
+        results = []
+        for fn in (forensic_loss, _old_forensic_loss):
+            c, h = cls_logit.clone().requires_grad_(), heatmap.clone().requires_grad_()
+            out = fn(c, h, mask, labels, weights)
+            grads = torch.autograd.grad(out["total"], (c, h))
+            results.append((out, grads))
+        (new, new_grads), (old, old_grads) = results
+        assert new.keys() == old.keys()
+        for key in old:
+            assert torch.allclose(new[key], old[key], atol=1e-6, rtol=1e-5), (key, seed)
+        for g_new, g_old in zip(new_grads, old_grads):
+            assert torch.allclose(g_new, g_old, atol=1e-6, rtol=1e-5), seed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are only observable on CUDA")
+def test_loss_has_no_host_sync():
+    cls_logit, heatmap, mask, labels = (t.cuda() for t in hand_batch())
+    heatmap.requires_grad_()
+    weights = ForensicLossWeights(lambda_sparse=0.1, lambda_contrast=0.1)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        forensic_loss(cls_logit, heatmap, mask, labels, weights)["total"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

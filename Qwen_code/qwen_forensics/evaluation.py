@@ -25,7 +25,7 @@ from .data.records import Record
 from .data.validate import load_split
 from .model.hybrid import HybridModel
 from .metrics import tune_threshold
-from .training import autocast, speed_line
+from .training import LoaderClock, autocast, speed_line
 
 
 @dataclass
@@ -37,6 +37,7 @@ class SplitRun:
     seconds: float          # the inference loop alone
     skipped: int
     started: float          # time.perf_counter() when the split began (validation, loading included)
+    data_wait: float = 0.0  # the part of ``seconds`` spent waiting for the loader
 
     @property
     def images_per_s(self) -> float:
@@ -65,8 +66,9 @@ class SplitEvaluator:
         loader = self.accelerator.prepare(DataLoader(self.dataset(records), batch_size=self.batch_size,
                                                      num_workers=self.num_workers, collate_fn=self.collate))
         start = time.perf_counter()
-        predictions = self.predict(loader, len(records), **predict_kwargs)
-        return SplitRun(records, predictions, time.perf_counter() - start, skipped, started)
+        clock = LoaderClock(loader)
+        predictions = self.predict(clock, len(records), **predict_kwargs)
+        return SplitRun(records, predictions, time.perf_counter() - start, skipped, started, clock.waited)
 
     def run(self, test_index: str, val_index: str | None = None, *, scores: Sequence[str] = ("p_fake",),
             val_kwargs: Mapping[str, Any] | None = None,
@@ -79,7 +81,8 @@ class SplitEvaluator:
             labels = [r.label for r in val.records]
             tuned = {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
         test = self(test_index, "test", **(test_kwargs or {}))
-        self.accelerator.print(speed_line(len(test.records), test.seconds, "evaluation (inference loop)"))
+        self.accelerator.print(speed_line(len(test.records), test.seconds, "evaluation (inference loop)",
+                                          test.data_wait))
         return test, tuned
 
     def close(self) -> bool:

@@ -103,10 +103,39 @@ def peak_gib() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
 
 
-def speed_line(images: int, seconds: float, what: str) -> str:
-    """The one line every script prints about its speed (the end-to-end benchmark parses it)."""
-    return (f"[speed] {what}: {images} images in {seconds:.2f} s = {images / max(seconds, 1e-9):.2f} images/s, "
+def speed_line(images: int, seconds: float, what: str, waited: float | None = None) -> str:
+    """The one line every script prints about its speed (the end-to-end benchmark parses it).
+
+    ``waited``: the part of ``seconds`` the loop spent waiting for the data loader (`LoaderClock`),
+    which says whether the loader or the model sets the pace."""
+    line = (f"[speed] {what}: {images} images in {seconds:.2f} s = {images / max(seconds, 1e-9):.2f} images/s, "
             f"peak GPU memory {peak_gib():.2f} GiB")
+    return line if waited is None else f"{line}, {waited:.2f} s of it waiting for data"
+
+
+class LoaderClock:
+    """Iterates ``loader`` and adds up, in ``waited``, the wall time spent inside its ``__next__``:
+    the time the loop stood still because no batch was ready (worker start-up, decoding, and the
+    copy to the device that accelerate's loader does before it yields)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.waited = 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self.waited += time.perf_counter() - start
+                return
+            self.waited += time.perf_counter() - start
+            yield batch
 
 
 def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimizer, scheduler,
@@ -120,11 +149,13 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     back only every ``log_every`` batches: reading them after every step would make the host wait
     for the GPU to finish the step before it can queue the next one. Returns the new step count and
     the epoch's means per image: ``loss`` (the total), ``loss_<term>`` for the rest, ``images_per_s``
-    over all processes (data loading included) and ``peak_gib``.
+    over all processes (data loading included), ``peak_gib`` and ``data_wait_s`` (this process's
+    time waiting for the loader).
     """
     sums: dict[str, torch.Tensor] = {}
     seen = 0
-    bar = tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process)
+    clock = LoaderClock(loader)
+    bar = tqdm(clock, desc=desc, disable=not accelerator.is_local_main_process)
     start = _synchronized_clock()
     for batch_index, batch in enumerate(bar):
         with accelerator.accumulate(model):
@@ -150,7 +181,8 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     stats = {("loss" if k == "total" else f"loss_{k}"): float(v) / max(seen, 1) for k, v in sums.items()}
     stats["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
     stats["peak_gib"] = peak_gib()
-    accelerator.print(speed_line(seen * accelerator.num_processes, elapsed, f"{desc} (training loop)"))
+    stats["data_wait_s"] = clock.waited
+    accelerator.print(speed_line(seen * accelerator.num_processes, elapsed, f"{desc} (training loop)", clock.waited))
     return step, stats
 
 
