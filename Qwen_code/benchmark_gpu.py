@@ -40,7 +40,7 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, VisionLanguageCollator,
-                                         answer_only_inputs, make_collator, model_inputs)
+                                         answer_only_inputs, make_collator, model_inputs, vision_grid)
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
@@ -57,7 +57,8 @@ from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.model.window_attention import enable_fast_paths
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
-from qwen_forensics.training import autocast, enable_gradient_checkpointing, hybrid_optimizer, peak_gib
+from qwen_forensics.training import (autocast, enable_gradient_checkpointing, hybrid_optimizer, peak_gib,
+                                     recompute_frozen_blocks)
 
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")
@@ -227,9 +228,11 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: t
 def bench_task1(cfg, processor, workdir, args, results) -> None:
     """One Task 1 training step (LoRA on 4 ViT blocks + heads), batch 16 (the seed config's 4 for seed)."""
     flops = 3 * vision_flops(cfg, 1024)
-    def run(variant: str) -> None:
+    def run(variant: str, recompute: int = 0) -> None:
         batch = 4 if variant == "seed" else 16
         model, holder = forensic_model(cfg, variant, lora=True)
+        if recompute:
+            recompute_frozen_blocks(model.visual, recompute, LAYERS, max(LAYERS))
         model.train()
         lora = trainable_to_fp32(model.visual)
         opt = torch.optim.AdamW([{"params": lora, "lr": 1e-4}, {"params": model.heads.parameters(), "lr": 1e-3}])
@@ -239,7 +242,7 @@ def bench_task1(cfg, processor, workdir, args, results) -> None:
 
         def step():
             with autocast(DEVICE, "bf16", lora_cast):
-                out = model(b["pixel_values"], b["image_grid_thw"])
+                out = model(b["pixel_values"], vision_grid(b))
             loss = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), b["mask"], b["labels"],
                                  weights)
             loss["total"].backward()
@@ -247,10 +250,14 @@ def bench_task1(cfg, processor, workdir, args, results) -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        measure("task1_train", step, batch, flops, args.steps, results, variant, args.profile)
+        name = f"task1_train_recompute{recompute}" if recompute else "task1_train"
+        measure(name, step, batch, flops, args.steps, results, variant, args.profile and not recompute)
 
     for variant in args.variants:
         run(variant)
+        release()
+    for count in args.task1_recompute if "fast" in args.variants else []:
+        run("fast", count)
         release()
 
 
@@ -265,7 +272,7 @@ def bench_heads_eval(cfg, processor, workdir, args, results) -> None:
         @torch.no_grad()
         def forward():
             with autocast(DEVICE, "bf16"):
-                return model(b["pixel_values"], b["image_grid_thw"])
+                return model(b["pixel_values"], vision_grid(b))
 
         measure("heads_eval", forward, batch, vision_flops(cfg, 1024), args.steps, results, variant, args.profile)
 
@@ -407,6 +414,8 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="kernel-time breakdown of the fast variant")
+    parser.add_argument("--task1-recompute", nargs="*", type=int, default=[8], metavar="N",
+                        help="also measure fast Task 1 training with N frozen blocks recomputed (recompute_blocks)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="which of fast / loop / seed to measure")
     args = parser.parse_args()

@@ -55,6 +55,7 @@ def test_outputs_match_transformers(sizes):
     counts = enable_fast_paths(fast)
     assert counts["attention"] == VISION_DIMS["depth"] and counts["vision_inputs"] == 1
     assert counts["rms_norm"] == 2 * VISION_DIMS["depth"] + 1 and counts["mlp"] == VISION_DIMS["depth"]
+    assert counts["patch_embed"] == 1
     with torch.no_grad():
         want = reference(pixels, grid_thw=grid)
         got = fast(pixels, grid_thw=grid)
@@ -203,6 +204,55 @@ def test_fused_kernels_match_eager_in_the_interpreter():
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("\n") == 12, done.stdout
+
+
+# Without autograd rotary_split's kernel writes only q and k and hands back v as a view of qkv.
+ROTARY_INFERENCE_CHECK = r"""
+import torch
+from qwen_forensics.model import fused_ops as fo
+torch.manual_seed(0)
+assert fo.kernels_available(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)), "Triton interpreter unavailable"
+def same_storage(a, b):
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+for dtype in (torch.float32, torch.bfloat16):
+    limit = 1e-6 if dtype == torch.float32 else 1e-2
+    for n, heads, d in ((37, 3, 80), (6, 2, 16)):          # N not a multiple of the kernel's 4 rows
+        c = heads * d
+        qkv = torch.randn(n, 3 * c, dtype=dtype, requires_grad=True)
+        cos, sin = torch.randn(n, d), torch.randn(n, d)
+        v_slice = qkv.detach().view(n, 3, heads, d)[:, 2]
+        train = fo.rotary_split(qkv, cos, sin, heads, use_kernel=True)
+        assert train[0].grad_fn is not None and all(t.is_contiguous() for t in train)
+        assert not same_storage(train[2], qkv) and torch.equal(train[2], v_slice), "training v is a copy"
+        eager = fo.rotary_split(qkv, cos, sin, heads, use_kernel=False)
+        assert same_storage(eager[2], qkv) and eager[2].stride() == (3 * c, d, 1), "eager v is a view"
+        frozen = qkv.detach().clone()                      # grad mode on, but nothing requires grad
+        with torch.no_grad():
+            runs = [fo.rotary_split(qkv, cos, sin, heads, use_kernel=True), fo.rotary_split(frozen, cos, sin, heads, use_kernel=True)]
+        with torch.inference_mode():
+            runs.append(fo.rotary_split(qkv, cos, sin, heads, use_kernel=True))
+        runs.append(fo.rotary_split(frozen, cos, sin, heads, use_kernel=True))
+        for source, (q, k, v) in zip((qkv, frozen, qkv, frozen), runs):
+            assert q.grad_fn is None and q.is_contiguous() and k.is_contiguous()
+            assert q.shape == k.shape == v.shape == (n, heads, d)
+            assert torch.equal(q, train[0]) and torch.equal(k, train[1]), "same arithmetic as the training kernel"
+            for a, b in ((q, eager[0]), (k, eager[1])):
+                err = ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1)).item()
+                assert err <= limit, (dtype, n, err)
+            assert v._base is source and same_storage(v, source), "v is a view of qkv"
+            assert v.stride() == (3 * c, d, 1) and v.data_ptr() == source.data_ptr() + 2 * c * source.element_size()
+            assert torch.equal(v, v_slice)
+        print(dtype, n, "ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels themselves are checked (CUDA tests below)")
+def test_rotary_kernel_without_autograd_leaves_v_in_qkv_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", ROTARY_INFERENCE_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" ok\n") == 4, done.stdout
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels run on CUDA (the device check)")

@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
 
-from .data.collate import hybrid_inputs, model_inputs
+from .data.collate import hybrid_inputs, model_inputs, vision_grid
 from .data.records import Record
 from .data.validate import load_split
 from .model.hybrid import HybridModel
@@ -64,7 +64,8 @@ class SplitEvaluator:
         records, skipped = load_split(index_path, self.data_root, self.on_bad_sample,
                                       Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
         loader = self.accelerator.prepare(DataLoader(self.dataset(records), batch_size=self.batch_size,
-                                                     num_workers=self.num_workers, collate_fn=self.collate))
+                                                     num_workers=self.num_workers, collate_fn=self.collate,
+                                                     pin_memory=self.accelerator.device.type == "cuda"))
         start = time.perf_counter()
         clock = LoaderClock(loader)
         predictions = self.predict(clock, len(records), **predict_kwargs)
@@ -139,7 +140,7 @@ def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_
     positions, probs, heats = [], [], []
     for batch in loader:
         with autocast(accelerator.device, amp_dtype):
-            out = model(batch["pixel_values"], batch["image_grid_thw"])
+            out = model(batch["pixel_values"], vision_grid(batch))
         positions.append(batch["position"])
         probs.append(torch.sigmoid(out["cls_logit"].float()))
         heats.append(torch.sigmoid(out["heatmap_logit"].float()))

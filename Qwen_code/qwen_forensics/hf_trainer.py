@@ -95,7 +95,9 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_di
     - ``remove_unused_columns`` must be false: the dataset yields images, not model columns;
     - gradient checkpointing without explicit kwargs gets ``use_reentrant: false``, which keeps the
       vision LoRA gradients whatever the transformers version's default;
-    - mixed precision follows :func:`choose_precision` on this machine's GPU (or its absence).
+    - mixed precision follows :func:`choose_precision` on this machine's GPU (or its absence);
+    - batches (which the Trainer pins) go to the GPU without the host waiting for the copy
+      (``accelerator_config.non_blocking``, unless the config sets it).
     """
     from transformers import TrainingArguments
 
@@ -115,6 +117,9 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_di
     # The PEFT wrapper's forward hides the model's signature, from which Trainer would infer the label
     # key; without it an evaluation set would report no eval_loss.
     args.setdefault("label_names", ["labels"])
+    accelerator_config = args.get("accelerator_config")
+    if accelerator_config is None or isinstance(accelerator_config, dict):
+        args["accelerator_config"] = {"non_blocking": True, **(accelerator_config or {})}
     checkpointing = args.get("gradient_checkpointing") or args.get("activation_checkpointing")
     if checkpointing and not (args.get("gradient_checkpointing_kwargs") or args.get("activation_checkpointing_kwargs")):
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}

@@ -276,7 +276,7 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
     dataset = ImageFileDataset(images, ckpt.image_size)
 
     def loader(collate):
-        return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate))
+        return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=on_gpu))
 
     processor = load_processor(model_path, ckpt.image_size)
     if ckpt.kind == TASK1:

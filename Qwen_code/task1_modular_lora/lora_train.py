@@ -19,7 +19,7 @@ from qwen_forensics.adapters import load_adapter_strict
 from qwen_forensics.checkpoint import load_training_state, write_resolved_config
 from qwen_forensics.checkpoint_folders import ADAPTER_DIR, load_heads, save_task1_checkpoint
 from qwen_forensics.config import load_config
-from qwen_forensics.data.collate import ImageBatchCollator
+from qwen_forensics.data.collate import ImageBatchCollator, vision_grid
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.validate import load_split
@@ -36,7 +36,8 @@ from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable
 from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
-                                     optimizer_steps, param_groups, seed_everything, train_epoch)
+                                     optimizer_steps, param_groups, recompute_frozen_blocks, seed_everything,
+                                     train_epoch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
@@ -65,12 +66,14 @@ def main(argv: list[str] | None = None) -> None:
                    if cfg.ann_val else None)
     processor = load_processor(cfg.model_path, cfg.image_size)
     collate = ImageBatchCollator(processor)
+    pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait
     train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
                               batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                              collate_fn=collate, drop_last=False, persistent_workers=cfg.num_workers > 0)
+                              collate_fn=collate, drop_last=False, persistent_workers=cfg.num_workers > 0,
+                              pin_memory=pin)
     val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule),
                              batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                             collate_fn=collate) if val_records else None)
+                             collate_fn=collate, pin_memory=pin) if val_records else None)
 
     # ---- setup: model (vision tower only) + LoRA + heads
     on_gpu = accelerator.device.type == "cuda"
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         inject_adapter_in_model(make_lora_config(targets, r=cfg.lora_r, alpha=cfg.lora_alpha,
                                                  dropout=cfg.lora_dropout), visual)
         heads = ForensicHeads.from_vision_config(visual.config, cfg.visual_layers, cfg.fuse_dim)
+    recomputed = recompute_frozen_blocks(visual, cfg.recompute_blocks, cfg.lora_target_layers, max(cfg.visual_layers))
+    if recomputed:
+        accelerator.print(f"recompute_blocks: ViT blocks {recomputed} recompute their activations in the backward")
     model = ForensicViT(visual, cfg.visual_layers, heads.to(accelerator.device))
     lora_params = trainable_to_fp32(visual)
     lora_cast = LoraInputCast(visual)
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     # ---- train
     def loss_fn(batch):
         with autocast(accelerator.device, cfg.amp_dtype, lora_cast):
-            out = model(batch["pixel_values"], batch["image_grid_thw"])
+            out = model(batch["pixel_values"], vision_grid(batch))
         return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
                              weights)
 

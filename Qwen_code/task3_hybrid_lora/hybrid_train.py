@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
                    if cfg.ann_val else None)
     answers = {0: cfg.target_text.real, 1: cfg.target_text.fake}
+    pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait
     train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
                               batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                               collate_fn=HybridCollator(processor, model.prompt, answers), drop_last=False,
-                              persistent_workers=cfg.num_workers > 0)
+                              persistent_workers=cfg.num_workers > 0, pin_memory=pin)
     val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule),
                              batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                             collate_fn=HybridCollator(processor, model.prompt)) if val_records else None)
+                             collate_fn=HybridCollator(processor, model.prompt), pin_memory=pin)
+                  if val_records else None)
 
     # ---- setup: optimisation
     steps_total = optimizer_steps(math.ceil(len(train_loader) / accelerator.num_processes), cfg.grad_accum,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 EXTRA_KEYS = ("target", "answer_positions", "position")
 MROPE_KEY = "mm_token_type_ids"
+GRID_HOST_KEY = "image_grid_thw_host"
 
 
 def require_mrope_inputs(batch: Mapping[str, torch.Tensor]) -> None:
@@ -186,10 +187,12 @@ class VisionLanguageCollator:
 class ImageBatchCollator:
     """Collate ForgeryDataset items for the vision tower alone (Task 1): no prompt, no LM inputs.
 
-    Returns ``pixel_values`` and ``image_grid_thw`` from the model's image processor, the stacked
-    training ``mask`` [B, S, S], image-level ``labels`` [B] and ``position`` [B] (index into the
-    dataset, used to order outputs gathered across processes). Items without ``mask`` and ``label``
-    (unlabelled images for prediction) give a batch without those two keys.
+    Returns ``pixel_values`` and ``image_grid_thw`` from the model's image processor, the same grid
+    as Python ints under ``GRID_HOST_KEY`` (accelerate moves only tensors, so it stays on the host:
+    see :func:`vision_grid`), the stacked training ``mask`` [B, S, S], image-level ``labels`` [B] and
+    ``position`` [B] (index into the dataset, used to order outputs gathered across processes).
+    Items without ``mask`` and ``label`` (unlabelled images for prediction) give a batch without
+    those two keys.
     """
 
     def __init__(self, processor) -> None:
@@ -202,6 +205,7 @@ class ImageBatchCollator:
         batch = {
             "pixel_values": processed["pixel_values"],
             "image_grid_thw": processed["image_grid_thw"],
+            GRID_HOST_KEY: tuple(tuple(row) for row in processed["image_grid_thw"].tolist()),
             "position": torch.tensor([int(item["position"]) for item in items], dtype=torch.long),
         }
         labelled = ["mask" in item and "label" in item for item in items]
@@ -212,6 +216,15 @@ class ImageBatchCollator:
             batch["mask"] = torch.stack([item["mask"] for item in items])
             batch["labels"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.float32)
         return batch
+
+
+def vision_grid(batch: Mapping) -> torch.Tensor | tuple:
+    """The patch grid to hand the vision tower: the host copy when the collator recorded one.
+
+    The tower's index tensors are cached per grid (``window_attention``), and looking the grid up
+    from a tensor already on the GPU reads it back, a sync that makes every step wait for the
+    previous one to finish on the device."""
+    return batch.get(GRID_HOST_KEY, batch["image_grid_thw"])
 
 
 def make_collator(processor, setup: PromptSetup, *, train: bool) -> VisionLanguageCollator:
@@ -236,7 +249,7 @@ class TrainerCollator:
 
 
 # Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
-NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep")
+NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep", GRID_HOST_KEY)
 
 
 class HybridCollator:

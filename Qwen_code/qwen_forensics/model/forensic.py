@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -24,6 +26,14 @@ class ForensicViT(nn.Module):
         self.layers = list(layers)
         self.tap = ViTFeatureTap(visual, self.layers)
 
-    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | Sequence[Sequence[int]]
+                ) -> dict[str, torch.Tensor]:
+        """``image_grid_thw``: a tensor, or (t, h, w) ints (``collate.vision_grid``). A grid on the host
+        is looked up without a device sync by the tower's fast-path inputs; a tower without them
+        gets it on the device, as transformers expects."""
+        if not isinstance(image_grid_thw, torch.Tensor):
+            image_grid_thw = torch.tensor(image_grid_thw, dtype=torch.long)
+        if image_grid_thw.device != pixel_values.device and not getattr(self.tap.tower, "_fast_inputs", False):
+            image_grid_thw = image_grid_thw.to(pixel_values.device)
         self.visual(pixel_values, grid_thw=image_grid_thw)
         return self.heads(self.tap.stacked())

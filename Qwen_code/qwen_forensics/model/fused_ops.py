@@ -7,8 +7,10 @@ one write, in fp32 registers, rounding exactly where the eager code rounds, so i
 gradients are the eager ones up to the order of fp32 operations (tested against the eager path).
 
 - ``rotary_split(qkv, cos, sin, heads)``: the attention's packed ``qkv`` projection -> rotated
-  ``q``, ``k`` and a contiguous ``v``, each [N, heads, head_dim]. Only ``cos``/``sin`` are kept for
-  backward (the eager path keeps fp32 copies of q and k), and the qkv buffer is freed.
+  ``q``, ``k`` and ``v``, each [N, heads, head_dim]. In training ``v`` is a contiguous copy: only
+  ``cos``/``sin`` are kept for backward (the eager path keeps fp32 copies of q and k), and the qkv
+  buffer is freed. Without autograd (no grad mode, or qkv not requiring grad) the kernel reads and
+  writes only q and k (a third less traffic) and ``v`` is a view of qkv, as on the eager path.
 - ``rms_norm(x, weight, eps)``: ``weight * bf16(x32 * rsqrt(mean(x32^2) + eps))``; keeps the
   half-precision input and one fp32 value per row for backward (eager keeps an fp32 copy).
 - ``silu_mul(gate, up)``: ``bf16(silu(gate)) * up``; keeps gate and up (eager keeps a third tensor);
@@ -67,8 +69,9 @@ def silu_mul_eager(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 if triton is not None:
     @triton.jit
     def _rotary_fwd(qkv, cos, sin, q_out, k_out, v_out, n, C: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_V: tl.constexpr):
         # One program: BLOCK_N tokens x all heads, so every load is a contiguous run of the row.
+        # WRITE_V=False (inference): v is left in qkv and v_out is never touched.
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_C)
         d = cols % D
@@ -88,7 +91,8 @@ if triton is not None:
             y = x * c + (sign * xp) * s
             dst = q_out if part == 0 else k_out
             tl.store(dst + out, y.to(dst.dtype.element_ty), mask=mask)
-        tl.store(v_out + out, tl.load(qkv + src + 2 * C + cols[None, :], mask=mask, other=0.0), mask=mask)
+        if WRITE_V:
+            tl.store(v_out + out, tl.load(qkv + src + 2 * C + cols[None, :], mask=mask, other=0.0), mask=mask)
 
     @triton.jit
     def _rotary_bwd(gq, gk, gv, cos, sin, gqkv, n, C: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
@@ -201,6 +205,18 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _rotary_launch(qkv, cos, sin, heads, write_v):
+    """The forward kernel: rotated q, k and, with ``write_v``, a contiguous v (else v is a view of qkv)."""
+    n, c3 = qkv.shape
+    c = c3 // 3
+    d = c // heads
+    q, k = (torch.empty(n, heads, d, dtype=qkv.dtype, device=qkv.device) for _ in range(2))
+    v = torch.empty(n, heads, d, dtype=qkv.dtype, device=qkv.device) if write_v else qkv.view(n, 3, heads, d)[:, 2]
+    _rotary_fwd[(triton.cdiv(n, _ROTARY_ROWS),)](qkv, cos, sin, q, k, v, n, C=c, D=d, HALF=d // 2,
+                                                 BLOCK_N=_ROTARY_ROWS, BLOCK_C=_pow2(c), WRITE_V=write_v)
+    return q, k, v
+
+
 class _RotarySplit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, cos, sin, heads):
@@ -209,9 +225,7 @@ class _RotarySplit(torch.autograd.Function):
         d = c // heads
         qkv = qkv.contiguous()
         cos, sin = cos.contiguous(), sin.contiguous()
-        q, k, v = (torch.empty(n, heads, d, dtype=qkv.dtype, device=qkv.device) for _ in range(3))
-        _rotary_fwd[(triton.cdiv(n, _ROTARY_ROWS),)](qkv, cos, sin, q, k, v, n, C=c, D=d, HALF=d // 2,
-                                                     BLOCK_N=_ROTARY_ROWS, BLOCK_C=_pow2(c))
+        q, k, v = _rotary_launch(qkv, cos, sin, heads, write_v=True)
         ctx.save_for_backward(cos, sin)
         ctx.shape = (n, c, d, heads, qkv.dtype)
         return q, k, v
@@ -299,11 +313,19 @@ class _SiluMulPacked(torch.autograd.Function):
 
 def rotary_split(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, *,
                  use_kernel: bool | None = None):
-    """Rotated q, k and v ([N, heads, head_dim] each) from the packed qkv projection [N, 3 * C]."""
+    """Rotated q, k and v ([N, heads, head_dim] each) from the packed qkv projection [N, 3 * C].
+
+    q and k are new contiguous tensors. With autograd (grad mode on and ``qkv.requires_grad``) the
+    kernel also copies v out, so qkv can be freed before backward; otherwise (inference) v is a view
+    of qkv, ``qkv.view(N, 3, heads, head_dim)[:, 2]`` (stride (3 * C, head_dim, 1)), as the eager
+    path always returns it, and the kernel moves only q and k. The q, k values are the same either way.
+    """
     if use_kernel is None:
         use_kernel = kernels_available(qkv)
     if use_kernel and qkv.dim() == 2 and cos.shape == sin.shape and cos.dim() == 2:
-        return _RotarySplit.apply(qkv, cos, sin, heads)
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            return _RotarySplit.apply(qkv, cos, sin, heads)
+        return _rotary_launch(qkv.contiguous(), cos.contiguous(), sin.contiguous(), heads, write_v=False)
     return rotary_split_eager(qkv, cos, sin, heads)
 
 

@@ -15,7 +15,10 @@ of 64 images makes about a thousand tiny attention calls per block, and the GPU 
 - rotary embedding, RMSNorm and SiLU-and-multiply run as the fused kernels of ``fused_ops``
   (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM;
 - the vision MLP's frozen weights live in storage padded to a 16-byte aligned width (3420 -> 3424),
-  gate and up as one GEMM: Hopper's fast GEMM kernels need that alignment (see ``_PackedMLP``).
+  gate and up as one GEMM: Hopper's fast GEMM kernels need that alignment (see ``_PackedMLP``);
+- the patch embedding, a Conv3d whose stride is its kernel, runs as the matrix product it is
+  (pixel rows [N, 3*2*14*14] times the flattened kernel): cuDNN's bf16 implicit-GEMM convolution
+  took 9 ms of a 204 ms batch of 64 images, the GEMM well under 1 ms.
 
 The arithmetic per window is unchanged, so outputs and gradients match transformers' path up to
 floating-point summation order (tested), and LoRA-wrapped ``qkv``/``proj``/MLP modules are called
@@ -97,6 +100,18 @@ def _attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tens
     if plan[0] is not cu_seqlens:
         plan = (cu_seqlens, plan_attention(cu_seqlens.tolist(), q.device))
     return self.proj(_attend(q, k, v, plan[1], self.scaling))
+
+
+def _patch_embed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.proj.weight
+    return F.linear(hidden_states.to(weight.dtype), weight.reshape(weight.shape[0], -1), self.proj.bias)
+
+
+def _patch_embed_is_linear(module: nn.Module) -> bool:
+    """A Conv3d whose stride equals its kernel, unpadded: every output is one patch's dot product."""
+    conv = getattr(module, "proj", None)
+    return (type(conv) is nn.Conv3d and tuple(conv.stride) == tuple(conv.kernel_size) and not any(conv.padding)
+            and conv.groups == 1 and tuple(conv.dilation) == (1, 1, 1))
 
 
 def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -212,8 +227,9 @@ class _VisionInputs:
         self.plans = plans
         self.cache: OrderedDict = OrderedDict()
 
-    def _build(self, grid_thw: torch.Tensor) -> dict:
+    def _build(self, grid_thw: torch.Tensor, device: torch.device) -> dict:
         tower = self.tower
+        grid_thw = grid_thw.to(device)
         kwargs = {
             "position_ids": vision_utils.get_vision_position_ids(grid_thw, tower.spatial_merge_size),
             "cu_seqlens": vision_utils.get_vision_cu_seqlens(grid_thw),
@@ -233,10 +249,14 @@ class _VisionInputs:
         grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
         if grid_thw is None or any(key in kwargs for key in ("cu_seqlens", "position_ids", "window_index")):
             return None
-        key = (grid_thw.device, tuple(map(tuple, grid_thw.tolist())))
+        # The index tensors go where the pixels are; the grid may stay on the host
+        # (collate.vision_grid), which makes this lookup free of a device sync.
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        device = hidden.device if hidden is not None else grid_thw.device
+        key = (device, tuple(map(tuple, grid_thw.tolist())))
         entry = self.cache.get(key)
         if entry is None:
-            entry = self._build(grid_thw)
+            entry = self._build(grid_thw, device)
             self.cache[key] = entry
             while len(self.cache) > _CACHE_SIZE:
                 _, old = self.cache.popitem(last=False)
@@ -254,7 +274,7 @@ def enable_fast_paths(model: nn.Module) -> dict[str, int]:
     all windows in one varlen call). RMSNorm and SiLU MLPs are switched everywhere; they fall back to
     the eager formula wherever the fused kernels do not apply.
     """
-    counts = {"attention": 0, "rms_norm": 0, "mlp": 0, "vision_inputs": 0}
+    counts = {"attention": 0, "rms_norm": 0, "mlp": 0, "vision_inputs": 0, "patch_embed": 0}
     for module in model.modules():
         name = type(module).__name__
         if name == "Qwen2_5_VisionTransformerPretrainedModel" and not getattr(module, "_fast_inputs", False):
@@ -267,6 +287,9 @@ def enable_fast_paths(model: nn.Module) -> dict[str, int]:
                     attention.forward = types.MethodType(_attention_forward, attention)
                     counts["attention"] += 1
             counts["vision_inputs"] += 1
+        elif name == "Qwen2_5_VisionPatchEmbed" and _patch_embed_is_linear(module):
+            module.forward = types.MethodType(_patch_embed_forward, module)
+            counts["patch_embed"] += 1
         elif name == "Qwen2_5_VLRMSNorm":
             module.forward = types.MethodType(_rms_norm_forward, module)
             counts["rms_norm"] += 1

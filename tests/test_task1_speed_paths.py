@@ -1,0 +1,111 @@
+"""Task 1's step without device syncs or spare memory: the patch grid handed over from the host, and
+frozen ViT blocks recomputed in the backward, each equal to the plain path."""
+
+import numpy as np
+import pytest
+import torch
+from peft import inject_adapter_in_model
+from PIL import Image
+from transformers import Qwen2_5_VLVisionConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+from qwen_forensics.data.collate import GRID_HOST_KEY, ImageBatchCollator, vision_grid
+from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS
+from qwen_forensics.losses import ForensicLossWeights, forensic_loss
+from qwen_forensics.model.forensic import ForensicViT
+from qwen_forensics.model.heads import ForensicHeads
+from qwen_forensics.model.lora import make_lora_config
+from qwen_forensics.model.lora_targets import vision_block_targets
+from qwen_forensics.model.window_attention import enable_fast_paths
+from qwen_forensics.training import recompute_frozen_blocks
+
+LORA_LAYERS = [3, 9]
+TAPPED = [9, 20]
+
+
+def _batch(n=2, size=112):
+    rng = np.random.default_rng(1)
+    items = [{"image": Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)), "position": i,
+              "label": i % 2, "mask": torch.from_numpy((rng.random((size, size)) > 0.7).astype(np.float32) * (i % 2))}
+             for i in range(n)]
+    processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=size * size)
+    return ImageBatchCollator(processor)(items)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLVisionConfig(**VISION_DIMS, out_hidden_size=TEXT_DIMS["hidden_size"])
+    config._attn_implementation = "sdpa"
+    tower = Qwen2_5_VisionTransformerPretrainedModel(config)
+    tower.requires_grad_(False)
+    inject_adapter_in_model(make_lora_config(vision_block_targets(tower, LORA_LAYERS), r=4, alpha=8, dropout=0.0),
+                            tower)
+    for name, param in tower.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    enable_fast_paths(tower)
+    heads = ForensicHeads.from_vision_config(tower.config, TAPPED, 16)
+    return ForensicViT(tower, TAPPED, heads).train()
+
+
+def _step(model, batch):
+    """Loss and every trainable gradient of one step, plus the bytes autograd kept for the backward."""
+    kept = []
+    torch.manual_seed(0)  # the heads' dropout draws the same masks in both runs
+
+    def pack(tensor):
+        kept.append(tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(batch["pixel_values"], vision_grid(batch))
+        loss = forensic_loss(out["cls_logit"], out["heatmap_logit"], batch["mask"], batch["labels"],
+                             ForensicLossWeights())["total"]
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads, sum(kept)
+
+
+def test_the_collator_hands_the_grid_over_from_the_host():
+    batch = _batch()
+    assert batch[GRID_HOST_KEY] == tuple(tuple(row) for row in batch["image_grid_thw"].tolist())
+    assert isinstance(vision_grid(batch), tuple)
+    assert vision_grid({"image_grid_thw": batch["image_grid_thw"]}) is batch["image_grid_thw"]
+
+
+def test_host_grid_gives_the_tensor_grid_outputs():
+    batch = _batch()
+    model = _model().eval()
+    with torch.no_grad():
+        host = model(batch["pixel_values"], batch[GRID_HOST_KEY])
+        tensor = model(batch["pixel_values"], batch["image_grid_thw"])
+    for key in ("cls_logit", "heatmap_logit"):
+        assert torch.equal(host[key], tensor[key])
+
+
+def test_recomputed_blocks_give_the_same_gradients_and_keep_less():
+    batch = _batch()
+    plain = _model()
+    recomputing = _model()
+    chosen = recompute_frozen_blocks(recomputing.visual, 6, LORA_LAYERS, max(TAPPED))
+    assert len(chosen) == 6 and len(set(chosen)) == 6
+    assert all(min(LORA_LAYERS) < i <= max(TAPPED) and i not in LORA_LAYERS for i in chosen)
+    loss, grads, kept = _step(plain, batch)
+    loss_r, grads_r, kept_r = _step(recomputing, batch)
+    assert torch.allclose(loss, loss_r, rtol=0, atol=1e-7)
+    assert grads.keys() == grads_r.keys() and any("lora_A" in n for n in grads)
+    for name in grads:
+        assert torch.allclose(grads[name], grads_r[name], rtol=1e-5, atol=1e-7), name
+    # Six of the 17 blocks that keep activations (3..20) no longer do.
+    assert kept_r < 0.85 * kept
+
+
+def test_recompute_asks_for_no_more_blocks_than_qualify():
+    model = _model()
+    assert recompute_frozen_blocks(model.visual, 0, LORA_LAYERS, max(TAPPED)) == []
+    qualifying = max(TAPPED) - min(LORA_LAYERS) + 1 - len(LORA_LAYERS)
+    assert len(recompute_frozen_blocks(model.visual, qualifying, LORA_LAYERS, max(TAPPED))) == qualifying
+    with pytest.raises(ValueError, match="recompute_blocks=17: only 16 frozen blocks"):
+        recompute_frozen_blocks(_model().visual, 17, LORA_LAYERS, max(TAPPED))
