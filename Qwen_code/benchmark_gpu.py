@@ -40,7 +40,8 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, VisionLanguageCollator,
-                                         answer_only_inputs, make_collator, model_inputs, vision_grid)
+                                         answer_only_inputs, generate_inputs, make_collator, model_inputs,
+                                         vision_grid)
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
@@ -240,18 +241,31 @@ def bench_task1(cfg, processor, workdir, args, results) -> None:
         weights = ForensicLossWeights()
         lora_cast = LoraInputCast(model.visual) if variant == "fast" else None
 
-        def step():
+        def step(phases: dict | None = None):
             with autocast(DEVICE, "bf16", lora_cast):
                 out = model(b["pixel_values"], vision_grid(b))
             loss = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), b["mask"], b["labels"],
                                  weights)
+            if phases is not None:
+                phases["kept_after_forward"] = torch.cuda.memory_allocated() / 2**30
+                phases["peak_forward"] = peak_gib()
+                torch.cuda.reset_peak_memory_stats()
             loss["total"].backward()
+            if phases is not None:
+                phases["peak_backward"] = peak_gib()
             torch.nn.utils.clip_grad_norm_(list(lora) + list(model.heads.parameters()), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
         name = f"task1_train_recompute{recompute}" if recompute else "task1_train"
         measure(name, step, batch, flops, args.steps, results, variant, args.profile and not recompute)
+        # Where the peak sits: what the forward leaves for the backward, and each phase's peak.
+        torch.cuda.synchronize()
+        phases = {"resident_before_step": torch.cuda.memory_allocated() / 2**30}
+        torch.cuda.reset_peak_memory_stats()
+        step(phases)
+        results[name][variant]["memory_gib"] = {k: round(v, 2) for k, v in phases.items()}
+        print(f"{name:>16} {variant:>5}: memory " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()), flush=True)
 
     for variant in args.variants:
         run(variant)
@@ -297,7 +311,7 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
         flops = vision_flops(cfg, 1024) + lm_flops(cfg, tokens)
 
         if variant == "seed":
-            inputs = model_inputs(b)
+            inputs = generate_inputs(b)
 
             @torch.no_grad()
             def forward():
@@ -318,11 +332,12 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
 
 
 def bench_task2(cfg, processor, workdir, args, results) -> None:
-    """Task 2 training: LoRA on ViT blocks + merger, LM loss on the answer, batch 8 (seed: 1, full logits)."""
+    """Task 2 training: LoRA on ViT blocks + merger, LM loss on the answer, the shipped batch (seed: 1, full logits)."""
     setup = PromptSetup(448, DEFAULT_PROMPT, "Fake", "Real")
     collate = make_collator(processor, setup, train=True)
-    def run(variant: str) -> None:
-        batch = 1 if variant == "seed" else 8
+    def run(variant: str, batch: int | None = None) -> None:
+        name = "task2_train" if batch is None else f"task2_train_bs{batch}"
+        batch = 1 if variant == "seed" else batch or args.lm_train_batch[0]
         model, _ = attach_lora(full_model(cfg, fast=variant == "fast"), Task2TrainConfig())
         lora = trainable_to_fp32(model)
         opt = torch.optim.AdamW(lora, lr=1e-4)
@@ -341,20 +356,24 @@ def bench_task2(cfg, processor, workdir, args, results) -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        measure("task2_train", step, batch, flops, args.steps, results, variant, args.profile)
+        measure(name, step, batch, flops, args.steps, results, variant, args.profile and name == "task2_train")
 
     for variant in args.variants:
         run(variant)
         release()
+    for batch in args.lm_train_batch[1:] if "fast" in args.variants else []:
+        run("fast", batch)
+        release()
 
 
 def bench_task3(cfg, processor, workdir, args, results) -> None:
-    """Task 3: hybrid training step (LoRA on ViT + merger + LM, heads, fusion tokens), batch 8 (seed: 2), and
+    """Task 3: hybrid training step (LoRA on ViT + merger + LM, heads, fusion tokens) at the shipped batch (seed: 2), and
     the hybrid_eval forward (batch 64)."""
     train_cfg = Task3TrainConfig()
     train_cfg.lora.merge.enabled = True
-    def run(variant: str) -> None:
-        batch = 2 if variant == "seed" else 8
+    def run(variant: str, batch: int | None = None) -> None:
+        name = "task3_train" if batch is None else f"task3_train_bs{batch}"
+        batch = 2 if variant == "seed" else batch or args.lm_train_batch[0]
         model, spec = build_hybrid_model(full_model(cfg, fast=variant == "fast"), processor, train_cfg)
         if variant != "fast":
             enable_gradient_checkpointing(model.base)
@@ -365,9 +384,9 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
         tokens = int(b["input_ids"].shape[1])
         flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
         lora_cast = LoraInputCast(model.base) if variant == "fast" else None
-        measure("task3_train", lambda: train_step(model, b, optimizer, weights, lora_cast=lora_cast), batch, flops,
-                args.steps, results, variant, args.profile)
-        if variant != "seed":
+        measure(name, lambda: train_step(model, b, optimizer, weights, lora_cast=lora_cast), batch, flops,
+                args.steps, results, variant, args.profile and name == "task3_train")
+        if variant != "seed" and name == "task3_train":
             ids = answer_token_ids(processor.tokenizer, spec.fake_word, spec.real_word)
             e = to_device(HybridCollator(processor, prompt)(items(workdir, 64)))
             flops = vision_flops(cfg, 1024) + lm_flops(cfg, int(e["input_ids"].shape[1]))
@@ -376,6 +395,9 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
 
     for variant in args.variants:
         run(variant)
+        release()
+    for batch in args.lm_train_batch[1:] if "fast" in args.variants else []:
+        run("fast", batch)
         release()
 
 
@@ -416,6 +438,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="kernel-time breakdown of the fast variant")
     parser.add_argument("--task1-recompute", nargs="*", type=int, default=[8], metavar="N",
                         help="also measure fast Task 1 training with N frozen blocks recomputed (recompute_blocks)")
+    parser.add_argument("--lm-train-batch", nargs="+", type=int, default=[16], metavar="N",
+                        help="Task 2 / Task 3 training batch (the shipped configs' 16); more sizes add fast-only rows")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="which of fast / loop / seed to measure")
     args = parser.parse_args()

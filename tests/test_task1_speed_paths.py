@@ -3,6 +3,7 @@ frozen ViT blocks recomputed in the backward, each equal to the plain path."""
 
 import numpy as np
 import pytest
+from accelerate import Accelerator
 import torch
 from peft import inject_adapter_in_model
 from PIL import Image
@@ -18,7 +19,7 @@ from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.model.window_attention import enable_fast_paths
-from qwen_forensics.training import recompute_frozen_blocks
+from qwen_forensics.training import recompute_frozen_blocks, warm_up
 
 LORA_LAYERS = [3, 9]
 TAPPED = [9, 20]
@@ -109,3 +110,17 @@ def test_recompute_asks_for_no_more_blocks_than_qualify():
     assert len(recompute_frozen_blocks(model.visual, qualifying, LORA_LAYERS, max(TAPPED))) == qualifying
     with pytest.raises(ValueError, match="recompute_blocks=17: only 16 frozen blocks"):
         recompute_frozen_blocks(_model().visual, 17, LORA_LAYERS, max(TAPPED))
+
+
+def test_warm_up_leaves_no_trace():
+    """The throwaway step restores the random number generator and clears every gradient, so the
+    run that follows draws the dropout masks and data order of a run without it."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1)).train()
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    seconds = warm_up(accelerator, model, lambda: model(torch.randn(8, 4)).sum().backward())
+    assert seconds >= 0
+    assert torch.equal(torch.rand(5), expected)
+    assert all(p.grad is None for p in model.parameters())

@@ -192,6 +192,25 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     return step, stats
 
 
+def warm_up(accelerator: Accelerator, model: nn.Module, step: Callable[[], None]) -> float:
+    """Run ``step`` (a forward and backward on a throwaway batch) once before the timed loop and
+    return its seconds. The recipes call it on CUDA.
+
+    On a machine that has not run these shapes before, the first step compiles the fused Triton
+    kernels (several seconds, cached on disk for later runs) and cuBLAS picks its kernels; done
+    here, that start-up cost is printed on its own instead of being folded into the first epoch's
+    images/s. Nothing of the step survives: the random number generators are restored (the run's
+    dropout masks and data order are those of a run without it), gradients are cleared, and under
+    DDP no gradient is exchanged.
+    """
+    start = _synchronized_clock()
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), accelerator.no_sync(model):
+        step()
+    model.zero_grad(set_to_none=True)
+    return _synchronized_clock() - start
+
+
 def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[str, str], ckpt_dir: Path,
               out_dir: Path, say: Callable[[str], None] = print) -> None:
     """Copy ``ckpt_dir`` to ``out_dir/<folder>`` for every metric that improved (e.g. best_by_AUROC)."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+from accelerate.utils import send_to_device
 from peft import inject_adapter_in_model
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from qwen_forensics.adapters import load_adapter_strict
@@ -37,7 +40,7 @@ from qwen_forensics.model.lora_targets import format_targets, vision_block_targe
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
                                      optimizer_steps, param_groups, recompute_frozen_blocks, seed_everything,
-                                     train_epoch)
+                                     train_epoch, warm_up)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
@@ -125,6 +128,14 @@ def main(argv: list[str] | None = None) -> None:
             out = model(batch["pixel_values"], vision_grid(batch))
         return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
                              weights)
+
+    if on_gpu:
+        blank = {"image": Image.new("RGB", (cfg.image_size, cfg.image_size)), "label": 1, "position": 0,
+                 "mask": torch.zeros(cfg.image_size, cfg.image_size)}
+        model.train()
+        seconds = warm_up(accelerator, model, lambda: accelerator.backward(
+            loss_fn(send_to_device(collate([blank]), accelerator.device))["total"]))
+        accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection): {seconds:.2f} s")
 
     best = {}
     for epoch in range(start_epoch, cfg.epochs):
