@@ -169,8 +169,11 @@ def items(workdir: Path, n: int) -> list[dict]:
     return [ds[i % len(ds)] for i in range(n)]
 
 
-def to_device(batch: dict) -> dict:
-    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def to_device(batch: dict, fast: bool = True) -> dict:
+    """The batch on the GPU; outside the fast variant without the collator's host-side mRoPE
+    positions, so the model computes them itself as plain transformers does."""
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            if fast or k != "position_ids"}
 
 
 def full_model(cfg: Qwen2_5_VLConfig, fast: bool):
@@ -306,7 +309,7 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
                                 visual)
         visual.to(torch.bfloat16)
         batch = 1 if variant == "seed" else 64
-        b = to_device(collate(items(workdir, batch)))
+        b = to_device(collate(items(workdir, batch)), variant == "fast")
         tokens = int(b["input_ids"].shape[1])
         flops = vision_flops(cfg, 1024) + lm_flops(cfg, tokens)
 
@@ -341,7 +344,7 @@ def bench_task2(cfg, processor, workdir, args, results) -> None:
         model, _ = attach_lora(full_model(cfg, fast=variant == "fast"), Task2TrainConfig())
         lora = trainable_to_fp32(model)
         opt = torch.optim.AdamW(lora, lr=1e-4)
-        full = to_device(model_inputs(collate(items(workdir, batch))))
+        full = to_device(model_inputs(collate(items(workdir, batch))), variant == "fast")
         b = answer_only_inputs(full) if variant == "fast" else full
         tokens = int(full["input_ids"].shape[1])
         flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
@@ -380,7 +383,8 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
         optimizer, _ = hybrid_optimizer(model, train_cfg, total_steps=100)
         weights = HybridLossWeights.from_config(train_cfg)
         prompt = spec.hybrid_prompt(processor)
-        b = to_device(HybridCollator(processor, prompt, {0: spec.real_word, 1: spec.fake_word})(items(workdir, batch)))
+        b = to_device(HybridCollator(processor, prompt, {0: spec.real_word, 1: spec.fake_word})(items(workdir, batch)),
+                      variant == "fast")
         tokens = int(b["input_ids"].shape[1])
         flops = 3 * lm_flops(cfg, tokens) + 3 * vision_flops(cfg, 1024)
         lora_cast = LoraInputCast(model.base) if variant == "fast" else None
@@ -388,7 +392,7 @@ def bench_task3(cfg, processor, workdir, args, results) -> None:
                 args.steps, results, variant, args.profile and name == "task3_train")
         if variant != "seed" and name == "task3_train":
             ids = answer_token_ids(processor.tokenizer, spec.fake_word, spec.real_word)
-            e = to_device(HybridCollator(processor, prompt)(items(workdir, 64)))
+            e = to_device(HybridCollator(processor, prompt)(items(workdir, 64)), variant == "fast")
             flops = vision_flops(cfg, 1024) + lm_flops(cfg, int(e["input_ids"].shape[1]))
             measure("task3_eval", lambda: eval_batch(model, e, ids), 64, flops, args.steps, results, variant,
                     args.profile)

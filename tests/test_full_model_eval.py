@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from qwen_forensics.adapters import save_adapter
 from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.checkpoint_folders import attach_task1_lora
-from qwen_forensics.data.collate import VisionLanguageCollator, model_inputs
+from qwen_forensics.data.collate import VisionLanguageCollator, generate_inputs
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
@@ -103,7 +103,7 @@ def reference(workspace):
 
 
 def _generate_first_step(model, batch, fake_id: int, real_id: int) -> np.ndarray:
-    out = model.generate(**model_inputs(batch), max_new_tokens=1, do_sample=False, output_logits=True,
+    out = model.generate(**generate_inputs(batch), max_new_tokens=1, do_sample=False, output_logits=True,
                          return_dict_in_generate=True)
     return torch.softmax(out.logits[0][:, [fake_id, real_id]].float(), dim=-1)[:, 0].numpy()
 

@@ -123,7 +123,8 @@ def test_a_batch_without_mm_token_type_ids_fails_loudly(tiny_root):
     fake_id, real_id = answer_token_ids(processor)
     with torch.no_grad():
         with_key = answer_logits(model, batch, fake_id, real_id)
-        stripped = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+        # A custom collator's batch: neither mm_token_type_ids nor the collator's host position_ids.
+        stripped = {k: v for k, v in batch.items() if k not in ("mm_token_type_ids", "position_ids")}
         # Why the guard exists: the raw model accepts the stripped batch and quietly answers differently.
         seen = {}
         hook = get_language_model(model).register_forward_pre_hook(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qwen_forensics.data.collate import IGNORE_INDEX, VisionLanguageCollator, model_inputs
+from qwen_forensics.data.collate import IGNORE_INDEX, VisionLanguageCollator, generate_inputs, model_inputs
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.prompts import (
@@ -107,7 +107,7 @@ def test_answer_position_logits_are_generates_first_step(native_processor, model
         logits = model(**inputs).logits
     picked = logits[torch.arange(3), batch["answer_positions"]]
     out = model.generate(
-        **inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
+        **generate_inputs(batch), max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
     )
     torch.testing.assert_close(picked, out.logits[0], atol=1e-4, rtol=1e-4)
 

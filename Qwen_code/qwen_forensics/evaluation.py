@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Dataset
 
-from .data.collate import hybrid_inputs, model_inputs, vision_grid
+from .data.collate import generate_inputs, hybrid_inputs, model_inputs, vision_grid
 from .data.records import Record
 from .data.validate import load_split
 from .model.hybrid import HybridModel
+from .model.lora import LoraInputCast
 from .metrics import tune_threshold
 from .training import LoaderClock, autocast, speed_line
 
@@ -36,7 +38,7 @@ class SplitRun:
     predictions: Any
     seconds: float          # the inference loop alone
     skipped: int
-    started: float          # time.perf_counter() when the split began (validation, loading included)
+    started: float          # time.perf_counter() when the first split's inference began
     data_wait: float = 0.0  # the part of ``seconds`` spent waiting for the loader
 
     @property
@@ -44,11 +46,39 @@ class SplitRun:
         return len(self.records) / self.seconds
 
 
+class _DeviceBatches:
+    """One pass over a single-process loader whose workers start now: batches are decoded while the
+    caller loads the model, and each is copied to ``device`` without the host waiting (the loader
+    pins them)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.batches = len(loader)
+        self.device = device
+        self.iterator = iter(loader)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        for batch in self.iterator:
+            yield send_to_device(batch, self.device, non_blocking=True)
+
+
+@dataclass
+class _Split:
+    records: list[Record]
+    skipped: int
+    batches: Any
+
+
 @dataclass
 class SplitEvaluator:
-    """How every evaluation script runs an index: validate it up front (``on_bad_sample``; skipped
-    records listed under ``out_dir/skipped_<tag>``), wrap it in the accelerator's sharded loader,
-    and time ``predict(loader, num_records, **kwargs)``, which gathers the predictions in order."""
+    """How every evaluation script runs its indexes. :meth:`start`, before the model loads: validate
+    each index up front (``on_bad_sample``; skipped records listed under ``out_dir/skipped_<tag>``)
+    and open its loader; in a single process its workers begin decoding at once, so the first
+    batches are ready when the weights are. :meth:`run`: time ``predict(loader, num_records,
+    **kwargs)`` on each, which gathers the predictions in order. Under several processes the
+    loaders are the accelerator's sharded ones and start when iterated."""
     accelerator: Accelerator
     data_root: str
     on_bad_sample: str
@@ -57,31 +87,42 @@ class SplitEvaluator:
     num_workers: int
     dataset: Callable[[list[Record]], Dataset]
     collate: Callable
-    predict: Callable[..., Any]
+    _splits: dict[str, _Split] = field(default_factory=dict, init=False, repr=False)
 
-    def __call__(self, index_path: str, tag: str, **predict_kwargs) -> SplitRun:
-        started = time.perf_counter()
-        records, skipped = load_split(index_path, self.data_root, self.on_bad_sample,
-                                      Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
-        loader = self.accelerator.prepare(DataLoader(self.dataset(records), batch_size=self.batch_size,
-                                                     num_workers=self.num_workers, collate_fn=self.collate,
-                                                     pin_memory=self.accelerator.device.type == "cuda"))
+    def start(self, test_index: str, val_index: str | None = None) -> None:
+        """Validate and open the test index and the validation index (if any)."""
+        for tag, index_path in (("val", val_index), ("test", test_index)):
+            if not index_path:
+                continue
+            records, skipped = load_split(index_path, self.data_root, self.on_bad_sample,
+                                          Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
+            loader = DataLoader(self.dataset(records), batch_size=self.batch_size, num_workers=self.num_workers,
+                                collate_fn=self.collate, pin_memory=self.accelerator.device.type == "cuda")
+            batches = (_DeviceBatches(loader, self.accelerator.device) if self.accelerator.num_processes == 1
+                       else self.accelerator.prepare(loader))
+            self._splits[tag] = _Split(records, skipped, batches)
+
+    def _predict(self, tag: str, predict: Callable[..., Any], started: float, **predict_kwargs) -> SplitRun:
+        split = self._splits.pop(tag)
         start = time.perf_counter()
-        clock = LoaderClock(loader)
-        predictions = self.predict(clock, len(records), **predict_kwargs)
-        return SplitRun(records, predictions, time.perf_counter() - start, skipped, started, clock.waited)
+        clock = LoaderClock(split.batches)
+        predictions = predict(clock, len(split.records), **predict_kwargs)
+        return SplitRun(split.records, predictions, time.perf_counter() - start, split.skipped, started, clock.waited)
 
-    def run(self, test_index: str, val_index: str | None = None, *, scores: Sequence[str] = ("p_fake",),
+    def run(self, predict: Callable[..., Any], *, scores: Sequence[str] = ("p_fake",),
             val_kwargs: Mapping[str, Any] | None = None,
             test_kwargs: Mapping[str, Any] | None = None) -> tuple[SplitRun, dict[str, float | None]]:
-        """The validation index (if any) only tunes one threshold per score (an attribute of the
+        """The validation index (if started) only tunes one threshold per score (an attribute of the
         predictions; None without validation); then the test index, whose inference speed is printed."""
+        if "test" not in self._splits:
+            raise RuntimeError("SplitEvaluator.run: call start(test_index, val_index) first")
+        started = time.perf_counter()
         tuned: dict[str, float | None] = dict.fromkeys(scores)
-        if val_index:
-            val = self(val_index, "val", **(val_kwargs or {}))
+        if "val" in self._splits:
+            val = self._predict("val", predict, started, **(val_kwargs or {}))
             labels = [r.label for r in val.records]
             tuned = {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
-        test = self(test_index, "test", **(test_kwargs or {}))
+        test = self._predict("test", predict, started, **(test_kwargs or {}))
         self.accelerator.print(speed_line(len(test.records), test.seconds, "evaluation (inference loop)",
                                           test.data_wait))
         return test, tuned
@@ -138,8 +179,9 @@ def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_
     """Run the ViT + heads over ``loader`` (prepared by ``accelerator``) on every process."""
     model.eval()
     positions, probs, heats = [], [], []
+    lora_cast = LoraInputCast(model)
     for batch in loader:
-        with autocast(accelerator.device, amp_dtype):
+        with autocast(accelerator.device, amp_dtype, lora_cast):
             out = model(batch["pixel_values"], vision_grid(batch))
         positions.append(batch["position"])
         probs.append(torch.sigmoid(out["cls_logit"].float()))
@@ -184,7 +226,7 @@ def _generate_ids(model, batch: Mapping[str, torch.Tensor], max_new_tokens: int,
     if not bool((batch["answer_positions"] == seq_len - 1).all()):
         raise ValueError("generated text needs inference batches whose prompt ends every row (left padding, no "
                          "appended answer); build the collator without answers and with padding_side='left'")
-    out = model.generate(**model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
+    out = model.generate(**generate_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=pad_token_id)
     new = out[:, seq_len:]
     padded = torch.full((new.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=new.device)
@@ -257,7 +299,8 @@ def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids
     kept = {}
     handle = model.register_forward_hook(lambda module, args, output: kept.update(output=output))
     try:
-        with autocast(next(model.parameters()).device, amp_dtype):
+        # Under autocast PEFT's fp32 copy of every LoRA input is cast straight back (exact to skip).
+        with autocast(next(model.parameters()).device, amp_dtype, LoraInputCast(model)):
             pair = answer_logits(model, batch, *answer_ids)
     finally:
         handle.remove()
@@ -290,8 +333,9 @@ def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max
     rows = input_ids.shape[0]
     out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    lora_cast = LoraInputCast(model)
     for step in range(max_new_tokens):
-        with autocast(input_ids.device, amp_dtype):
+        with autocast(input_ids.device, amp_dtype, lora_cast):
             logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
         logits[:, banned] = float("-inf")
         token = logits.argmax(-1).masked_fill(done, pad_token_id)
@@ -303,6 +347,10 @@ def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max
         inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(token[:, None])], dim=1)
         # The new token is text (type 0); hybrid_inputs made sure the key is there.
         inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token[:, None])], dim=1)
+        if "position_ids" in inputs:
+            # The collator's mRoPE positions [3, B, L]: a text token after the prompt's last (text) token
+            # is one past it in all three components, as get_rope_index would give it.
+            inputs["position_ids"] = torch.cat([inputs["position_ids"], inputs["position_ids"][..., -1:] + 1], dim=-1)
     return out
 
 

@@ -62,20 +62,21 @@ def main(argv: list[str] | None = None) -> None:
 
     processor = load_processor(cfg.base_model_path, setup.image_size)
     fake_id, real_id = answer_token_ids(processor, setup.fake_token, setup.real_token)
+    # The indexes are checked and their first batches decoded while the weights load.
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: Task2ImageDataset.from_records(records, cfg.data_root, setup.image_size),
+        collate=make_collator(processor, setup, train=False))
+    evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+
     dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
     model = load_model(cfg.base_model_path, dtype=dtype, device=accelerator.device)
     model.requires_grad_(False)
     loaded = load_adapter_strict(model, cfg.lora_path)
     accelerator.print(f"adapter {cfg.lora_path}: {loaded.num_tensors} tensors loaded strictly")
-    collate = make_collator(processor, setup, train=False)
 
-    evaluate = SplitEvaluator(
-        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: Task2ImageDataset.from_records(records, cfg.data_root, setup.image_size), collate=collate,
-        predict=answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer))
-
-    test, tuned = evaluate.run(cfg.annotation_file, cfg.val_annotation_file, val_kwargs={"max_new_tokens": 0},
-                               test_kwargs={"max_new_tokens": cfg.max_new_tokens})
+    test, tuned = evaluate.run(answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer),
+                               val_kwargs={"max_new_tokens": 0}, test_kwargs={"max_new_tokens": cfg.max_new_tokens})
     if not evaluate.close():
         return
     records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped

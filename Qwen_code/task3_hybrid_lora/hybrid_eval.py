@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> None:
         model.prompt = HybridPrompt.build(processor, cfg.prompt, spec.fusion_tokens, fake_word=spec.fake_word,
                                           real_word=spec.real_word, head_verdict=spec.head_verdict_prompt)
     answer_ids = answer_ids_for(processor, spec)
-    collate = HybridCollator(processor, model.prompt)
-
+    # The collator needs the checkpoint's prompt, so here the loaders start once the model is loaded.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
         dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
-        collate=collate, predict=lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, n))
-
-    test, tuned = evaluate.run(cfg.annotation_file, cfg.val_annotation_file, scores=("p_fake_lm", "p_fake_head"))
+        collate=HybridCollator(processor, model.prompt))
+    evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+    test, tuned = evaluate.run(lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, n),
+                               scores=("p_fake_lm", "p_fake_head"))
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped

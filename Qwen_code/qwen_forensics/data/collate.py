@@ -14,8 +14,11 @@ Every row is the chat-templated prompt (``prompts.prompt_text_for``) with one im
 Extra keys next to the processor's output: ``target`` (image-level 0/1 labels, int64; absent when
 inference items carry no label, e.g. ``predict.py``'s unlabelled images),
 ``answer_positions`` (int64 [B]), ``position`` (int64 [B], each item's index in its dataset, when the
-items carry one: distributed evaluation orders gathered outputs by it) and, in training mode,
-``labels``. ``model_inputs`` strips the bookkeeping keys before calling the model.
+items carry one: distributed evaluation orders gathered outputs by it), ``position_ids`` (the mRoPE
+positions [3, B, L], computed here on the CPU by ``model.mrope.host_position_ids``, so the model's
+forward skips its own row-by-row computation and its host syncs) and, in training mode, ``labels``.
+``model_inputs`` strips the bookkeeping keys before calling the model; ``generate_inputs`` also strips
+``position_ids``, which ``generate`` must build itself.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..model.mrope import POSITION_KEY, host_position_ids
 from ..prompts import PromptSetup, encode_text, prompt_text_for
 
 if TYPE_CHECKING:
@@ -56,6 +60,13 @@ def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     images must carry ``mm_token_type_ids`` (:func:`require_mrope_inputs`)."""
     require_mrope_inputs(batch)
     return {key: value for key, value in batch.items() if key not in EXTRA_KEYS}
+
+
+def generate_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`model_inputs` for ``model.generate``: without the collator's ``position_ids``. ``generate``
+    builds its own ([4, B, L], text positions first) and stores the ``rope_deltas`` its decoding steps
+    add to the new tokens' positions; given positions, it would skip both."""
+    return {key: value for key, value in model_inputs(batch).items() if key != POSITION_KEY}
 
 
 def lm_logits_to_keep(labels: torch.Tensor) -> int:
@@ -107,6 +118,7 @@ class VisionLanguageCollator:
             raise ValueError(f"answers must map both labels 0 (real) and 1 (fake) to a word, got keys {sorted(answers)}")
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.merge_size = int(processor.image_processor.merge_size)  # for the host mRoPE positions
         self.prompt = prompt_text_for(processor, prompt_text)
         self.padding_side = padding_side
         self.answers = dict(answers) if answers is not None else None
@@ -165,6 +177,9 @@ class VisionLanguageCollator:
                 return_tensors="pt",
             )
         )
+        if MROPE_KEY in batch and "image_grid_thw" in batch:
+            # Without mm_token_type_ids there are no 2-D positions to make: require_mrope_inputs stops the batch.
+            batch[POSITION_KEY] = host_position_ids(batch, self.merge_size)
         attention_mask = batch["attention_mask"]
         positions = torch.arange(attention_mask.shape[1])
         last_token = (positions * attention_mask).amax(dim=1)

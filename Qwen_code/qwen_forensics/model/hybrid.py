@@ -9,9 +9,11 @@ fire too early. The injection therefore hooks the next point in the forward: the
 decoder (``model.model.language_model``), which receives ``inputs_embeds`` with the image features
 already scattered in. There the heads run on the tapped features, the fusion projector turns their
 output into soft tokens, and the embeddings at the reserved slots are replaced. ``input_ids`` stay
-what the processor made (slots included), so the model computes its own mRoPE positions: 2-D for
+what the processor made (slots included), so the mRoPE positions are the model's own: 2-D for
 the image, consecutive text positions for the slots (trap 6.2 avoided without re-implementing
-``get_rope_index``, whose signature differs between transformers releases).
+``get_rope_index``). The collator computes them on the host with transformers' ``get_rope_index``
+(``model.mrope``) and they reach the base model through ``model_kwargs`` as ``position_ids``; a batch
+without them gets the same positions from the model's forward.
 
 Slot token: ``<|vision_pad|>``. It is one of Qwen2.5-VL's own special tokens, so the tokenizer keeps
 a run of N of them as exactly N tokens and the chat template never emits it; it is neither the

@@ -69,21 +69,22 @@ def main(argv: list[str] | None = None) -> None:
         fake_id, real_id = answer_token_ids(processor, fake_word, real_word)
     except ValueError as err:
         raise SystemExit(f"config error (fake_token={cfg.fake_token!r}, real_token={cfg.real_token!r}): {err}") from None
+    # The indexes are checked and their first batches decoded while the weights load.
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
+        collate=VisionLanguageCollator(processor, cfg.prompt_text))
+    evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+
     dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
     model = load_model(cfg.model_path, dtype=dtype, device=accelerator.device)
     model.requires_grad_(False)
     attach_task1_lora(model, cfg.lora_checkpoint)
     for note in check_seed_lora_keys(cfg, get_visual(model), cfg.lora_checkpoint):
         accelerator.print(f"note: {note}")
-    collate = VisionLanguageCollator(processor, cfg.prompt_text)
 
-    evaluate = SplitEvaluator(
-        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False), collate=collate,
-        predict=answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer))
-
-    test, tuned = evaluate.run(cfg.annotation_file, cfg.val_annotation_file, val_kwargs={"max_new_tokens": 0},
-                               test_kwargs={"max_new_tokens": cfg.max_new_tokens})
+    test, tuned = evaluate.run(answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer),
+                               val_kwargs={"max_new_tokens": 0}, test_kwargs={"max_new_tokens": cfg.max_new_tokens})
     if not evaluate.close():
         return
     records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped

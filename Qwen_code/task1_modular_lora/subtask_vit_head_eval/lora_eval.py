@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # The processor first: it checks image_size against the model's patch size before weights load.
     collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
+    # The indexes are checked and their first batches decoded while the weights load.
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False), collate=collate)
+    evaluate.start(cfg.ann_test, cfg.ann_val)
+
     dtype = "bfloat16" if accelerator.device.type == "cuda" and cfg.amp_dtype == "bf16" else "float32"
     visual = load_vision_tower(cfg.model_path, dtype=dtype)
     model = attach_task1_checkpoint(visual, cfg.ckpt_path)
@@ -57,12 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"note: {note}")
     model = accelerator.prepare(model)
 
-    evaluate = SplitEvaluator(
-        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
-        collate=collate, predict=lambda loader, n: predict_heads(model, loader, accelerator, cfg.amp_dtype, n))
-
-    test, tuned = evaluate.run(cfg.ann_test, cfg.ann_val)
+    test, tuned = evaluate.run(lambda loader, n: predict_heads(model, loader, accelerator, cfg.amp_dtype, n))
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
