@@ -246,7 +246,7 @@ def recompute_frozen_blocks(tower: nn.Module, count: int, lora_layers: list[int]
     last block the heads read (``last_layer``), without LoRA themselves (so no dropout is replayed).
     They are spread evenly over that range. A recomputed block runs its forward twice, so it costs
     about one block forward per step and frees everything the block kept (at 448 px and batch 16 on
-    the 7B tower about 0.45 GiB). Raises when fewer blocks qualify than asked for.
+    the 7B tower about 0.4 GiB). Raises when fewer blocks qualify than asked for.
     """
     if count == 0:
         return []

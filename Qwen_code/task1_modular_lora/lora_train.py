@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         blank = {"image": Image.new("RGB", (cfg.image_size, cfg.image_size)), "label": 1, "position": 0,
                  "mask": torch.zeros(cfg.image_size, cfg.image_size)}
         model.train()
+        # A whole batch, so that what cuDNN and cuBLAS choose per shape is chosen here, not in the
+        # first real step.
         seconds = warm_up(accelerator, model, lambda: accelerator.backward(
-            loss_fn(send_to_device(collate([blank]), accelerator.device))["total"]))
+            loss_fn(send_to_device(collate([blank] * cfg.batch_size), accelerator.device))["total"]))
         accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection): {seconds:.2f} s")
 
     best = {}

@@ -69,22 +69,25 @@ def main(argv: list[str] | None = None) -> None:
     amp_dtype = amp_name(cfg.torch_dtype) if on_gpu else "fp32"
     # The processor first: it checks image_size against the model's patch size before weights load.
     processor = load_processor(cfg.base_model_path, image_size)
+    prompt = trained.hybrid_prompt(processor)
+    if cfg.prompt is not None and cfg.prompt != trained.prompt:
+        accelerator.print(f"note: evaluating with prompt {cfg.prompt!r}; the model was trained with {trained.prompt!r}")
+        prompt = HybridPrompt.build(processor, cfg.prompt, trained.fusion_tokens, fake_word=trained.fake_word,
+                                    real_word=trained.real_word, head_verdict=trained.head_verdict_prompt)
+    # The indexes are checked and their first batches decoded while the weights load.
+    evaluate = SplitEvaluator(
+        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
+        collate=HybridCollator(processor, prompt))
+    evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+
     base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
     if cfg.lora is not None:
         for note in lora_config_notes(base, cfg.lora, trained):
             accelerator.print(f"note: {note}")
     model, spec = load_hybrid_model(base, processor, paths)
-    if cfg.prompt is not None and cfg.prompt != spec.prompt:
-        accelerator.print(f"note: evaluating with prompt {cfg.prompt!r}; the model was trained with {spec.prompt!r}")
-        model.prompt = HybridPrompt.build(processor, cfg.prompt, spec.fusion_tokens, fake_word=spec.fake_word,
-                                          real_word=spec.real_word, head_verdict=spec.head_verdict_prompt)
+    model.prompt = prompt
     answer_ids = answer_ids_for(processor, spec)
-    # The collator needs the checkpoint's prompt, so here the loaders start once the model is loaded.
-    evaluate = SplitEvaluator(
-        accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
-        collate=HybridCollator(processor, model.prompt))
-    evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
     test, tuned = evaluate.run(lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, n),
                                scores=("p_fake_lm", "p_fake_head"))
     if not evaluate.close():
