@@ -60,6 +60,12 @@ def tiny_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tiny_root) -> Path:
+    """The tiny model folder inside ``tiny_root`` (read-only: tests load it, never write to it)."""
+    return tiny_root / TINY_MODEL
+
+
+@pytest.fixture(scope="session")
 def task1_ckpt(tiny_root) -> Path:
     """lora_train.py, one optimizer step: the checkpoint folder ``final/``."""
     out = tiny_root / "t1_train"

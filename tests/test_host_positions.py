@@ -8,8 +8,6 @@ the passed positions (wrong ones change the logits), and every path to the model
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,6 @@ from PIL import Image
 from qwen_forensics.config import parse_config
 from qwen_forensics.data.collate import (HybridCollator, TrainerCollator, VisionLanguageCollator, generate_inputs,
                                          hybrid_inputs, lm_logits_to_keep, model_inputs)
-from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.model.hybrid import build_hybrid_model
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.model.mrope import host_position_ids
@@ -35,18 +32,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_qwen_host_positions"), seed=0)
+def model(tiny_model_dir):
+    return load_model(tiny_model_dir, dtype="float32").eval()
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dir):
-    return load_model(tiny_dir, dtype="float32").eval()
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_dir):
-    return load_processor(tiny_dir, IMAGE_SIZE)
+def processor(tiny_model_dir):
+    return load_processor(tiny_model_dir, IMAGE_SIZE)
 
 
 def _items(sizes=SIZES) -> list[dict]:
@@ -144,9 +136,9 @@ def test_trainer_batches_carry_the_positions(model, processor):
 
 
 @pytest.mark.parametrize("answers", [None, ANSWERS])
-def test_hybrid_model_gets_the_collators_positions(tiny_dir, processor, answers):
+def test_hybrid_model_gets_the_collators_positions(tiny_model_dir, processor, answers):
     """Task 3: HybridCollator's positions reach the base model through HybridModel.forward's kwargs."""
-    base = load_model(tiny_dir, dtype="float32")
+    base = load_model(tiny_model_dir, dtype="float32")
     cfg = parse_config(Task3TrainConfig, {"image_size": IMAGE_SIZE, "fuse_dim": 32, "fusion_tokens": 3,
                                           "head_verdict_prompt": True})
     hybrid, _ = build_hybrid_model(base, processor, cfg, say=lambda note: None)

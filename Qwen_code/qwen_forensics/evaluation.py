@@ -288,7 +288,7 @@ def decode_generated(tokenizer, ids) -> list[str]:
 
 @torch.no_grad()
 def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids: tuple[int, int], *,
-               amp_dtype: str = "bf16") -> dict[str, torch.Tensor]:
+               amp_dtype: str = "bf16", lora_cast: LoraInputCast | None = None) -> dict[str, torch.Tensor]:
     """One inference forward: ``p_fake_lm``, ``p_fake_head`` [B] and ``heatmap`` [B, H, W] probabilities.
 
     The LM's answer is read by ``answer_logits`` (the shared definition: softmax over the
@@ -299,8 +299,9 @@ def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids
     kept = {}
     handle = model.register_forward_hook(lambda module, args, output: kept.update(output=output))
     try:
-        # Under autocast PEFT's fp32 copy of every LoRA input is cast straight back (exact to skip).
-        with autocast(next(model.parameters()).device, amp_dtype, LoraInputCast(model)):
+        # Under autocast PEFT's fp32 copy of every LoRA input is cast straight back (exact to skip);
+        # a loop over batches passes one ``lora_cast`` instead of walking the modules every batch.
+        with autocast(next(model.parameters()).device, amp_dtype, lora_cast or LoraInputCast(model)):
             pair = answer_logits(model, batch, *answer_ids)
     finally:
         handle.remove()
@@ -312,7 +313,8 @@ def eval_batch(model: HybridModel, batch: Mapping[str, torch.Tensor], answer_ids
 
 @torch.no_grad()
 def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max_new_tokens: int, *,
-                      eos_token_id: int, pad_token_id: int, amp_dtype: str = "bf16") -> torch.Tensor:
+                      eos_token_id: int, pad_token_id: int, amp_dtype: str = "bf16",
+                      lora_cast: LoraInputCast | None = None) -> torch.Tensor:
     """[B, max_new_tokens] greedy continuation of each row's prompt: the LM's free-text answer.
 
     The hybrid model has no generation cache (its soft tokens are made inside the forward from the
@@ -333,7 +335,7 @@ def greedy_answer_ids(model: HybridModel, batch: Mapping[str, torch.Tensor], max
     rows = input_ids.shape[0]
     out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-    lora_cast = LoraInputCast(model)
+    lora_cast = lora_cast or LoraInputCast(model)
     for step in range(max_new_tokens):
         with autocast(input_ids.device, amp_dtype, lora_cast):
             logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
@@ -376,11 +378,12 @@ def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_
     if max_new_tokens:
         outputs["generated"] = []
         pad_id = _pad_id(tokenizer)
+    lora_cast = LoraInputCast(model)
     for batch in loader:
-        out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype)
+        out = eval_batch(model, batch, answer_ids, amp_dtype=amp_dtype, lora_cast=lora_cast)
         if max_new_tokens:
             out["generated"] = greedy_answer_ids(model, batch, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                                 pad_token_id=pad_id, amp_dtype=amp_dtype)
+                                                 pad_token_id=pad_id, amp_dtype=amp_dtype, lora_cast=lora_cast)
         positions.append(batch["position"])
         for key in outputs:
             outputs[key].append(out[key])

@@ -132,15 +132,13 @@ class LoaderClock:
         return len(self.loader)
 
     def __iter__(self):
-        iterator = iter(self.loader)
+        iterator, end = iter(self.loader), object()
         while True:
             start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                self.waited += time.perf_counter() - start
-                return
+            batch = next(iterator, end)
             self.waited += time.perf_counter() - start
+            if batch is end:
+                return
             yield batch
 
 
