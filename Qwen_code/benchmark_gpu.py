@@ -313,6 +313,7 @@ def bench_answer_eval(cfg, processor, workdir, args, results) -> None:
         inject_adapter_in_model(make_lora_config(vision_block_targets(visual, LAYERS), r=8, alpha=16, dropout=0.0),
                                 visual)
         visual.to(torch.bfloat16)
+        model.requires_grad_(False)  # as full_model_eval.py and lora_infer.py run it
         batch = 1 if variant == "seed" else 64
         b = to_device(collate(items(workdir, batch)), variant == "fast")
         tokens = int(b["input_ids"].shape[1])

@@ -1,10 +1,12 @@
 """Task 1's step without device syncs or spare memory: the patch grid handed over from the host, and
-frozen ViT blocks recomputed in the backward, each equal to the plain path."""
+frozen ViT blocks recomputed in the backward, each equal to the plain path; and the warm-up before
+timed loops, which leaves the run as it would be without it."""
 
 import numpy as np
 import pytest
 from accelerate import Accelerator
 import torch
+from torch.utils.data import DataLoader
 from peft import inject_adapter_in_model
 from PIL import Image
 from transformers import Qwen2_5_VLVisionConfig
@@ -19,7 +21,8 @@ from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
 from qwen_forensics.model.window_attention import enable_fast_paths
-from qwen_forensics.training import recompute_frozen_blocks, warm_up
+from qwen_forensics.evaluation import SplitEvaluator
+from qwen_forensics.training import FirstBatch, recompute_frozen_blocks, warm_up
 
 LORA_LAYERS = [3, 9]
 TAPPED = [9, 20]
@@ -124,3 +127,62 @@ def test_warm_up_leaves_no_trace():
     assert seconds >= 0
     assert torch.equal(torch.rand(5), expected)
     assert all(p.grad is None for p in model.parameters())
+
+
+def _order(loader) -> list[int]:
+    return [int(i) for batch in loader for i in batch]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_first_batch_comes_back_first_and_warm_up_keeps_the_data_order(workers):
+    """The warm-up step's batch is taken from the shuffled loader first; the epoch then yields it
+    and the rest in the order a run without the warm-up would see, and the next epoch reshuffles."""
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1)).train()
+    accelerator = Accelerator(cpu=True)
+    data = torch.arange(10, dtype=torch.float32)
+
+    def loader():
+        return DataLoader(data, batch_size=3, shuffle=True, num_workers=workers)
+
+    def step(batch):
+        model(batch[:, None]).sum().backward()
+
+    torch.manual_seed(5)
+    plain = loader()
+    warm_up(accelerator, model, lambda: step(torch.zeros(3)))
+    want = [_order(plain), _order(plain)]
+    torch.manual_seed(5)
+    batches = FirstBatch(loader())
+    first = batches.first()
+    assert batches.first() is first and len(batches) == 4
+    warm_up(accelerator, model, lambda: step(batches.first()))
+    got = [_order(batches), _order(batches)]
+    assert got == want and got[0][:3] == [int(i) for i in first] and sorted(got[0]) == list(range(10))
+    assert got[0] != got[1]
+    empty = FirstBatch(DataLoader(data[:0], batch_size=3))
+    assert empty.first() is None and _order(empty) == []
+
+
+def test_evaluation_warm_up_predicts_the_first_batch_then_times_the_whole_split(tiny_root, tmp_path, capsys):
+    calls = []
+
+    def predict(loader, num_records):
+        positions = [int(i) for batch in loader for i in batch["position"]]
+        calls.append((num_records, positions))
+        return positions
+
+    for warm in (True, None):
+        calls.clear()
+        evaluate = SplitEvaluator(Accelerator(cpu=True), str(tiny_root / "data"), "fail", tmp_path, batch_size=5,
+                                  num_workers=1, dataset=lambda records: list(range(len(records))),
+                                  collate=lambda items: {"position": torch.tensor(items)}, warm_up=warm)
+        evaluate.start(str(tiny_root / "data" / "testset2" / "annotation.json"))
+        test, _ = evaluate.run(predict, scores=())
+        assert test.predictions == list(range(12)) and calls[-1] == (12, list(range(12)))
+        printed = capsys.readouterr().out
+        if warm:   # one throwaway batch, then the full split, the first batch included
+            assert calls[0] == (5, [0, 1, 2, 3, 4]) and len(calls) == 2
+            assert "[warm-up] one throwaway batch" in printed
+        else:      # the default on a CPU: no warm-up
+            assert len(calls) == 1 and "[warm-up]" not in printed
+        assert "[speed] evaluation (inference loop): 12 images" in printed

@@ -21,6 +21,7 @@ from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.evaluation import answer_logits
+from qwen_forensics.hf_trainer import warm_up_trainer
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
@@ -58,9 +59,10 @@ def train_config(root: Path, **overrides) -> Task2TrainConfig:
     return parse_config(Task2TrainConfig, shipped, overrides=quick_sets(**overrides), root=str(root))
 
 
-def run_lora(root: Path, callbacks=(), **overrides) -> Trainer:
+def run_lora(root: Path, callbacks=(), warm: bool = False, **overrides) -> Trainer:
     """LORA.py's ``main`` with the quick overrides; returns its Trainer (with ``callbacks`` added and the
-    ``resume_from_checkpoint`` that ``train`` received recorded as ``resumed_from``)."""
+    ``resume_from_checkpoint`` that ``train`` received recorded as ``resumed_from``). ``warm``: the
+    CUDA-only warm-up step runs right before ``train`` (as the script does on a GPU)."""
     lora = load_script("LORA")
     made = []
 
@@ -71,6 +73,8 @@ def run_lora(root: Path, callbacks=(), **overrides) -> Trainer:
 
         def train(self, resume_from_checkpoint=None, **kwargs):
             self.resumed_from = resume_from_checkpoint
+            if warm:
+                self.warm_seconds = warm_up_trainer(self)
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     lora.Trainer = RecordingTrainer
@@ -189,3 +193,18 @@ def test_answer_only_logits_give_the_full_vocabulary_loss(root):
         got = model(**cut)
     assert got.logits.shape[1] == 3
     torch.testing.assert_close(got.loss, want, rtol=1e-6, atol=1e-6)
+
+
+def test_warm_up_step_leaves_the_trained_adapter_unchanged(root, tmp_path):
+    """The throwaway step before train() (on a GPU, kernel compilation) draws no random number the
+    run would see (LoRA dropout is on) and leaves no gradient: the adapter is the one without it."""
+    overrides = {"training_args.max_steps": 2, "training_args.learning_rate": 0.01,
+                 "training_args.save_strategy": "no", "training_args.gradient_checkpointing": False}
+    runs = []
+    for warm in (False, True):
+        trainer = run_lora(root, warm=warm, **overrides, **{"training_args.output_dir": str(tmp_path / f"ckpt{warm}"),
+                                                            "save_lora_path": str(tmp_path / f"adapter{warm}")})
+        runs.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n})
+    assert trainer.warm_seconds > 0 and runs[0].keys() == runs[1].keys() and runs[0]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name

@@ -255,6 +255,80 @@ def test_rotary_kernel_without_autograd_leaves_v_in_qkv_in_the_interpreter():
     assert done.stdout.count(" ok\n") == 4, done.stdout
 
 
+# The LM's rotary kernel: transformers' apply_rotary_pos_emb on the same views, and a whole tiny
+# model's scoring forward with the kernel in every decoder layer against the plain model.
+LM_ROTARY_CHECK = r"""
+import sys
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+from qwen_forensics.model import fused_ops as fo
+from qwen_forensics.model.loader import load_model
+torch.manual_seed(0)
+assert fo.kernels_available(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)), "Triton interpreter unavailable"
+for dtype in (torch.float32, torch.bfloat16):
+    b, s, d = 3, 37, 128
+    q, k = torch.randn(b, s, 28, d, dtype=dtype), torch.randn(b, s, 4, d, dtype=dtype)
+    cos, sin = torch.randn(b, s, d, dtype=dtype), torch.randn(b, s, d, dtype=dtype)
+    got = fo.rotary_lm(q, k, cos, sin, use_kernel=True)
+    want = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    for a, w in zip(got, want):
+        assert a.shape == w.shape and a.stride() == w.stride(), (a.stride(), w.stride())
+        assert torch.equal(a, w), (a.float() - w.float()).abs().max()
+    qg = q.clone().requires_grad_()
+    assert fo.rotary_lm(qg, k, cos, sin, use_kernel=True)[0].grad_fn is not None, "autograd takes the eager formula"
+    print(dtype, "ok")
+plain = load_model(sys.argv[1], dtype="float32", fast_paths=False)
+fast = load_model(sys.argv[1], dtype="float32")
+calls = []
+launch = fo._rotary_lm_launch
+fo._rotary_lm_launch = lambda *a: calls.append(1) or launch(*a)
+ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14]])
+mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+with torch.no_grad():
+    logits = [m(input_ids=ids, attention_mask=mask, use_cache=False).logits for m in (plain, fast)]
+layers = plain.config.text_config.num_hidden_layers
+assert len(calls) == 2 * layers, (len(calls), layers)
+torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+with torch.no_grad():
+    cached = fast(input_ids=ids, attention_mask=mask, use_cache=True)
+assert len(calls) == 2 * layers, "a forward with a cache runs transformers' own attention"
+torch.testing.assert_close(cached.logits, logits[0], rtol=1e-5, atol=1e-5)
+print("model ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernels themselves are checked (CUDA tests below)")
+def test_lm_rotary_kernel_matches_transformers_in_the_interpreter(tiny_model_dir):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", LM_ROTARY_CHECK, str(tiny_model_dir)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" ok\n") == 3, done.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels run on CUDA (the device check)")
+def test_cuda_lm_rotary_is_bit_exact_and_the_scoring_forward_matches(tiny_model_dir):
+    """bf16 at the 7B LM's head layout (28 query heads, 4 key heads, head_dim 128): bit for bit."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    from qwen_forensics.model.fused_ops import rotary_lm
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, s, d = 4, 301, 128
+    q, k = (torch.randn(b, s, h, d, device="cuda", generator=g).bfloat16() for h in (28, 4))
+    cos, sin = (torch.randn(b, s, d, device="cuda", generator=g).bfloat16() for _ in range(2))
+    got = rotary_lm(q, k, cos, sin)
+    want = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    for a, w in zip(got, want):
+        assert a.stride() == w.stride() and torch.equal(a, w)
+    plain = load_model(tiny_model_dir, dtype="bfloat16", fast_paths=False).cuda()
+    fast = load_model(tiny_model_dir, dtype="bfloat16").cuda()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14]], device="cuda")
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], device="cuda")
+    with torch.no_grad():
+        logits = [m(input_ids=ids, attention_mask=mask, use_cache=False).logits.float() for m in (plain, fast)]
+    assert (logits[1] - logits[0]).norm() / logits[0].norm() < 1e-2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels run on CUDA (the device check)")
 @pytest.mark.parametrize("sizes", [MIXED, LETTERBOXED], ids=["mixed", "letterboxed"])
 @pytest.mark.parametrize("inner", [64, 60], ids=["aligned_mlp", "packed_mlp"])

@@ -27,7 +27,7 @@ from .data.validate import load_split
 from .model.hybrid import HybridModel
 from .model.lora import LoraInputCast
 from .metrics import tune_threshold
-from .training import LoaderClock, autocast, speed_line
+from .training import FirstBatch, LoaderClock, autocast, speed_line, synchronized_clock
 
 
 @dataclass
@@ -78,7 +78,13 @@ class SplitEvaluator:
     and open its loader; in a single process its workers begin decoding at once, so the first
     batches are ready when the weights are. :meth:`run`: time ``predict(loader, num_records,
     **kwargs)`` on each, which gathers the predictions in order. Under several processes the
-    loaders are the accelerator's sharded ones and start when iterated."""
+    loaders are the accelerator's sharded ones and start when iterated.
+
+    ``warm_up`` (default: on CUDA): before the first timed loop, ``predict`` runs once on that
+    loader's first batch and its output is dropped. The first forward of a process compiles the
+    fused kernels (or loads them from Triton's disk cache) and lets cuBLAS and cuDNN pick their
+    kernels for these shapes; its seconds are printed on their own ``[warm-up]`` line, so the
+    printed images/s is the loop's steady pace. The batch is then evaluated again in the loop."""
     accelerator: Accelerator
     data_root: str
     on_bad_sample: str
@@ -87,6 +93,7 @@ class SplitEvaluator:
     num_workers: int
     dataset: Callable[[list[Record]], Dataset]
     collate: Callable
+    warm_up: bool | None = None
     _splits: dict[str, _Split] = field(default_factory=dict, init=False, repr=False)
 
     def start(self, test_index: str, val_index: str | None = None) -> None:
@@ -100,7 +107,19 @@ class SplitEvaluator:
                                 collate_fn=self.collate, pin_memory=self.accelerator.device.type == "cuda")
             batches = (_DeviceBatches(loader, self.accelerator.device) if self.accelerator.num_processes == 1
                        else self.accelerator.prepare(loader))
-            self._splits[tag] = _Split(records, skipped, batches)
+            self._splits[tag] = _Split(records, skipped, FirstBatch(batches))
+
+    def _warm_up(self, tag: str, predict: Callable[..., Any], **predict_kwargs) -> None:
+        split = self._splits[tag]
+        start = synchronized_clock()
+        batch = split.batches.first()
+        if batch is None:
+            return
+        # Each process's first batch: together the first (processes x batch size) records.
+        predict([batch], min(self.batch_size * self.accelerator.num_processes, len(split.records)), **predict_kwargs)
+        self.accelerator.print(f"[warm-up] one throwaway batch before the timed loop (kernel compilation, GEMM "
+                               f"selection; the batch is evaluated again in the loop): "
+                               f"{synchronized_clock() - start:.2f} s")
 
     def _predict(self, tag: str, predict: Callable[..., Any], started: float, **predict_kwargs) -> SplitRun:
         split = self._splits.pop(tag)
@@ -116,6 +135,10 @@ class SplitEvaluator:
         predictions; None without validation); then the test index, whose inference speed is printed."""
         if "test" not in self._splits:
             raise RuntimeError("SplitEvaluator.run: call start(test_index, val_index) first")
+        warm = self.warm_up if self.warm_up is not None else self.accelerator.device.type == "cuda"
+        if warm:
+            first = "val" if "val" in self._splits else "test"
+            self._warm_up(first, predict, **((val_kwargs if first == "val" else test_kwargs) or {}))
         started = time.perf_counter()
         tuned: dict[str, float | None] = dict.fromkeys(scores)
         if "val" in self._splits:

@@ -132,3 +132,32 @@ def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str
     out["training_args"] = dict(training_args)
     out.update(asdict(setup))
     return out
+
+
+def warm_up_trainer(trainer) -> float:
+    """One throwaway forward and backward on the training set's first batch, before ``trainer.train()``;
+    returns its seconds (``training.warm_up``: random number generators restored, gradients cleared).
+
+    The first step on a machine compiles the fused kernels and lets cuBLAS/cuDNN pick kernels for
+    these shapes; the Trainer times its whole loop, so without this that start-up would be folded
+    into ``train_samples_per_second``. The batch is collated here from the dataset (the Trainer's
+    own loader only exists inside ``train()``) and run under the autocast the Trainer's accelerator
+    will use.
+    """
+    from accelerate.utils import send_to_device
+
+    from .training import autocast, warm_up
+
+    args = trainer.args
+    dataset = trainer.train_dataset
+    batch = trainer.data_collator([dataset[i] for i in range(min(args.per_device_train_batch_size, len(dataset)))])
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    model = trainer.model
+
+    def step():
+        model.train()
+        with autocast(args.device, precision):
+            loss = trainer.compute_loss(model, send_to_device(batch, args.device))
+        loss.backward()
+
+    return warm_up(trainer.accelerator, model, step)

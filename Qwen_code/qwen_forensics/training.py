@@ -98,7 +98,7 @@ def optimizer_steps(num_batches: int, grad_accum: int, epochs: int, max_steps: i
     return min(total, max_steps) if max_steps else total
 
 
-def _synchronized_clock() -> float:
+def synchronized_clock() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
@@ -142,6 +142,37 @@ class LoaderClock:
             yield batch
 
 
+class FirstBatch:
+    """A loader whose first batch can be taken early (:meth:`first`): iterating the loader then starts
+    its workers, so they decode while the caller warms up, and the batch comes back as the first of
+    the next pass, which continues the same iterator. Later passes iterate the loader afresh."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self._iterator = None
+        self._head: list = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def first(self):
+        """The next pass's first batch (None for an empty loader), fetched now."""
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        if not self._head:
+            batch = next(self._iterator, None)
+            if batch is None:
+                return None
+            self._head.append(batch)
+        return self._head[0]
+
+    def __iter__(self):
+        iterator = self._iterator if self._iterator is not None else iter(self.loader)
+        head, self._iterator, self._head = self._head, None, []
+        yield from head
+        yield from iterator
+
+
 def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimizer, scheduler,
                 loss_fn: Callable[[dict], dict[str, torch.Tensor]], *, max_norm: float, step: int, max_step: int,
                 desc: str, shown: tuple[str, ...] | None = None, log_every: int = 20) -> tuple[int, dict[str, float]]:
@@ -160,7 +191,7 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     seen = 0
     clock = LoaderClock(loader)
     bar = tqdm(clock, desc=desc, disable=not accelerator.is_local_main_process)
-    start = _synchronized_clock()
+    start = synchronized_clock()
     for batch_index, batch in enumerate(bar):
         with accelerator.accumulate(model):
             terms = loss_fn(batch)
@@ -181,7 +212,7 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
             bar.set_postfix({k: f"{float(v) / seen:.4f}" for k, v in sums.items() if shown is None or k in shown})
         if step >= max_step:
             break
-    elapsed = _synchronized_clock() - start
+    elapsed = synchronized_clock() - start
     stats = {("loss" if k == "total" else f"loss_{k}"): float(v) / max(seen, 1) for k, v in sums.items()}
     stats["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
     stats["peak_gib"] = peak_gib()
@@ -201,12 +232,12 @@ def warm_up(accelerator: Accelerator, model: nn.Module, step: Callable[[], None]
     dropout masks and data order are those of a run without it), gradients are cleared, and under
     DDP no gradient is exchanged.
     """
-    start = _synchronized_clock()
+    start = synchronized_clock()
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), accelerator.no_sync(model):
         step()
     model.zero_grad(set_to_none=True)
-    return _synchronized_clock() - start
+    return synchronized_clock() - start
 
 
 def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[str, str], ckpt_dir: Path,

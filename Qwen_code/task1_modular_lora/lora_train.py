@@ -12,10 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-from accelerate.utils import send_to_device
 from peft import inject_adapter_in_model
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from qwen_forensics.adapters import load_adapter_strict
@@ -38,9 +35,9 @@ from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable_to_fp32
 from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.training import (autocast, build_optimizer_and_schedule, format_row, keep_best, make_accelerator,
-                                     optimizer_steps, param_groups, recompute_frozen_blocks, seed_everything,
-                                     train_epoch, warm_up)
+from qwen_forensics.training import (FirstBatch, autocast, build_optimizer_and_schedule, format_row, keep_best,
+                                     make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
+                                     seed_everything, train_epoch, warm_up)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
@@ -129,22 +126,21 @@ def main(argv: list[str] | None = None) -> None:
         return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
                              weights)
 
+    batches = FirstBatch(train_loader)
     if on_gpu:
-        blank = {"image": Image.new("RGB", (cfg.image_size, cfg.image_size)), "label": 1, "position": 0,
-                 "mask": torch.zeros(cfg.image_size, cfg.image_size)}
         model.train()
-        # A whole batch, so that what cuDNN and cuBLAS choose per shape is chosen here, not in the
-        # first real step.
-        seconds = warm_up(accelerator, model, lambda: accelerator.backward(
-            loss_fn(send_to_device(collate([blank] * cfg.batch_size), accelerator.device))["total"]))
-        accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection): {seconds:.2f} s")
+        # On the first epoch's first batch (the loader's workers start decoding the rest meanwhile),
+        # so that what cuDNN and cuBLAS choose per shape is chosen here, not in the first real step.
+        seconds = warm_up(accelerator, model, lambda: accelerator.backward(loss_fn(batches.first())["total"]))
+        accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection; the batch is "
+                          f"trained on in the epoch): {seconds:.2f} s")
 
     best = {}
     for epoch in range(start_epoch, cfg.epochs):
         if step >= steps_total:
             break
         model.train()
-        step, stats = train_epoch(accelerator, model, train_loader, optimizer, scheduler, loss_fn,
+        step, stats = train_epoch(accelerator, model, batches, optimizer, scheduler, loss_fn,
                                   max_norm=cfg.max_norm, step=step, max_step=steps_total, desc=f"epoch {epoch}")
         # NaN validation columns without validation keep the CSV's columns the same for every run.
         row = {"epoch": epoch, "step": step, **stats, "lr_head": scheduler.get_last_lr()[0],

@@ -29,7 +29,7 @@ from qwen_forensics.data.dataset import Task2ImageDataset
 from qwen_forensics.data.lm_records import read_task2_dataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
-from qwen_forensics.hf_trainer import resolved_training_config, trainer_arguments
+from qwen_forensics.hf_trainer import resolved_training_config, trainer_arguments, warm_up_trainer
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast, attach_lora, vision_inputs_require_grad
 from qwen_forensics.model.lora_targets import format_targets
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         trainer.model.print_trainable_parameters()
 
     # ---- train
+    if args.device.type == "cuda":
+        seconds = warm_up_trainer(trainer)
+        if trainer.is_world_process_zero():
+            print(f"[warm-up] one throwaway step on the first batch (kernel compilation, GEMM selection): "
+                  f"{seconds:.2f} s")
     result = trainer.train(resume_from_checkpoint=resume)
 
     # ---- save: the adapter (PEFT format) and the prompt setup lora_infer.py reads back

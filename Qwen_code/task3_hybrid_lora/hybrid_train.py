@@ -32,8 +32,8 @@ from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast
 from qwen_forensics.model.lora_targets import format_targets
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import (enable_gradient_checkpointing, format_row, hybrid_optimizer, keep_best,
-                                     make_accelerator, optimizer_steps, seed_everything, train_epoch)
+from qwen_forensics.training import (FirstBatch, enable_gradient_checkpointing, format_row, hybrid_optimizer, keep_best,
+                                     make_accelerator, optimizer_steps, seed_everything, train_epoch, warm_up)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
@@ -108,14 +108,24 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
 
     # ---- train
+    def loss_fn(batch):
+        return hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device, lora_cast)
+
+    batches = FirstBatch(train_loader)
+    if accelerator.device.type == "cuda":
+        model.train()
+        # On the first batch (the workers decode the rest meanwhile): kernel compilation and what
+        # cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
+        seconds = warm_up(accelerator, model, lambda: accelerator.backward(loss_fn(batches.first())["total"]))
+        accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection; the batch is "
+                          f"trained on in the epoch): {seconds:.2f} s")
+
     best = {}
     for epoch in range(start_epoch, cfg.epochs):
         if step >= steps_total:
             break
         model.train()
-        step, stats = train_epoch(accelerator, model, train_loader, optimizer, scheduler,
-                                  lambda batch: hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device,
-                                                            lora_cast),
+        step, stats = train_epoch(accelerator, model, batches, optimizer, scheduler, loss_fn,
                                   max_norm=cfg.max_norm, step=step, max_step=steps_total, desc=f"epoch {epoch}",
                                   shown=("total", "lm", "head"))
         lrs = dict(zip(group_names, scheduler.get_last_lr()))

@@ -5,12 +5,16 @@ matrix products: transformers' vision rotary embedding runs about ten fp32 passe
 RMSNorm six over every hidden state, SiLU-and-multiply three. Each kernel here does one read and
 one write, in fp32 registers, rounding exactly where the eager code rounds, so its outputs and
 gradients are the eager ones up to the order of fp32 operations (tested against the eager path).
+Intermediate roundings to bf16 are done in integer arithmetic (``_round_to``): written as a float
+round trip, ``x.to(bf16).to(fp32)``, the compiler dropped them on the H200 (a quarter of the LM
+rotary's outputs then differed from transformers' by one bf16 step; with it, none do).
 
 - ``rotary_split(qkv, cos, sin, heads)``: the attention's packed ``qkv`` projection -> rotated
   ``q``, ``k`` and ``v``, each [N, heads, head_dim]. In training ``v`` is a contiguous copy: only
   ``cos``/``sin`` are kept for backward (the eager path keeps fp32 copies of q and k), and the qkv
   buffer is freed. Without autograd (no grad mode, or qkv not requiring grad) the kernel reads and
   writes only q and k (a third less traffic) and ``v`` is a view of qkv, as on the eager path.
+- ``rotary_lm(q, k, cos, sin)``: the language model's rotary embedding, bit for bit (inference only).
 - ``rms_norm(x, weight, eps)``: ``weight * bf16(x32 * rsqrt(mean(x32^2) + eps))``; keeps the
   half-precision input and one fp32 value per row for backward (eager keeps an fp32 copy).
 - ``silu_mul(gate, up)``: ``bf16(silu(gate)) * up``; keeps gate and up (eager keeps a third tensor);
@@ -27,7 +31,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, apply_rotary_pos_emb_vision
 
 try:
     import triton
@@ -68,56 +72,96 @@ def silu_mul_eager(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 if triton is not None:
     @triton.jit
-    def _rotary_fwd(qkv, cos, sin, q_out, k_out, v_out, n, C: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_V: tl.constexpr):
-        # One program: BLOCK_N tokens x all heads, so every load is a contiguous run of the row.
-        # WRITE_V=False (inference): v is left in qkv and v_out is never touched.
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_C)
-        d = cols % D
-        first = d < HALF
-        partner = cols - d + tl.where(first, d + HALF, d - HALF)
-        mask = (rows[:, None] < n) & (cols[None, :] < C)
-        angle = rows[:, None] * D + d[None, :]
-        c = tl.load(cos + angle, mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(sin + angle, mask=mask, other=0.0).to(tl.float32)
-        # rotate_half(x) = cat(-x2, x1): the partner element, negated in the first half.
-        sign = tl.where(first, -1.0, 1.0)[None, :]
-        src = rows[:, None] * (3 * C)
-        out = rows[:, None] * C + cols[None, :]
-        for part in tl.static_range(2):
-            x = tl.load(qkv + src + part * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            xp = tl.load(qkv + src + part * C + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-            y = x * c + (sign * xp) * s
-            dst = q_out if part == 0 else k_out
-            tl.store(dst + out, y.to(dst.dtype.element_ty), mask=mask)
-        if WRITE_V:
-            tl.store(v_out + out, tl.load(qkv + src + 2 * C + cols[None, :], mask=mask, other=0.0), mask=mask)
+    def _round_to(x, ty: tl.constexpr):
+        # x (fp32) rounded to the nearest ``ty`` value, ties to even, kept in fp32. For bf16 in
+        # integer arithmetic (the top 16 bits of the rounded fp32 pattern): bit for bit what
+        # torch's bf16 conversion does, on the GPU and in Triton's interpreter alike.
+        if ty == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return x.to(ty).to(tl.float32)
 
     @triton.jit
-    def _rotary_bwd(gq, gk, gv, cos, sin, gqkv, n, C: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_C)
-        d = cols % D
-        first = d < HALF
-        dp = tl.where(first, d + HALF, d - HALF)
-        partner = cols - d + dp
-        mask = (rows[:, None] < n) & (cols[None, :] < C)
-        c = tl.load(cos + rows[:, None] * D + d[None, :], mask=mask, other=0.0).to(tl.float32)
-        sp = tl.load(sin + rows[:, None] * D + dp[None, :], mask=mask, other=0.0).to(tl.float32)
-        # The transpose of x -> x * cos + rotate_half(x) * sin: rotate_half^T(y) = cat(y2, -y1).
-        sign = tl.where(first, 1.0, -1.0)[None, :]
-        src = rows[:, None] * C
-        dst = rows[:, None] * (3 * C)
-        for part in tl.static_range(2):
-            g = gq if part == 0 else gk
-            x = tl.load(g + src + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            xp = tl.load(g + src + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-            y = x * c + sign * (xp * sp)
-            tl.store(gqkv + dst + part * C + cols[None, :], y.to(gqkv.dtype.element_ty), mask=mask)
-        tl.store(gqkv + dst + 2 * C + cols[None, :], tl.load(gv + src + cols[None, :], mask=mask, other=0.0),
-                 mask=mask)
+    def _rope_fwd(src, cos, sin, dst, n, SRC_ROW: tl.constexpr, PART: tl.constexpr, HEADS: tl.constexpr,
+                  HEADS_P: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr,
+                  ROTATE: tl.constexpr, COPY: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_EACH: tl.constexpr):
+        # One program: BLOCK_N tokens x all heads x both halves of head_dim, as a [BLOCK_N, heads,
+        # half] block: the first and second half of every head are loaded as their own contiguous
+        # runs, so rotate_half needs no second (gathered) load, and cos/sin are read once per token.
+        # Source row t, part p (q, k, v of a packed qkv), head h, element j: src[t * SRC_ROW +
+        # p * PART + h * D + j]; destination: a [ROTATE + COPY, n, HEADS, D] buffer. The first ROTATE
+        # parts are rotated, the next COPY parts copied (v in training).
+        t = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None, None]
+        h = tl.arange(0, HEADS_P)[None, :, None]
+        j = tl.arange(0, HALF_P)[None, None, :]
+        row_ok = t < n
+        mask = row_ok & (h < HEADS) & (j < HALF)
+        angle = t * D + j
+        angle_ok = row_ok & (j < HALF)
+        c1 = tl.load(cos + angle, mask=angle_ok, other=0.0).to(tl.float32)
+        c2 = tl.load(cos + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(sin + angle, mask=angle_ok, other=0.0).to(tl.float32)
+        s2 = tl.load(sin + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        ty = dst.dtype.element_ty
+        within = h * D + j
+        for part in tl.static_range(ROTATE + COPY):
+            at = src + t * SRC_ROW + part * PART + within
+            out = dst + (part * n + t) * (HEADS * D) + within
+            x1 = tl.load(at, mask=mask, other=0.0)
+            x2 = tl.load(at + HALF, mask=mask, other=0.0)
+            if part < ROTATE:
+                x1 = x1.to(tl.float32)
+                x2 = x2.to(tl.float32)
+                # rotate_half(x) = cat(-x2, x1). ROUND_EACH: the LM's eager path multiplies and adds
+                # in half precision, so each product and the sum are rounded as it rounds them; the
+                # vision path computes in fp32 and rounds once.
+                if ROUND_EACH:
+                    y1 = _round_to(_round_to(x1 * c1, ty) + _round_to(-(x2 * s1), ty), ty)
+                    y2 = _round_to(_round_to(x2 * c2, ty) + _round_to(x1 * s2, ty), ty)
+                else:
+                    y1 = x1 * c1 - x2 * s1
+                    y2 = x2 * c2 + x1 * s2
+                tl.store(out, y1.to(ty), mask=mask)
+                tl.store(out + HALF, y2.to(ty), mask=mask)
+            else:
+                tl.store(out, x1, mask=mask)
+                tl.store(out + HALF, x2, mask=mask)
+
+    @triton.jit
+    def _rope_bwd(gq, gk, gv, cos, sin, gsrc, n, HEADS: tl.constexpr, HEADS_P: tl.constexpr, D: tl.constexpr,
+                  HALF: tl.constexpr, HALF_P: tl.constexpr, BLOCK_N: tl.constexpr):
+        # The vision path's backward: (dq, dk, dv), each [n, HEADS, D], into the packed [n, 3 * HEADS * D]
+        # gradient of qkv. The transpose of x -> x * cos + rotate_half(x) * sin is
+        # g -> g * cos + rotate_half^T(g * sin), with rotate_half^T(y) = cat(y2, -y1).
+        t = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None, None]
+        h = tl.arange(0, HEADS_P)[None, :, None]
+        j = tl.arange(0, HALF_P)[None, None, :]
+        row_ok = t < n
+        mask = row_ok & (h < HEADS) & (j < HALF)
+        angle = t * D + j
+        angle_ok = row_ok & (j < HALF)
+        c1 = tl.load(cos + angle, mask=angle_ok, other=0.0).to(tl.float32)
+        c2 = tl.load(cos + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(sin + angle, mask=angle_ok, other=0.0).to(tl.float32)
+        s2 = tl.load(sin + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        ty = gsrc.dtype.element_ty
+        within = h * D + j
+        for part in tl.static_range(3):
+            g = gq if part == 0 else (gk if part == 1 else gv)
+            at = g + t * (HEADS * D) + within
+            out = gsrc + t * (3 * HEADS * D) + part * (HEADS * D) + within
+            g1 = tl.load(at, mask=mask, other=0.0)
+            g2 = tl.load(at + HALF, mask=mask, other=0.0)
+            if part < 2:
+                g1 = g1.to(tl.float32)
+                g2 = g2.to(tl.float32)
+                tl.store(out, (g1 * c1 + g2 * s2).to(ty), mask=mask)
+                tl.store(out + HALF, (g2 * c2 - g1 * s1).to(ty), mask=mask)
+            else:
+                tl.store(out, g1, mask=mask)
+                tl.store(out + HALF, g2, mask=mask)
 
     @triton.jit
     def _rms_fwd(x, w, y, rstd, n, C: tl.constexpr, eps, BLOCK_C: tl.constexpr):
@@ -126,7 +170,7 @@ if triton is not None:
         mask = cols < C
         x32 = tl.load(x + row * C + cols, mask=mask, other=0.0).to(tl.float32)
         r = tl.rsqrt(tl.sum(x32 * x32, axis=0) / C + eps)
-        normed = (x32 * r).to(y.dtype.element_ty).to(tl.float32)
+        normed = _round_to(x32 * r, y.dtype.element_ty)
         weight = tl.load(w + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(y + row * C + cols, (weight * normed).to(y.dtype.element_ty), mask=mask)
         tl.store(rstd + row, r)
@@ -140,7 +184,7 @@ if triton is not None:
         weight = tl.load(w + cols, mask=mask, other=0.0).to(tl.float32)
         # Eager rounds the gradient of weight * n (a half-precision product) before the fp32 part.
         gn = (tl.load(g + row * C + cols, mask=mask, other=0.0).to(tl.float32) * weight)
-        gn = gn.to(gx.dtype.element_ty).to(tl.float32)
+        gn = _round_to(gn, gx.dtype.element_ty)
         r = tl.load(rstd + row)
         dot = tl.sum(gn * x32, axis=0)
         out = r * gn - x32 * (r * r * r) * (dot / C)
@@ -152,7 +196,7 @@ if triton is not None:
         mask = offs < n
         g = tl.load(gate + offs, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(up + offs, mask=mask, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(y.dtype.element_ty).to(tl.float32)
+        act = _round_to(g / (1.0 + tl.exp(-g)), y.dtype.element_ty)
         tl.store(y + offs, (act * u).to(y.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -164,13 +208,14 @@ if triton is not None:
         g = tl.load(gate + offs, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(up + offs, mask=mask, other=0.0).to(tl.float32)
         sig = 1.0 / (1.0 + tl.exp(-g))
-        act = (g / (1.0 + tl.exp(-g))).to(out_ty).to(tl.float32)
-        grad_act = (grad * u).to(out_ty).to(tl.float32)
+        act = _round_to(g / (1.0 + tl.exp(-g)), out_ty)
+        grad_act = _round_to(grad * u, out_ty)
         tl.store(g_up + offs, (grad * act).to(out_ty), mask=mask)
         tl.store(g_gate + offs, (grad_act * sig * (1.0 + g * (1.0 - sig))).to(out_ty), mask=mask)
 
 
-_ROTARY_ROWS = 4
+# Elements of one rotary program: BLOCK_N tokens x pow2(heads) x pow2(head_dim / 2).
+_ROTARY_BLOCK = 2048
 
 
 if triton is not None:
@@ -182,7 +227,7 @@ if triton is not None:
         mask = cols < WIDTH
         g = tl.load(gu + row * (2 * WIDTH) + cols, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(gu + row * (2 * WIDTH) + WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(y.dtype.element_ty).to(tl.float32)
+        act = _round_to(g / (1.0 + tl.exp(-g)), y.dtype.element_ty)
         tl.store(y + row * WIDTH + cols, (act * u).to(y.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -195,8 +240,8 @@ if triton is not None:
         g = tl.load(gu + row * (2 * WIDTH) + cols, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(gu + row * (2 * WIDTH) + WIDTH + cols, mask=mask, other=0.0).to(tl.float32)
         sig = 1.0 / (1.0 + tl.exp(-g))
-        act = (g / (1.0 + tl.exp(-g))).to(out_ty).to(tl.float32)
-        grad_act = (grad * u).to(out_ty).to(tl.float32)
+        act = _round_to(g / (1.0 + tl.exp(-g)), out_ty)
+        grad_act = _round_to(grad * u, out_ty)
         tl.store(ggu + row * (2 * WIDTH) + WIDTH + cols, (grad * act).to(out_ty), mask=mask)
         tl.store(ggu + row * (2 * WIDTH) + cols, (grad_act * sig * (1.0 + g * (1.0 - sig))).to(out_ty), mask=mask)
 
@@ -205,16 +250,23 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _rope_shape(heads: int, d: int) -> dict:
+    heads_p, half_p = _pow2(heads), _pow2(d // 2)
+    return {"HEADS": heads, "HEADS_P": heads_p, "D": d, "HALF": d // 2, "HALF_P": half_p,
+            "BLOCK_N": max(1, _ROTARY_BLOCK // (heads_p * half_p))}
+
+
 def _rotary_launch(qkv, cos, sin, heads, write_v):
     """The forward kernel: rotated q, k and, with ``write_v``, a contiguous v (else v is a view of qkv)."""
     n, c3 = qkv.shape
     c = c3 // 3
     d = c // heads
-    q, k = (torch.empty(n, heads, d, dtype=qkv.dtype, device=qkv.device) for _ in range(2))
-    v = torch.empty(n, heads, d, dtype=qkv.dtype, device=qkv.device) if write_v else qkv.view(n, 3, heads, d)[:, 2]
-    _rotary_fwd[(triton.cdiv(n, _ROTARY_ROWS),)](qkv, cos, sin, q, k, v, n, C=c, D=d, HALF=d // 2,
-                                                 BLOCK_N=_ROTARY_ROWS, BLOCK_C=_pow2(c), WRITE_V=write_v)
-    return q, k, v
+    out = torch.empty(3 if write_v else 2, n, heads, d, dtype=qkv.dtype, device=qkv.device)
+    shape = _rope_shape(heads, d)
+    _rope_fwd[(triton.cdiv(n, shape["BLOCK_N"]),)](qkv, cos, sin, out, n, SRC_ROW=c3, PART=c, ROTATE=2,
+                                                   COPY=int(write_v), ROUND_EACH=False, **shape)
+    v = out[2] if write_v else qkv.view(n, 3, heads, d)[:, 2]
+    return out[0], out[1], v
 
 
 class _RotarySplit(torch.autograd.Function):
@@ -237,8 +289,8 @@ class _RotarySplit(torch.autograd.Function):
         gq, gk, gv = (torch.zeros(n, heads, d, dtype=dtype, device=cos.device) if g is None else g.contiguous()
                       for g in (gq, gk, gv))
         gqkv = torch.empty(n, 3 * c, dtype=dtype, device=cos.device)
-        _rotary_bwd[(triton.cdiv(n, _ROTARY_ROWS),)](gq, gk, gv, cos, sin, gqkv, n, C=c, D=d, HALF=d // 2,
-                                                     BLOCK_N=_ROTARY_ROWS, BLOCK_C=_pow2(c))
+        shape = _rope_shape(heads, d)
+        _rope_bwd[(triton.cdiv(n, shape["BLOCK_N"]),)](gq, gk, gv, cos, sin, gqkv, n, **shape)
         return gqkv, None, None, None
 
 
@@ -329,11 +381,46 @@ def rotary_split(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads:
     return rotary_split_eager(qkv, cos, sin, heads)
 
 
+def _rotary_lm_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    b, length, heads, d = x.shape
+    n = b * length
+    out = torch.empty(1, n, heads, d, dtype=x.dtype, device=x.device)
+    shape = _rope_shape(heads, d)
+    _rope_fwd[(triton.cdiv(n, shape["BLOCK_N"]),)](x, cos, sin, out, n, SRC_ROW=heads * d, PART=0, ROTATE=1, COPY=0,
+                                                   ROUND_EACH=True, **shape)
+    return out[0].view(b, length, heads, d).transpose(1, 2)
+
+
+def rotary_lm(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
+              use_kernel: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The language model's rotary embedding (transformers' ``apply_rotary_pos_emb``) for q, k as the
+    projections give them, [B, S, heads, head_dim], and cos, sin [B, S, head_dim] (mRoPE already
+    recomposed by the model's rotary module). Returns q, k rotated as [B, heads, S, head_dim] views
+    with the eager path's strides (memory in [B, S, heads, head_dim] order).
+
+    The kernel (one read and one write of q and of k, instead of about ten passes over strided views)
+    rounds each product and the sum to the half-precision dtype exactly where the eager code does,
+    so its values are the eager ones bit for bit on the GPU. It has no backward: with autograd it is
+    the eager formula.
+    """
+    if use_kernel is None:
+        use_kernel = kernels_available(q, k, cos, sin)
+    b, length = q.shape[:2]
+    fits = (q.dim() == k.dim() == 4 and cos.shape == sin.shape == (b, length, q.shape[-1]) and k.shape[:2] == (b, length)
+            and k.shape[-1] == q.shape[-1] and q.shape[-1] % 2 == 0
+            and q.dtype == k.dtype == cos.dtype == sin.dtype and all(t.is_contiguous() for t in (q, k, cos, sin)))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, cos, sin))
+    if use_kernel and fits and not needs_grad:
+        return _rotary_lm_launch(q, cos, sin), _rotary_lm_launch(k, cos, sin)
+    return apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, use_kernel: bool | None = None) -> torch.Tensor:
-    """Qwen2.5-VL's RMSNorm; the kernel only where the weight is frozen and matches the input's dtype."""
+    """Qwen2.5-VL's RMSNorm; the kernel where the weight matches the input's dtype and gets no gradient
+    (frozen, or no autograd: an evaluation of a model whose weights were never frozen)."""
     if use_kernel is None:
         use_kernel = kernels_available(x, weight)
-    if use_kernel and not weight.requires_grad and weight.dtype == x.dtype:
+    if use_kernel and weight.dtype == x.dtype and not (torch.is_grad_enabled() and weight.requires_grad):
         return _RMSNorm.apply(x, weight, eps)
     return rms_norm_eager(x, weight, eps)
 

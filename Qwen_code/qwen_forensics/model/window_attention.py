@@ -13,7 +13,8 @@ of 64 images makes about a thousand tiny attention calls per block, and the GPU 
   keyword arguments transformers' ``vision_utils`` accepts for exactly this, together with each
   block's attention plan, so no block reads ``cu_seqlens`` back to the host (a sync per block);
 - rotary embedding, RMSNorm and SiLU-and-multiply run as the fused kernels of ``fused_ops``
-  (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM;
+  (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM (the LM's
+  rotary embedding in forwards without a KV cache or autograd: the evaluations' scoring forward);
 - the vision MLP's frozen weights live in storage padded to a 16-byte aligned width (3420 -> 3424),
   gate and up as one GEMM: Hopper's fast GEMM kernels need that alignment (see ``_PackedMLP``);
 - the patch embedding, a Conv3d whose stride is its kernel, runs as the matrix product it is
@@ -36,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import vision_utils
 from transformers.activations import SiLUActivation
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 from transformers.utils.generic import get_max_seqlen
 
-from .fused_ops import rms_norm, rotary_split, silu_mul, silu_mul_packed
+from .fused_ops import kernels_available, rms_norm, rotary_lm, rotary_split, silu_mul, silu_mul_packed
 
 __all__ = ["AttentionPlan", "enable_fast_paths", "plan_attention"]
 
@@ -100,6 +103,35 @@ def _attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tens
     if plan[0] is not cu_seqlens:
         plan = (cu_seqlens, plan_attention(cu_seqlens.tolist(), q.device))
     return self.proj(_attend(q, k, v, plan[1], self.scaling))
+
+
+def _lm_attention_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None,
+                          position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
+    """transformers' LM attention with the rotary embedding as one kernel per tensor (``rotary_lm``).
+
+    Taken where the kernel applies: a forward without a KV cache (the evaluations' scoring forward,
+    the hybrid model's generation) and without autograd, on CUDA half precision. Everything else,
+    a cache included (its update's signature differs between transformers releases), runs the
+    class's own forward unchanged.
+    """
+    if (kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or position_embeddings is None
+            or not kernels_available(hidden_states) or torch.is_grad_enabled()):
+        return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                  position_embeddings=position_embeddings, **kwargs)
+    kwargs.pop("cache", None)
+    kwargs.pop("past_key_values", None)
+    bsz, q_len, _ = hidden_states.shape
+    shape = (bsz, q_len, -1, self.head_dim)
+    q = self.q_proj(hidden_states).view(shape)
+    k = self.k_proj(hidden_states).view(shape)
+    v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+    q, k = rotary_lm(q, k, *position_embeddings)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    out, weights = attend(self, q, k, v, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
+                          scaling=self.scaling, sliding_window=self.sliding_window, position_ids=position_ids,
+                          **kwargs)
+    return self.o_proj(out.reshape(bsz, q_len, -1).contiguous()), weights
 
 
 def _patch_embed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -274,7 +306,7 @@ def enable_fast_paths(model: nn.Module) -> dict[str, int]:
     all windows in one varlen call). RMSNorm and SiLU MLPs are switched everywhere; they fall back to
     the eager formula wherever the fused kernels do not apply.
     """
-    counts = {"attention": 0, "rms_norm": 0, "mlp": 0, "vision_inputs": 0, "patch_embed": 0}
+    counts = {"attention": 0, "rms_norm": 0, "mlp": 0, "vision_inputs": 0, "patch_embed": 0, "lm_attention": 0}
     for module in model.modules():
         name = type(module).__name__
         if name == "Qwen2_5_VisionTransformerPretrainedModel" and not getattr(module, "_fast_inputs", False):
@@ -290,6 +322,9 @@ def enable_fast_paths(model: nn.Module) -> dict[str, int]:
         elif name == "Qwen2_5_VisionPatchEmbed" and _patch_embed_is_linear(module):
             module.forward = types.MethodType(_patch_embed_forward, module)
             counts["patch_embed"] += 1
+        elif name == "Qwen2_5_VLAttention":
+            module.forward = types.MethodType(_lm_attention_forward, module)
+            counts["lm_attention"] += 1
         elif name == "Qwen2_5_VLRMSNorm":
             module.forward = types.MethodType(_rms_norm_forward, module)
             counts["rms_norm"] += 1
