@@ -269,21 +269,20 @@ def enable_gradient_checkpointing(base: nn.Module) -> None:
 
 
 def recompute_frozen_blocks(tower: nn.Module, count: int, lora_layers: list[int], last_layer: int) -> list[int]:
-    """Non-reentrant checkpointing of ``count`` frozen ViT blocks of ``tower``; returns their indices.
+    """Non-reentrant checkpointing of up to ``count`` frozen ViT blocks of ``tower``; returns their indices.
 
     Only blocks that keep activations for the backward qualify: from the first LoRA block to the
     last block the heads read (``last_layer``), without LoRA themselves (so no dropout is replayed).
     They are spread evenly over that range. A recomputed block runs its forward twice, so it costs
     about one block forward per step and frees everything the block kept (at 448 px and batch 16 on
-    the 7B tower about 0.4 GiB). Raises when fewer blocks qualify than asked for.
+    the 7B tower about 0.4 GiB). When fewer blocks qualify than ``count`` (other LoRA or tapped
+    layers than the shipped config's), all that qualify are recomputed; the caller compares.
     """
-    if count == 0:
-        return []
     lora = set(lora_layers)
     candidates = [i for i in range(min(lora_layers), last_layer + 1) if i not in lora] if lora_layers else []
-    if count > len(candidates):
-        raise ValueError(f"recompute_blocks={count}: only {len(candidates)} frozen blocks lie between the first LoRA "
-                         f"block and the last tapped block {last_layer} ({candidates}); lower recompute_blocks")
+    count = min(count, len(candidates))
+    if count <= 0:
+        return []
     step = len(candidates) / count
     chosen = [candidates[int(k * step + step / 2)] for k in range(count)]
     for index in chosen:

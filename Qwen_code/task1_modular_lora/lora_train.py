@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     recomputed = recompute_frozen_blocks(visual, cfg.recompute_blocks, cfg.lora_target_layers, max(cfg.visual_layers))
     if recomputed:
         accelerator.print(f"recompute_blocks: ViT blocks {recomputed} recompute their activations in the backward")
+    if len(recomputed) < cfg.recompute_blocks:
+        accelerator.print(f"recompute_blocks={cfg.recompute_blocks}: only {len(recomputed)} frozen blocks lie between "
+                          f"the first LoRA block and the last tapped block (all of them recomputed)")
     model = ForensicViT(visual, cfg.visual_layers, heads.to(accelerator.device))
     lora_params = trainable_to_fp32(visual)
     lora_cast = LoraInputCast(visual)
