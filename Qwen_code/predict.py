@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and folders")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=4, help="loader processes decoding the images while the "
+                                                                   "model runs (0: in this process; default: "
+                                                                   "%(default)s)")
     parser.add_argument("--model", help="base model folder (default: the one the checkpoint's training recorded)")
     parser.add_argument("--max-new-tokens", type=int, default=4,
                         help="tokens of free-text LM answer per image (Tasks 2 and 3; 0: none; default: %(default)s)")
@@ -54,8 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                                      "(default: %(default)s)")
     parser.add_argument("--recursive", action="store_true", help="scan subfolders of folder inputs too")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.max_new_tokens < 0:
-        parser.error("--batch-size must be >= 1 and --max-new-tokens >= 0")
+    if args.batch_size < 1 or args.max_new_tokens < 0 or args.num_workers < 0:
+        parser.error("--batch-size must be >= 1, --max-new-tokens and --num-workers >= 0")
     return args
 
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     preds = Predictions()
     if scan.images:
         preds = predict_images(ckpt, scan.images, model_path=model, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
+                               num_workers=args.num_workers, max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
                                accelerator=make_accelerator(1))
     rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold)
     run = {"checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model, "image_size": ckpt.image_size,

@@ -51,7 +51,8 @@ def inputs(tiny_root, tmp_path_factory) -> dict:
 
 def predict(ckpt: Path, inputs: dict, out: Path, *extra: str) -> tuple[list[dict], str]:
     printed = run_script("predict", None, argv=["--ckpt", str(ckpt), str(inputs["folder"]), str(inputs["loose"]),
-                                                "--out", str(out), "--batch-size", "5", *extra])
+                                                "--out", str(out), "--batch-size", "5", "--num-workers", "0",
+                                                *extra])
     rows = json.loads((out / "predictions.json").read_text())
     with (out / "predictions.csv").open(newline="") as f:
         assert [dict(r) for r in csv.DictReader(f)] == [{k: str(v) for k, v in r.items()} for r in rows]
@@ -115,6 +116,13 @@ def test_task1_heads_on_mixed_images(task1_ckpt, tiny_root, inputs, tmp_path):
         expected = unletterbox(heat.numpy(), letterbox_geometry(row["height"], row["width"], 112))
         saved = np.asarray(Image.open(row["heatmap_png"]), dtype=np.float64) / 255
         assert np.abs(saved - expected).max() <= 0.5 / 255 + 1e-6
+
+
+def test_loader_workers_give_the_same_rows(task1_ckpt, inputs, tmp_path):
+    """--num-workers decodes in other processes; the rows (order, sizes, scores) are the same."""
+    rows = [predict(task1_ckpt, inputs, tmp_path / f"out{n}", "--num-workers", str(n))[0] for n in (0, 2)]
+    strip = [[{k: v for k, v in r.items() if not k.endswith("_png")} for r in run] for run in rows]
+    assert strip[0] == strip[1] and len(strip[0]) == len(inputs["good"]) + 1
 
 
 def test_task2_answer_and_text_on_mixed_images(task2_adapter, tiny_root, inputs, tmp_path):

@@ -269,14 +269,16 @@ class Predictions:
 
 
 def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str, batch_size: int,
-                   max_new_tokens: int, accelerator) -> Predictions:
-    """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched."""
+                   max_new_tokens: int, accelerator, num_workers: int = 0) -> Predictions:
+    """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched; with
+    ``num_workers`` loader processes decoding and letterboxing them meanwhile."""
     on_gpu = accelerator.device.type == "cuda"
     dtype, amp_dtype = ("bfloat16", "bf16") if on_gpu else ("float32", "fp32")
     dataset = ImageFileDataset(images, ckpt.image_size)
 
     def loader(collate):
-        return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=on_gpu))
+        return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=on_gpu,
+                                              num_workers=num_workers))
 
     processor = load_processor(model_path, ckpt.image_size)
     if ckpt.kind == TASK1:
