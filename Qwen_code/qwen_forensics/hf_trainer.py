@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from accelerate.utils import send_to_device
 
 from .config import ConfigError, config_dict, relocate_path
 from .prompts import PromptSetup
+from .training import autocast, warm_up
 
 
 _PATH_ARGS = ("output_dir", "logging_dir", "resume_from_checkpoint")
@@ -144,10 +146,6 @@ def warm_up_trainer(trainer) -> float:
     own loader only exists inside ``train()``) and run under the autocast the Trainer's accelerator
     will use.
     """
-    from accelerate.utils import send_to_device
-
-    from .training import autocast, warm_up
-
     args = trainer.args
     dataset = trainer.train_dataset
     batch = trainer.data_collator([dataset[i] for i in range(min(args.per_device_train_batch_size, len(dataset)))])

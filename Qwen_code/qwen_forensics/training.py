@@ -240,6 +240,19 @@ def warm_up(accelerator: Accelerator, model: nn.Module, step: Callable[[], None]
     return synchronized_clock() - start
 
 
+def warm_up_first_batch(accelerator: Accelerator, model: nn.Module, batches: FirstBatch,
+                        loss_fn: Callable[[dict], dict[str, torch.Tensor]]) -> None:
+    """The custom recipes' warm-up (Task 1, Task 3), on CUDA only: :func:`warm_up` with a forward and
+    backward of the first epoch's first batch (the loader's workers decode the rest meanwhile; the
+    batch is trained on in the epoch), its seconds printed on their own line."""
+    if accelerator.device.type != "cuda":
+        return
+    model.train()
+    seconds = warm_up(accelerator, model, lambda: accelerator.backward(loss_fn(batches.first())["total"]))
+    accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection; the batch is trained on "
+                      f"in the epoch): {seconds:.2f} s")
+
+
 def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[str, str], ckpt_dir: Path,
               out_dir: Path, say: Callable[[str], None] = print) -> None:
     """Copy ``ckpt_dir`` to ``out_dir/<folder>`` for every metric that improved (e.g. best_by_AUROC)."""

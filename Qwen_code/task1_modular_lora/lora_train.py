@@ -37,7 +37,7 @@ from qwen_forensics.model.lora_targets import format_targets, vision_block_targe
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (FirstBatch, autocast, build_optimizer_and_schedule, format_row, keep_best,
                                      make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
-                                     seed_everything, train_epoch, warm_up)
+                                     seed_everything, train_epoch, warm_up_first_batch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
@@ -130,13 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                              weights)
 
     batches = FirstBatch(train_loader)
-    if on_gpu:
-        model.train()
-        # On the first epoch's first batch (the loader's workers start decoding the rest meanwhile),
-        # so that what cuDNN and cuBLAS choose per shape is chosen here, not in the first real step.
-        seconds = warm_up(accelerator, model, lambda: accelerator.backward(loss_fn(batches.first())["total"]))
-        accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection; the batch is "
-                          f"trained on in the epoch): {seconds:.2f} s")
+    # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
+    warm_up_first_batch(accelerator, model, batches, loss_fn)
 
     best = {}
     for epoch in range(start_epoch, cfg.epochs):

@@ -32,8 +32,9 @@ from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast
 from qwen_forensics.model.lora_targets import format_targets
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import (FirstBatch, enable_gradient_checkpointing, format_row, hybrid_optimizer, keep_best,
-                                     make_accelerator, optimizer_steps, seed_everything, train_epoch, warm_up)
+from qwen_forensics.training import (FirstBatch, enable_gradient_checkpointing, format_row, hybrid_optimizer,
+                                     keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch,
+                                     warm_up_first_batch)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
@@ -112,13 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         return hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device, lora_cast)
 
     batches = FirstBatch(train_loader)
-    if accelerator.device.type == "cuda":
-        model.train()
-        # On the first batch (the workers decode the rest meanwhile): kernel compilation and what
-        # cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
-        seconds = warm_up(accelerator, model, lambda: accelerator.backward(loss_fn(batches.first())["total"]))
-        accelerator.print(f"[warm-up] one throwaway step (kernel compilation, GEMM selection; the batch is "
-                          f"trained on in the epoch): {seconds:.2f} s")
+    # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
+    warm_up_first_batch(accelerator, model, batches, loss_fn)
 
     best = {}
     for epoch in range(start_epoch, cfg.epochs):

@@ -84,6 +84,23 @@ if triton is not None:
             return x.to(ty).to(tl.float32)
 
     @triton.jit
+    def _rope_tile(cos, sin, n, HEADS: tl.constexpr, HEADS_P: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+                   HALF_P: tl.constexpr, BLOCK_N: tl.constexpr):
+        # This program's [BLOCK_N tokens, heads, half] block: token rows t, the offset of (head, j)
+        # within a row, the mask, and the token's cos/sin for both halves (read once per token).
+        t = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None, None]
+        h = tl.arange(0, HEADS_P)[None, :, None]
+        j = tl.arange(0, HALF_P)[None, None, :]
+        row_ok = t < n
+        angle = t * D + j
+        angle_ok = row_ok & (j < HALF)
+        c1 = tl.load(cos + angle, mask=angle_ok, other=0.0).to(tl.float32)
+        c2 = tl.load(cos + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(sin + angle, mask=angle_ok, other=0.0).to(tl.float32)
+        s2 = tl.load(sin + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        return t, h * D + j, row_ok & (h < HEADS) & (j < HALF), c1, c2, s1, s2
+
+    @triton.jit
     def _rope_fwd(src, cos, sin, dst, n, SRC_ROW: tl.constexpr, PART: tl.constexpr, HEADS: tl.constexpr,
                   HEADS_P: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr,
                   ROTATE: tl.constexpr, COPY: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_EACH: tl.constexpr):
@@ -93,19 +110,8 @@ if triton is not None:
         # Source row t, part p (q, k, v of a packed qkv), head h, element j: src[t * SRC_ROW +
         # p * PART + h * D + j]; destination: a [ROTATE + COPY, n, HEADS, D] buffer. The first ROTATE
         # parts are rotated, the next COPY parts copied (v in training).
-        t = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None, None]
-        h = tl.arange(0, HEADS_P)[None, :, None]
-        j = tl.arange(0, HALF_P)[None, None, :]
-        row_ok = t < n
-        mask = row_ok & (h < HEADS) & (j < HALF)
-        angle = t * D + j
-        angle_ok = row_ok & (j < HALF)
-        c1 = tl.load(cos + angle, mask=angle_ok, other=0.0).to(tl.float32)
-        c2 = tl.load(cos + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
-        s1 = tl.load(sin + angle, mask=angle_ok, other=0.0).to(tl.float32)
-        s2 = tl.load(sin + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        t, within, mask, c1, c2, s1, s2 = _rope_tile(cos, sin, n, HEADS, HEADS_P, D, HALF, HALF_P, BLOCK_N)
         ty = dst.dtype.element_ty
-        within = h * D + j
         for part in tl.static_range(ROTATE + COPY):
             at = src + t * SRC_ROW + part * PART + within
             out = dst + (part * n + t) * (HEADS * D) + within
@@ -135,19 +141,8 @@ if triton is not None:
         # The vision path's backward: (dq, dk, dv), each [n, HEADS, D], into the packed [n, 3 * HEADS * D]
         # gradient of qkv. The transpose of x -> x * cos + rotate_half(x) * sin is
         # g -> g * cos + rotate_half^T(g * sin), with rotate_half^T(y) = cat(y2, -y1).
-        t = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None, None]
-        h = tl.arange(0, HEADS_P)[None, :, None]
-        j = tl.arange(0, HALF_P)[None, None, :]
-        row_ok = t < n
-        mask = row_ok & (h < HEADS) & (j < HALF)
-        angle = t * D + j
-        angle_ok = row_ok & (j < HALF)
-        c1 = tl.load(cos + angle, mask=angle_ok, other=0.0).to(tl.float32)
-        c2 = tl.load(cos + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
-        s1 = tl.load(sin + angle, mask=angle_ok, other=0.0).to(tl.float32)
-        s2 = tl.load(sin + angle + HALF, mask=angle_ok, other=0.0).to(tl.float32)
+        t, within, mask, c1, c2, s1, s2 = _rope_tile(cos, sin, n, HEADS, HEADS_P, D, HALF, HALF_P, BLOCK_N)
         ty = gsrc.dtype.element_ty
-        within = h * D + j
         for part in tl.static_range(3):
             g = gq if part == 0 else (gk if part == 1 else gv)
             at = g + t * (HEADS * D) + within

@@ -14,7 +14,8 @@ of 64 images makes about a thousand tiny attention calls per block, and the GPU 
   block's attention plan, so no block reads ``cu_seqlens`` back to the host (a sync per block);
 - rotary embedding, RMSNorm and SiLU-and-multiply run as the fused kernels of ``fused_ops``
   (CUDA, half precision; the eager formula elsewhere), in the vision tower and in the LM (the LM's
-  rotary embedding in forwards without a KV cache or autograd: the evaluations' scoring forward);
+  rotary kernel in forwards without autograd, e.g. the evaluations' scoring forward; forwards with a
+  KV cache keep transformers' attention);
 - the vision MLP's frozen weights live in storage padded to a 16-byte aligned width (3420 -> 3424),
   gate and up as one GEMM: Hopper's fast GEMM kernels need that alignment (see ``_PackedMLP``);
 - the patch embedding, a Conv3d whose stride is its kernel, runs as the matrix product it is
@@ -41,7 +42,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 from transformers.utils.generic import get_max_seqlen
 
-from .fused_ops import kernels_available, rms_norm, rotary_lm, rotary_split, silu_mul, silu_mul_packed
+from .fused_ops import rms_norm, rotary_lm, rotary_split, silu_mul, silu_mul_packed
 
 __all__ = ["AttentionPlan", "enable_fast_paths", "plan_attention"]
 
@@ -108,15 +109,12 @@ def _attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tens
 def _lm_attention_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           position_ids: torch.Tensor | None = None,
                           position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
-    """transformers' LM attention with the rotary embedding as one kernel per tensor (``rotary_lm``).
-
-    Taken where the kernel applies: a forward without a KV cache (the evaluations' scoring forward,
-    the hybrid model's generation) and without autograd, on CUDA half precision. Everything else,
-    a cache included (its update's signature differs between transformers releases), runs the
-    class's own forward unchanged.
+    """transformers' LM attention, with the rotary embedding through ``rotary_lm`` (a kernel per tensor
+    where it applies: CUDA half precision, no autograd, e.g. the evaluations' scoring forward; the
+    eager formula otherwise). A forward with a KV cache runs the class's own forward unchanged: the
+    cache update's signature differs between transformers releases.
     """
-    if (kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or position_embeddings is None
-            or not kernels_available(hidden_states) or torch.is_grad_enabled()):
+    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None or position_embeddings is None:
         return type(self).forward(self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                                   position_embeddings=position_embeddings, **kwargs)
     kwargs.pop("cache", None)
