@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from qwen_forensics.data.leakage import check_leakage
-from qwen_forensics.data.records import load_index
+from qwen_forensics.data.records import BadIndex, load_index
 from qwen_forensics.data.validate import validate_records
 
 
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         try:
             records = load_index(path)
-        except (OSError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
+        except BadIndex as err:
+            print(f"error: {err.code}", file=sys.stderr)
             return 2
         report = validate_records(records, data_root, check_files=not args.no_files, source=str(path))
         print(report.summary(top_sizes=args.top_sizes))

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from qwen_forensics.data.leakage import video_groups
-from qwen_forensics.data.records import Record, load_index, save_index
+from qwen_forensics.data.records import BadIndex, Record, load_index, save_index
 from qwen_forensics.data.split import split_by_video
 from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         report = validate_records(load_index(args.annotation), args.annotation.parent, check_files=False, source=str(args.annotation))
         records = apply_bad_sample_policy(report, "fail", out_dir)
         train, val = split_by_video(records, args.val_fraction, args.seed)
+    except BadIndex as err:
+        print(f"error: {err.code}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ checkpoint's ``image_size`` as in evaluation, in batches of ``--batch-size``.
 Writes into ``--out`` (default ``predictions`` in the current folder): ``predictions.csv`` and
 ``predictions.json`` (one row per image, input order), ``heatmaps/`` and ``overlays/``, ``skipped.json``
 (unreadable, truncated or non-image files with the reason, and folder entries without an image
-extension) and ``run.json`` (the checkpoint used). Folders are scanned for .jpg .jpeg .png .bmp .webp
+extension) and ``run.json`` (the checkpoint used, the run id). An earlier run's files in ``--out`` are
+first moved to ``previous_runs/<its start time>/``. Folders are scanned for .jpg .jpeg .png .bmp .webp
 .tif .tiff (``--recursive``: subfolders too). Exit code 2 when the checkpoint or model cannot be used,
 1 when no input is a readable image.
 """
@@ -33,10 +34,11 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.inference import (IMAGE_SUFFIXES, MODEL_KEYS, RUN_JSON, CheckpointError, Predictions,
-                                      collect_images, detect_checkpoint, predict_images, primary_score,
+from qwen_forensics.inference import (IMAGE_SUFFIXES, MODEL_KEYS, PREDICT_OUTPUTS, RUN_JSON, CheckpointError,
+                                      Predictions, collect_images, detect_checkpoint, predict_images, primary_score,
                                       write_predictions)
 from qwen_forensics.model.loader import MODEL_FOLDER_CONTENTS
+from qwen_forensics.runs import start_run
 from qwen_forensics.training import make_accelerator
 
 
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {ckpt.kind} at {ckpt.folder} ({parts}; image_size {ckpt.image_size or 'native'}); "
           f"model: {model}")
 
+    # An earlier prediction run in --out is moved to previous_runs/ instead of being overwritten.
+    values = {k: str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v
+              for k, v in vars(args).items()}
+    run_record = start_run(args.out, Path(__file__).name, values, PREDICT_OUTPUTS, keep=[args.ckpt, *args.inputs])
     scan = collect_images(args.inputs, recursive=args.recursive, exclude=args.out)
     for bad in scan.bad:
         print(f"skipped {bad.path}: {bad.reason}")
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                num_workers=args.num_workers, max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
                                accelerator=make_accelerator(1))
     rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold)
-    run = {"checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model, "image_size": ckpt.image_size,
+    run = {**run_record.columns(), "checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model,
+           "image_size": ckpt.image_size,
            "p_fake": primary_score(ckpt), "threshold": args.threshold, "images": len(rows), "skipped": len(scan.bad),
            "notes": list(ckpt.notes)}
     (args.out / RUN_JSON).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.data.records import Record, load_index, parse_size, save_index, video_key, video_overlap
+from qwen_forensics.data.records import (BadIndex, Record, load_index, parse_size, save_index, video_key,
+                                         video_overlap)
 from qwen_forensics.data.validate import validate_records
 from scripts import SHARED_INDEX, needs_real_index
 
@@ -61,32 +62,44 @@ def test_semantic_problems_stay_representable(tmp_path):
     assert (empty_mask.mask_path, empty_mask.mask_size) == (None, None)
 
 
+def test_a_file_that_is_not_an_index_is_one_error_naming_it(tmp_path):
+    path = write_json(tmp_path / "broken_idx.json", {"image_path": "x"})
+    with pytest.raises(BadIndex) as err:
+        load_index(path)
+    assert str(path) in str(err.value.code) and "top level must be a JSON list" in str(err.value.code)
+    assert "fix the index file" in str(err.value.code)
+
+
 @pytest.mark.parametrize(
-    "content, fragment",
+    "entry, reason",
     [
-        ({"image_path": "x"}, "top level must be a list"),
-        (["not an object"], "record 0: expected an object"),
-        ([{"image_path": "x", "label": 0}], "record 0: missing key(s) ['mask_path']"),
-        ([{"image_path": "a", "mask_path": "1x1", "label": 0}, {"image_path": 5, "mask_path": "1x1", "label": 0}], "record 1: image_path must be a string"),
-        ([{"image_path": "a", "mask_path": 7, "label": 1}], "record 0: mask_path must be a string or null"),
-        ([{"image_path": "a", "mask_path": "1x1", "label": "0"}], "record 0: label must be an integer"),
-        ([{"image_path": "a", "mask_path": "1x1", "label": True}], "record 0: label must be an integer"),
+        ("not an object", 'expected an object {"image_path", "mask_path", "label"}, got "not an object"'),
+        ({"image_path": "x", "label": 0}, "missing key(s) 'mask_path'"),
+        ({"mask_path": "1x1", "label": 0}, "missing key(s) 'image_path'"),
+        ({"image_path": 5, "mask_path": "1x1", "label": 0}, "image_path 5 is not a string"),
+        ({"image_path": "a", "mask_path": 7, "label": 1}, "mask_path 7 is not a string"),
+        ({"image_path": "a", "mask_path": "1x1", "label": "0"}, 'label "0" is a string: write 0'),
+        ({"image_path": "a", "mask_path": "m.jpg", "label": "1"}, 'label "1" is a string: write 1'),
+        ({"image_path": "a", "mask_path": "m.jpg", "label": "fake"}, 'label "fake" is a string: write 0 (real) or 1 (fake)'),
+        ({"image_path": "a", "mask_path": "1x1", "label": None}, "label is null: write 0 (real) or 1 (fake)"),
+        ({"image_path": "a", "mask_path": "1x1", "label": True}, "label true is a boolean: write 1"),
+        ({"image_path": "a", "mask_path": "1x1", "label": 1.0}, "label 1.0 is not an integer: write 1"),
     ],
 )
-def test_structural_errors_name_file_record_and_fix(tmp_path, content, fragment):
-    path = write_json(tmp_path / "broken_idx.json", content)
-    with pytest.raises(ValueError) as err:
-        load_index(path)
-    msg = str(err.value)
-    assert str(path) in msg and fragment in msg and "fix the index file" in msg
+def test_a_defective_entry_is_a_record_with_its_reason_and_nothing_coerced(tmp_path, entry, reason):
+    good = {"image_path": "b__frame1.jpg", "mask_path": "2x2", "label": 0}
+    first, bad, last = load_index(write_json(tmp_path / "idx.json", [good, entry, good]))
+    assert first.defect is None and last.defect is None and (first.index, last.index) == (0, 2)
+    assert bad.index == 1 and bad.defect.startswith(reason), bad.defect
+    assert bad.label == -1 and bad.to_json() == entry, "the entry is kept as written, never coerced"
 
 
 def test_load_index_invalid_json_and_missing_file(tmp_path):
     path = tmp_path / "idx.json"
     path.write_text("[{", encoding="utf-8")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(BadIndex, match="not valid JSON"):
         load_index(path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(BadIndex, match="does not exist"):
         load_index(tmp_path / "absent.json")
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from qwen_forensics.data import validate as V
-from qwen_forensics.data.records import load_index
+from qwen_forensics.data.records import BadIndex, load_index
 from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
 
 H, W = 60, 80
@@ -62,6 +62,11 @@ def build_broken_index(root: Path) -> tuple[Path, dict[int, set[str]]]:
     cut_mask = noise_jpeg_bytes(H, W, seed=4, mode="L")
     add({"image_path": img(root, "cutmask__frame1"), "mask_path": put(root, "trainingset2/spatial_localize/cutmask__frame1.jpg", cut_mask[: len(cut_mask) // 2]), "label": 1}, {V.TRUNCATED_MASK})
     add({"image_path": img(root, "textmask__frame1"), "mask_path": put(root, "trainingset2/spatial_localize/textmask__frame1.jpg", b"garbage"), "label": 1}, {V.UNREADABLE_MASK})
+    # Entries that are not readable records: reported like any other problem, never coerced.
+    add({"image_path": img(root, "strlabel__frame1"), "mask_path": f"{H}x{W}", "label": "1"}, {V.BAD_RECORD})
+    add({"image_path": img(root, "nulllabel__frame1"), "mask_path": f"{H}x{W}", "label": None}, {V.BAD_RECORD})
+    add({"mask_path": f"{H}x{W}", "label": 0}, {V.BAD_RECORD})
+    add(["trainingset2/image/good_real__frame1.jpg", f"{H}x{W}", 0], {V.BAD_RECORD})
     index = root / "trainingset2" / "annotation.json"
     index.write_text(json.dumps(entries), encoding="utf-8")
     return index, expected
@@ -74,13 +79,19 @@ def test_broken_index_reports_every_problem_at_once(tmp_path):
     for p in report.problems:
         found.setdefault(p.index, set()).add(p.kind)
     assert found == expected
-    all_kinds = {V.MISSING_IMAGE, V.UNREADABLE_IMAGE, V.TRUNCATED_IMAGE, V.MISSING_MASK, V.UNREADABLE_MASK, V.TRUNCATED_MASK, V.BAD_SIZE_STRING, V.BAD_LABEL, V.SIZE_MISMATCH, V.DUPLICATE}
+    all_kinds = {V.MISSING_IMAGE, V.UNREADABLE_IMAGE, V.TRUNCATED_IMAGE, V.MISSING_MASK, V.UNREADABLE_MASK, V.TRUNCATED_MASK, V.BAD_SIZE_STRING, V.BAD_LABEL, V.SIZE_MISMATCH, V.DUPLICATE, V.BAD_RECORD}
     assert set(report.problem_counts()) == all_kinds
     assert report.label_counts == {0: 6, 1: 7, 2: 1}
     # Every readable image (all but missing / unreadable) is 60x80; the truncated one still has a header size.
     assert report.size_histogram == {f"{H}x{W}": 12}
     dup = next(p for p in report.problems if p.kind == V.DUPLICATE)
     assert dup.message == "same image_path as record 0"
+    reasons = [p.message for p in report.problems if p.kind == V.BAD_RECORD]
+    assert reasons == ['label "1" is a string: write 1', "label is null: write 0 (real) or 1 (fake)",
+                       "missing key(s) 'image_path': every record needs ['image_path', 'mask_path', 'label']",
+                       'expected an object {"image_path", "mask_path", "label"}, got a list: write the record as a '
+                       "JSON object"]
+    assert "not readable as records: 4" in report.summary()
     mismatch = next(p for p in report.problems if p.index == 10)
     assert "is 40x40 but the image is 60x80" in mismatch.message
     text = report.summary()
@@ -94,7 +105,7 @@ def test_empty_index_is_a_problem(tmp_path):
     report = validate_records(load_index(index), tmp_path, source=str(index))
     assert [(p.index, p.kind) for p in report.problems] == [(None, V.EMPTY_INDEX)]
     assert str(index) in report.problems[0].message
-    with pytest.raises(ValueError, match="no usable records"):
+    with pytest.raises(BadIndex, match="no usable record"):
         apply_bad_sample_policy(report, "skip", tmp_path / "out")
 
 
@@ -102,7 +113,8 @@ def test_index_only_mode_checks_what_the_index_says(tmp_path):
     index, _ = build_broken_index(tmp_path)
     report = validate_records(load_index(index), tmp_path / "elsewhere", check_files=False)
     found = {(p.index, p.kind) for p in report.problems}
-    assert found == {(6, V.MISSING_MASK), (7, V.BAD_SIZE_STRING), (8, V.BAD_LABEL), (11, V.DUPLICATE)}
+    assert found == {(6, V.MISSING_MASK), (7, V.BAD_SIZE_STRING), (8, V.BAD_LABEL), (11, V.DUPLICATE),
+                     *((i, V.BAD_RECORD) for i in (14, 15, 16, 17))}
     assert report.image_sizes == {}
     # Reals' "HxW" is all the index says about sizes (the malformed one is not counted).
     assert report.size_histogram == {f"{H}x{W}": 4, f"{H - 10}x{W}": 1}
@@ -111,10 +123,11 @@ def test_index_only_mode_checks_what_the_index_says(tmp_path):
 def test_fail_policy_lists_all_problems_with_file_and_hint(tmp_path):
     index, expected = build_broken_index(tmp_path)
     report = validate_records(load_index(index), tmp_path, source=str(index))
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(BadIndex) as err:
         apply_bad_sample_policy(report, "fail", tmp_path / "out")
-    msg = str(err.value)
-    assert msg.startswith(f"{index}: {len(report.problems)} problem(s)")
+    msg = str(err.value.code)
+    assert msg.startswith(report.summary()), "the whole report is the message"
+    assert f"stopped: {len(report.problems)} problem(s) in {len(expected)} record(s) of {index}" in msg
     assert all(f"record {i} " in msg for i in expected)
     assert 'on_bad_sample "skip"' in msg and "check_data.py" in msg
     assert not (tmp_path / "out").exists()
@@ -125,15 +138,15 @@ def test_skip_policy_writes_skipped_list_and_returns_good(tmp_path):
     report = validate_records(load_index(index), tmp_path, source=str(index))
     good = apply_bad_sample_policy(report, "skip", tmp_path / "out")
     assert [r.index for r in good] == [0, 1]
-    assert report.num_skipped == len(expected) == 12
-    assert report.to_dict()["num_skipped"] == 12
+    assert report.num_skipped == len(expected) == 16
+    assert report.to_dict()["num_skipped"] == 16
     written = json.loads((tmp_path / "out" / V.SKIPPED_FILE).read_text())
-    assert written["source"] == str(index) and written["num_skipped"] == 12
+    assert written["source"] == str(index) and written["num_skipped"] == 16
     assert [s["index"] for s in written["skipped"]] == sorted(expected)
     for entry in written["skipped"]:
         assert {p["kind"] for p in entry["problems"]} == expected[entry["index"]]
     raw = json.loads(index.read_text())
-    assert written["skipped"][0]["record"] == raw[written["skipped"][0]["index"]]
+    assert all(entry["record"] == raw[entry["index"]] for entry in written["skipped"]), "listed as written"
 
 
 def test_clean_index_passes_both_policies(tmp_path):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config_paths import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, ConfigMeta, PathContext, config_meta,
-                           effective_root, input_paths, output_folder, relocate_path, resolve_paths)
+                           effective_root, implied_root, input_paths, output_folder, relocate_path, resolve_paths)
 
 IGNORED_KEYS = {"working_dir": "ignored: scripts resolve every path themselves and never chdir"}
 # Written into resolved_config.json next to the values; skipped when that file is read back as a config.
@@ -217,6 +217,8 @@ def parse_config(cls: type[T], data: dict, *, overrides: list[str] = (), root: s
     cfg = _build(cls, data, cls.__name__, meta)
     overridden = {".".join(_parse_override(text)[0]) for text in overrides}
     ctx = PathContext(effective_root(root), base_dir, None, overridden, meta, check_inputs)
+    if ctx.root is None:
+        ctx.implied_root = implied_root(cfg, ctx)
     ctx.out_dir = output_folder(cfg, ctx)
     resolve_paths(cfg, ctx, "", cls.__name__)
     cfg.__dict__["_config_meta"] = meta
@@ -256,8 +258,11 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
                            base_dir=base_dir, check_inputs=True)
     except ConfigError as err:
         raise SystemExit(f"config error ({args.config}): {err}") from None
-    for note in config_meta(cfg).notes:
+    meta = config_meta(cfg)
+    for note in meta.notes:
         print(f"[config] {note}", file=sys.stderr)
+    if meta.output_line:
+        print(f"[output] {meta.output_line}", file=sys.stderr)
     return cfg, effective_root(args.root)
 
 

@@ -24,6 +24,7 @@ class ConfigMeta:
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     key_names: dict[str, str] = dataclasses.field(default_factory=dict)  # field path -> key as written
+    output_line: str | None = None  # where this run's outputs go and why (printed at the start)
 
 
 def config_meta(cfg: Any) -> ConfigMeta:
@@ -51,12 +52,13 @@ def relocate_path(value: str, root: str | None, base_dir: Path | None = None) ->
 
 @dataclasses.dataclass
 class PathContext:
-    root: str | None
+    root: str | None            # --root / $QWEN_FORENSICS_ROOT: relocates every path under DEFAULT_ROOT
     base_dir: Path | None
     out_dir: Path | None
     overridden: set[str]
     meta: ConfigMeta
     check_inputs: bool
+    implied_root: str | None = None  # relocates only the defaults (see implied_root)
 
 
 def key_name(meta: ConfigMeta, cls_name: str, dotted: str) -> str:
@@ -89,9 +91,14 @@ def resolve_paths(obj: Any, ctx: PathContext, prefix: str, cls_name: str) -> Non
         if not isinstance(value, str) or not value:
             ctx.meta.sources[key] = "off (not in the config)" if origin == "default" else f"off ({origin})"
             continue
+        if role == "out_dir":
+            setattr(obj, f.name, str(ctx.out_dir))
+            ctx.meta.sources[key] = origin if value == str(ctx.out_dir) else f"{origin}: {value!r}"
+            continue
         given = value
         anchor = ctx.out_dir if role == "out" and ctx.out_dir is not None else ctx.base_dir
-        value = relocate_path(value, ctx.root, anchor)
+        root = ctx.root or (ctx.implied_root if origin == "default" else None)
+        value = relocate_path(value, root, anchor)
         resolve = f.metadata.get("resolve")
         if resolve is not None:
             try:
@@ -107,13 +114,71 @@ def resolve_paths(obj: Any, ctx: PathContext, prefix: str, cls_name: str) -> Non
         ctx.meta.sources[key] = origin if given == value else f"{origin}: {given!r}"
 
 
+def _top_level_paths(cfg: Any, role: str, ctx: PathContext) -> list[tuple[str, str, str]]:
+    """(field name, value, origin) of ``cfg``'s top-level path fields of ``role`` holding a path."""
+    found = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("path") == role and isinstance(value, str) and value:
+            found.append((f.name, value, _origin(cfg, f.name, f.name, ctx)))
+    return found
+
+
+def implied_root(cfg: Any, ctx: PathContext) -> str | None:
+    """The root the config's own paths imply, for the defaults it leaves out (no ``--root`` given).
+
+    A user who moved the default layout edits the paths: ``data_root: /work/me/data`` where the
+    default is ``/root/autodl-tmp/data``. Each path the config names that ends like its default's part
+    below ``/root/autodl-tmp`` implies a root (here ``/work/me``); when all such paths imply one root,
+    the defaults the config leaves out (an output folder it never names) go under it instead of
+    ``/root/autodl-tmp``. Paths that imply different roots imply none.
+    """
+    implied = set()
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), f.default
+        if (f.metadata.get("path") is None or not isinstance(value, str) or not isinstance(default, str)
+                or not default.startswith(DEFAULT_ROOT + "/") or _origin(cfg, f.name, f.name, ctx) == "default"):
+            continue
+        tail = default[len(DEFAULT_ROOT):]
+        value = os.path.normpath(value)
+        if os.path.isabs(value) and value.endswith(tail) and len(value) > len(tail):
+            implied.add(value[: -len(tail)])
+    if len(implied) != 1:
+        return None
+    found = implied.pop()
+    return None if found == DEFAULT_ROOT else found
+
+
 def output_folder(cfg: Any, ctx: PathContext) -> Path | None:
+    """The run's output folder: the ``OUTPUT_DIR`` field when the config names it; else the folder of
+    the first absolute output path the config names (``csv_path``, then ``output_json``, ...: the
+    class's output fields in order), so that one run's outputs land in one folder; else the default
+    (under ``--root``, or the root the config's paths imply). Records the choice in ``meta.output_line``."""
     name = getattr(type(cfg), "OUTPUT_DIR", None)
     if name is None:
         return None
-    value = getattr(cfg, name)
-    relocated = relocate_path(value, ctx.root, ctx.base_dir)
-    return Path(relocated)
+    origin = _origin(cfg, name, name, ctx)
+    key = key_name(ctx.meta, type(cfg).__name__, name)
+    if origin != "default":
+        folder = Path(relocate_path(getattr(cfg, name), ctx.root, ctx.base_dir))
+        ctx.meta.output_line = f"outputs of this run: {folder} ({key})"
+        return folder
+    for field_name, value, field_origin in _top_level_paths(cfg, "out", ctx):
+        if field_origin != "default" and (os.path.isabs(value) or value.startswith(DEFAULT_ROOT)):
+            folder = Path(relocate_path(value, ctx.root, None)).parent
+            written = key_name(ctx.meta, type(cfg).__name__, field_name)
+            ctx.meta.output_line = (f"outputs of this run: {folder} (the folder of {written}; the config names no "
+                                    f"{key})")
+            return folder
+    folder = Path(relocate_path(getattr(cfg, name), ctx.root or ctx.implied_root, ctx.base_dir))
+    if ctx.root:
+        why = f"{key} not in the config: its default under --root {ctx.root}"
+    elif ctx.implied_root:
+        why = f"{key} not in the config: its default under {ctx.implied_root}, the root the config's paths imply"
+    else:
+        why = f"{key} not in the config: its default"
+    ctx.meta.output_line = f"outputs of this run: {folder} ({why})"
+    return folder
 
 
 def input_paths(cfg: Any) -> dict[str, str]:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .breakdown import select_gallery
+from .checkpoint import RESOLVED_CONFIG_NAME
 from .data.geometry import original_size_heatmap
 from .data.masks import MaskRule, load_binary_mask
 from .data.records import Record
@@ -36,6 +37,7 @@ from .evaluation import AnswerScores
 from .files import append_csv_row
 from .metrics import PixelMetricAccumulator, combined_score, image_report
 from .report import GalleryItem, row_caption, write_report
+from .runs import Run
 from .visualize import save_heatmap_panel
 
 REPORT_NAME = "report.html"
@@ -115,7 +117,13 @@ def gallery(source: HeatmapSource, rows: Sequence[Mapping[str, Any]], score_colu
     return [item(i) for i in best], [item(i) for i in worst]
 
 
-def finish_evaluation(*, out_dir: str | os.PathLike, output_json: str | os.PathLike, csv_path: str | os.PathLike,
+def evaluation_outputs(output_json: str | os.PathLike) -> list[str]:
+    """What an evaluation writes into its output folder (``runs``; the metrics CSV is appended, not listed)."""
+    return [RESOLVED_CONFIG_NAME, str(output_json), HEATMAP_DIR, REPORT_NAME, "skipped_*"]
+
+
+def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str | os.PathLike,
+                      csv_path: str | os.PathLike,
                       csv_row: Mapping[str, Any], csv_columns: Sequence[str], rows: Sequence[Mapping[str, Any]],
                       metrics: Mapping[str, Any], score_columns: Sequence[str],
                       thresholds: Mapping[str, float | None], title: str, description: Mapping[str, Any],
@@ -127,9 +135,15 @@ def finish_evaluation(*, out_dir: str | os.PathLike, output_json: str | os.PathL
     pixel metrics and ``mask_area`` of ``eval_outputs.score_heads``). ``csv_row`` is appended to
     ``csv_path`` with ``csv_columns`` leading (``files.append_csv_row``). ``thresholds``: the tuned
     threshold per score column, None without a validation index. ``metrics`` and ``description`` are
-    the report's metrics table and run facts. Main process only.
+    the report's metrics table and run facts; both gain the ``run``'s id and config hash, and the
+    report the number of skipped records (``num_skipped``). Main process only.
     """
     out_dir = Path(out_dir)
+    csv_row = {**csv_row, **run.columns()}
+    description = {**description, **run.columns()}
+    if csv_row.get("num_skipped"):
+        description["skipped records"] = (f"{csv_row['num_skipped']} (on_bad_sample: skip; listed with their reasons in "
+                                          f"{out_dir}/skipped_*/skipped_records.json)")
     predictions = write_predictions(output_json, rows)
     pictures: list[Path] = []
     best: list[GalleryItem] = []

@@ -311,6 +311,10 @@ PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 SKIPPED_JSON = "skipped.json"
 RUN_JSON = "run.json"
+HEATMAPS_DIR = "heatmaps"
+OVERLAYS_DIR = "overlays"
+# Everything predict.py writes into its output folder (``runs``).
+PREDICT_OUTPUTS = (PREDICTIONS_CSV, PREDICTIONS_JSON, SKIPPED_JSON, RUN_JSON, HEATMAPS_DIR, OVERLAYS_DIR)
 
 
 def primary_score(ckpt: Checkpoint) -> str:
@@ -344,9 +348,9 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: P
         if preds.heatmaps is not None:
             prob_map = original_size_heatmap(preds.heatmaps[k], (height, width), ckpt.image_size)
             name = f"{k:05d}_{path.stem}.png"
-            row["heatmap_png"] = str(save_probability_map(prob_map, out_dir / "heatmaps" / name))
+            row["heatmap_png"] = str(save_probability_map(prob_map, out_dir / HEATMAPS_DIR / name))
             with Image.open(path) as img:
-                row["overlay_png"] = str(save_overlay(img, prob_map, out_dir / "overlays" / name))
+                row["overlay_png"] = str(save_overlay(img, prob_map, out_dir / OVERLAYS_DIR / name))
         rows.append(row)
     with (out_dir / PREDICTIONS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])

@@ -3,12 +3,13 @@ optimizer groups, schedule, autocast. The recipes themselves stay readable top t
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .checkpoint import RESOLVED_CONFIG_NAME
 from .dtypes import resolve_dtype
 from .model.hybrid import HybridModel
 from .model.lora import trainable_base_parameters
@@ -264,6 +266,29 @@ def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[s
                 shutil.rmtree(target)
             shutil.copytree(ckpt_dir, target)
             say(f"new {name}: {key} = {metrics[key]:.4f} ({ckpt_dir.name})")
+
+
+def training_outputs(*final: str) -> list[str]:
+    """What a Task 1 / Task 3 training run writes into its output folder (``runs``): the resolved
+    config, ``epoch_N/`` and ``best_by_*/`` checkpoints, skipped-record lists, and its ``final`` paths."""
+    return [RESOLVED_CONFIG_NAME, "epoch_*", "best_by_*", "skipped_*", *final]
+
+
+def best_logged(train_log: str | Path, run_id: str, metrics: Sequence[str]) -> dict[str, float]:
+    """The best ``val_<metric>`` of the rows run ``run_id`` already appended to ``train_log``, so that a
+    resumed run chooses ``best_by_*`` within the whole run (the :func:`keep_best` state)."""
+    path = Path(train_log)
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("run_id") == run_id]
+    best = {}
+    for key in metrics:
+        values = [float(r[f"val_{key}"]) for r in rows if r.get(f"val_{key}") not in (None, "", "nan")]
+        values = [v for v in values if not math.isnan(v)]
+        if values:
+            best[key] = max(values)
+    return best
 
 
 def format_row(row: dict) -> str:

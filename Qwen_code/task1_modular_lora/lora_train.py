@@ -35,11 +35,14 @@ from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable_to_fp32
 from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.training import (FirstBatch, autocast, build_optimizer_and_schedule, format_row, keep_best,
-                                     make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
-                                     seed_everything, train_epoch, warm_up_first_batch)
+from qwen_forensics.runs import start_config_run
+from qwen_forensics.training import (FirstBatch, autocast, best_logged, build_optimizer_and_schedule, format_row,
+                                     keep_best, make_accelerator, optimizer_steps, param_groups,
+                                     recompute_frozen_blocks, seed_everything, train_epoch, training_outputs,
+                                     warm_up_first_batch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
+BEST_FOLDERS = {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
                      "lr_lora", *(f"val_{k}" for k in VAL_LOG_METRICS), "images_per_s"]
 
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    # An earlier run in out_dir is moved to previous_runs/ (a resume continues its own run instead).
+    run = start_config_run(cfg, Path(__file__).name, training_outputs(cfg.final_trained_heads),
+                           appended=[cfg.train_log], resume=bool(cfg.resume), accelerator=accelerator,
+                           say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
     warm_up_first_batch(accelerator, model, batches, loss_fn)
 
-    best = {}
+    best = best_logged(cfg.train_log, run.run_id, BEST_FOLDERS) if cfg.resume else {}
     for epoch in range(start_epoch, cfg.epochs):
         if step >= steps_total:
             break
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         # NaN validation columns without validation keep the CSV's columns the same for every run.
         row = {"epoch": epoch, "step": step, **stats, "lr_head": scheduler.get_last_lr()[0],
                "lr_lora": scheduler.get_last_lr()[-1], **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS},
-               **leak_check.columns()}
+               **leak_check.columns(), **run.columns()}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
@@ -153,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                 heatmaps = HeatmapSource(val_records, preds.heatmaps, Path(cfg.data_root), mask_rule, cfg.image_size)
                 metrics, _ = score_heads(heatmaps, preds.p_fake)
                 row.update({f"val_{k}": metrics[k] for k in VAL_LOG_METRICS})
-                keep_best(metrics, best, {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir, out_dir,
-                          accelerator.print)
+                keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))

@@ -26,20 +26,32 @@ from qwen_forensics.checkpoint import write_resolved_config
 from qwen_forensics.config import load_config_and_paths
 from qwen_forensics.data.collate import TrainerCollator, make_collator
 from qwen_forensics.data.dataset import Task2ImageDataset
-from qwen_forensics.data.lm_records import read_task2_dataset
+from qwen_forensics.data.lm_records import check_images, images_root, read_task2_dataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
 from qwen_forensics.hf_trainer import resolved_training_config, trainer_arguments, warm_up_trainer
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast, attach_lora, vision_inputs_require_grad
 from qwen_forensics.model.lora_targets import format_targets
+from qwen_forensics.runs import start_config_run
 from qwen_forensics.task_configs import Task2TrainConfig
 from qwen_forensics.training import seed_everything, speed_line
 
 
-def evaluation_set(cfg: Task2TrainConfig, setup) -> Task2ImageDataset | None:
+def mapped_images(data, cfg: Task2TrainConfig, root: str | None) -> str:
+    """The folder a map.py output's images are read from (map.py's record unless the config names
+    ``data_root``), checked before any model loads."""
+    folder, note = images_root(data, cfg.data_root, root)
+    if note:
+        print(f"[config] {note}")
+    check_images(data, folder)
+    return folder
+
+
+def evaluation_set(cfg: Task2TrainConfig, setup, root: str | None, train_images: str) -> Task2ImageDataset | None:
     """``test_dataset`` as the Trainer's evaluation set: a map.py output (same prompt and answers as the
-    training set), or the earlier LORA.py's object, an index evaluated as it is."""
+    training set), or the earlier LORA.py's object, an index evaluated as it is (its images under its
+    own ``data_root``, else the config's, else the training images' folder)."""
     spec = cfg.test_dataset
     if spec is None:
         return None
@@ -48,8 +60,8 @@ def evaluation_set(cfg: Task2TrainConfig, setup) -> Task2ImageDataset | None:
         if data.setup(cfg.image_size) != setup:
             raise SystemExit(f"test_dataset {spec} was mapped with a different prompt or answer words than "
                              f"{cfg.train_dataset_path}; map both with the same config_map.json settings")
-        return Task2ImageDataset.from_samples(data.samples, cfg.data_root, setup.image_size)
-    data_root = spec.data_root or cfg.data_root
+        return Task2ImageDataset.from_samples(data.samples, mapped_images(data, cfg, root), setup.image_size)
+    data_root = spec.data_root or cfg.data_root or train_images
     report = validate_records(load_index(spec.annotation_file), data_root, source=spec.annotation_file)
     records = apply_bad_sample_policy(report, "fail", Path(cfg.out_dir))[: spec.dataset_limit]
     return Task2ImageDataset.from_records(records, data_root, setup.image_size)
@@ -62,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     # ---- setup: data (the training set fixes the prompt and the answer words)
     train_data = read_task2_dataset(cfg.train_dataset_path)
     setup = train_data.setup(cfg.image_size)
-    eval_set = evaluation_set(cfg, setup)
+    train_images = mapped_images(train_data, cfg, root)
+    eval_set = evaluation_set(cfg, setup, root, train_images)
     # The processor checks image_size against the model's patch size before any weights load.
     processor = load_processor(cfg.base_model_path, setup.image_size)
 
@@ -74,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
                      "every epoch")
     resume = trainer_kwargs.pop("resume_from_checkpoint", None)
     args = TrainingArguments(**trainer_kwargs)
+    # An earlier run's adapter and Trainer checkpoints are moved to previous_runs/ (a resume continues its run).
+    with args.main_process_first(local=False, desc="run folder"):
+        if args.process_index == 0:
+            start_config_run(cfg, Path(__file__).name, [cfg.save_lora_path, args.output_dir], resume=bool(resume))
     if args.process_index == 0:
         for note in notes:
             print(f"[config] {note}")
@@ -94,8 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         # fp32 copy of each LoRA input redundant (see model.lora.LoraInputCast).
         LoraInputCast(model).set(False)
     trainer = Trainer(model=model, args=args, data_collator=TrainerCollator(make_collator(processor, setup, train=True)),
-                      train_dataset=Task2ImageDataset.from_samples(train_data.samples, cfg.data_root,
-                                                                   setup.image_size),
+                      train_dataset=Task2ImageDataset.from_samples(train_data.samples, train_images, setup.image_size),
                       eval_dataset=eval_set)
     if trainer.is_world_process_zero():
         print(format_targets(targets))

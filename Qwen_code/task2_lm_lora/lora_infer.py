@@ -33,12 +33,13 @@ from qwen_forensics.checkpoint_folders import adapter_setup, resolve_infer_setup
 from qwen_forensics.config import config_dict, load_config
 from qwen_forensics.data.collate import make_collator
 from qwen_forensics.data.dataset import Task2ImageDataset
-from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
+from qwen_forensics.eval_outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
 from qwen_forensics.evaluation import SplitEvaluator, answer_scorer
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import image_report
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
+from qwen_forensics.runs import start_config_run
 from qwen_forensics.task_configs import Task2InferConfig
 from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes:
         accelerator.print(f"note: {note}")
     out_dir = Path(cfg.out_dir)
+    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, {**config_dict(cfg), **asdict(setup)})
 
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
     csv_row.update(generated_columns(rows))
     outputs = finish_evaluation(
-        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
+        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
         csv_columns=CSV_COLUMNS, rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
         title="Task 2: LM-supervised ViT LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,

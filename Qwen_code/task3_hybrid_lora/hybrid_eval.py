@@ -27,13 +27,14 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import HybridCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
+from qwen_forensics.eval_outputs import HeatmapSource, evaluation_outputs, finish_evaluation, score_heads
 from qwen_forensics.dtypes import amp_name
 from qwen_forensics.evaluation import SplitEvaluator, predict_hybrid
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import hybrid_scores, image_report
 from qwen_forensics.model.hybrid import HybridPrompt
 from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.runs import start_config_run
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     image_size = cfg.image_size or trained.image_size
     if image_size != trained.image_size:
         accelerator.print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
+    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
            "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s,
            "peak_gib": peak_gib(), **leak_check.columns()}
     outputs = finish_evaluation(
-        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
+        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
         rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],
         thresholds={"p_fake_lm": tuned_lm, "p_fake_head": tuned_head},
         title="Task 3: hybrid LoRA (LM answer and forensic heads)",

@@ -32,14 +32,16 @@ from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.model.lora import LoraInputCast
 from qwen_forensics.model.lora_targets import format_targets
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import (FirstBatch, enable_gradient_checkpointing, format_row, hybrid_optimizer,
-                                     keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch,
-                                     warm_up_first_batch)
+from qwen_forensics.runs import start_config_run
+from qwen_forensics.training import (FirstBatch, best_logged, enable_gradient_checkpointing, format_row,
+                                     hybrid_optimizer, keep_best, make_accelerator, optimizer_steps, seed_everything,
+                                     train_epoch, training_outputs, warm_up_first_batch)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_lm", "loss_head", "loss_cls", "loss_evi", "loss_sparse",
                      "loss_contrast", "lr_heads", "images_per_s"]
+BEST_FOLDERS = {"lm_auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}
 SPEC_KEYS = ("visual_layers", "fusion_tokens", "head_verdict_prompt", "prompt", "fake_word", "real_word", "image_size")
 
 
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    # An earlier run in output_dir is moved to previous_runs/ (a resume continues its own run instead).
+    run = start_config_run(cfg, Path(__file__).name,
+                           training_outputs(cfg.lora_checkpoint, cfg.head_checkpoint, cfg.fusion_checkpoint),
+                           appended=[cfg.train_log], resume=bool(cfg.resume), accelerator=accelerator,
+                           say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
     warm_up_first_batch(accelerator, model, batches, loss_fn)
 
-    best = {}
+    best = best_logged(cfg.train_log, run.run_id, BEST_FOLDERS) if cfg.resume else {}
     for epoch in range(start_epoch, cfg.epochs):
         if step >= steps_total:
             break
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         lrs = dict(zip(group_names, scheduler.get_last_lr()))
         row = {"epoch": epoch, "step": step, **stats,
                **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs},
-               **leak_check.columns()}
+               **leak_check.columns(), **run.columns()}
 
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
@@ -144,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
                            "pixel_f1": heads["pixel_f1"], **hybrid_scores(lm["auroc"], heads)}
                 row.update({f"val_{k}": v for k, v in metrics.items()})
-                keep_best(metrics, best, {"lm_auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}, ckpt_dir,
-                          out_dir, accelerator.print)
+                keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))

@@ -216,8 +216,11 @@ def check_leakage(train_records: list[Record], val_records: list[Record], *,
     """Which val records come from a video group that also has train records.
 
     Groups are computed over both lists together. The names only label the messages (pass the
-    index paths). Works for any pair, e.g. train against the test set.
+    index paths). Works for any pair, e.g. train against the test set. Entries that are not readable
+    records (``Record.defect``) are never trained or evaluated on and are left out.
     """
+    train_records = [r for r in train_records if r.defect is None]
+    val_records = [r for r in val_records if r.defect is None]
     group_of = video_groups(list(train_records) + list(val_records))
     train_by_group: dict[str, Counter] = defaultdict(Counter)
     for rec in train_records:

@@ -10,6 +10,11 @@ Training-set format (JSON Lines, one object per image)::
                   {"role": "assistant", "content": [{"type": "text", "text": "Fake"}]}],
      "image_hw": [720, 1280], "file_size": 123456, "sha256": "<hex digest of the image file>"}
 
+Next to the training set map.py writes ``<stem>.source.json`` (``train.jsonl`` -> ``train.source.json``,
+``records.jsonl`` -> ``records.source.json``): the data root the image paths are relative to and the
+index they were mapped from, so that every reader opens the images where map.py found them
+(:func:`images_root`).
+
 No pixels are stored and nothing is re-encoded: training decodes the original file (the seed stored
 float tensors, ~5 MB per image, and re-encoding would alter the traces a detector learns from). The
 size and SHA-256 let training refuse an image that changed after mapping. A record costs about
@@ -30,13 +35,15 @@ from typing import Any, Mapping
 from tqdm.auto import tqdm
 
 from .collate import make_collator
-from ..files import TMP_SUFFIX, atomic_concat, atomic_write_lines
+from ..config_paths import relocate_path
+from ..files import TMP_SUFFIX, atomic_concat, atomic_write_lines, atomic_write_text
 from ..prompts import PromptSetup, answer_token_ids, build_messages
 from .records import load_index
 from .validate import apply_bad_sample_policy, validate_records
 
 
 MANIFEST_NAME = "map_manifest.json"
+SOURCE_SUFFIX = ".source.json"
 
 BATCH_PATTERN = "batch_{:05d}.jsonl"
 
@@ -111,16 +118,60 @@ def sample_from_json(obj: Any, where: str) -> Task2Sample:
                        answer=answer_text, image_hw=(hw[0], hw[1]), file_size=obj["file_size"], sha256=sha)
 
 
+def source_file(dataset_path: str | os.PathLike) -> Path:
+    """The file map.py writes next to a training set, naming the data root and index it was mapped from."""
+    path = Path(dataset_path)
+    return path.with_name(path.stem + SOURCE_SUFFIX)
+
+
 @dataclass(frozen=True)
 class Task2Data:
-    """A training set: its samples and the one prompt / answer pair they all share."""
+    """A training set: its samples, the one prompt / answer pair they all share, and the data root
+    map.py recorded for it (None for a set without its source file)."""
     path: str
     samples: list[Task2Sample]
     prompt_text: str
     answers: dict[int, str]
+    data_root: str | None = None
+    annotation_file: str | None = None
 
     def setup(self, image_size: int | None) -> PromptSetup:
         return PromptSetup(image_size, self.prompt_text, self.answers[1], self.answers[0])
+
+
+def images_root(data: Task2Data, configured: str | None, root: str | None = None,
+                key: str = "data_root") -> tuple[str, str | None]:
+    """Where the images of a mapped training set are: ``(folder, note to print or None)``.
+
+    ``configured``: the config's ``data_root`` (None when it names none). The data root map.py
+    recorded is used unless the config names one, which then wins and the note says it replaced
+    the recorded one. ``root`` relocates a recorded path under the user's default root like every
+    config path (``--root``). A set that records no data root needs ``data_root`` in the config.
+    """
+    mapped = relocate_path(data.data_root, root) if data.data_root else None
+    if configured is not None:
+        if mapped and Path(mapped) != Path(configured):
+            return configured, (f"{key} {configured} replaces the data root map.py recorded for {data.path} "
+                                f"({mapped}, in {source_file(data.path)})")
+        return configured, None
+    if mapped:
+        return mapped, f"{data.path}: images are read from the data root map.py recorded, {mapped}"
+    raise SystemExit(f"stopped before loading any model: {data.path} records no data root (no "
+                     f"{source_file(data.path).name} next to it: mapped by an older map.py or copied without it); "
+                     f"set {key} in the config to the folder its image paths are relative to, or rerun map.py")
+
+
+def check_images(data: Task2Data, folder: str, key: str = "data_root") -> None:
+    """Stop before any model loads when images of the training set are not under ``folder``."""
+    missing = [s.image_path for s in data.samples if not (Path(folder) / s.image_path).is_file()]
+    if not missing:
+        return
+    origin = (f"the data root map.py recorded in {source_file(data.path)} (mapped from {data.annotation_file})"
+              if data.data_root and Path(folder) == Path(data.data_root) else f"{key}")
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    raise SystemExit(f"stopped before loading any model: {len(missing)} of {len(data.samples)} images of the training "
+                     f"set {data.path} are not under {folder} ({origin}): {shown}. Set {key} in the config to the "
+                     "folder the index's image paths are relative to, or rerun map.py with the right data_root.")
 
 
 def read_task2_dataset(path: str | os.PathLike) -> Task2Data:
@@ -154,7 +205,20 @@ def read_task2_dataset(path: str | os.PathLike) -> Task2Data:
     single = {label: words.pop() for label, words in answers.items()}
     if single[0] == single[1]:
         raise _format_error(str(path), f"real and fake share the answer {single[0]!r}")
-    return Task2Data(str(path), samples, prompts[0], single)
+    source = _read_source(source_file(path))
+    return Task2Data(str(path), samples, prompts[0], single, source.get("data_root"), source.get("annotation_file"))
+
+
+def _read_source(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        source = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise _format_error(str(path), f"not valid JSON ({err})") from None
+    if not isinstance(source, dict) or not isinstance(source.get("data_root"), str):
+        raise _format_error(str(path), 'expected an object with a "data_root" string')
+    return source
 
 
 # ---------------------------------------------------------------------------------------- map job
@@ -278,6 +342,9 @@ def _run_map_job(cfg, job, workers: int, progress: bool) -> MapResult:
             bar.update(len(chunk))
     final_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_concat(final_path, paths)
+    atomic_write_text(source_file(final_path), json.dumps(
+        {"data_root": str(data_root), "annotation_file": str(job.annotation_file), "records": len(good)},
+        indent=1, ensure_ascii=False) + "\n")
     return MapResult(name=job.name, records=len(good), skipped=report.num_skipped, batches_total=len(chunks),
                      batches_written=written, final_path=str(final_path), final_bytes=final_path.stat().st_size,
                      batch_bytes=sum(p.stat().st_size for p in paths), batch_dir=str(batch_dir))

@@ -4,16 +4,20 @@ An index file is a JSON list of ``{"image_path", "mask_path", "label"}`` with pa
 data root. Fakes (label 1) name a mask image; reals (label 0) carry the image size ``"HxW"``
 (height first) instead, meaning an all-zero mask.
 
-Parsing here only rejects what makes a record unreadable as a record (not a list, missing key,
-wrong JSON type). Semantic problems (label 2, a malformed size string, a fake without a mask path)
-stay representable so that `validate.validate_records` can report every problem of an index at once.
+Parsing rejects only a file that is not an index at all (missing, not JSON, not a JSON list): one
+error naming the file. A record that is wrong in itself (not an object, a missing key, a wrong JSON
+type such as ``"label": "1"``) becomes a :class:`Record` carrying a ``defect`` message, and semantic
+problems (label 2, a malformed size string, a fake without a mask path) stay representable, so that
+`validate.validate_records` reports every problem of an index at once and the bad-sample policy can
+skip any of them.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUIRED_KEYS = ("image_path", "mask_path", "label")
@@ -55,6 +59,10 @@ class Record:
     ``mask_path`` holds the raw ``mask_path`` value whenever it is not a size string (a fake's mask
     file, or a malformed value kept for the validation report); ``mask_size`` holds the parsed
     ``"HxW"`` of a real. ``index`` is the position in the index file, used in every message.
+
+    ``defect`` says why the entry is not a readable record (``label "1" is a string: write 1``); such a
+    record keeps the entry as written in ``raw`` and is never trained or evaluated on: validation
+    reports it, the bad-sample policy fails or skips it.
     """
 
     image_path: str
@@ -62,6 +70,8 @@ class Record:
     mask_size: tuple[int, int] | None
     label: int
     index: int
+    defect: str | None = None
+    raw: Any = field(default=None, compare=False, repr=False)
 
     @property
     def video(self) -> str:
@@ -69,7 +79,9 @@ class Record:
         return video_key(self.image_path)
 
     def to_json(self) -> dict:
-        """The record in the index-file format it was read from."""
+        """The record in the index-file format it was read from (a defective entry as it was written)."""
+        if self.defect is not None:
+            return self.raw
         if self.mask_size is not None:
             mask = f"{self.mask_size[0]}x{self.mask_size[1]}"
         else:
@@ -77,47 +89,82 @@ class Record:
         return {"image_path": self.image_path, "mask_path": mask, "label": self.label}
 
 
-def _structure_error(source: str, number: int | None, problem: str) -> ValueError:
-    where = f"{source}" if number is None else f"{source}, record {number}"
-    return ValueError(
-        f"{where}: {problem}. Each record must be an object "
-        '{"image_path": "<dir>/image/X.jpg", "mask_path": "<dir>/spatial_localize/X.jpg" or "HxW", '
-        '"label": 0 or 1}; fix the index file.'
-    )
+def _json_value(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
-def record_from_json(obj: object, index: int, source: str = "<index>") -> Record:
-    """Build a Record from one decoded JSON entry (structural checks only)."""
+def _label_defect(label: object) -> str | None:
+    """Why a JSON ``label`` value is not an integer, with the fix; None for an integer (0, 1, or a value
+    `validate` reports as out of range). Nothing is coerced: ``"1"`` is a defect, not a 1."""
+    if isinstance(label, bool):
+        return f"label {_json_value(label)} is a boolean: write {int(label)}"
+    if isinstance(label, int):
+        return None
+    if label is None:
+        return "label is null: write 0 (real) or 1 (fake)"
+    if isinstance(label, str):
+        fix = label.strip() if label.strip() in ("0", "1") else "0 (real) or 1 (fake)"
+        return f"label {_json_value(label)} is a string: write {fix}"
+    if isinstance(label, float):
+        fix = str(int(label)) if label in (0.0, 1.0) else "0 (real) or 1 (fake)"
+        return f"label {_json_value(label)} is not an integer: write {fix}"
+    return f"label {_json_value(label)} is a {type(label).__name__}: write 0 (real) or 1 (fake)"
+
+
+def _entry_defect(obj: object) -> str | None:
+    """Why one decoded index entry is not a readable record, with the fix; None if it is one."""
     if not isinstance(obj, dict):
-        raise _structure_error(source, index, f"expected an object, got {type(obj).__name__}")
+        kind = "a list" if isinstance(obj, list) else _json_value(obj)
+        return (f"expected an object {{\"image_path\", \"mask_path\", \"label\"}}, got {kind}: write the record "
+                "as a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
-        raise _structure_error(source, index, f"missing key(s) {missing}")
-    image_path, mask, label = obj["image_path"], obj["mask_path"], obj["label"]
+        return f"missing key(s) {', '.join(repr(k) for k in missing)}: every record needs {list(REQUIRED_KEYS)}"
+    image_path, mask = obj["image_path"], obj["mask_path"]
     if not isinstance(image_path, str):
-        raise _structure_error(source, index, f"image_path must be a string, got {image_path!r}")
+        return f"image_path {_json_value(image_path)} is not a string: write the image's path relative to data_root"
     if mask is not None and not isinstance(mask, str):
-        raise _structure_error(source, index, f"mask_path must be a string or null, got {mask!r}")
-    # bool is an int subclass; true/false in JSON is a type error, not a label.
-    if isinstance(label, bool) or not isinstance(label, int):
-        raise _structure_error(source, index, f"label must be an integer, got {label!r}")
+        return (f"mask_path {_json_value(mask)} is not a string: write the mask's path (fakes) or its size "
+                '"HxW" (reals)')
+    return _label_defect(obj["label"])
+
+
+def record_from_json(obj: object, index: int) -> Record:
+    """Build a Record from one decoded JSON entry; a defective entry becomes a Record with ``defect`` set."""
+    defect = _entry_defect(obj)
+    if defect is not None:
+        image_path = obj.get("image_path") if isinstance(obj, dict) else None
+        return Record(image_path=image_path if isinstance(image_path, str) else "", mask_path=None, mask_size=None,
+                      label=-1, index=index, defect=defect, raw=obj)
+    mask, label = obj["mask_path"], obj["label"]
     mask_size = parse_size(mask) if mask else None
     mask_path = None if (mask_size is not None or not mask) else mask
-    return Record(image_path=image_path, mask_path=mask_path, mask_size=mask_size, label=label, index=index)
+    return Record(image_path=obj["image_path"], mask_path=mask_path, mask_size=mask_size, label=label, index=index)
+
+
+class BadIndex(SystemExit):
+    """An index that cannot be used as it is: a file that is not an index (missing, not JSON, not a
+    list), or, under ``on_bad_sample: "fail"``, one with bad records (``validate``). A ``SystemExit``:
+    the scripts stop before any model loads with this message, which names the file, every problem
+    and the fix, and no traceback."""
 
 
 def load_index(path: str | os.PathLike) -> list[Record]:
-    """Read an index file into Records; structural errors raise ValueError naming file and record."""
+    """Read an index file into Records, one per entry (defective entries included, see
+    :func:`record_from_json`); a file that is not an index raises :class:`BadIndex`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"index file {path} does not exist; check the annotation path in the config.")
+        raise BadIndex(f"index file {path} does not exist; check the annotation path in the config.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); fix the index file.") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadIndex(f"{path}: not valid JSON ({err}); an index is a JSON list of records "
+                       '{"image_path", "mask_path", "label"}: fix the index file.') from None
     if not isinstance(data, list):
-        raise _structure_error(str(path), None, f"the top level must be a list of records, got {type(data).__name__}")
-    return [record_from_json(obj, i, str(path)) for i, obj in enumerate(data)]
+        raise BadIndex(f"{path}: the top level must be a JSON list of records, got {type(data).__name__} "
+                       '(each record {"image_path", "mask_path": path or "HxW", "label": 0 or 1}); fix the '
+                       "index file.")
+    return [record_from_json(obj, i) for i, obj in enumerate(data)]
 
 
 def save_index(records: list[Record], path: str | os.PathLike) -> None:

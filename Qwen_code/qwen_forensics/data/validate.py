@@ -15,10 +15,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .records import Record, load_index
+from .records import BadIndex, Record, load_index
 
 # Problem kinds (short codes used in reports and skipped_records.json).
 EMPTY_INDEX = "empty_index"
+BAD_RECORD = "bad_record"
 MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 TRUNCATED_IMAGE = "truncated_image"
@@ -88,6 +89,9 @@ class ValidationReport:
         for label, count in sorted(self.label_counts.items()):
             share = 100.0 * count / n if n else 0.0
             lines.append(f"  label {label}: {count} ({share:.1f}%)")
+        unreadable = sum(r.defect is not None for r in self.records)
+        if unreadable:
+            lines.append(f"  not readable as records: {unreadable} (listed under problems as {BAD_RECORD})")
         hist = sorted(self.size_histogram.items(), key=lambda kv: (-kv[1], kv[0]))
         basis = "image files" if self.files_checked else "reals' HxW"
         lines.append(f"sizes ({basis}, {len(hist)} distinct, top {min(top_sizes, len(hist))}):")
@@ -169,8 +173,14 @@ def validate_records(
     if not records:
         add(None, EMPTY_INDEX, f"{source} contains no records; point the config at a non-empty index.")
 
-    first_seen: dict[str, Record] = {}
+    # An entry that is not a readable record is reported once, as it is, and not examined further.
     for rec in records:
+        if rec.defect is not None:
+            add(rec, BAD_RECORD, rec.defect)
+    records_ok = [r for r in records if r.defect is None]
+
+    first_seen: dict[str, Record] = {}
+    for rec in records_ok:
         if rec.label not in (0, 1):
             add(rec, BAD_LABEL, f"label {rec.label!r} is not 0 (real) or 1 (fake)")
         if rec.label == 0 and rec.mask_size is None:
@@ -189,8 +199,8 @@ def validate_records(
 
     image_sizes: dict[int, tuple[int, int]] = {}
     if check_files:
-        to_check = [r for r in records if r.image_path]
-        fake_masks = [r for r in records if r.label == 1 and r.mask_path]
+        to_check = [r for r in records_ok if r.image_path]
+        fake_masks = [r for r in records_ok if r.label == 1 and r.mask_path]
         paths = [data_root / r.image_path for r in to_check] + [data_root / r.mask_path for r in fake_masks]
         with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
             results = list(pool.map(inspect_image, paths))
@@ -198,7 +208,7 @@ def validate_records(
         mask_result = dict(zip((r.index for r in fake_masks), results[len(to_check):]))
         image_kinds = {"missing": MISSING_IMAGE, "unreadable": UNREADABLE_IMAGE, "truncated": TRUNCATED_IMAGE}
         mask_kinds = {"missing": MISSING_MASK, "unreadable": UNREADABLE_MASK, "truncated": TRUNCATED_MASK}
-        for rec in records:
+        for rec in records_ok:
             size, failure, detail = image_result.get(rec.index, (None, None, ""))
             mask_size, mask_failure, mask_detail = mask_result.get(rec.index, (None, None, ""))
             if failure is not None:
@@ -214,14 +224,14 @@ def validate_records(
                 add(rec, SIZE_MISMATCH, f"mask {rec.mask_path} is {_fmt(mask_size)} but the image is {_fmt(size)} (HxW)")
         size_histogram = Counter(_fmt(s) for s in image_sizes.values())
     else:
-        size_histogram = Counter(_fmt(r.mask_size) for r in records if r.label == 0 and r.mask_size is not None)
+        size_histogram = Counter(_fmt(r.mask_size) for r in records_ok if r.label == 0 and r.mask_size is not None)
 
     problems.sort(key=lambda p: (-1 if p.index is None else p.index))
     return ValidationReport(
         source=source,
         records=list(records),
         problems=problems,
-        label_counts=dict(Counter(r.label for r in records)),
+        label_counts=dict(Counter(r.label for r in records_ok)),
         size_histogram=dict(size_histogram),
         image_sizes=image_sizes,
         files_checked=check_files,
@@ -229,20 +239,22 @@ def validate_records(
 
 
 def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str | os.PathLike) -> list[Record]:
-    """Act on a report: ``"fail"`` raises listing every problem; ``"skip"`` drops bad records.
+    """Act on a report: ``"fail"`` stops listing every problem; ``"skip"`` drops bad records.
 
     With ``"skip"`` the dropped records and their reasons go to ``out_dir/skipped_records.json``
     (written even when nothing was skipped, as evidence) and ``report.num_skipped`` is set.
-    Either way an index that leaves no usable record is an error.
+    Either way an index that leaves no usable record stops the run. Stopping is :class:`BadIndex`
+    (the report as its message, no traceback).
     """
     if policy not in POLICIES:
         raise ValueError(f"on_bad_sample must be one of {list(POLICIES)}, got {policy!r}.")
     if policy == "fail" and not report.ok:
-        listing = "\n".join(f"  {p}" for p in report.problems)
-        raise ValueError(
-            f"{report.source}: {len(report.problems)} problem(s) in the index:\n{listing}\n"
-            f"Fix the data (python Qwen_code/check_data.py shows the same report), "
-            f'or set on_bad_sample "skip" to train/evaluate without these records.'
+        raise BadIndex(
+            f"{report.summary()}\n"
+            f"stopped: {len(report.problems)} problem(s) in {len(report.bad_indices) or 1} record(s) of "
+            f"{report.source}, nothing was loaded. Fix the index (python Qwen_code/check_data.py shows this "
+            f'report), or set on_bad_sample "skip" to train/evaluate without these records (they are then listed '
+            f"in {SKIPPED_FILE} and counted as num_skipped)."
         )
     bad = report.bad_indices
     good = [r for r in report.records if r.index not in bad]
@@ -264,7 +276,8 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str 
         )
         report.num_skipped = len(skipped)
     if not good:
-        raise ValueError(f"{report.source}: no usable records left ({len(report.problems)} problem(s)); fix the index.")
+        raise BadIndex(f"{report.summary()}\nstopped: {report.source} has no usable record left "
+                       f"({len(report.problems)} problem(s)); fix the index.")
     return good
 
 

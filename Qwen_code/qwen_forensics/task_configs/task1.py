@@ -8,14 +8,15 @@ from typing import ClassVar, Literal
 from ..checkpoint_paths import checkpoint_folder
 from ..config import ConfigError, option
 from ..prompts import DEFAULT_PROMPT
-from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, MaskRuleConfig, MODEL, T1, VIT_LORA_MODULES, check_image_size,
-                     check_positive)
+from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
+                     check_image_size, check_positive)
 
 
 @dataclass
 class Task1TrainConfig:
     """Task 1 training: LoRA on selected ViT blocks + classification and evidence heads."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = RESUME_MAY_CHANGE
     model_path: str = option(MODEL, "Qwen2.5-VL model folder (HF format)", path="in")
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path="in")

@@ -111,6 +111,10 @@ class Task2EvalSet:
 class Task2TrainConfig:
     """Task 2 training: LM-supervised LoRA on ViT blocks + merger with HF Trainer."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = tuple(
+        f"training_args.{key}" for key in ("resume_from_checkpoint", "num_train_epochs", "max_steps",
+                                           "dataloader_num_workers", "logging_steps", "save_steps", "save_total_limit",
+                                           "disable_tqdm", "report_to"))
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
     train_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "output of map.py (a .jsonl file, or a folder "
@@ -118,8 +122,11 @@ class Task2TrainConfig:
     test_dataset: str | Task2EvalSet | None = option(None, "evaluation set during training: a map.py output, or an "
                                                            "object {annotation_file, data_root, dataset_limit}",
                                                      path="in", resolve=dataset_file)
-    data_root: str = option(DATA, "folder that image paths are relative to", path="in")
-    out_dir: str = option(f"{T2}/training", "output folder; relative output names are inside it", path="out_dir")
+    data_root: str | None = option(None, "folder the training set's image paths are relative to (null: the data "
+                                         "root map.py recorded next to train_dataset_path; a folder named here "
+                                         "replaces it)", path="in")
+    out_dir: str = option(f"{T2}/training", "output folder; relative output names are inside it (not in the "
+                          "config: the folder of save_lora_path when that is an absolute path)", path="out_dir")
     image_size: int | None = option(448, "letterbox side; null keeps native resolution")
     lora_target_blocks: list[int] = option(factory=lambda: [7, 15, 23, 31], help="ViT blocks with LoRA")
     lora_target_modules: list[str] = option(factory=lambda: list(VIT_LORA_MODULES), help="modules in each block")

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from ..checkpoint_paths import adapter_folder, weights_file
 from ..config import ConfigError, option
 from ..prompts import DEFAULT_PROMPT
-from .common import ALLOW_VAL_OVERLAP_HELP, DATA, MaskRuleConfig, MODEL, T3, check_image_size
+from .common import ALLOW_VAL_OVERLAP_HELP, DATA, MaskRuleConfig, MODEL, RESUME_MAY_CHANGE, T3, check_image_size
 
 
 @dataclass
@@ -67,6 +67,7 @@ class HybridLora:
 class Task3TrainConfig:
     """Task 3 training: hybrid LoRA (ViT + merger + LM) with heads and fused soft tokens."""
     OUTPUT_DIR: ClassVar[str] = "output_dir"
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = RESUME_MAY_CHANGE
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     ann_train: str = option(f"{DATA}/trainingset2/train_idx.json", "training index", path="in")

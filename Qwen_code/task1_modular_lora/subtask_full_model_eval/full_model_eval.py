@@ -32,12 +32,13 @@ from qwen_forensics.checkpoint_folders import attach_task1_lora, check_seed_lora
 from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.eval_outputs import finish_evaluation, generated_columns, prediction_rows
+from qwen_forensics.eval_outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
 from qwen_forensics.evaluation import SplitEvaluator, answer_scorer
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.metrics import image_report
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
+from qwen_forensics.runs import start_config_run
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
+    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
     csv_row.update(generated_columns(rows))
     outputs = finish_evaluation(
-        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
+        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,
         csv_columns=CSV_COLUMNS, rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
         title="Task 1 subtask 2: full model with the Task 1 visual LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,

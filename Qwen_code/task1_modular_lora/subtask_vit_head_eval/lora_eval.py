@@ -24,10 +24,11 @@ from qwen_forensics.config import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.eval_outputs import HeatmapSource, finish_evaluation, score_heads
+from qwen_forensics.eval_outputs import HeatmapSource, evaluation_outputs, finish_evaluation, score_heads
 from qwen_forensics.evaluation import SplitEvaluator, predict_heads
 from qwen_forensics.leak_guard import guard_checkpoint_split
 from qwen_forensics.model.loader import load_processor, load_vision_tower
+from qwen_forensics.runs import start_config_run
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
            "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
     outputs = finish_evaluation(
-        out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
+        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
         rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
         title="Task 1 subtask 1: ViT LoRA + forensic heads",
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
