@@ -9,7 +9,9 @@ checkpoint of each task made by its own training script (one optimizer step); ev
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,11 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from qwen_forensics.data.methods import group_order, manipulation_method
+from qwen_forensics.data.validate import BAD_LABEL, BAD_RECORD
 from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
 from qwen_forensics.metrics import tune_threshold
 from qwen_forensics.report import HEADINGS, format_value
-from scripts import csv_rows, demo_index, run_script
+from scripts import CODE, csv_rows, demo_index, run_script
 from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 
 # The score columns of each evaluation's per-image rows, and whether it has heatmaps.
@@ -263,3 +266,128 @@ def test_task3_training_log_val_scores_are_the_evaluation_scores(tiny_root, task
     for name, column in (("score", "p_fake_lm"), ("head_score", "p_fake_head")):
         expected = (roc_auc_score(labels, [r[column] for r in rows]) + pixels) / 3
         assert float(log[f"val_{name}"]) == pytest.approx(expected, abs=1e-6), name
+
+
+# --------------------------------------------------------------------------- pixel metrics from the ground truth
+@pytest.fixture(scope="module")
+def pixel_runs(tiny_root, ckpts, tmp_path_factory) -> dict:
+    """The heatmap scripts on the test index plus one fake whose mask is empty, at pixel threshold 0
+    (every pixel called positive, so every pixel metric is away from 0) and at the default 0.5."""
+    data = tiny_root / "data"
+    test = json.loads(demo_index(tiny_root, "test").read_text())
+    fake = next(r for r in test if r["label"] == 1)
+    with Image.open(data / fake["image_path"]) as img:
+        Image.new("L", img.size, 0).save(data / "empty_mask.png")
+        img.save(data / "empty_mask_fake.png")
+    index = tmp_path_factory.mktemp("pixel_index") / "test_with_empty_mask.json"
+    index.write_text(json.dumps([*test, {"image_path": "empty_mask_fake.png", "mask_path": "empty_mask.png",
+                                         "label": 1}]))
+    runs = {}
+    for script in WITH_HEATMAPS:
+        for threshold in (0.0, 0.5):
+            out = tmp_path_factory.mktemp(f"{script}_pixels")
+            run_script(script, tiny_root, *eval_sets(script, ckpts, out, index, None), f"pixel_threshold={threshold}")
+            runs[script, threshold] = {"rows": json.loads((out / "predictions.json").read_text()),
+                                       "csv": csv_rows(out / "metrics.csv")[-1]}
+    return {"runs": runs, "index": json.loads(index.read_text())}
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+@pytest.mark.parametrize("script", WITH_HEATMAPS)
+def test_pixel_metrics_equal_a_recomputation_from_the_ground_truth(pixel_runs, tiny_root, script, threshold):
+    """false_alarm over the index's reals only, num_fake_empty_mask over its fakes only, and the fake pixel
+    metrics over the fakes with a non-empty binarised mask, each recomputed from the predictions file's
+    per-image counts and the ground truth itself (labels from the index, masks binarised by the rule)."""
+    got = pixel_runs["runs"][script, threshold]
+    index, rows, csv = pixel_runs["index"], got["rows"], got["csv"]
+    assert [r["image_path"] for r in rows] == [r["image_path"] for r in index]
+    reals = [row for row, rec in zip(rows, index) if rec["label"] == 0]
+    fakes = [(row, rec) for row, rec in zip(rows, index) if rec["label"] == 1]
+    assert reals and all(set(row) & {"tp", "fp", "fn", "pixel_f1"} == set() for row in reals), "reals are no fakes"
+    empty = [row for row, rec in fakes if not _binarised(tiny_root / "data" / rec["mask_path"]).any()]
+    scored = [(row, rec) for row, rec in fakes if row not in empty]
+    assert len(empty) == 1 and int(csv["num_fake_empty_mask"]) == 1
+    for row, rec in scored:
+        gt = _binarised(tiny_root / "data" / rec["mask_path"])
+        assert row["tp"] + row["fn"] == int(gt.sum()), "the row's counts are against the binarised ground truth"
+        assert row["tp"] + row["fp"] + row["fn"] + int((~gt).sum()) - row["fp"] == gt.size
+    f1 = [2 * r["tp"] / (2 * r["tp"] + r["fp"] + r["fn"]) for r, _ in scored]
+    iou = [r["tp"] / (r["tp"] + r["fp"] + r["fn"]) for r, _ in scored]
+    tp, fp, fn = (sum(r[k] for r, _ in scored) for k in ("tp", "fp", "fn"))
+    expected = {"false_alarm": float(np.mean([r["positive_fraction"] for r in reals])),
+                "pixel_f1": float(np.mean(f1)), "pixel_iou": float(np.mean(iou)),
+                "ciou": tp / (tp + fp + fn), "cdice": 2 * tp / (2 * tp + fp + fn)}
+    if threshold == 0.0:
+        assert expected["false_alarm"] == 1.0 and 0 < expected["pixel_iou"] < 1, "every pixel is called positive"
+    prefix = "head_" if script == "hybrid_eval" and "head_pixel_f1" in csv else ""
+    for name, value in expected.items():
+        assert float(csv[f"{prefix}{name}"]) == pytest.approx(value, abs=1e-9), name
+
+
+# --------------------------------------------------------------------------- bad records in an index
+def _with_faults(tiny_root: Path, folder: Path) -> tuple[Path, Path, dict[int, str]]:
+    """The test index as it is, and with one entry of each structural fault placed among its records;
+    returns both paths and the expected reason per faulty position."""
+    test = json.loads(demo_index(tiny_root, "test").read_text())
+    real, fake = next(r for r in test if r["label"] == 0), next(r for r in test if r["label"] == 1)
+    label_two = f"{Path(real['image_path']).stem}_copy.jpg"
+    (tiny_root / "data" / label_two).write_bytes((tiny_root / "data" / real["image_path"]).read_bytes())
+    faults = [({**fake, "label": "1"}, 'label "1" is a string: write 1'),
+              ({**real, "label": None}, "label is null: write 0 (real) or 1 (fake)"),
+              ({"mask_path": real["mask_path"], "label": 0}, "missing key(s) 'image_path'"),
+              ([real["image_path"], real["mask_path"], 0], "expected an object"),
+              ({**real, "image_path": label_two, "label": 2}, "label 2 is not 0 (real) or 1 (fake)")]
+    entries, expected = list(test), {}
+    for k, (entry, reason) in enumerate(faults):
+        position = 1 + 3 * k
+        entries.insert(position, entry)
+    for k, (entry, reason) in enumerate(faults):
+        expected[entries.index(entry)] = reason
+    clean, faulty = folder / "clean.json", folder / "faulty.json"
+    clean.write_text(json.dumps(test))
+    faulty.write_text(json.dumps(entries))
+    return clean, faulty, expected
+
+
+def test_check_data_lists_every_bad_record_of_the_index(tiny_root, tmp_path, capsys):
+    _, faulty, expected = _with_faults(tiny_root, tmp_path)
+    spec = importlib.util.spec_from_file_location("check_data_under_test", CODE / "check_data.py")
+    check_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_data)
+    code = check_data.main(["--index", str(faulty), "--data-root", str(tiny_root / "data"),
+                            "--json-out", str(tmp_path / "report.json")])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert f"problems: {len(expected)} in {len(expected)} records ({BAD_LABEL} 1, {BAD_RECORD} 4)" in printed
+    for position, reason in expected.items():
+        assert re.search(rf"\] record {position} \(.*\): {re.escape(reason)}", printed), (position, reason)
+    listed = json.loads((tmp_path / "report.json").read_text())["reports"][0]["problems"]
+    assert sorted(p["index"] for p in listed) == sorted(expected)
+
+
+def test_lora_eval_stops_on_bad_records_or_skips_them_and_scores_the_rest_the_same(tiny_root, ckpts, tmp_path):
+    clean, faulty, expected = _with_faults(tiny_root, tmp_path)
+    # fail (the default): the whole report, no model loaded, no result written.
+    with pytest.raises(SystemExit) as stop:
+        run_script("lora_eval", tiny_root, *eval_sets("lora_eval", ckpts, tmp_path / "fail", faulty, None))
+    message = stop.value.code
+    assert isinstance(message, str) and f"stopped: {len(expected)} problem(s) in {len(expected)} record(s)" in message
+    assert all(f"record {i} " in message and reason in message for i, reason in expected.items())
+    assert not (tmp_path / "fail" / "metrics.csv").exists() and not (tmp_path / "fail" / "predictions.json").exists()
+    # skip: every bad record listed with its reason and counted; the good ones scored as in a clean index.
+    run_script("lora_eval", tiny_root, *eval_sets("lora_eval", ckpts, tmp_path / "skip", faulty, None),
+               "on_bad_sample=skip")
+    run_script("lora_eval", tiny_root, *eval_sets("lora_eval", ckpts, tmp_path / "clean", clean, None))
+    skipped = json.loads((tmp_path / "skip" / "skipped_test" / "skipped_records.json").read_text())
+    assert skipped["num_skipped"] == len(expected)
+    assert sorted(s["index"] for s in skipped["skipped"]) == sorted(expected)
+    for entry in skipped["skipped"]:
+        assert entry["problems"][0]["message"].startswith(expected[entry["index"]])
+    row, = csv_rows(tmp_path / "skip" / "metrics.csv")
+    assert int(row["num_skipped"]) == len(expected) and int(row["samples"]) == len(json.loads(clean.read_text()))
+    assert f"{len(expected)} (on_bad_sample: skip" in (tmp_path / "skip" / REPORT_NAME).read_text(encoding="utf-8")
+    with_skips = json.loads((tmp_path / "skip" / "predictions.json").read_text())
+    assert with_skips == json.loads((tmp_path / "clean" / "predictions.json").read_text())
+    clean_row, = csv_rows(tmp_path / "clean" / "metrics.csv")
+    for name in ("auroc", "ap", "pixel_f1", "pixel_iou", "false_alarm"):
+        assert row[name] == clean_row[name], name

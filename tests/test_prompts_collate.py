@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
 
 from qwen_forensics.data.collate import IGNORE_INDEX, VisionLanguageCollator, generate_inputs, model_inputs
 from qwen_forensics.model.loader import load_model, load_processor
@@ -20,6 +24,7 @@ from qwen_forensics.prompts import (
     answer_token_id,
     answer_token_ids,
     build_messages,
+    encode_text,
     prompt_text_for,
 )
 
@@ -163,6 +168,34 @@ def test_collator_rejects_bad_input(native_processor):
         VisionLanguageCollator(native_processor, DEFAULT_PROMPT, padding_side="middle")
     with pytest.raises(ValueError, match="empty"):
         VisionLanguageCollator(native_processor, DEFAULT_PROMPT, answers={0: "", 1: "Fake"})
+
+
+def _with_merged_newlines(processor):
+    """The processor with a tokenizer that also has the merge "\\n" + "\\n" -> "\\n\\n" (as Qwen's real one does),
+    so text that starts with a newline after the prompt's closing newline tokenises differently."""
+    data = json.loads(processor.tokenizer.backend_tokenizer.to_str())
+    vocab, merges = data["model"]["vocab"], data["model"]["merges"]
+    newline = "\u010a"  # byte-level BPE's symbol for "\n"
+    vocab[newline * 2] = 1 + max(*vocab.values(), *(t["id"] for t in data["added_tokens"]))
+    merges.insert(0, [newline, newline] if merges and isinstance(merges[0], list) else f"{newline} {newline}")
+    merged = copy.copy(processor)
+    merged.tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+                                               eos_token=processor.tokenizer.eos_token,
+                                               pad_token=processor.tokenizer.pad_token)
+    return merged
+
+
+def test_an_answer_that_tokenises_differently_after_the_prompt_is_refused(native_processor):
+    """The supervised answer tokens are located by tokenising the answer alone; where the prompt's last
+    token and the answer's first merge (a leading newline after "assistant\\n"), that would supervise the
+    wrong tokens, so the collator refuses the answer word."""
+    answers = {0: "\nReal", 1: "\nFake"}
+    VisionLanguageCollator(native_processor, DEFAULT_PROMPT, answers=answers)  # no "\n\n" token: nothing merges
+    merged = _with_merged_newlines(native_processor)
+    assert len(encode_text(merged.tokenizer, "\n\n")) == 1
+    VisionLanguageCollator(merged, DEFAULT_PROMPT, answers=ANSWERS)
+    with pytest.raises(ValueError, match="does not tokenise the same on its own as after the prompt"):
+        VisionLanguageCollator(merged, DEFAULT_PROMPT, answers=answers)
 
 
 def test_letterboxed_batch_has_no_padding(tiny_dir):

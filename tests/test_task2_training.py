@@ -4,6 +4,7 @@ vision LoRA gradients under gradient checkpointing, resume_from_checkpoint, the 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,44 @@ def test_resume_from_checkpoint_continues_the_run(root, tmp_path):
     assert trainer.resumed_from is True
     assert counter.steps == [3]
     assert trainer.state.global_step == 3
+
+
+def test_images_come_from_the_data_root_map_recorded(root, tmp_path, capsys, monkeypatch):
+    """The trainer config names no data_root: LORA.py opens the images where map.py found them (here a
+    folder other than <root>/data); a data_root in the config replaces that, with a note; images that are
+    not there stop the run before any model loads, naming the recorded root, its file and the key."""
+    elsewhere = tmp_path / "my data"
+    shutil.copytree(root / "data", elsewhere)
+    mapped = tmp_path / "mapped"
+    map_cfg = parse_config(Task2MapConfig, {"base_model_path": str(root / "Qwen2.5-VL-7B-Instruct"),
+                                            "annotation_file": str(elsewhere / "trainingset2/train_idx.json"),
+                                            "data_root": str(elsewhere), "out_dir": str(mapped)})
+    run_map(map_cfg, load_processor(str(root / "Qwen2.5-VL-7B-Instruct")), progress=False)
+    quick = {"train_dataset_path": str(mapped / "train.jsonl"), "training_args.output_dir": str(tmp_path / "hf"),
+             "training_args.max_steps": 1, "training_args.save_strategy": "no",
+             "training_args.gradient_checkpointing": False, "save_lora_path": str(tmp_path / "adapter")}
+
+    trainer = run_lora(root, **quick)
+    assert trainer.train_dataset.data_root == elsewhere
+    assert f"images are read from the data root map.py recorded, {elsewhere}" in capsys.readouterr().out
+
+    trainer = run_lora(root, data_root=str(root / "data"), **quick)
+    assert trainer.train_dataset.data_root == root / "data"
+    assert (f"data_root {root / 'data'} replaces the data root map.py recorded for {mapped / 'train.jsonl'} "
+            f"({elsewhere}, in {mapped / 'train.source.json'})") in capsys.readouterr().out
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("qwen_forensics.model.loader.load_processor", no_model)
+    monkeypatch.setattr("qwen_forensics.model.loader.load_model", no_model)
+    shutil.rmtree(elsewhere / "trainingset2" / "image")
+    with pytest.raises(SystemExit) as stop:
+        run_lora(root, **quick)
+    message = str(stop.value)
+    assert message.startswith("stopped before loading any model: 32 of 32 images of the training set")
+    assert f"are not under {elsewhere} (the data root map.py recorded in {mapped / 'train.source.json'}" in message
+    assert "Set data_root in the config" in message
 
 
 def _p_fake(model, root: Path, setup, base_model_path: str) -> torch.Tensor:

@@ -182,7 +182,11 @@ def start_run(folder: str | os.PathLike, script: str, values: Mapping[str, Any],
             run_id = manifest.get("run_id")
             started = datetime.fromisoformat(manifest["started"]) if manifest.get("started") else started
     else:
-        earlier = list(dict.fromkeys([*outputs, *((manifest or {}).get("outputs") or [])]))
+        # The earlier run's names inside the folder, and whatever this run is about to write (also outside
+        # it): an earlier run's output elsewhere that this run does not write stays where it is.
+        recorded = [o for o in (manifest or {}).get("outputs") or []
+                    if not Path(o).is_absolute() or Path(o).is_relative_to(folder)]
+        earlier = list(dict.fromkeys([*outputs, *recorded]))
         protected = [Path(p).resolve() for p in keep]
         entries = [e for e in _entries(folder, earlier) if not _touches(e, protected)]
         if entries:

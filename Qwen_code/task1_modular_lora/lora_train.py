@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- setup: data
     train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
-                               accelerator)
+                                  accelerator)
     val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
                    if cfg.ann_val else None)
     processor = load_processor(cfg.model_path, cfg.image_size)

@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
+    # ---- setup: data (every index problem is reported before any weights load)
+    train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
+                                  accelerator)
+    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
+                   if cfg.ann_val else None)
+
     # ---- setup: model (full Qwen2.5-VL) + one LoRA adapter + heads + fusion projector
     on_gpu = accelerator.device.type == "cuda"
     # The processor first: it checks image_size against the model's patch size before weights load.
@@ -83,11 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     answer_ids = answer_ids_for(processor, spec)
     lora_cast = LoraInputCast(model.base)
 
-    # ---- setup: data
-    train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
-                               accelerator)
-    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
-                   if cfg.ann_val else None)
+    # ---- setup: loaders (the prompt comes from the model)
     answers = {0: cfg.target_text.real, 1: cfg.target_text.fake}
     pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait
     train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
