@@ -12,6 +12,8 @@ DATA = f"{DEFAULT_ROOT}/data"
 T1 = f"{DEFAULT_ROOT}/task1_modular_lora"
 T2 = f"{DEFAULT_ROOT}/task2_lm_lora"
 T3 = f"{DEFAULT_ROOT}/task3_hybrid_lora"
+# The earlier evaluation scripts' names of the two output files, accepted by every evaluation config.
+EVAL_OUTPUT_ALIASES = {"metrics_csv": "csv_path", "inference_output": "output_json"}
 # Keys a resume may change without starting another run (``runs``): how long it goes on and how fast it reads.
 RESUME_MAY_CHANGE = ("resume", "epochs", "max_steps", "num_workers")
 VIT_LORA_MODULES = ["attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 from ..checkpoint_paths import checkpoint_folder
 from ..config import ConfigError, option
 from ..prompts import DEFAULT_PROMPT
-from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
-                     check_image_size, check_positive)
+from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, MaskRuleConfig, RESUME_MAY_CHANGE, T1,
+                     VIT_LORA_MODULES, check_image_size, check_positive)
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Task1TrainConfig:
 class Task1HeadEvalConfig:
     """Task 1 subtask 1: evaluate the LoRA'd ViT + heads on an index."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
+    ALIASES: ClassVar[dict[str, str]] = EVAL_OUTPUT_ALIASES
     ckpt_path: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (a name ending in .pt: the folder of "
                             "that stem)", path="in", resolve=checkpoint_folder)
     model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
@@ -107,6 +108,7 @@ class Task1HeadEvalConfig:
 class Task1FullModelEvalConfig:
     """Task 1 subtask 2: the full model with the Task 1 visual LoRA answers Real/Fake."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
+    ALIASES: ClassVar[dict[str, str]] = EVAL_OUTPUT_ALIASES
     model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     lora_checkpoint: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (its visual LoRA is used; a "
                                   "name ending in .pt: the folder of that stem)", path="in", resolve=checkpoint_folder)

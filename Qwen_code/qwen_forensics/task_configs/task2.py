@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 from ..checkpoint_paths import adapter_folder, dataset_file
 from ..config import ConfigError, option
 from ..prompts import DEFAULT_PROMPT, prompt_from_template
-from .common import ALLOW_VAL_OVERLAP_HELP, DATA, MODEL, T2, VIT_LORA_MODULES, check_image_size, check_positive
+from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, T2, VIT_LORA_MODULES, check_image_size,
+                     check_positive)
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Task2TrainConfig:
 class Task2InferConfig:
     """Task 2 evaluation: P(fake) from the answer-token logits of the LoRA'd model."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
+    ALIASES: ClassVar[dict[str, str]] = EVAL_OUTPUT_ALIASES
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     lora_path: str = option(f"{T2}/training/lora_adapter", "adapter folder from LORA.py", path="in",
                             resolve=adapter_folder)

@@ -8,7 +8,8 @@ from typing import ClassVar, Literal
 from ..checkpoint_paths import adapter_folder, weights_file
 from ..config import ConfigError, option
 from ..prompts import DEFAULT_PROMPT
-from .common import ALLOW_VAL_OVERLAP_HELP, DATA, MaskRuleConfig, MODEL, RESUME_MAY_CHANGE, T3, check_image_size
+from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, MaskRuleConfig, RESUME_MAY_CHANGE, T3,
+                     check_image_size)
 
 
 @dataclass
@@ -122,8 +123,7 @@ class Task3TrainConfig:
 class Task3EvalConfig:
     """Task 3 evaluation: LM answer, head verdict and pixel metrics side by side."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
-    ALIASES: ClassVar[dict[str, str]] = {"ann_eval": "annotation_file", "metrics_csv": "csv_path",
-                                         "inference_output": "output_json"}
+    ALIASES: ClassVar[dict[str, str]] = {"ann_eval": "annotation_file", **EVAL_OUTPUT_ALIASES}
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     lora_checkpoint: str = option(f"{T3}/training/final/adapter", "adapter folder (or a file inside it)", path="in",
                                   resolve=adapter_folder)
