@@ -223,7 +223,7 @@ def test_answer_only_logits_give_the_full_vocabulary_loss(root):
     setup = data.setup(cfg.image_size)
     model = load_model(cfg.base_model_path, dtype="float32")
     processor = load_processor(cfg.base_model_path, setup.image_size)
-    dataset = Task2ImageDataset.from_samples(data.samples[:4], cfg.data_root, setup.image_size)
+    dataset = Task2ImageDataset.from_samples(data.samples[:4], data.data_root, setup.image_size)
     full = model_inputs(make_collator(processor, setup, train=True)([dataset[i] for i in range(4)]))
     cut = TrainerCollator(make_collator(processor, setup, train=True))([dataset[i] for i in range(4)])
     assert cut["logits_to_keep"] == 3 and cut["labels"].shape[1] == 3
