@@ -48,19 +48,20 @@ from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.shapes import seven_b_config
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.evaluation import answer_logits, eval_batch
-from qwen_forensics.losses import ForensicLossWeights, HybridLossWeights, forensic_loss, hybrid_loss
+from qwen_forensics.evaluation.predictions import answer_logits, eval_batch
+from qwen_forensics.training.losses import ForensicLossWeights, HybridLossWeights, forensic_loss, hybrid_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.hybrid import build_hybrid_model
 from qwen_forensics.model.loader import load_processor
 from qwen_forensics.model.lora import LoraInputCast, attach_lora, make_lora_config, trainable_to_fp32
 from qwen_forensics.model.lora_targets import vision_block_targets
-from qwen_forensics.model.window_attention import enable_fast_paths
+from qwen_forensics.model.fast.window_attention import enable_fast_paths
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
-from qwen_forensics.training import (autocast, enable_gradient_checkpointing, hybrid_optimizer, peak_gib,
-                                     recompute_frozen_blocks)
+from qwen_forensics.training.optim import hybrid_optimizer
+from qwen_forensics.training.recompute import enable_gradient_checkpointing, recompute_frozen_blocks
+from qwen_forensics.training.runtime import autocast, peak_gib
 
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")

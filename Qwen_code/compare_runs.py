@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qwen_forensics.plots import bar_chart
-from qwen_forensics.report import format_value, html_page, html_table, img, note
+from qwen_forensics.report.plots import bar_chart
+from qwen_forensics.report.page import format_value, html_page, html_table, img, note
 from qwen_forensics.files import atomic_write_text
 
 SPEC_METRICS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold", "pixel_f1", "pixel_iou",

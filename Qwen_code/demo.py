@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from qwen_forensics.eval_outputs import REPORT_NAME
+from qwen_forensics.evaluation.outputs import REPORT_NAME
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
 

@@ -19,10 +19,9 @@ from transformers import (
 )
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from qwen_forensics.adapters import load_adapter_strict, save_adapter
-from qwen_forensics.checkpoint import (RESOLVED_CONFIG_NAME, TRAINING_STATE_NAME, load_module_safetensors,
-                                       load_training_state, read_resolved_config, rng_state_name,
-                                       save_module_safetensors, save_training_state, write_resolved_config)
+from qwen_forensics.checkpoints.adapters import load_adapter_strict, save_adapter
+from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME, rng_state_name, TRAINING_STATE_NAME
+from qwen_forensics.checkpoints.tensors import load_module_safetensors, load_training_state, read_resolved_config, save_module_safetensors, save_training_state, write_resolved_config
 from qwen_forensics.demo.tiny import MROPE_SECTION, TEXT_DIMS, VISION_DIMS
 from qwen_forensics.model.lora import lora_wrapped_modules, make_lora_config
 from qwen_forensics.model.lora_targets import LoraTargetSpec, resolve_targets, vision_block_targets

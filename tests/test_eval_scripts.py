@@ -21,9 +21,9 @@ from sklearn.metrics import roc_auc_score
 
 from qwen_forensics.data.methods import group_order, manipulation_method
 from qwen_forensics.data.validate import BAD_LABEL, BAD_RECORD
-from qwen_forensics.eval_outputs import NO_HEATMAP_NOTE, REPORT_NAME
-from qwen_forensics.metrics import tune_threshold
-from qwen_forensics.report import HEADINGS, format_value
+from qwen_forensics.evaluation.outputs import NO_HEATMAP_NOTE, REPORT_NAME
+from qwen_forensics.evaluation.metrics import tune_threshold
+from qwen_forensics.report.page import HEADINGS, format_value
 from scripts import CODE, csv_rows, demo_index, run_script
 from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 

@@ -10,7 +10,7 @@ from qwen_forensics.data.geometry import (Letterbox, content_cells, letterbox_ge
                                           letterbox_mask, original_size_heatmap, unletterbox)
 from qwen_forensics.data.masks import MaskRule, binarize_mask, load_binary_mask
 from qwen_forensics.data.records import Record
-from qwen_forensics.metrics import PixelMetricAccumulator
+from qwen_forensics.evaluation.metrics import PixelMetricAccumulator
 
 SIZES = [(240, 320), (720, 1280), (1280, 720), (500, 500), (1080, 1920)]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qwen_forensics.config import parse_config
+from qwen_forensics.config.loading import parse_config
 from qwen_forensics.data.collate import (HybridCollator, TrainerCollator, VisionLanguageCollator, generate_inputs,
                                          hybrid_inputs, lm_logits_to_keep, model_inputs)
 from qwen_forensics.model.hybrid import build_hybrid_model

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from qwen_forensics.data.collate import VisionLanguageCollator, hybrid_inputs, model_inputs
-from qwen_forensics.evaluation import answer_logits, score_answers
+from qwen_forensics.evaluation.predictions import answer_logits, score_answers
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, answer_token_ids
 from scripts import load_script

@@ -1,4 +1,4 @@
-"""``qwen_forensics.runs``: a second run into one output folder moves the first run's files aside
+"""``qwen_forensics.checkpoints.runs``: a second run into one output folder moves the first run's files aside
 (never mixes, never overwrites), appended CSV rows tell runs apart, a resume continues its own run."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.runs import MANIFEST_NAME, PREVIOUS_DIR, config_hash, start_run
+from qwen_forensics.checkpoints.runs import MANIFEST_NAME, PREVIOUS_DIR, config_hash, start_run
 from scripts import csv_rows, demo_index, run_script
 
 OUTPUTS = ["resolved_config.json", "epoch_*", "best_by_*", "final"]

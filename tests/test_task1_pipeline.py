@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from qwen_forensics.checkpoint_folders import attach_task1_checkpoint
+from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
@@ -167,7 +167,7 @@ import sys
 import numpy as np
 import torch
 from qwen_forensics.model.loader import load_vision_tower
-from qwen_forensics.checkpoint_folders import attach_task1_checkpoint
+from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 
 model_dir, ckpt, batch_file, out_file = sys.argv[1:]
 model = attach_task1_checkpoint(load_vision_tower(model_dir, dtype="float32"), ckpt).eval()

@@ -15,14 +15,16 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 
 from qwen_forensics.data.collate import GRID_HOST_KEY, ImageBatchCollator, vision_grid
 from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS
-from qwen_forensics.losses import ForensicLossWeights, forensic_loss
+from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
-from qwen_forensics.model.window_attention import enable_fast_paths
-from qwen_forensics.evaluation import SplitEvaluator
-from qwen_forensics.training import FirstBatch, recompute_frozen_blocks, warm_up
+from qwen_forensics.model.fast.window_attention import enable_fast_paths
+from qwen_forensics.evaluation.predictions import SplitEvaluator
+from qwen_forensics.training.loop import warm_up
+from qwen_forensics.training.recompute import recompute_frozen_blocks
+from qwen_forensics.training.runtime import FirstBatch
 
 LORA_LAYERS = [3, 9]
 TAPPED = [9, 20]

@@ -12,17 +12,17 @@ import torch
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback
 
-from qwen_forensics.adapters import load_adapter_strict
-from qwen_forensics.checkpoint_folders import adapter_setup
-from qwen_forensics.config import parse_config
+from qwen_forensics.checkpoints.adapters import load_adapter_strict
+from qwen_forensics.checkpoints.task2 import adapter_setup
+from qwen_forensics.config.loading import parse_config
 from qwen_forensics.data.collate import TrainerCollator, make_collator, model_inputs
 from qwen_forensics.data.dataset import Task2ImageDataset
 from qwen_forensics.data.lm_records import read_task2_dataset, run_map
 from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.evaluation import answer_logits
-from qwen_forensics.hf_trainer import warm_up_trainer
+from qwen_forensics.evaluation.predictions import answer_logits
+from qwen_forensics.training.hf_trainer import warm_up_trainer
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig

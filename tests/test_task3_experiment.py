@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qwen_forensics.checkpoint_folders import CheckpointPaths, save_hybrid_weights
-from qwen_forensics.config import parse_config
+from qwen_forensics.checkpoints.task3 import CheckpointPaths, save_hybrid_weights
+from qwen_forensics.config.loading import parse_config
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.model.hybrid import build_hybrid_model

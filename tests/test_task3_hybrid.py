@@ -18,16 +18,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen_forensics.checkpoint_folders import CheckpointPaths, answer_ids_for, load_hybrid_model, save_hybrid_weights
-from qwen_forensics.config import parse_config
+from qwen_forensics.checkpoints.task3 import answer_ids_for, CheckpointPaths, load_hybrid_model, save_hybrid_weights
+from qwen_forensics.config.loading import parse_config
 from qwen_forensics.data.collate import HybridCollator, hybrid_inputs, lm_logits_to_keep
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.evaluation import eval_batch
-from qwen_forensics.losses import HybridLossWeights, answer_lm_loss, hybrid_loss
+from qwen_forensics.evaluation.predictions import eval_batch
+from qwen_forensics.training.losses import HybridLossWeights, answer_lm_loss, hybrid_loss
 from qwen_forensics.model.hybrid import HybridPrompt, SLOT_TOKEN, build_hybrid_model, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import enable_gradient_checkpointing, hybrid_optimizer
+from qwen_forensics.training.optim import hybrid_optimizer
+from qwen_forensics.training.recompute import enable_gradient_checkpointing
 from scripts import load_script
 
 IMAGE_SIZE = 112
@@ -223,7 +224,7 @@ CHILD = textwrap.dedent("""
     import sys, torch
     from safetensors.torch import load_file, save_file
     from qwen_forensics.model.loader import load_model, load_processor
-    from qwen_forensics.checkpoint_folders import CheckpointPaths, load_hybrid_model, read_hybrid_spec
+    from qwen_forensics.checkpoints.task3 import CheckpointPaths, load_hybrid_model, read_hybrid_spec
     tiny, ckpt, batch_file, out_file = sys.argv[1:]
     paths = CheckpointPaths.folder(ckpt)
     processor = load_processor(tiny, read_hybrid_spec(paths.fusion_file).image_size)

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from qwen_forensics.dtypes import resolve_dtype
+from qwen_forensics.config.dtypes import resolve_dtype
 from qwen_forensics.model.loader import (
     get_language_model,
     get_visual,

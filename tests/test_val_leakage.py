@@ -16,7 +16,7 @@ import pytest
 from qwen_forensics.data.leakage import VideoLeakageWarning
 from qwen_forensics.data.lm_records import Task2Sample
 from qwen_forensics.data.records import load_index
-from qwen_forensics.leak_guard import LeakGuardError, guard_checkpoint_split
+from qwen_forensics.evaluation.leak_guard import LeakGuardError, guard_checkpoint_split
 from scripts import SHARED_INDEX, csv_rows, demo_index, needs_real_index, one_torch_thread, run_script
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from qwen_forensics.model import window_attention
 from qwen_forensics.model.loader import load_model
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
-from qwen_forensics.model.window_attention import enable_fast_paths, plan_attention
+from qwen_forensics.model.fast.window_attention import enable_fast_paths, plan_attention
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,7 +311,7 @@ def test_cuda_lm_rotary_is_bit_exact_and_the_scoring_forward_matches(tiny_model_
     """bf16 at the 7B LM's head layout (28 query heads, 4 key heads, head_dim 128): bit for bit."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
-    from qwen_forensics.model.fused_ops import rotary_lm
+    from qwen_forensics.model.fast.fused_ops import rotary_lm
     g = torch.Generator(device="cuda").manual_seed(0)
     b, s, d = 4, 301, 128
     q, k = (torch.randn(b, s, h, d, device="cuda", generator=g).bfloat16() for h in (28, 4))

@@ -15,31 +15,33 @@ from pathlib import Path
 from peft import inject_adapter_in_model
 from torch.utils.data import DataLoader
 
-from qwen_forensics.adapters import load_adapter_strict
-from qwen_forensics.checkpoint import load_training_state, write_resolved_config
-from qwen_forensics.checkpoint_folders import ADAPTER_DIR, load_heads, save_task1_checkpoint
-from qwen_forensics.config import load_config
+from qwen_forensics.checkpoints.adapters import load_adapter_strict
+from qwen_forensics.checkpoints.tensors import load_training_state, write_resolved_config
+from qwen_forensics.checkpoints.heads import load_heads
+from qwen_forensics.checkpoints.task1 import save_task1_checkpoint
+from qwen_forensics.checkpoints.names import ADAPTER_DIR
+from qwen_forensics.config.loading import load_config
 from qwen_forensics.data.collate import ImageBatchCollator, vision_grid
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.validate import load_split
-from qwen_forensics.eval_outputs import HeatmapSource, score_heads
-from qwen_forensics.evaluation import predict_heads
+from qwen_forensics.evaluation.scoring import HeatmapSource, score_heads
+from qwen_forensics.evaluation.predictions import predict_heads
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.leak_guard import guard_training_split
-from qwen_forensics.losses import ForensicLossWeights, forensic_loss
+from qwen_forensics.evaluation.leak_guard import guard_training_split
+from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.dtypes import resolve_dtype
+from qwen_forensics.config.dtypes import resolve_dtype
 from qwen_forensics.model.loader import load_processor, load_vision_tower
 from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable_to_fp32
 from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.runs import start_config_run
-from qwen_forensics.training import (FirstBatch, autocast, best_logged, build_optimizer_and_schedule, format_row,
-                                     keep_best, make_accelerator, optimizer_steps, param_groups,
-                                     recompute_frozen_blocks, seed_everything, train_epoch, training_outputs,
-                                     warm_up_first_batch)
+from qwen_forensics.checkpoints.runs import start_config_run
+from qwen_forensics.training.loop import best_logged, format_row, keep_best, train_epoch, training_outputs, warm_up_first_batch
+from qwen_forensics.training.optim import build_optimizer_and_schedule, optimizer_steps, param_groups
+from qwen_forensics.training.recompute import recompute_frozen_blocks
+from qwen_forensics.training.runtime import autocast, FirstBatch, make_accelerator, seed_everything
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 BEST_FOLDERS = {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}

@@ -4,7 +4,7 @@ The adapter is attached strictly (every tensor of the file lands in the model, n
 created). Image geometry, prompt and answer words default to what LORA.py trained with (the
 adapter folder's resolved_config.json); a config value that differs is used but announced. Every
 image is scored by one batched forward: P(fake) = softmax over the fake/real answer-token logits at
-the position whose logits training supervised (``qwen_forensics.evaluation.answer_logits``). With
+the position whose logits training supervised (``qwen_forensics.evaluation.predictions.answer_logits``). With
 ``max_new_tokens > 0`` the greedy free text and the label its keywords name are extra columns,
 never replacing the probability.
 
@@ -27,21 +27,21 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.adapters import load_adapter_strict
-from qwen_forensics.checkpoint import write_resolved_config
-from qwen_forensics.checkpoint_folders import adapter_setup, resolve_infer_setup
-from qwen_forensics.config import config_dict, load_config
+from qwen_forensics.checkpoints.adapters import load_adapter_strict
+from qwen_forensics.checkpoints.tensors import write_resolved_config
+from qwen_forensics.checkpoints.task2 import adapter_setup, resolve_infer_setup
+from qwen_forensics.config.loading import config_dict, load_config
 from qwen_forensics.data.collate import make_collator
 from qwen_forensics.data.dataset import Task2ImageDataset
-from qwen_forensics.eval_outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
-from qwen_forensics.evaluation import SplitEvaluator, answer_scorer
-from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import image_report
+from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
+from qwen_forensics.evaluation.predictions import SplitEvaluator, answer_scorer
+from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
+from qwen_forensics.evaluation.metrics import image_report
 from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.runs import start_config_run
+from qwen_forensics.checkpoints.runs import start_config_run
 from qwen_forensics.task_configs import Task2InferConfig
-from qwen_forensics.training import make_accelerator, peak_gib, speed_line
+from qwen_forensics.training.runtime import make_accelerator, peak_gib, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc", "f1", "lora_path",
                "base_model_path"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_forensics.checkpoint import write_resolved_config
-from qwen_forensics.config import load_config
+from qwen_forensics.checkpoints.tensors import write_resolved_config
+from qwen_forensics.config.loading import load_config
 from qwen_forensics.data.lm_records import run_map
 from qwen_forensics.model.loader import load_processor
 from qwen_forensics.task_configs import Task2MapConfig

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..model.mrope import POSITION_KEY, host_position_ids
-from ..prompts import PromptSetup, encode_text, prompt_text_for
+from qwen_forensics.model.mrope import POSITION_KEY, host_position_ids
+from qwen_forensics.prompts import PromptSetup, encode_text, prompt_text_for
 
 if TYPE_CHECKING:
-    from ..model.hybrid import HybridPrompt
+    from qwen_forensics.model.hybrid import HybridPrompt
 
 IGNORE_INDEX = -100
 EXTRA_KEYS = ("target", "answer_positions", "position")

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .geometry import letterbox_image, letterbox_mask
-from .lm_records import Task2Sample
-from .masks import MaskRule, load_binary_mask
-from .records import Record
+from qwen_forensics.data.geometry import letterbox_image, letterbox_mask
+from qwen_forensics.data.lm_records import Task2Sample
+from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.data.records import Record
 
 
 class ForgeryDataset(Dataset):

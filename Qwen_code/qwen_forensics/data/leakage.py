@@ -39,7 +39,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from .records import Record, VideoOverlap, video_overlap
+from qwen_forensics.data.records import Record, VideoOverlap, video_overlap
 
 _FAKE_CLIP = re.compile(r"^(\d+)__([0-9a-f]{32})__([0-9a-f]{32})$", re.IGNORECASE)
 _REAL_CLIP = re.compile(r"^image__(\d+)__([0-9a-f]{32})$", re.IGNORECASE)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .records import Record
+from qwen_forensics.data.records import Record
 
 
 @dataclass(frozen=True)

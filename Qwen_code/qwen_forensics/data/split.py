@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
-from .leakage import video_groups
-from .records import Record
+from qwen_forensics.data.leakage import video_groups
+from qwen_forensics.data.records import Record
 
 
 def split_by_video(records: list[Record], val_fraction: float = 0.15, seed: int = 0) -> tuple[list[Record], list[Record]]:

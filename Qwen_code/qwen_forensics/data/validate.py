@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .records import BadIndex, Record, load_index
+from qwen_forensics.data.records import BadIndex, Record, load_index
 
 # Problem kinds (short codes used in reports and skipped_records.json).
 EMPTY_INDEX = "empty_index"

@@ -33,8 +33,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..data.records import video_key
-from .render import Video, render_video
+from qwen_forensics.data.records import video_key
+from qwen_forensics.demo.render import Video, render_video
 
 MARKER_NAME = ".synthetic_demo.json"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..files import atomic_write
+from qwen_forensics.files import atomic_write
 
 
 _SATURATED = np.array(

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from .tokenizer import QWEN_ADDED_TOKENS, QWEN_CHAT_TEMPLATE, build_tiny_tokenizer, tokenizer_config
+from qwen_forensics.demo.tokenizer import QWEN_ADDED_TOKENS, QWEN_CHAT_TEMPLATE, build_tiny_tokenizer, tokenizer_config
 
 
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]

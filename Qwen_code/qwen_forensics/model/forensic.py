@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .heads import ForensicHeads
-from .tap import ViTFeatureTap
+from qwen_forensics.model.heads import ForensicHeads
+from qwen_forensics.model.tap import ViTFeatureTap
 
 
 class ForensicViT(nn.Module):

@@ -35,11 +35,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .heads import ForensicHeads
-from .loader import get_language_model, get_visual
-from .lora import inject_hybrid_lora
-from ..prompts import prompt_text_for
-from .tap import ViTFeatureTap
+from qwen_forensics.model.heads import ForensicHeads
+from qwen_forensics.model.loader import get_language_model, get_visual
+from qwen_forensics.model.lora import inject_hybrid_lora
+from qwen_forensics.prompts import prompt_text_for
+from qwen_forensics.model.tap import ViTFeatureTap
 
 __all__ = [
     "SLOT_TOKEN",

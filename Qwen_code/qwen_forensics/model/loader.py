@@ -16,9 +16,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from ..checkpoint import short_list
-from ..dtypes import resolve_dtype
-from .window_attention import enable_fast_paths
+from qwen_forensics.config.dtypes import resolve_dtype
+from qwen_forensics.model.fast.window_attention import enable_fast_paths
 
 
 MODEL_FOLDER_CONTENTS = (
@@ -228,3 +227,12 @@ def get_language_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def _summarise(problems: dict[str, list[str]]) -> str:
     return "; ".join(f"{len(keys)} {kind}: {short_list(keys)}" for kind, keys in problems.items())
+
+
+_LIST_LIMIT = 20
+
+
+def short_list(items: list[str]) -> str:
+    shown = items[:_LIST_LIMIT]
+    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return f"{shown}{more}"

@@ -19,8 +19,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from .loader import get_visual
-from .lora_targets import (LoraTargetSpec, _flatten, exact_target_regex, locate_components, resolve_targets,
+from qwen_forensics.model.loader import get_visual
+from qwen_forensics.model.lora_targets import (LoraTargetSpec, _flatten, exact_target_regex, locate_components, resolve_targets,
                            resolve_targets_with_notes)
 
 PEFT_MODEL_PREFIX = "base_model.model."

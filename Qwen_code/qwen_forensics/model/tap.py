@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .loader import unwrap_peft
+from qwen_forensics.model.loader import unwrap_peft
 
 __all__ = ["ViTFeatureTap", "compute_window_index", "patch_order"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..checkpoint_paths import checkpoint_folder
-from ..config import ConfigError, option
-from ..prompts import DEFAULT_PROMPT
-from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, MaskRuleConfig, RESUME_MAY_CHANGE, T1,
+from qwen_forensics.checkpoints.names import checkpoint_folder
+from qwen_forensics.config.loading import ConfigError, option
+from qwen_forensics.prompts import DEFAULT_PROMPT
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, MaskRuleConfig, RESUME_MAY_CHANGE, T1,
                      VIT_LORA_MODULES, check_image_size, check_positive)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..checkpoint_paths import adapter_folder, dataset_file
-from ..config import ConfigError, option
-from ..prompts import DEFAULT_PROMPT, prompt_from_template
-from .common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, T2, VIT_LORA_MODULES, check_image_size,
+from qwen_forensics.checkpoints.names import adapter_folder, dataset_file
+from qwen_forensics.config.loading import ConfigError, option
+from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_from_template
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, T2, VIT_LORA_MODULES, check_image_size,
                      check_positive)
 
 

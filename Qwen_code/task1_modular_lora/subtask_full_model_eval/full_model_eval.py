@@ -3,7 +3,7 @@
 The full model is loaded, the Task 1 checkpoint's visual LoRA is attached strictly to its vision
 tower (the heads are not used), and every image is scored by one batched forward:
 P(fake) = softmax over the fake/real answer-token logits at the answer position (the last one,
-with left padding), as defined in ``qwen_forensics.evaluation``. The answer tokens are what the chat
+with left padding), as defined in ``qwen_forensics.evaluation.predictions``. The answer tokens are what the chat
 template puts right after the assistant header (SPEC 6.3); a fake/real word that is not a single
 token there is an error. Images are letterboxed to the checkpoint's ``image_size`` unless the
 config sets one. With ``max_new_tokens > 0`` the greedy free text is reported in its own
@@ -27,20 +27,21 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoint import write_resolved_config
-from qwen_forensics.checkpoint_folders import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
-from qwen_forensics.config import load_config
+from qwen_forensics.checkpoints.tensors import write_resolved_config
+from qwen_forensics.checkpoints.notes import check_seed_lora_keys
+from qwen_forensics.checkpoints.task1 import attach_task1_lora, checkpoint_image_size
+from qwen_forensics.config.loading import load_config
 from qwen_forensics.data.collate import VisionLanguageCollator
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.eval_outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
-from qwen_forensics.evaluation import SplitEvaluator, answer_scorer
-from qwen_forensics.leak_guard import guard_checkpoint_split
-from qwen_forensics.metrics import image_report
+from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
+from qwen_forensics.evaluation.predictions import SplitEvaluator, answer_scorer
+from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
+from qwen_forensics.evaluation.metrics import image_report
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
-from qwen_forensics.runs import start_config_run
+from qwen_forensics.checkpoints.runs import start_config_run
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
+from qwen_forensics.training.runtime import make_accelerator, peak_gib, seed_everything, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]

@@ -3,7 +3,7 @@
 Image metrics (AUROC, AP, ACC/F1 at 0.5 and at a threshold tuned on ``ann_val`` when given) and
 pixel metrics at the original resolution (SPEC 7); one CSV row per run, a per-image predictions
 file, heatmap pictures (original | overlay | ground truth) and ``report.html`` in ``out_dir``
-(``qwen_forensics.eval_outputs``).
+(``qwen_forensics.evaluation.outputs``).
 
     python Qwen_code/task1_modular_lora/subtask_vit_head_eval/lora_eval.py \
         --config Qwen_code/task1_modular_lora/subtask_vit_head_eval/config_eval.json
@@ -18,19 +18,21 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoint import write_resolved_config
-from qwen_forensics.checkpoint_folders import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
-from qwen_forensics.config import load_config
+from qwen_forensics.checkpoints.tensors import write_resolved_config
+from qwen_forensics.checkpoints.notes import check_seed_lora_keys
+from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint, checkpoint_image_size
+from qwen_forensics.config.loading import load_config
 from qwen_forensics.data.collate import ImageBatchCollator
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.eval_outputs import HeatmapSource, evaluation_outputs, finish_evaluation, score_heads
-from qwen_forensics.evaluation import SplitEvaluator, predict_heads
-from qwen_forensics.leak_guard import guard_checkpoint_split
+from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation
+from qwen_forensics.evaluation.scoring import HeatmapSource, score_heads
+from qwen_forensics.evaluation.predictions import SplitEvaluator, predict_heads
+from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
 from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.runs import start_config_run
+from qwen_forensics.checkpoints.runs import start_config_run
 from qwen_forensics.task_configs import Task1HeadEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, speed_line
+from qwen_forensics.training.runtime import make_accelerator, peak_gib, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
                "pixel_iou", "ckpt_path", "model_path"]

@@ -99,3 +99,22 @@ def dataset_file(value: str, role: str, check: bool) -> tuple[str, str | None]:
                              "these scripts read the records map.py writes now: run Qwen_code/task2_lm_lora/map.py")
         _require(target, "training set", given)
     return os.fspath(target), note
+
+
+ADAPTER_DIR = "adapter"
+
+
+HEADS_FILE = "heads.safetensors"
+
+
+FUSION_FILE = "fusion.safetensors"
+
+
+TRAINING_STATE_NAME = "training_state.pt"
+
+
+RESOLVED_CONFIG_NAME = "resolved_config.json"
+
+
+def rng_state_name(process_index: int) -> str:
+    return f"rng_state_{process_index}.pt"

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config_paths import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, ConfigMeta, PathContext, config_meta,
+from qwen_forensics.config.paths import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, ConfigMeta, PathContext, config_meta,
                            effective_root, implied_root, input_paths, output_folder, relocate_path, resolve_paths)
 
 IGNORED_KEYS = {"working_dir": "ignored: scripts resolve every path themselves and never chdir"}

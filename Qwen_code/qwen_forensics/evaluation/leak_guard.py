@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import RESOLVED_CONFIG_NAME, read_resolved_config
-from .data.leakage import LeakageReport, VideoLeakageError, require_no_leakage
-from .data.lm_records import read_task2_dataset
-from .data.records import Record, load_index
+from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
+from qwen_forensics.checkpoints.tensors import read_resolved_config
+from qwen_forensics.data.leakage import LeakageReport, VideoLeakageError, require_no_leakage
+from qwen_forensics.data.lm_records import read_task2_dataset
+from qwen_forensics.data.records import Record, load_index
 
 ALLOW_KEY = "allow_val_overlap"
 # Keys of a training config (as resolved_config.json holds it) that name the training set.

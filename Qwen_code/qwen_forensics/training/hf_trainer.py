@@ -15,9 +15,10 @@ from typing import Any, Mapping
 import torch
 from accelerate.utils import send_to_device
 
-from .config import ConfigError, config_dict, relocate_path
-from .prompts import PromptSetup
-from .training import autocast, warm_up
+from qwen_forensics.config.loading import ConfigError, config_dict, relocate_path
+from qwen_forensics.prompts import PromptSetup
+from qwen_forensics.training.loop import warm_up
+from qwen_forensics.training.runtime import autocast
 
 
 _PATH_ARGS = ("output_dir", "logging_dir", "resume_from_checkpoint")

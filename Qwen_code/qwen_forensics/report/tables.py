@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .data.methods import group_order, manipulation_method
+from qwen_forensics.data.methods import group_order, manipulation_method
 
 DEFAULT_AREA_EDGES = (0.01, 0.05, 0.15, 0.40)
 EMPTY_BUCKET = "empty mask"

@@ -30,8 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .config import RECORD_KEYS, config_dict, input_paths
-from .files import atomic_write_text
+from qwen_forensics.config.loading import RECORD_KEYS, config_dict, input_paths
+from qwen_forensics.files import atomic_write_text
 
 MANIFEST_NAME = "run_manifest.json"
 PREVIOUS_DIR = "previous_runs"

@@ -21,7 +21,7 @@ import random
 import warnings
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,22 +29,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import config_dict
-from .files import atomic_write, atomic_write_text
-
-TRAINING_STATE_NAME = "training_state.pt"
-RESOLVED_CONFIG_NAME = "resolved_config.json"
-_LIST_LIMIT = 20
-
-
-def rng_state_name(process_index: int) -> str:
-    return f"rng_state_{process_index}.pt"
-
-
-def short_list(items: list[str]) -> str:
-    shown = items[:_LIST_LIMIT]
-    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
-    return f"{shown}{more}"
+from qwen_forensics.config.loading import config_dict
+from qwen_forensics.files import atomic_write, atomic_write_text
+from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME, TRAINING_STATE_NAME, rng_state_name
+from qwen_forensics.model.loader import short_list
 
 
 def require_file(path: Path, what: str) -> None:
@@ -262,3 +250,11 @@ def read_resolved_config(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
+def require_metadata(path: Path, keys: Sequence[str], writer: str) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (check the checkpoint paths in the config)")
+    meta = read_safetensors_metadata(path)
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: metadata lacks {missing}; it was not written by {writer}")
+    return meta

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.collate import IGNORE_INDEX, hybrid_inputs, lm_logits_to_keep
-from .training import autocast
+from qwen_forensics.data.collate import IGNORE_INDEX, hybrid_inputs, lm_logits_to_keep
+from qwen_forensics.training.runtime import autocast
 
 __all__ = ["ForensicLossWeights", "forensic_loss", "mask_to_grid", "soft_dice"]
 

@@ -23,9 +23,10 @@ from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from torch import nn
 
-from .checkpoint import mismatch_report, read_tensors, require_file, save_tensors, short_list
-from .model.lora import PEFT_MODEL_PREFIX
-from .model.lora_targets import locate_components
+from qwen_forensics.checkpoints.tensors import mismatch_report, read_tensors, require_file, save_tensors
+from qwen_forensics.model.loader import short_list
+from qwen_forensics.model.lora import PEFT_MODEL_PREFIX
+from qwen_forensics.model.lora_targets import locate_components
 
 
 def _adapter_owner(model: nn.Module, adapter_name: str) -> nn.Module:

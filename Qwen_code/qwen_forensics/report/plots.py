@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from .visualize import overlay_array
+from qwen_forensics.report.pictures import overlay_array
 
 
 def png_data_uri(png: bytes) -> str:

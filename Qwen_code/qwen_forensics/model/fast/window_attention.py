@@ -42,7 +42,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 from transformers.utils.generic import get_max_seqlen
 
-from .fused_ops import rms_norm, rotary_lm, rotary_split, silu_mul, silu_mul_packed
+from qwen_forensics.model.fast.fused_ops import rms_norm, rotary_lm, rotary_split, silu_mul, silu_mul_packed
 
 __all__ = ["AttentionPlan", "enable_fast_paths", "plan_attention"]
 

@@ -1,0 +1,51 @@
+"""Task 2 adapter folders (``LORA.py``): the prompt setup recorded next to the adapter, and the
+evaluation setup derived from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from qwen_forensics.checkpoints.tensors import read_resolved_config
+from qwen_forensics.prompts import PromptSetup
+
+
+# Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.
+SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")
+
+
+ANSWER_KEYS = ("fake_token", "real_token")
+
+
+def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
+    """The prompt setup LORA.py trained with, read from the adapter folder's resolved_config.json."""
+    saved = read_resolved_config(lora_path)
+    missing = [k for k in SETUP_KEYS if k not in saved]
+    if missing:
+        raise ValueError(f"{Path(lora_path) / 'resolved_config.json'} lacks {missing}: the adapter was not "
+                         "written by Task 2's LORA.py, which records the geometry, prompt and answer words it "
+                         "trained with; point lora_path at a LORA.py adapter folder")
+    return PromptSetup(**{k: saved[k] for k in SETUP_KEYS})
+
+
+def resolve_infer_setup(cfg, trained: PromptSetup) -> tuple[PromptSetup, list[str]]:
+    """Evaluation setup and notes for the log: the config's explicit values, else the adapter's.
+
+    The answer words are always the trained ones: reading another token's logit (" Fake" for
+    "Fake", SPEC 6.3) gives a meaningless AUROC, so a configured word that differs is reported and
+    replaced. A different prompt or geometry is allowed (to probe the model) but announced.
+    """
+    chosen, notes = {}, []
+    for key in SETUP_KEYS:
+        value = getattr(cfg, key)
+        trained_value = getattr(trained, key)
+        if value is None or value == trained_value:
+            chosen[key] = trained_value
+        elif key in ANSWER_KEYS:
+            chosen[key] = trained_value
+            notes.append(f"{key}={value!r} is not the answer word the adapter was trained with ({trained_value!r}); "
+                         f"the trained word {trained_value!r} is read")
+        else:
+            chosen[key] = value
+            notes.append(f"{key}={value!r} differs from the adapter's training value {trained_value!r}; the model is "
+                         "evaluated on inputs it was not trained on")
+    return PromptSetup(**chosen), notes

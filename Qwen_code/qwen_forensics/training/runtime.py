@@ -1,0 +1,130 @@
+"""Loop plumbing shared by the custom training recipes (Task 1, Task 3): accelerate, seeds,
+optimizer groups, schedule, autocast. The recipes themselves stay readable top to bottom."""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import ExitStack, nullcontext
+
+import numpy as np
+import torch
+import torch.utils.checkpoint
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedDataParallelKwargs
+
+from qwen_forensics.config.dtypes import resolve_dtype
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def make_accelerator(grad_accum: int, *, find_unused_parameters: bool = False) -> Accelerator:
+    """One accelerator for single-process, ``accelerate launch`` and ``torchrun`` alike.
+
+    Mixed precision is not delegated to accelerate: the recipes use :func:`autocast` so CPU runs
+    stay in fp32 and GPU runs use the configured dtype, the same code path in both cases.
+    """
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
+    # Batches from pinned memory (the recipes' loaders pin on CUDA) are copied without the host
+    # waiting: a blocking copy of a 16-image batch (77 MB of pixels) would wait for the previous
+    # step to finish and leave the GPU idle while it copies.
+    return Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=kwargs,
+                       dataloader_config=DataLoaderConfiguration(non_blocking=True))
+
+
+def autocast(device: torch.device, amp_dtype: str, lora_cast=None):
+    """bf16/fp16 autocast on CUDA; plain fp32 elsewhere (CPU autocast would only add noise here).
+
+    ``lora_cast`` (a ``model.lora.LoraInputCast``): also skip PEFT's fp32 copy of LoRA inputs,
+    which autocast makes redundant.
+    """
+    if device.type != "cuda" or amp_dtype == "fp32":
+        return nullcontext()
+    stack = ExitStack()
+    stack.enter_context(torch.autocast(device_type="cuda", dtype=resolve_dtype(amp_dtype)))
+    if lora_cast is not None:
+        stack.enter_context(lora_cast.off())
+    return stack
+
+
+def synchronized_clock() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_gib() -> float:
+    """Peak GPU memory allocated by this process so far, in GiB (0 without CUDA)."""
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def speed_line(images: int, seconds: float, what: str, waited: float | None = None) -> str:
+    """The one line every script prints about its speed (the end-to-end benchmark parses it).
+
+    ``waited``: the part of ``seconds`` the loop spent waiting for the data loader (`LoaderClock`),
+    which says whether the loader or the model sets the pace."""
+    line = (f"[speed] {what}: {images} images in {seconds:.2f} s = {images / max(seconds, 1e-9):.2f} images/s, "
+            f"peak GPU memory {peak_gib():.2f} GiB")
+    return line if waited is None else f"{line}, {waited:.2f} s of it waiting for data"
+
+
+class LoaderClock:
+    """Iterates ``loader`` and adds up, in ``waited``, the wall time spent inside its ``__next__``:
+    the time the loop stood still because no batch was ready (worker start-up, decoding, and the
+    copy to the device that accelerate's loader does before it yields)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.waited = 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        iterator, end = iter(self.loader), object()
+        while True:
+            start = time.perf_counter()
+            batch = next(iterator, end)
+            self.waited += time.perf_counter() - start
+            if batch is end:
+                return
+            yield batch
+
+
+class FirstBatch:
+    """A loader whose first batch can be taken early (:meth:`first`): iterating the loader then starts
+    its workers, so they decode while the caller warms up, and the batch comes back as the first of
+    the next pass, which continues the same iterator. Later passes iterate the loader afresh."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self._iterator = None
+        self._head: list = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def first(self):
+        """The next pass's first batch (None for an empty loader), fetched now."""
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        if not self._head:
+            batch = next(self._iterator, None)
+            if batch is None:
+                return None
+            self._head.append(batch)
+        return self._head[0]
+
+    def __iter__(self):
+        iterator = self._iterator if self._iterator is not None else iter(self.loader)
+        head, self._iterator, self._head = self._head, None, []
+        yield from head
+        yield from iterator
+
+
