@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.shapes import seven_b_config
 from qwen_forensics.demo.tiny import OUTPUT_FILES, build_tiny_model
-from qwen_forensics.demo.dataset import make_demo_dataset
 
 CODE = Path(__file__).resolve().parent
 # The user's frame sizes, in about the proportions of their real index (cycled per video).

@@ -36,32 +36,24 @@ from pathlib import Path
 
 import torch
 from peft import inject_adapter_in_model
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from torch import nn
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, VisionLanguageCollator,
-                                         answer_only_inputs, generate_inputs, make_collator, model_inputs,
-                                         vision_grid)
-from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.records import load_index
+from qwen_forensics.data import (ForgeryDataset, HybridCollator, ImageBatchCollator, VisionLanguageCollator,
+                                 generate_inputs, load_index, make_collator, model_inputs, vision_grid)
+from qwen_forensics.data.collate import answer_only_inputs
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.shapes import seven_b_config
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.evaluation.predictions import answer_logits, eval_batch
-from qwen_forensics.training.losses import ForensicLossWeights, HybridLossWeights, forensic_loss, hybrid_loss
-from qwen_forensics.model.forensic import ForensicViT
-from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.model.hybrid import build_hybrid_model
-from qwen_forensics.model.loader import load_processor
-from qwen_forensics.model.lora import LoraInputCast, attach_lora, make_lora_config, trainable_to_fp32
-from qwen_forensics.model.lora_targets import vision_block_targets
+from qwen_forensics.evaluation import answer_logits, eval_batch
+from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, attach_lora, build_hybrid_model,
+                                  load_processor, make_lora_config, trainable_to_fp32, vision_block_targets)
 from qwen_forensics.model.fast.window_attention import enable_fast_paths
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
-from qwen_forensics.training.optim import hybrid_optimizer
-from qwen_forensics.training.recompute import enable_gradient_checkpointing, recompute_frozen_blocks
-from qwen_forensics.training.runtime import autocast, peak_gib
+from qwen_forensics.training import (ForensicLossWeights, HybridLossWeights, autocast, enable_gradient_checkpointing,
+                                     forensic_loss, hybrid_loss, hybrid_optimizer, peak_gib, recompute_frozen_blocks)
 
 LAYERS = [7, 15, 23, 31]
 DEVICE = torch.device("cuda")
@@ -111,8 +103,7 @@ KERNEL_CLASSES = (("gemm", ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul", 
 
 def profile(fn, steps: int = 2) -> dict:
     """GPU time per kernel class over ``steps`` calls of ``fn`` and the share of wall time the GPU was busy."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+    from torch.profiler import ProfilerActivity, profile as torch_profile
 
     fn()
     torch.cuda.synchronize()

@@ -16,9 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from qwen_forensics.data.leakage import check_leakage
-from qwen_forensics.data.records import BadIndex, load_index
-from qwen_forensics.data.validate import validate_records
+from qwen_forensics.data import BadIndex, check_leakage, load_index, validate_records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

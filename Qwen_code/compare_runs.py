@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qwen_forensics.report.plots import bar_chart
-from qwen_forensics.report.page import format_value, html_page, html_table, img, note
 from qwen_forensics.files import atomic_write_text
+from qwen_forensics.report import bar_chart, format_value, html_page, html_table, img, note
 
 SPEC_METRICS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold", "pixel_f1", "pixel_iou",
                 "ciou", "cdice", "false_alarm", "num_fake_empty_mask", "score")

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from qwen_forensics.evaluation.outputs import REPORT_NAME
-from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.evaluation import REPORT_NAME
 
 CODE = Path(__file__).resolve().parent
 

@@ -14,10 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from qwen_forensics.data.leakage import video_groups
-from qwen_forensics.data.records import BadIndex, Record, load_index, save_index
-from qwen_forensics.data.split import split_by_video
-from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
+from qwen_forensics.data import (BadIndex, Record, apply_bad_sample_policy, load_index, save_index, split_by_video,
+                                 validate_records, video_groups)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints.detect import CheckpointError, detect_checkpoint, MODEL_KEYS
-from qwen_forensics.evaluation.images import collect_images, IMAGE_SUFFIXES, predict_images, PREDICT_OUTPUTS, Predictions, primary_score, RUN_JSON, write_predictions
-from qwen_forensics.model.loader import MODEL_FOLDER_CONTENTS
-from qwen_forensics.checkpoints.runs import start_run
-from qwen_forensics.training.runtime import make_accelerator
+from qwen_forensics.checkpoints import MODEL_KEYS, CheckpointError, detect_checkpoint, start_run
+from qwen_forensics.evaluation import (IMAGE_SUFFIXES, PREDICT_OUTPUTS, RUN_JSON, Predictions, collect_images,
+                                       predict_images, primary_score, write_predictions)
+from qwen_forensics.model import MODEL_FOLDER_CONTENTS
+from qwen_forensics.training import make_accelerator
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

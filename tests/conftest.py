@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
 from scripts import demo_index, one_torch_thread, run_script
 
 # The inputs every shipped config names by default, relative to the user's root.

@@ -11,17 +11,14 @@ import torch
 from peft import PeftModel, get_peft_model, inject_adapter_in_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLVisionConfig,
-    get_cosine_schedule_with_warmup,
-)
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLVisionConfig,
+                          get_cosine_schedule_with_warmup)
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from qwen_forensics.checkpoints.adapters import load_adapter_strict, save_adapter
-from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME, rng_state_name, TRAINING_STATE_NAME
-from qwen_forensics.checkpoints.tensors import load_module_safetensors, load_training_state, read_resolved_config, save_module_safetensors, save_training_state, write_resolved_config
+from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME, TRAINING_STATE_NAME, rng_state_name
+from qwen_forensics.checkpoints.tensors import (load_module_safetensors, load_training_state, read_resolved_config,
+                                                save_module_safetensors, save_training_state, write_resolved_config)
 from qwen_forensics.demo.tiny import MROPE_SECTION, TEXT_DIMS, VISION_DIMS
 from qwen_forensics.model.lora import lora_wrapped_modules, make_lora_config
 from qwen_forensics.model.lora_targets import LoraTargetSpec, resolve_targets, vision_block_targets

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 
 from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.config.loading import ConfigError, ROOT_ENV_VAR, load_config, parse_config, read_config_file
+from qwen_forensics.config.loading import ROOT_ENV_VAR, ConfigError, load_config, parse_config, read_config_file
 from qwen_forensics.model import loader
 from qwen_forensics.task_configs import SHIPPED_CONFIGS, Task1TrainConfig, Task2MapConfig, Task3TrainConfig
 from scripts import CODE, run_script

@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 from qwen_forensics.data.methods import group_order, manipulation_method
 from qwen_forensics.data.validate import BAD_LABEL, BAD_RECORD
-from qwen_forensics.evaluation.outputs import NO_HEATMAP_NOTE, REPORT_NAME
 from qwen_forensics.evaluation.metrics import tune_threshold
+from qwen_forensics.evaluation.outputs import NO_HEATMAP_NOTE, REPORT_NAME
 from qwen_forensics.report.page import HEADINGS, format_value
 from scripts import CODE, csv_rows, demo_index, run_script
-from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 
 # The score columns of each evaluation's per-image rows, and whether it has heatmaps.
 SCORES = {"lora_eval": ["p_fake"], "full_model_eval": ["p_fake"], "lora_infer": ["p_fake"],

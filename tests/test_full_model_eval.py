@@ -21,16 +21,16 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoints.adapters import save_adapter
-from qwen_forensics.checkpoints.tensors import write_resolved_config
 from qwen_forensics.checkpoints.task1 import attach_task1_lora
+from qwen_forensics.checkpoints.tensors import write_resolved_config
 from qwen_forensics.data.collate import VisionLanguageCollator, generate_inputs
 from qwen_forensics.data.dataset import ForgeryDataset
 from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
+from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.evaluation.outputs import keyword_label
 from qwen_forensics.evaluation.predictions import score_answers
-from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.model.loader import get_visual, load_model, load_processor, load_vision_tower
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets

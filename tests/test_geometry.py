@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.geometry import (Letterbox, content_cells, letterbox_geometry, letterbox_image,
-                                          letterbox_mask, original_size_heatmap, unletterbox)
+from qwen_forensics.data.geometry import (Letterbox, content_cells, letterbox_geometry, letterbox_image, letterbox_mask,
+                                          original_size_heatmap, unletterbox)
 from qwen_forensics.data.masks import MaskRule, binarize_mask, load_binary_mask
 from qwen_forensics.data.records import Record
 from qwen_forensics.evaluation.metrics import PixelMetricAccumulator

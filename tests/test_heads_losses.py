@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLVisionConfig
 
-from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss, mask_to_grid, soft_dice
 from qwen_forensics.model.heads import ForensicHeads
+from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss, mask_to_grid, soft_dice
 
 SMALL = dict(fuse_dim=16, cls_hidden=8, evi_hidden=8)
 

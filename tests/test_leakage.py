@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.data.leakage import (
-    ClipIds,
-    VideoLeakageError,
-    VideoLeakageWarning,
-    check_leakage,
-    clip_ids,
-    require_no_leakage,
-    video_groups,
-)
+from qwen_forensics.data.leakage import (ClipIds, VideoLeakageError, VideoLeakageWarning, check_leakage, clip_ids,
+                                         require_no_leakage, video_groups)
 from qwen_forensics.data.records import Record, load_index, video_overlap
 from qwen_forensics.data.split import split_by_video
 from scripts import SHARED_INDEX, needs_real_index

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
-from qwen_forensics.evaluation.metrics import (IMAGE_REPORT_KEYS, PixelMetricAccumulator, combined_score, f1_iou_from_counts,
-                                    image_metrics, image_report, tune_threshold)
+from qwen_forensics.evaluation.metrics import (IMAGE_REPORT_KEYS, PixelMetricAccumulator, combined_score,
+                                               f1_iou_from_counts, image_metrics, image_report, tune_threshold)
 from qwen_forensics.files import append_csv_row
 
 Y = np.array([1, 1, 1, 0, 0, 0, 1, 0])

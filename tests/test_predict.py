@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from qwen_forensics.checkpoints.detect import CheckpointError, detect_checkpoint
 from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 from qwen_forensics.checkpoints.task3 import load_hybrid_model
 from qwen_forensics.data.collate import HybridCollator, hybrid_inputs
 from qwen_forensics.data.geometry import letterbox_geometry, letterbox_image, unletterbox
-from qwen_forensics.evaluation.predictions import greedy_answer_ids
-from qwen_forensics.checkpoints.detect import CheckpointError, detect_checkpoint
 from qwen_forensics.evaluation.images import collect_images
+from qwen_forensics.evaluation.predictions import greedy_answer_ids
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from scripts import demo_index, load_script, run_script
 

@@ -15,18 +15,10 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from qwen_forensics.data.collate import IGNORE_INDEX, VisionLanguageCollator, generate_inputs, model_inputs
-from qwen_forensics.model.loader import load_model, load_processor
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.prompts import (
-    DEFAULT_FAKE_TOKEN,
-    DEFAULT_PROMPT,
-    DEFAULT_REAL_TOKEN,
-    answer_token_id,
-    answer_token_ids,
-    build_messages,
-    encode_text,
-    prompt_text_for,
-)
+from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.prompts import (DEFAULT_FAKE_TOKEN, DEFAULT_PROMPT, DEFAULT_REAL_TOKEN, answer_token_id,
+                                    answer_token_ids, build_messages, encode_text, prompt_text_for)
 
 ANSWERS = {0: DEFAULT_REAL_TOKEN, 1: DEFAULT_FAKE_TOKEN}
 

@@ -4,11 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.data.records import (BadIndex, Record, load_index, parse_size, save_index, video_key,
-                                         video_overlap)
+from qwen_forensics.data.records import BadIndex, Record, load_index, parse_size, save_index, video_key, video_overlap
 from qwen_forensics.data.validate import validate_records
 from scripts import SHARED_INDEX, needs_real_index
-
 
 FAKE = "3__f03a785c6a852b75a7ede5cee765e5b7__808351070d513c9621d5de2da2ce9600__frame00128.jpg"
 REAL = "image__19__aba83642ef85fbf03be9dda3c4f99edc__frame00001.jpg"

@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from qwen_forensics.report.tables import (EMPTY_BUCKET, area_bucket_labels, confusion_counts, mask_area_table,
-                                      method_table, select_gallery)
-from qwen_forensics.data.methods import manipulation_method
-from qwen_forensics.files import append_csv_row
-from qwen_forensics.evaluation.metrics import PixelMetricAccumulator
-from qwen_forensics.report.page import (GalleryItem, HEADINGS, NO_TUNED, format_value, report_tables, row_caption,
-                                   write_report)
 from browser import Page, assert_rendered, assert_self_contained, needs_chromium
+from qwen_forensics.data.methods import manipulation_method
+from qwen_forensics.evaluation.metrics import PixelMetricAccumulator
+from qwen_forensics.files import append_csv_row
+from qwen_forensics.report.page import (HEADINGS, NO_TUNED, GalleryItem, format_value, report_tables, row_caption,
+                                        write_report)
+from qwen_forensics.report.tables import (EMPTY_BUCKET, area_bucket_labels, confusion_counts, mask_area_table,
+                                          method_table, select_gallery)
 from scripts import SHARED_INDEX, load_script, needs_real_index
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,25 +4,25 @@ timed loops, which leaves the run as it would be without it."""
 
 import numpy as np
 import pytest
-from accelerate import Accelerator
 import torch
-from torch.utils.data import DataLoader
+from accelerate import Accelerator
 from peft import inject_adapter_in_model
 from PIL import Image
+from torch.utils.data import DataLoader
 from transformers import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from qwen_forensics.data.collate import GRID_HOST_KEY, ImageBatchCollator, vision_grid
 from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS
-from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss
+from qwen_forensics.evaluation.predictions import SplitEvaluator
+from qwen_forensics.model.fast.window_attention import enable_fast_paths
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
-from qwen_forensics.model.fast.window_attention import enable_fast_paths
-from qwen_forensics.evaluation.predictions import SplitEvaluator
 from qwen_forensics.training.loop import warm_up
+from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss
 from qwen_forensics.training.recompute import recompute_frozen_blocks
 from qwen_forensics.training.runtime import FirstBatch
 

@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 from transformers import TrainingArguments
 
-from qwen_forensics.training import hf_trainer
-from qwen_forensics.checkpoints.tensors import write_resolved_config
 from qwen_forensics.checkpoints.task2 import adapter_setup, resolve_infer_setup
+from qwen_forensics.checkpoints.tensors import write_resolved_config
 from qwen_forensics.config.loading import ConfigError, parse_config
 from qwen_forensics.data import lm_records
 from qwen_forensics.data.collate import IGNORE_INDEX, TrainerCollator, make_collator
@@ -23,10 +22,11 @@ from qwen_forensics.data.dataset import Task2ImageDataset
 from qwen_forensics.data.lm_records import read_task2_dataset, run_map
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
-from qwen_forensics.training.hf_trainer import trainer_arguments
 from qwen_forensics.model.loader import load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig, Task2MapConfig, Task2TrainConfig
+from qwen_forensics.training import hf_trainer
+from qwen_forensics.training.hf_trainer import trainer_arguments
 from scripts import CODE
 
 MAX_BYTES_PER_RECORD = 700

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.dataset import make_demo_dataset
+from qwen_forensics.demo.tiny import build_tiny_model
 
 RUNNER = Path(__file__).resolve().parents[1] / "Qwen_code" / "task2_lm_lora" / "run_task2_experiment.py"
 # Short CPU run (~400 steps of 8 images at 112 px). LoRA sits on ViT block 1 (+ the merger): the tiny

@@ -22,10 +22,10 @@ from qwen_forensics.data.records import load_index
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.evaluation.predictions import answer_logits
-from qwen_forensics.training.hf_trainer import warm_up_trainer
 from qwen_forensics.model.loader import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2MapConfig, Task2TrainConfig
+from qwen_forensics.training.hf_trainer import warm_up_trainer
 from scripts import CODE, load_script
 
 TASK2_DIR = CODE / "task2_lm_lora"

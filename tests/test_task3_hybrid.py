@@ -18,15 +18,15 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from qwen_forensics.checkpoints.task3 import answer_ids_for, CheckpointPaths, load_hybrid_model, save_hybrid_weights
+from qwen_forensics.checkpoints.task3 import CheckpointPaths, answer_ids_for, load_hybrid_model, save_hybrid_weights
 from qwen_forensics.config.loading import parse_config
 from qwen_forensics.data.collate import HybridCollator, hybrid_inputs, lm_logits_to_keep
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.evaluation.predictions import eval_batch
-from qwen_forensics.training.losses import HybridLossWeights, answer_lm_loss, hybrid_loss
-from qwen_forensics.model.hybrid import HybridPrompt, SLOT_TOKEN, build_hybrid_model, head_statistics
+from qwen_forensics.model.hybrid import SLOT_TOKEN, HybridPrompt, build_hybrid_model, head_statistics
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
 from qwen_forensics.task_configs import Task3TrainConfig
+from qwen_forensics.training.losses import HybridLossWeights, answer_lm_loss, hybrid_loss
 from qwen_forensics.training.optim import hybrid_optimizer
 from qwen_forensics.training.recompute import enable_gradient_checkpointing
 from scripts import load_script

@@ -16,15 +16,9 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from qwen_forensics.config.dtypes import resolve_dtype
-from qwen_forensics.model.loader import (
-    get_language_model,
-    get_visual,
-    load_model,
-    load_processor,
-    load_vision_tower,
-)
 from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.demo.tokenizer import QWEN_ADDED_TOKENS
+from qwen_forensics.model.loader import get_language_model, get_visual, load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_text_for
 
 

@@ -18,10 +18,10 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 
 from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS, build_tiny_model
 from qwen_forensics.model import window_attention
+from qwen_forensics.model.fast.window_attention import enable_fast_paths, plan_attention
 from qwen_forensics.model.loader import load_model
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
-from qwen_forensics.model.fast.window_attention import enable_fast_paths, plan_attention
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from qwen_forensics.config.loading import DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, input_paths, parse_config, read_config_file
+from qwen_forensics.config.loading import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, input_paths, parse_config,
+                                           read_config_file)
 
 __all__ = ["Link", "Step", "StepFailed", "build_parser", "check_links", "experiment_main", "run_steps",
            "step_commands"]

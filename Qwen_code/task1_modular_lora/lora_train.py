@@ -15,33 +15,19 @@ from pathlib import Path
 from peft import inject_adapter_in_model
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoints.adapters import load_adapter_strict
-from qwen_forensics.checkpoints.tensors import load_training_state, write_resolved_config
-from qwen_forensics.checkpoints.heads import load_heads
-from qwen_forensics.checkpoints.task1 import save_task1_checkpoint
-from qwen_forensics.checkpoints.names import ADAPTER_DIR
-from qwen_forensics.config.loading import load_config
-from qwen_forensics.data.collate import ImageBatchCollator, vision_grid
-from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.data.validate import load_split
-from qwen_forensics.evaluation.scoring import HeatmapSource, score_heads
-from qwen_forensics.evaluation.predictions import predict_heads
+from qwen_forensics.checkpoints import (load_training_state, save_task1_checkpoint, start_config_run,
+                                        write_resolved_config)
+from qwen_forensics.config import load_config, resolve_dtype
+from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, load_split, vision_grid
+from qwen_forensics.evaluation import HeatmapSource, guard_training_split, predict_heads, score_heads
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.evaluation.leak_guard import guard_training_split
-from qwen_forensics.training.losses import ForensicLossWeights, forensic_loss
-from qwen_forensics.model.forensic import ForensicViT
-from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.config.dtypes import resolve_dtype
-from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.model.lora import LoraInputCast, make_lora_config, trainable_to_fp32
-from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
+from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, format_targets, load_processor,
+                                  load_vision_tower, make_lora_config, trainable_to_fp32, vision_block_targets)
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.checkpoints.runs import start_config_run
-from qwen_forensics.training.loop import best_logged, format_row, keep_best, train_epoch, training_outputs, warm_up_first_batch
-from qwen_forensics.training.optim import build_optimizer_and_schedule, optimizer_steps, param_groups
-from qwen_forensics.training.recompute import recompute_frozen_blocks
-from qwen_forensics.training.runtime import autocast, FirstBatch, make_accelerator, seed_everything
+from qwen_forensics.training import (FirstBatch, ForensicLossWeights, autocast, best_logged,
+                                     build_optimizer_and_schedule, forensic_loss, format_row, keep_best,
+                                     make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
+                                     seed_everything, train_epoch, training_outputs, warm_up_first_batch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 BEST_FOLDERS = {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}
@@ -91,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                    else "float32"), device=accelerator.device)
     visual.requires_grad_(False)
     if cfg.resume:
-        load_adapter_strict(visual, Path(cfg.resume) / ADAPTER_DIR, is_trainable=True)
-        heads, layers = load_heads(cfg.resume)
+        heads, layers = resume_task1(visual, cfg.resume)
         if layers != cfg.visual_layers:
             raise SystemExit(f"resume: {cfg.resume} was trained with visual_layers {layers}, the config says "
                              f"{cfg.visual_layers}")

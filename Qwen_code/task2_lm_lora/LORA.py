@@ -21,21 +21,15 @@ from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
 
-from qwen_forensics.checkpoints.adapters import save_adapter
-from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.config.loading import load_config_and_paths
-from qwen_forensics.data.collate import TrainerCollator, make_collator
-from qwen_forensics.data.dataset import Task2ImageDataset
-from qwen_forensics.data.lm_records import check_images, images_root, read_task2_dataset
-from qwen_forensics.data.records import load_index
-from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
-from qwen_forensics.training.hf_trainer import resolved_training_config, trainer_arguments, warm_up_trainer
-from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.lora import LoraInputCast, attach_lora, vision_inputs_require_grad
-from qwen_forensics.model.lora_targets import format_targets
-from qwen_forensics.checkpoints.runs import start_config_run
+from qwen_forensics.checkpoints import save_adapter, start_config_run, write_resolved_config
+from qwen_forensics.config import load_config_and_paths
+from qwen_forensics.data import (Task2ImageDataset, TrainerCollator, apply_bad_sample_policy, check_images, images_root,
+                                 load_index, make_collator, read_task2_dataset, validate_records)
+from qwen_forensics.model import (LoraInputCast, attach_lora, format_targets, load_model, load_processor,
+                                  vision_inputs_require_grad)
 from qwen_forensics.task_configs import Task2TrainConfig
-from qwen_forensics.training.runtime import seed_everything, speed_line
+from qwen_forensics.training import (resolved_training_config, seed_everything, speed_line, trainer_arguments,
+                                     warm_up_trainer)
 
 
 def mapped_images(data, cfg: Task2TrainConfig, root: str | None) -> str:

@@ -27,21 +27,16 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints.adapters import load_adapter_strict
-from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.checkpoints.task2 import adapter_setup, resolve_infer_setup
-from qwen_forensics.config.loading import config_dict, load_config
-from qwen_forensics.data.collate import make_collator
-from qwen_forensics.data.dataset import Task2ImageDataset
-from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
-from qwen_forensics.evaluation.predictions import SplitEvaluator, answer_scorer
-from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
-from qwen_forensics.evaluation.metrics import image_report
-from qwen_forensics.model.loader import load_model, load_processor
+from qwen_forensics.checkpoints import (adapter_setup, load_adapter_strict, resolve_infer_setup, start_config_run,
+                                        write_resolved_config)
+from qwen_forensics.config import config_dict, load_config
+from qwen_forensics.data import Task2ImageDataset, make_collator
+from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation_outputs, finish_evaluation,
+                                       generated_columns, guard_checkpoint_split, image_report, prediction_rows)
+from qwen_forensics.model import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.checkpoints.runs import start_config_run
 from qwen_forensics.task_configs import Task2InferConfig
-from qwen_forensics.training.runtime import make_accelerator, peak_gib, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc", "f1", "lora_path",
                "base_model_path"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.config.loading import load_config
-from qwen_forensics.data.lm_records import run_map
-from qwen_forensics.model.loader import load_processor
+from qwen_forensics.checkpoints import write_resolved_config
+from qwen_forensics.config import load_config
+from qwen_forensics.data import run_map
+from qwen_forensics.model import load_processor
 from qwen_forensics.task_configs import Task2MapConfig
 
 

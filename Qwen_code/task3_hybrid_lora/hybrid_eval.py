@@ -20,24 +20,15 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.checkpoints.notes import lora_config_notes, seed_key_notes
-from qwen_forensics.checkpoints.task3 import answer_ids_for, CheckpointPaths, load_hybrid_model, read_hybrid_spec
-from qwen_forensics.config.loading import load_config
-from qwen_forensics.data.collate import HybridCollator
-from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation
-from qwen_forensics.evaluation.scoring import HeatmapSource, score_heads
-from qwen_forensics.config.dtypes import amp_name
-from qwen_forensics.evaluation.predictions import SplitEvaluator, predict_hybrid
-from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
-from qwen_forensics.evaluation.metrics import hybrid_scores, image_report
-from qwen_forensics.model.hybrid import HybridPrompt
-from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.checkpoints.runs import start_config_run
+from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
+                                        read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
+from qwen_forensics.config import amp_name, load_config
+from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule
+from qwen_forensics.evaluation import (HeatmapSource, SplitEvaluator, evaluation_outputs, finish_evaluation,
+                                       guard_checkpoint_split, hybrid_scores, image_report, predict_hybrid, score_heads)
+from qwen_forensics.model import HybridPrompt, load_model, load_processor
 from qwen_forensics.task_configs import Task3EvalConfig
-from qwen_forensics.training.runtime import make_accelerator, peak_gib, seed_everything, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
 IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
 PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake_empty_mask")

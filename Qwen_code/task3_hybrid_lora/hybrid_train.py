@@ -14,29 +14,20 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoints.tensors import load_training_state, write_resolved_config
-from qwen_forensics.checkpoints.task3 import answer_ids_for, CheckpointPaths, load_hybrid_model, save_task3_checkpoint
-from qwen_forensics.config.loading import load_config
-from qwen_forensics.data.collate import HybridCollator
-from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.data.validate import load_split
-from qwen_forensics.evaluation.scoring import HeatmapSource, score_heads
-from qwen_forensics.evaluation.predictions import predict_hybrid
+from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, load_training_state,
+                                        save_task3_checkpoint, start_config_run, write_resolved_config)
+from qwen_forensics.config import load_config
+from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, load_split
+from qwen_forensics.evaluation import (HeatmapSource, guard_training_split, hybrid_scores, image_report, predict_hybrid,
+                                       score_heads)
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.evaluation.leak_guard import guard_training_split
-from qwen_forensics.training.losses import HybridLossWeights, hybrid_loss
-from qwen_forensics.evaluation.metrics import hybrid_scores, image_report
-from qwen_forensics.model.hybrid import HybridSpec, build_hybrid_model
-from qwen_forensics.model.loader import load_model, load_processor
-from qwen_forensics.model.lora import LoraInputCast
-from qwen_forensics.model.lora_targets import format_targets
+from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
+                                  load_processor)
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.checkpoints.runs import start_config_run
-from qwen_forensics.training.loop import best_logged, format_row, keep_best, train_epoch, training_outputs, warm_up_first_batch
-from qwen_forensics.training.optim import hybrid_optimizer, optimizer_steps
-from qwen_forensics.training.recompute import enable_gradient_checkpointing
-from qwen_forensics.training.runtime import FirstBatch, make_accelerator, seed_everything
+from qwen_forensics.training import (FirstBatch, HybridLossWeights, best_logged, enable_gradient_checkpointing,
+                                     format_row, hybrid_loss, hybrid_optimizer, keep_best, make_accelerator,
+                                     optimizer_steps, seed_everything, train_epoch, training_outputs,
+                                     warm_up_first_batch)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.

@@ -19,8 +19,7 @@ from typing import NamedTuple
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME
-from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
+from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from torch import nn
 
 from qwen_forensics.checkpoints.tensors import mismatch_report, read_tensors, require_file, save_tensors

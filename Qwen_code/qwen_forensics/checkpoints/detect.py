@@ -7,15 +7,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
 from safetensors import SafetensorError
-from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
-from qwen_forensics.checkpoints.tensors import read_resolved_config, read_safetensors_metadata
+
+from qwen_forensics.checkpoints.names import ADAPTER_DIR, ADAPTER_FILES, HEADS_FILE, RESOLVED_CONFIG_NAME
 from qwen_forensics.checkpoints.task2 import adapter_setup
 from qwen_forensics.checkpoints.task3 import CheckpointPaths, read_hybrid_spec
-from qwen_forensics.checkpoints.names import ADAPTER_DIR, HEADS_FILE
-from qwen_forensics.checkpoints.names import ADAPTER_FILES
+from qwen_forensics.checkpoints.tensors import read_resolved_config, read_safetensors_metadata
 from qwen_forensics.model.hybrid import HybridSpec
-
 
 TASK1, TASK2, TASK3 = "task1", "task2", "task3"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Sequence
-from qwen_forensics.checkpoints.tensors import load_module_safetensors, save_module_safetensors
-from qwen_forensics.model.heads import ForensicHeads
+
 from qwen_forensics.checkpoints.names import HEADS_FILE
-from qwen_forensics.checkpoints.tensors import require_metadata
+from qwen_forensics.checkpoints.tensors import load_module_safetensors, require_metadata, save_module_safetensors
+from qwen_forensics.model.heads import ForensicHeads
 
 
 def save_heads(heads: ForensicHeads, layers: Sequence[int], path: Path) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 from peft.tuners.lora import LoraLayer
 from torch import nn
+
 from qwen_forensics.model.hybrid import HybridSpec
 from qwen_forensics.model.lora import hybrid_target_spec
 from qwen_forensics.model.lora_targets import resolve_targets_with_notes
-
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 

@@ -4,14 +4,17 @@ image geometry they were trained with."""
 from __future__ import annotations
 
 from pathlib import Path
+
 from accelerate import Accelerator
 from torch import nn
+
 from qwen_forensics.checkpoints.adapters import AdapterLoadResult, load_adapter_strict, save_adapter
-from qwen_forensics.checkpoints.tensors import read_resolved_config, save_training_state, write_resolved_config
-from qwen_forensics.model.forensic import ForensicViT
-from qwen_forensics.model.lora_targets import locate_components
 from qwen_forensics.checkpoints.heads import load_heads, save_heads
 from qwen_forensics.checkpoints.names import ADAPTER_DIR, HEADS_FILE
+from qwen_forensics.checkpoints.tensors import read_resolved_config, save_training_state, write_resolved_config
+from qwen_forensics.model.forensic import ForensicViT
+from qwen_forensics.model.heads import ForensicHeads
+from qwen_forensics.model.lora_targets import locate_components
 
 
 def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Module, cfg, optimizer, scheduler,
@@ -50,3 +53,10 @@ def attach_task1_lora(model: nn.Module, ckpt_dir: str | Path) -> AdapterLoadResu
 def checkpoint_image_size(ckpt_dir: str | Path) -> int:
     """The letterbox side the checkpoint was trained with (evaluation must use the same geometry)."""
     return int(read_resolved_config(ckpt_dir)["image_size"])
+
+
+def resume_task1(visual: nn.Module, ckpt_dir: str | Path) -> tuple[ForensicHeads, list[int]]:
+    """Continue training from a Task 1 checkpoint folder: its LoRA attached to ``visual`` (trainable,
+    strictly), and its heads with the ViT blocks they read."""
+    load_adapter_strict(visual, Path(ckpt_dir) / ADAPTER_DIR, is_trainable=True)
+    return load_heads(ckpt_dir)

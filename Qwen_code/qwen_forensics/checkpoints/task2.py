@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from qwen_forensics.checkpoints.tensors import read_resolved_config
 from qwen_forensics.prompts import PromptSetup
-
 
 # Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.
 SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")

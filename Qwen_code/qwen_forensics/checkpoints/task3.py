@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 from accelerate import Accelerator
 from torch import nn
+
 from qwen_forensics.checkpoints.adapters import load_adapter_strict, save_adapter
-from qwen_forensics.checkpoints.tensors import load_module_safetensors, save_module_safetensors, save_training_state, write_resolved_config
+from qwen_forensics.checkpoints.heads import load_heads_file, save_heads
+from qwen_forensics.checkpoints.names import ADAPTER_DIR, FUSION_FILE, HEADS_FILE
+from qwen_forensics.checkpoints.tensors import (load_module_safetensors, require_metadata, save_module_safetensors,
+                                                save_training_state, write_resolved_config)
 from qwen_forensics.model.hybrid import FusionProjector, HybridModel, HybridSpec, assemble_hybrid_model
 from qwen_forensics.model.lora import check_lora_wrapped
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.checkpoints.heads import load_heads_file, save_heads
-from qwen_forensics.checkpoints.names import ADAPTER_DIR, FUSION_FILE, HEADS_FILE
-from qwen_forensics.checkpoints.tensors import require_metadata
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME, TRAINING_STATE_NAME, rng_state_name
 from qwen_forensics.config.loading import config_dict
 from qwen_forensics.files import atomic_write, atomic_write_text
-from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME, TRAINING_STATE_NAME, rng_state_name
 from qwen_forensics.model.loader import short_list
 
 

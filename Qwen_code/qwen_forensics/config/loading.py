@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qwen_forensics.config.paths import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, ConfigMeta, PathContext, config_meta,
-                           effective_root, implied_root, input_paths, output_folder, relocate_path, resolve_paths)
+                                         effective_root, implied_root, input_paths, output_folder, relocate_path,
+                                         resolve_paths)
 
 IGNORED_KEYS = {"working_dir": "ignored: scripts resolve every path themselves and never chdir"}
 # Written into resolved_config.json next to the values; skipped when that file is read back as a config.

@@ -34,13 +34,12 @@ from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
-from qwen_forensics.data.collate import make_collator
 from qwen_forensics.config.paths import relocate_path
-from qwen_forensics.files import TMP_SUFFIX, atomic_concat, atomic_write_lines, atomic_write_text
-from qwen_forensics.prompts import PromptSetup, answer_token_ids, build_messages
+from qwen_forensics.data.collate import make_collator
 from qwen_forensics.data.records import load_index
 from qwen_forensics.data.validate import apply_bad_sample_policy, validate_records
-
+from qwen_forensics.files import TMP_SUFFIX, atomic_concat, atomic_write_lines, atomic_write_text
+from qwen_forensics.prompts import PromptSetup, answer_token_ids, build_messages
 
 MANIFEST_NAME = "map_manifest.json"
 SOURCE_SUFFIX = ".source.json"

@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from qwen_forensics.files import atomic_write
 
-
 _SATURATED = np.array(
     [(255, 0, 255), (0, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 0), (0, 0, 255)],
     dtype=np.float32,

@@ -20,7 +20,6 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from qwen_forensics.demo.tokenizer import QWEN_ADDED_TOKENS, QWEN_CHAT_TEMPLATE, build_tiny_tokenizer, tokenizer_config
 
-
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 

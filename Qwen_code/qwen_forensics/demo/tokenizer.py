@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-
 # Qwen2.5-VL-Instruct's chat template, verbatim: the prompt layout (and therefore which token follows
 # "<|im_start|>assistant\n") must be the real one, or answer-token logic tested here would not carry over.
 QWEN_CHAT_TEMPLATE = (

@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoints.adapters import load_adapter_strict
+from qwen_forensics.checkpoints.detect import TASK1, TASK2, Checkpoint
 from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 from qwen_forensics.checkpoints.task2 import adapter_setup
 from qwen_forensics.checkpoints.task3 import answer_ids_for, load_hybrid_model
@@ -53,7 +54,6 @@ from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid,
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.report.pictures import save_overlay, save_probability_map
-from qwen_forensics.checkpoints.detect import Checkpoint, TASK1, TASK2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-from qwen_forensics.report.tables import select_gallery
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
+from qwen_forensics.checkpoints.runs import Run
 from qwen_forensics.data.records import Record
 from qwen_forensics.evaluation.predictions import AnswerScores
+from qwen_forensics.evaluation.scoring import HeatmapSource
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.report.page import GalleryItem, row_caption, write_report
-from qwen_forensics.checkpoints.runs import Run
 from qwen_forensics.report.pictures import save_heatmap_panel
-from qwen_forensics.evaluation.scoring import HeatmapSource
+from qwen_forensics.report.tables import select_gallery
 
 REPORT_NAME = "report.html"
 HEATMAP_DIR = "heatmaps"

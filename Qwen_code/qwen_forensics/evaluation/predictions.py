@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from qwen_forensics.data.collate import generate_inputs, hybrid_inputs, model_inputs, vision_grid
 from qwen_forensics.data.records import Record
 from qwen_forensics.data.validate import load_split
+from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.model.hybrid import HybridModel
 from qwen_forensics.model.lora import LoraInputCast
-from qwen_forensics.evaluation.metrics import tune_threshold
-from qwen_forensics.training.runtime import autocast, FirstBatch, LoaderClock, speed_line, synchronized_clock
+from qwen_forensics.training.runtime import FirstBatch, LoaderClock, autocast, speed_line, synchronized_clock
 
 
 @dataclass

@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
+
 from qwen_forensics.data.geometry import original_size_heatmap
 from qwen_forensics.data.masks import MaskRule, load_binary_mask
 from qwen_forensics.data.records import Record

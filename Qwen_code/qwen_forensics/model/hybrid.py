@@ -38,8 +38,8 @@ from transformers.utils import ModelOutput
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.loader import get_language_model, get_visual
 from qwen_forensics.model.lora import inject_hybrid_lora
-from qwen_forensics.prompts import prompt_text_for
 from qwen_forensics.model.tap import ViTFeatureTap
+from qwen_forensics.prompts import prompt_text_for
 
 __all__ = [
     "SLOT_TOKEN",

@@ -19,7 +19,6 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 from qwen_forensics.config.dtypes import resolve_dtype
 from qwen_forensics.model.fast.window_attention import enable_fast_paths
 
-
 MODEL_FOLDER_CONTENTS = (
     "config.json, the safetensors weights (model.safetensors, or model-*.safetensors shards with "
     "model.safetensors.index.json), the tokenizer (tokenizer.json, tokenizer_config.json) and "

@@ -20,8 +20,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from qwen_forensics.model.loader import get_visual
-from qwen_forensics.model.lora_targets import (LoraTargetSpec, _flatten, exact_target_regex, locate_components, resolve_targets,
-                           resolve_targets_with_notes)
+from qwen_forensics.model.lora_targets import (LoraTargetSpec, _flatten, exact_target_regex, locate_components,
+                                               resolve_targets, resolve_targets_with_notes)
 
 PEFT_MODEL_PREFIX = "base_model.model."
 

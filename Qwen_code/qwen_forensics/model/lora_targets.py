@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    Qwen2_5_VisionTransformerPretrainedModel,
-    Qwen2_5_VLTextModel,
-)
-
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (Qwen2_5_VisionTransformerPretrainedModel,
+                                                                Qwen2_5_VLTextModel)
 
 VISION_BLOCK_MODULES = ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 

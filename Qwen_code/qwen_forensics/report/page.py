@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from qwen_forensics.files import atomic_write_text
-from qwen_forensics.report.tables import confusion_counts, mask_area_table, method_table, rows_frame
 from qwen_forensics.report.plots import gallery_panel, roc_pr_figure
+from qwen_forensics.report.tables import confusion_counts, mask_area_table, method_table, rows_frame
 
 HEADINGS = ("Run", "Metrics", "ROC and PR curves", "Confusion matrices", "Per manipulation method",
             "Pixel metrics by mask area", "Best and worst localisations")

@@ -10,9 +10,10 @@ earlier scripts that changed name are accepted through each class's ``ALIASES``.
 from __future__ import annotations
 
 from qwen_forensics.task_configs.task1 import Task1FullModelEvalConfig, Task1HeadEvalConfig, Task1TrainConfig
-from qwen_forensics.task_configs.task2 import MapDataset, MapJob, Task2EvalSet, Task2InferConfig, Task2MapConfig, Task2TrainConfig
-from qwen_forensics.task_configs.task3 import (HybridLora, LoraLM, LoraSwitch, LoraVisual, LossWeights, TargetText, Task3EvalConfig,
-                    Task3TrainConfig)
+from qwen_forensics.task_configs.task2 import (MapDataset, MapJob, Task2EvalSet, Task2InferConfig, Task2MapConfig,
+                                               Task2TrainConfig)
+from qwen_forensics.task_configs.task3 import (HybridLora, LoraLM, LoraSwitch, LoraVisual, LossWeights, TargetText,
+                                               Task3EvalConfig, Task3TrainConfig)
 
 __all__ = ["HybridLora", "LoraLM", "LoraSwitch", "LoraVisual", "LossWeights", "MapDataset", "MapJob", "TargetText",
            "Task1FullModelEvalConfig", "Task1HeadEvalConfig", "Task1TrainConfig", "Task2EvalSet",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qwen_forensics.config.loading import ConfigError, DEFAULT_ROOT, option
+from qwen_forensics.config.loading import DEFAULT_ROOT, ConfigError, option
 
 MODEL = f"{DEFAULT_ROOT}/Qwen2.5-VL-7B-Instruct"
 DATA = f"{DEFAULT_ROOT}/data"

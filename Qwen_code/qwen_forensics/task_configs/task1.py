@@ -8,8 +8,9 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import checkpoint_folder
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, MaskRuleConfig, RESUME_MAY_CHANGE, T1,
-                     VIT_LORA_MODULES, check_image_size, check_positive)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL,
+                                                RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
+                                                check_image_size, check_positive)
 
 
 @dataclass

@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal
 from qwen_forensics.checkpoints.names import adapter_folder, dataset_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_from_template
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, T2, VIT_LORA_MODULES, check_image_size,
-                     check_positive)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, T2,
+                                                VIT_LORA_MODULES, check_image_size, check_positive)
 
 
 @dataclass

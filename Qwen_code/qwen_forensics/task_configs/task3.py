@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import adapter_folder, weights_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, MaskRuleConfig, RESUME_MAY_CHANGE, T3,
-                     check_image_size)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL,
+                                                RESUME_MAY_CHANGE, T3, MaskRuleConfig, check_image_size)
 
 
 @dataclass

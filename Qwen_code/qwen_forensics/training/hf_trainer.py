@@ -20,7 +20,6 @@ from qwen_forensics.prompts import PromptSetup
 from qwen_forensics.training.loop import warm_up
 from qwen_forensics.training.runtime import autocast
 
-
 _PATH_ARGS = ("output_dir", "logging_dir", "resume_from_checkpoint")
 
 # TrainingArguments keys that transformers renamed; used only when the installed version lacks the old name.

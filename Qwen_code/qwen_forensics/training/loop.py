@@ -8,11 +8,13 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
 import torch
 import torch.utils.checkpoint
 from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
+
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
 from qwen_forensics.training.runtime import FirstBatch, LoaderClock, peak_gib, speed_line, synchronized_clock
 

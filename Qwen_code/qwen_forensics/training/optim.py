@@ -4,9 +4,11 @@ warm-up + cosine schedule, the number of optimizer steps, and Task 3's groups.""
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.utils.checkpoint
 from transformers import get_cosine_schedule_with_warmup
+
 from qwen_forensics.model.hybrid import HybridModel
 from qwen_forensics.model.lora import trainable_base_parameters
 

@@ -4,6 +4,7 @@ blocks only (Task 1's ``recompute_blocks``)."""
 from __future__ import annotations
 
 import functools
+
 import torch
 import torch.utils.checkpoint
 from torch import nn

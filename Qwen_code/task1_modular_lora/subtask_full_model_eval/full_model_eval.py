@@ -27,21 +27,16 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.checkpoints.notes import check_seed_lora_keys
-from qwen_forensics.checkpoints.task1 import attach_task1_lora, checkpoint_image_size
-from qwen_forensics.config.loading import load_config
-from qwen_forensics.data.collate import VisionLanguageCollator
-from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation, generated_columns, prediction_rows
-from qwen_forensics.evaluation.predictions import SplitEvaluator, answer_scorer
-from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
-from qwen_forensics.evaluation.metrics import image_report
-from qwen_forensics.model.loader import get_visual, load_model, load_processor
+from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
+                                        start_config_run, write_resolved_config)
+from qwen_forensics.config import load_config
+from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator
+from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation_outputs, finish_evaluation,
+                                       generated_columns, guard_checkpoint_split, image_report, prediction_rows)
+from qwen_forensics.model import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
-from qwen_forensics.checkpoints.runs import start_config_run
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training.runtime import make_accelerator, peak_gib, seed_everything, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]

@@ -18,21 +18,15 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.checkpoints.notes import check_seed_lora_keys
-from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint, checkpoint_image_size
-from qwen_forensics.config.loading import load_config
-from qwen_forensics.data.collate import ImageBatchCollator
-from qwen_forensics.data.dataset import ForgeryDataset
-from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.evaluation.outputs import evaluation_outputs, finish_evaluation
-from qwen_forensics.evaluation.scoring import HeatmapSource, score_heads
-from qwen_forensics.evaluation.predictions import SplitEvaluator, predict_heads
-from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split
-from qwen_forensics.model.loader import load_processor, load_vision_tower
-from qwen_forensics.checkpoints.runs import start_config_run
+from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
+                                        start_config_run, write_resolved_config)
+from qwen_forensics.config import load_config
+from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule
+from qwen_forensics.evaluation import (HeatmapSource, SplitEvaluator, evaluation_outputs, finish_evaluation,
+                                       guard_checkpoint_split, predict_heads, score_heads)
+from qwen_forensics.model import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
-from qwen_forensics.training.runtime import make_accelerator, peak_gib, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib, speed_line
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
                "pixel_iou", "ckpt_path", "model_path"]

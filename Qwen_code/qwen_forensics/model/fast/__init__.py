@@ -1,1 +1,1 @@
-"""TODO"""
+"""The fast paths (switch and handle below)."""
