@@ -49,7 +49,7 @@ from qwen_forensics.demo.tiny import build_tiny_model
 from qwen_forensics.evaluation import answer_logits, eval_batch
 from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, attach_lora, build_hybrid_model,
                                   load_processor, make_lora_config, trainable_to_fp32, vision_block_targets)
-from qwen_forensics.model.fast.window_attention import enable_fast_paths
+from qwen_forensics.model.fast import enable_fast_paths
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2TrainConfig, Task3TrainConfig
 from qwen_forensics.training import (ForensicLossWeights, HybridLossWeights, autocast, enable_gradient_checkpointing,

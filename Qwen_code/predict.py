@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.5, help="verdict 'fake' when p_fake >= this "
                                                                      "(default: %(default)s)")
     parser.add_argument("--recursive", action="store_true", help="scan subfolders of folder inputs too")
+    parser.add_argument("--no-fast-paths", dest="fast_paths", action="store_false",
+                        help="run plain transformers instead of the fast paths (batched window attention, fused "
+                             "kernels)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 0 or args.num_workers < 0:
         parser.error("--batch-size must be >= 1, --max-new-tokens and --num-workers >= 0")
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if scan.images:
         preds = predict_images(ckpt, scan.images, model_path=model, batch_size=args.batch_size,
                                num_workers=args.num_workers, max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
-                               accelerator=make_accelerator(1))
+                               accelerator=make_accelerator(1), fast_paths=args.fast_paths)
     rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold)
     run = {**run_record.columns(), "checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model,
            "image_size": ckpt.image_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qwen_forensics.config import precision
 from scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,7 +37,7 @@ def test_task1_fp16_loads_half_weights_on_a_gpu(tiny_root, tmp_path, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
     seen = {}
 
-    def load_vision_tower(path, dtype, device=None):
+    def load_vision_tower(path, dtype, device=None, fast_paths=True):
         seen["dtype"] = dtype
         raise _Loaded
 
@@ -46,3 +47,19 @@ def test_task1_fp16_loads_half_weights_on_a_gpu(tiny_root, tmp_path, monkeypatch
     with pytest.raises(_Loaded):
         script.main(argv)
     assert seen["dtype"] == expected
+
+
+@pytest.mark.parametrize("weights, autocast, device, bf16_ok, expected", [
+    ("bf16", None, "cpu", False, (torch.float32, "fp32", False)),
+    ("float16", None, "cpu", False, (torch.float32, "fp32", False)),
+    ("bf16", None, "cuda", True, (torch.bfloat16, "bf16", False)),
+    ("fp16", None, "cuda", True, (torch.bfloat16, "bf16", True)),
+    ("fp16", None, "cuda", False, (torch.float16, "fp16", False)),
+    ("bfloat16", None, "cuda", False, (torch.float16, "fp16", True)),
+    ("fp32", None, "cuda", True, (torch.float32, "fp32", False)),
+    ("bfloat16", "fp32", "cuda", True, (torch.bfloat16, "fp32", False)),
+    ("bfloat16", "fp16", "cuda", True, (torch.bfloat16, "bf16", True)),
+])
+def test_one_rule_for_weights_and_autocast(weights, autocast, device, bf16_ok, expected):
+    got = precision(weights, device, autocast=autocast, bf16_supported=bf16_ok)
+    assert (got.weights, got.autocast, got.note is not None) == expected

@@ -16,7 +16,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from qwen_forensics.data.collate import GRID_HOST_KEY, ImageBatchCollator, vision_grid
 from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS
 from qwen_forensics.evaluation.predictions import SplitEvaluator
-from qwen_forensics.model.fast.window_attention import enable_fast_paths
+from qwen_forensics.model.fast import enable_fast_paths
 from qwen_forensics.model.forensic import ForensicViT
 from qwen_forensics.model.heads import ForensicHeads
 from qwen_forensics.model.lora import make_lora_config

@@ -330,20 +330,20 @@ def test_adapter_setup_requires_task2_keys(tmp_path):
     assert PromptSetup(448, "q", "F", "R").answers == {0: "R", 1: "F"}
 
 
-@pytest.mark.parametrize("given, torch_dtype, cuda, bf16_ok, expected", [
-    ({"fp16": True}, "bfloat16", False, False, {"fp16": False}),
-    ({"bf16": True}, "bfloat16", False, False, {"bf16": False}),
-    ({"fp16": True}, "bfloat16", True, True, {"fp16": False, "bf16": True}),
-    ({"fp16": True}, "float16", True, True, {"fp16": True}),
-    ({"fp16": True}, "bfloat16", True, False, {"fp16": True}),
-    ({"bf16": True}, "bfloat16", True, False, {"bf16": False, "fp16": True}),
-    ({"bf16": True}, "bfloat16", True, True, {"bf16": True}),
+@pytest.mark.parametrize("given, cuda, bf16_ok, expected", [
+    ({"fp16": True}, False, False, {"fp16": False}),
+    ({"bf16": True}, False, False, {"bf16": False}),
+    ({"fp16": True}, True, True, {"fp16": False, "bf16": True}),
+    ({"fp16": True}, True, False, {"fp16": True}),
+    ({"bf16": True}, True, False, {"bf16": False, "fp16": True}),
+    ({"bf16": True}, True, True, {"bf16": True}),
+    ({}, True, True, {}),
 ])
-def test_precision_follows_hardware_and_weights(given, torch_dtype, cuda, bf16_ok, expected):
-    """The seed's trainer config asks fp16 over bfloat16 weights: bf16 where the GPU has it, float32 on CPU."""
+def test_precision_follows_hardware_and_weights(given, cuda, bf16_ok, expected):
+    """The seed's trainer config asks fp16: bf16 where the GPU has it (as the weights then are), float32 on CPU."""
     args = dict(given)
-    notes = hf_trainer.choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=bf16_ok)
+    notes = hf_trainer.choose_precision(args, cuda=cuda, bf16_supported=bf16_ok)
     assert args == expected
     assert bool(notes) == (args != given)
     with pytest.raises(ValueError, match="both bf16 and fp16"):
-        hf_trainer.choose_precision({"bf16": True, "fp16": True}, torch_dtype, cuda=cuda, bf16_supported=bf16_ok)
+        hf_trainer.choose_precision({"bf16": True, "fp16": True}, cuda=cuda, bf16_supported=bf16_ok)

@@ -17,8 +17,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
 from qwen_forensics.demo.tiny import TEXT_DIMS, VISION_DIMS, build_tiny_model
-from qwen_forensics.model import window_attention
-from qwen_forensics.model.fast.window_attention import enable_fast_paths, plan_attention
+from qwen_forensics.model.fast import window_attention
+from qwen_forensics.model.fast import enable_fast_paths, expected_counts, plan_attention, switch
 from qwen_forensics.model.loader import load_model
 from qwen_forensics.model.lora import make_lora_config
 from qwen_forensics.model.lora_targets import vision_block_targets
@@ -52,7 +52,7 @@ def test_outputs_match_transformers(sizes):
     pixels, grid = _pixels(sizes)
     reference = make_tower()
     fast = copy.deepcopy(reference)
-    counts = enable_fast_paths(fast)
+    counts = enable_fast_paths(fast).counts
     assert counts["attention"] == VISION_DIMS["depth"] and counts["vision_inputs"] == 1
     assert counts["rms_norm"] == 2 * VISION_DIMS["depth"] + 1 and counts["mlp"] == VISION_DIMS["depth"]
     assert counts["patch_embed"] == 1
@@ -137,7 +137,7 @@ def test_misaligned_mlp_weights_are_packed_and_give_the_same_outputs_and_lora_gr
 def test_non_sdpa_towers_keep_their_attention():
     tower = make_tower()
     tower.config._attn_implementation = "eager"
-    assert enable_fast_paths(tower)["attention"] == 0
+    assert enable_fast_paths(tower).counts["attention"] == 0
 
 
 def test_full_model_logits_match_transformers(tmp_path):
@@ -145,7 +145,7 @@ def test_full_model_logits_match_transformers(tmp_path):
     plain, fast = load_model(folder, dtype="float32", fast_paths=False), load_model(folder, dtype="float32")
     attention = type(plain.model.visual.blocks[0].attn)
     assert plain.model.visual.blocks[0].attn.forward.__func__ is attention.forward
-    assert fast.model.visual.blocks[0].attn.forward.__func__ is window_attention._attention_forward
+    assert fast.model.visual.blocks[0].attn.forward.__func__ is window_attention.attention_forward
     input_ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     pixels, grid = _pixels([(112, 112)])
     with torch.no_grad():
@@ -156,12 +156,50 @@ def test_full_model_logits_match_transformers(tmp_path):
     torch.testing.assert_close(towers[1], towers[0], rtol=1e-5, atol=1e-5)
 
 
+# ---------------------------------------------------------------------- the switch and its guards
+def test_the_handle_undoes_every_patch(tiny_model_dir):
+    """``model.fast_paths.undo()`` leaves plain transformers: no instance forward, no hook, the MLP weights in
+    their own storage, and logits bit for bit those of a model loaded without the fast paths."""
+    plain = load_model(tiny_model_dir, dtype="float32", fast_paths=False)
+    fast = load_model(tiny_model_dir, dtype="float32")
+    assert fast.fast_paths.counts == expected_counts(fast, "sdpa")
+    input_ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    pixels, grid = _pixels([(112, 112)])
+    with torch.no_grad():
+        fast.model.visual(pixels, grid_thw=grid)  # packs the MLP weights, fills the tower's caches
+    fast.fast_paths.undo()
+    assert not any("forward" in m.__dict__ for m in fast.modules())
+    assert not fast.model.visual._forward_pre_hooks and not hasattr(fast.model.visual, "_fast_inputs")
+    assert not any("_packed_mlp" in m.__dict__ for m in fast.modules())
+    assert all(fast.fast_paths.counts[k] == 0 for k in fast.fast_paths.counts)
+    with torch.no_grad():
+        for run in (lambda m: m(input_ids=input_ids).logits, lambda m: m.model.visual(pixels, grid_thw=grid).pooler_output):
+            torch.testing.assert_close(run(fast), run(plain), rtol=0, atol=0)
+
+
+def test_a_renamed_module_fails_loudly_naming_it(tiny_model_dir, monkeypatch):
+    """A transformers release that renames a patched class must not silently run the slow path."""
+    monkeypatch.setitem(switch.PATCHES, "rms_norm", ("Qwen3_VLRMSNorm",))
+    with pytest.raises(RuntimeError, match=r"rms_norm: 0 of 70 expected \(Qwen3_VLRMSNorm\).*fast_paths: false"):
+        load_model(tiny_model_dir, dtype="float32")
+    assert load_model(tiny_model_dir, dtype="float32", fast_paths=False) is not None
+
+
+def test_an_untested_release_runs_plain_transformers_and_says_so(tiny_model_dir, monkeypatch, capsys):
+    real = switch.version
+    monkeypatch.setattr(switch, "version", lambda name: "5.99.0" if name == "transformers" else real(name))
+    switch._say_untested.cache_clear()
+    model = load_model(tiny_model_dir, dtype="float32")
+    assert not model.fast_paths.enabled and not any("forward" in m.__dict__ for m in model.modules())
+    assert capsys.readouterr().err.count("fast paths off: transformers 5.99.0 (tested 5.17 to") == 1
+
+
 # The fused kernels themselves, run by Triton's interpreter on the CPU (a fresh process: the
 # interpreter is chosen when the kernels are defined). Its bf16 conversion truncates where the GPU
 # rounds to nearest, so bf16 results may differ from eager by one bf16 step; fp32 agrees to fp32 order.
 KERNEL_CHECK = r"""
 import torch
-from qwen_forensics.model import fused_ops as fo
+from qwen_forensics.model.fast import fused_ops as fo
 torch.manual_seed(0)
 # Otherwise use_kernel=True would quietly run the eager path and compare it with itself.
 assert fo.kernels_available(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)), "Triton interpreter unavailable"
@@ -209,7 +247,7 @@ def test_fused_kernels_match_eager_in_the_interpreter():
 # Without autograd rotary_split's kernel writes only q and k and hands back v as a view of qkv.
 ROTARY_INFERENCE_CHECK = r"""
 import torch
-from qwen_forensics.model import fused_ops as fo
+from qwen_forensics.model.fast import fused_ops as fo
 torch.manual_seed(0)
 assert fo.kernels_available(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)), "Triton interpreter unavailable"
 def same_storage(a, b):
@@ -261,7 +299,7 @@ LM_ROTARY_CHECK = r"""
 import sys
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-from qwen_forensics.model import fused_ops as fo
+from qwen_forensics.model.fast import fused_ops as fo
 from qwen_forensics.model.loader import load_model
 torch.manual_seed(0)
 assert fo.kernels_available(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)), "Triton interpreter unavailable"
@@ -346,7 +384,7 @@ def test_cuda_bf16_fast_paths_match_transformers(sizes, inner):
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02, generator=torch.Generator(device="cuda").manual_seed(1))
         if fast:
-            assert enable_fast_paths(tower)["attention"] == VISION_DIMS["depth"]
+            assert enable_fast_paths(tower).counts["attention"] == VISION_DIMS["depth"]
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = tower(pixels.cuda(), grid_thw=grid.cuda()).pooler_output
         out.float().square().sum().backward()

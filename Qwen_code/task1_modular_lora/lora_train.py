@@ -15,9 +15,9 @@ from pathlib import Path
 from peft import inject_adapter_in_model
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoints import (load_training_state, save_task1_checkpoint, start_config_run,
+from qwen_forensics.checkpoints import (load_training_state, resume_task1, save_task1_checkpoint, start_config_run,
                                         write_resolved_config)
-from qwen_forensics.config import load_config, resolve_dtype
+from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, load_split, vision_grid
 from qwen_forensics.evaluation import HeatmapSource, guard_training_split, predict_heads, score_heads
 from qwen_forensics.files import append_csv_row
@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> None:
                              collate_fn=collate, pin_memory=pin) if val_records else None)
 
     # ---- setup: model (vision tower only) + LoRA + heads
-    on_gpu = accelerator.device.type == "cuda"
+    run_in = precision(cfg.amp_dtype, accelerator.device)
+    if run_in.note:
+        accelerator.print(f"[precision] amp_dtype {run_in.note}")
     # Straight onto the device: the optimizer then sees GPU parameters and uses the fused AdamW.
-    visual = load_vision_tower(cfg.model_path, dtype=resolve_dtype("bfloat16" if on_gpu and cfg.amp_dtype == "bf16"
-                                                                   else "float32"), device=accelerator.device)
+    visual = load_vision_tower(cfg.model_path, dtype=run_in.weights, device=accelerator.device,
+                               fast_paths=cfg.fast_paths)
     visual.requires_grad_(False)
     if cfg.resume:
         heads, layers = resume_task1(visual, cfg.resume)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- train
     def loss_fn(batch):
-        with autocast(accelerator.device, cfg.amp_dtype, lora_cast):
+        with autocast(accelerator.device, run_in.autocast, lora_cast):
             out = model(batch["pixel_values"], vision_grid(batch))
         return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
                              weights)
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         ckpt_dir = out_dir / f"epoch_{epoch}"
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
         if val_loader is not None:
-            preds = predict_heads(model, val_loader, accelerator, cfg.amp_dtype, len(val_records))
+            preds = predict_heads(model, val_loader, accelerator, run_in.autocast, len(val_records))
             if accelerator.is_main_process:
                 heatmaps = HeatmapSource(val_records, preds.heatmaps, Path(cfg.data_root), mask_rule, cfg.image_size)
                 metrics, _ = score_heads(heatmaps, preds.p_fake)

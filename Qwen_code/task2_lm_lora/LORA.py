@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments
 
 from qwen_forensics.checkpoints import save_adapter, start_config_run, write_resolved_config
-from qwen_forensics.config import load_config_and_paths
+from qwen_forensics.config import load_config_and_paths, precision
 from qwen_forensics.data import (Task2ImageDataset, TrainerCollator, apply_bad_sample_policy, check_images, images_root,
                                  load_index, make_collator, read_task2_dataset, validate_records)
 from qwen_forensics.model import (LoraInputCast, attach_lora, format_targets, load_model, load_processor,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     processor = load_processor(cfg.base_model_path, setup.image_size)
 
     # ---- setup: Trainer arguments as the user wrote them, adapted to this transformers and machine
-    trainer_kwargs, notes = trainer_arguments(cfg.training_args, root, Path(cfg.out_dir), torch_dtype=cfg.torch_dtype)
+    trainer_kwargs, notes = trainer_arguments(cfg.training_args, root, Path(cfg.out_dir))
     if eval_set is not None and trainer_kwargs.get("eval_strategy", "no") == "no":
         trainer_kwargs["eval_strategy"] = "epoch"
         notes.append("test_dataset given and training_args sets no eval_strategy: evaluating (eval_loss) after "
@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- setup: model. Weights in the configured dtype on GPU (CPU runs stay float32); straight onto
     # this process's device, which spares a host copy of the model per torchrun process.
-    model = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if args.device.type == "cuda" else "float32",
-                       device=args.device)
+    run_in = precision(cfg.torch_dtype, args.device)
+    if run_in.note and args.process_index == 0:
+        print(f"[precision] torch_dtype {run_in.note}")
+    model = load_model(cfg.base_model_path, dtype=run_in.weights, device=args.device, fast_paths=cfg.fast_paths)
     model.config.use_cache = False
     # Trainer seeds only when it is built; the LoRA A matrices are drawn before that.
     seed_everything(args.seed)

@@ -29,7 +29,7 @@ import torch
 
 from qwen_forensics.checkpoints import (adapter_setup, load_adapter_strict, resolve_infer_setup, start_config_run,
                                         write_resolved_config)
-from qwen_forensics.config import config_dict, load_config
+from qwen_forensics.config import config_dict, load_config, precision
 from qwen_forensics.data import Task2ImageDataset, make_collator
 from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation_outputs, finish_evaluation,
                                        generated_columns, guard_checkpoint_split, image_report, prediction_rows)
@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         collate=make_collator(processor, setup, train=False))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
 
-    dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
-    model = load_model(cfg.base_model_path, dtype=dtype, device=accelerator.device)
+    run_in = precision(cfg.torch_dtype, accelerator.device)
+    if run_in.note:
+        accelerator.print(f"[precision] torch_dtype {run_in.note}")
+    model = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     model.requires_grad_(False)
     loaded = load_adapter_strict(model, cfg.lora_path)
     accelerator.print(f"adapter {cfg.lora_path}: {loaded.num_tensors} tensors loaded strictly")

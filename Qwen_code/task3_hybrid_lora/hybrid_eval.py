@@ -22,7 +22,7 @@ import torch
 
 from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
                                         read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
-from qwen_forensics.config import amp_name, load_config
+from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule
 from qwen_forensics.evaluation import (HeatmapSource, SplitEvaluator, evaluation_outputs, finish_evaluation,
                                        guard_checkpoint_split, hybrid_scores, image_report, predict_hybrid, score_heads)
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
-    on_gpu = accelerator.device.type == "cuda"
-    amp_dtype = amp_name(cfg.torch_dtype) if on_gpu else "fp32"
+    run_in = precision(cfg.torch_dtype, accelerator.device)
+    if run_in.note:
+        accelerator.print(f"[precision] torch_dtype {run_in.note}")
     # The processor first: it checks image_size against the model's patch size before weights load.
     processor = load_processor(cfg.base_model_path, image_size)
     prompt = trained.hybrid_prompt(processor)
@@ -77,14 +78,14 @@ def main(argv: list[str] | None = None) -> None:
         collate=HybridCollator(processor, prompt))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
 
-    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
+    base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.lora is not None:
         for note in lora_config_notes(base, cfg.lora, trained):
             accelerator.print(f"note: {note}")
     model, spec = load_hybrid_model(base, processor, paths)
     model.prompt = prompt
     answer_ids = answer_ids_for(processor, spec)
-    test, tuned = evaluate.run(lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, amp_dtype, n),
+    test, tuned = evaluate.run(lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, run_in.autocast, n),
                                scores=("p_fake_lm", "p_fake_head"))
     if not evaluate.close():
         return

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, load_training_state,
                                         save_task3_checkpoint, start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config
+from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, load_split
 from qwen_forensics.evaluation import (HeatmapSource, guard_training_split, hybrid_scores, image_report, predict_hybrid,
                                        score_heads)
@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> None:
                    if cfg.ann_val else None)
 
     # ---- setup: model (full Qwen2.5-VL) + one LoRA adapter + heads + fusion projector
-    on_gpu = accelerator.device.type == "cuda"
     # The processor first: it checks image_size against the model's patch size before weights load.
     processor = load_processor(cfg.base_model_path, cfg.image_size)
-    base = load_model(cfg.base_model_path, dtype=cfg.torch_dtype if on_gpu else "float32", device=accelerator.device)
+    run_in = precision(cfg.torch_dtype, accelerator.device, autocast=cfg.amp_dtype)
+    if run_in.note:
+        accelerator.print(f"[precision] torch_dtype / amp_dtype {run_in.note}")
+    base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.resume:
         model, spec = load_hybrid_model(base, processor, CheckpointPaths.folder(cfg.resume), is_trainable=True)
         wanted = HybridSpec.from_train_config(cfg, spec.lora_targets)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- train
     def loss_fn(batch):
-        return hybrid_loss(model, batch, weights, cfg.amp_dtype, accelerator.device, lora_cast)
+        return hybrid_loss(model, batch, weights, run_in.autocast, accelerator.device, lora_cast)
 
     batches = FirstBatch(train_loader)
     # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
                               scheduler, step, epoch)
         if val_loader is not None:
-            preds = predict_hybrid(accelerator.unwrap_model(model), val_loader, accelerator, answer_ids, cfg.amp_dtype,
+            preds = predict_hybrid(accelerator.unwrap_model(model), val_loader, accelerator, answer_ids, run_in.autocast,
                                    len(val_records))
             if accelerator.is_main_process:
                 labels = [r.label for r in val_records]

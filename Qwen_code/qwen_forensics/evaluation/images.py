@@ -46,6 +46,7 @@ from qwen_forensics.checkpoints.detect import TASK1, TASK2, Checkpoint
 from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 from qwen_forensics.checkpoints.task2 import adapter_setup
 from qwen_forensics.checkpoints.task3 import answer_ids_for, load_hybrid_model
+from qwen_forensics.config.dtypes import precision
 from qwen_forensics.data.collate import HybridCollator, ImageBatchCollator, make_collator
 from qwen_forensics.data.dataset import ImageFileDataset
 from qwen_forensics.data.geometry import original_size_heatmap
@@ -113,11 +114,13 @@ class Predictions:
 
 
 def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str, batch_size: int,
-                   max_new_tokens: int, accelerator, num_workers: int = 0) -> Predictions:
-    """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched; with
-    ``num_workers`` loader processes decoding and letterboxing them meanwhile."""
+                   max_new_tokens: int, accelerator, num_workers: int = 0, fast_paths: bool = True) -> Predictions:
+    """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched in bfloat16 on
+    a GPU (``config.precision``); with ``num_workers`` loader processes decoding and letterboxing them
+    meanwhile; ``fast_paths`` False runs plain transformers."""
     on_gpu = accelerator.device.type == "cuda"
-    dtype, amp_dtype = ("bfloat16", "bf16") if on_gpu else ("float32", "fp32")
+    run_in = precision("bfloat16", accelerator.device)
+    dtype, amp_dtype = run_in.weights, run_in.autocast
     dataset = ImageFileDataset(images, ckpt.image_size)
 
     def loader(collate):
@@ -126,12 +129,12 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
 
     processor = load_processor(model_path, ckpt.image_size)
     if ckpt.kind == TASK1:
-        model = attach_task1_checkpoint(load_vision_tower(model_path, dtype=dtype), ckpt.folder)
+        model = attach_task1_checkpoint(load_vision_tower(model_path, dtype=dtype, fast_paths=fast_paths), ckpt.folder)
         model = accelerator.prepare(model)
         heads = predict_heads(model, loader(ImageBatchCollator(processor)), accelerator, amp_dtype, len(images))
         return Predictions(p_fake_head=heads.p_fake, heatmaps=heads.heatmaps)
 
-    base = load_model(model_path, dtype=dtype, device=accelerator.device)
+    base = load_model(model_path, dtype=dtype, device=accelerator.device, fast_paths=fast_paths)
     if ckpt.kind == TASK2:
         setup = adapter_setup(ckpt.folder)
         base.requires_grad_(False)

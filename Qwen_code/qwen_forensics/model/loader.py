@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from qwen_forensics.config.dtypes import resolve_dtype
-from qwen_forensics.model.fast.window_attention import enable_fast_paths
+from qwen_forensics.model.fast.switch import enable_fast_paths, expected_counts
 
 MODEL_FOLDER_CONTENTS = (
     "config.json, the safetensors weights (model.safetensors, or model-*.safetensors shards with "
@@ -53,7 +54,8 @@ def load_model(
     """Load the full Qwen2.5-VL model in eval mode (on CPU unless ``device`` is given).
 
     ``fast_paths``: batched window attention, precomputed vision inputs and fused kernels
-    (``window_attention.enable_fast_paths``; same outputs up to float order, several times faster on GPU).
+    (``model.fast``; same outputs up to float order, several times faster on GPU), switched on by
+    :func:`switch_fast_paths`; False runs plain transformers.
     """
     path = check_model_dir(model_path)
     kwargs = {}
@@ -72,8 +74,17 @@ def load_model(
     if problems:
         raise RuntimeError(f"weights in {path} do not match the model built from its config.json: {_summarise(problems)}")
     if fast_paths:
-        enable_fast_paths(model)
+        switch_fast_paths(model, attn_implementation)
     return model.eval()
+
+
+def switch_fast_paths(model: nn.Module, attn_implementation: str) -> None:
+    """The fast paths on a freshly loaded model, checked against what its config implies (a transformers
+    release that renamed a module fails here, naming it); the handle stays on the model as
+    ``model.fast_paths`` (``.undo()`` gives plain transformers back)."""
+    handle = enable_fast_paths(model)
+    handle.check(expected_counts(model, attn_implementation))
+    model.fast_paths = handle
 
 
 def weight_files(model_path: str | Path) -> dict[str, Path]:
@@ -154,7 +165,7 @@ def load_vision_tower(
     if device is not None:
         tower.to(torch.device(device))
     if fast_paths:
-        enable_fast_paths(tower)
+        switch_fast_paths(tower, attn_implementation)
     return tower.eval()
 
 

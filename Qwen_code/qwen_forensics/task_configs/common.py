@@ -24,6 +24,10 @@ ALLOW_VAL_OVERLAP_HELP = ("run even when the validation index shares video group
                           "before loading a model, since a leaked validation set inflates every number taken from it")
 
 
+FAST_PATHS_HELP = ("the fast paths (batched window attention, fused kernels; same results up to float summation "
+                   "order, several times faster on a GPU); false runs plain transformers")
+
+
 def check_image_size(image_size: int | None, allow_none: bool) -> None:
     """A positive side length. Whether it is a multiple of the model's patch x merge factor (28 for
     Qwen2.5-VL) is checked against the model folder's image processor when the script loads it

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import checkpoint_folder
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL,
-                                                RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
+                                                MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
                                                 check_image_size, check_positive)
 
 
@@ -43,6 +43,7 @@ class Task1TrainConfig:
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
     amp_dtype: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype on GPU (CPU always runs fp32)")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     recompute_blocks: int = option(0, "frozen ViT blocks (without LoRA, between the first LoRA block and the last "
                                    "tapped one) whose activations are recomputed in the backward instead of kept, at "
                                    "most as many as qualify: each saves about 0.4 GiB at batch 16 and 448 px and "
@@ -98,6 +99,7 @@ class Task1HeadEvalConfig:
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
     amp_dtype: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype on GPU")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     lora_r: int | None = option(None, "accepted for seed compatibility: the adapter's own settings are used "
                                       "(a different value is reported)")
     lora_alpha: int | None = option(None, "as lora_r")
@@ -129,6 +131,7 @@ class Task1FullModelEvalConfig:
     seed: int = option(42, "random seed")
     image_size: int | None = option(None, "letterbox side (null: the checkpoint's)")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU (CPU: float32)")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
     lora_r: int | None = option(None, "accepted for seed compatibility: the adapter's settings are used "
                                       "(a different value is reported)")

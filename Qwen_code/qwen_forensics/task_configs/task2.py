@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal
 from qwen_forensics.checkpoints.names import adapter_folder, dataset_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_from_template
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, T2,
-                                                VIT_LORA_MODULES, check_image_size, check_positive)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
+                                                MODEL, T2, VIT_LORA_MODULES, check_image_size, check_positive)
 
 
 @dataclass
@@ -118,6 +118,7 @@ class Task2TrainConfig:
                                            "disable_tqdm", "report_to"))
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     train_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "output of map.py (a .jsonl file, or a folder "
                                      "holding records.jsonl)", path="in", resolve=dataset_file)
     test_dataset: str | Task2EvalSet | None = option(None, "evaluation set during training: a map.py output, or an "
@@ -172,6 +173,7 @@ class Task2InferConfig:
     num_workers: int = option(4, "data loader workers (image decoding)")
     image_size: int | None = option(None, "letterbox side (null: the adapter's training geometry, which may be native)")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU (CPU: float32)")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
 
     def __post_init__(self) -> None:

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import adapter_folder, weights_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL,
-                                                RESUME_MAY_CHANGE, T3, MaskRuleConfig, check_image_size)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
+                                                MODEL, RESUME_MAY_CHANGE, T3, MaskRuleConfig, check_image_size)
 
 
 @dataclass
@@ -89,6 +89,7 @@ class Task3TrainConfig:
     warmup_ratio: float = option(0.05, "warm-up fraction")
     max_norm: float = option(1.0, "gradient clipping norm")
     amp_dtype: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype on GPU")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
     gradient_checkpointing: bool = option(True, "recompute activations to save memory")
     image_size: int = option(448, "letterbox side")
@@ -146,6 +147,7 @@ class Task3EvalConfig:
     num_workers: int = option(4, "data loader workers")
     image_size: int | None = option(None, "letterbox side (null: the checkpoint's)")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
+    fast_paths: bool = option(True, FAST_PATHS_HELP)
     visual_layers: list[int] | None = option(None, "accepted for seed compatibility: the checkpoint's are used "
                                                    "(a different value is reported)")
     fusion_tokens: int | None = option(None, "as visual_layers")

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 from accelerate.utils import send_to_device
 
+from qwen_forensics.config.dtypes import precision
 from qwen_forensics.config.loading import ConfigError, config_dict, relocate_path
 from qwen_forensics.prompts import PromptSetup
 from qwen_forensics.training.loop import warm_up
@@ -57,37 +58,34 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
     return notes
 
 
-def choose_precision(args: dict, torch_dtype: str, *, cuda: bool, bf16_supported: bool) -> list[str]:
-    """Make ``bf16`` / ``fp16`` in ``args`` fit the hardware and the weights' dtype; returns notes.
+def choose_precision(args: dict, *, cuda: bool, bf16_supported: bool) -> list[str]:
+    """Make ``bf16`` / ``fp16`` in ``args`` follow the one precision rule (``config.precision``), which
+    also picks the weights' dtype; returns notes.
 
     - no CUDA: both off (every task runs float32 on CPU; transformers refuses bf16 there);
-    - ``fp16`` with bfloat16 weights (the seed's ``torch_dtype: bfloat16`` + ``fp16: true``): fp16
-      autocast over bf16 weights mixes two half formats and overflows where bf16 does not, so bf16
-      is used when the GPU supports it;
+    - ``fp16`` (the seed's ``fp16: true``) on a GPU with bf16: bf16, which has fp16's speed without its
+      overflow, and matches the bfloat16 weights the rule loads there;
     - ``bf16`` on a GPU without bf16 support: fp16 instead;
     - both set: an error, as in transformers.
     """
-    notes = []
     if args.get("bf16") and args.get("fp16"):
         raise ConfigError("training_args sets both bf16 and fp16; keep one")
+    asked = "fp16" if args.get("fp16") else "bf16" if args.get("bf16") else None
+    if asked is None:
+        return []
     if not cuda:
-        for key in ("bf16", "fp16"):
-            if args.get(key):
-                args[key] = False
-                notes.append(f"training_args.{key} -> false: no CUDA device, the CPU run stays in float32")
-        return notes
-    if args.get("fp16") and torch_dtype == "bfloat16" and bf16_supported:
-        args["fp16"], args["bf16"] = False, True
-        notes.append("training_args.fp16 -> bf16: the weights are bfloat16 (torch_dtype) and this GPU supports "
-                     "bf16; fp16 autocast over bf16 weights overflows where bf16 does not")
-    elif args.get("bf16") and not bf16_supported:
-        args["bf16"], args["fp16"] = False, True
-        notes.append("training_args.bf16 -> fp16: this GPU has no bf16 support")
-    return notes
+        args[asked] = False
+        return [f"training_args.{asked} -> false: no CUDA device, the CPU run stays in float32"]
+    used = precision(asked, "cuda", bf16_supported=bf16_supported).autocast
+    if used == asked:
+        return []
+    args[asked], args[used] = False, True
+    return [f"training_args.{asked} -> {used}: " + ("this GPU supports bf16, which runs as fast as fp16 without its "
+                                                     "overflow" if used == "bf16" else "this GPU has no bf16 support")]
 
 
-def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_dir: Path | None, *,
-                      torch_dtype: str = "bfloat16") -> tuple[dict, list[str]]:
+def trainer_arguments(training_args: Mapping[str, Any], root: str | None,
+                      out_dir: Path | None) -> tuple[dict, list[str]]:
     """The user's ``training_args`` as written, with the few adjustments the recipe needs; returns
     (keyword arguments for ``TrainingArguments`` plus ``resume_from_checkpoint``, notes to print).
 
@@ -106,7 +104,7 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None, out_di
     args = json.loads(json.dumps(dict(training_args)))
     notes = _adapt_to_installed(args, {f.name for f in fields(TrainingArguments)})
     cuda = torch.cuda.is_available()
-    notes += choose_precision(args, torch_dtype, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+    notes += choose_precision(args, cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
     if not isinstance(args.get("output_dir"), str) or not args["output_dir"]:
         raise ConfigError("training_args.output_dir is required (the Trainer's checkpoint folder)")
     for key in _PATH_ARGS:

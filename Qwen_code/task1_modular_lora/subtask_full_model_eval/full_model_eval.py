@@ -29,7 +29,7 @@ import torch
 
 from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
                                         start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config
+from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator
 from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation_outputs, finish_evaluation,
                                        generated_columns, guard_checkpoint_split, image_report, prediction_rows)
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         collate=VisionLanguageCollator(processor, cfg.prompt_text))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
 
-    dtype = cfg.torch_dtype if accelerator.device.type == "cuda" else "float32"
-    model = load_model(cfg.model_path, dtype=dtype, device=accelerator.device)
+    run_in = precision(cfg.torch_dtype, accelerator.device)
+    if run_in.note:
+        accelerator.print(f"[precision] torch_dtype {run_in.note}")
+    model = load_model(cfg.model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     model.requires_grad_(False)
     attach_task1_lora(model, cfg.lora_checkpoint)
     for note in check_seed_lora_keys(cfg, get_visual(model), cfg.lora_checkpoint):

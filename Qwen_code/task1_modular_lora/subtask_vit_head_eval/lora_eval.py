@@ -20,7 +20,7 @@ import torch
 
 from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
                                         start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config
+from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule
 from qwen_forensics.evaluation import (HeatmapSource, SplitEvaluator, evaluation_outputs, finish_evaluation,
                                        guard_checkpoint_split, predict_heads, score_heads)
@@ -56,14 +56,16 @@ def main(argv: list[str] | None = None) -> None:
         dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False), collate=collate)
     evaluate.start(cfg.ann_test, cfg.ann_val)
 
-    dtype = "bfloat16" if accelerator.device.type == "cuda" and cfg.amp_dtype == "bf16" else "float32"
-    visual = load_vision_tower(cfg.model_path, dtype=dtype)
+    run_in = precision(cfg.amp_dtype, accelerator.device)
+    if run_in.note:
+        accelerator.print(f"[precision] amp_dtype {run_in.note}")
+    visual = load_vision_tower(cfg.model_path, dtype=run_in.weights, fast_paths=cfg.fast_paths)
     model = attach_task1_checkpoint(visual, cfg.ckpt_path)
     for note in check_seed_lora_keys(cfg, visual, cfg.ckpt_path):
         accelerator.print(f"note: {note}")
     model = accelerator.prepare(model)
 
-    test, tuned = evaluate.run(lambda loader, n: predict_heads(model, loader, accelerator, cfg.amp_dtype, n))
+    test, tuned = evaluate.run(lambda loader, n: predict_heads(model, loader, accelerator, run_in.autocast, n))
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped

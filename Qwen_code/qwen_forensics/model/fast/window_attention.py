@@ -24,12 +24,12 @@ of 64 images makes about a thousand tiny attention calls per block, and the GPU 
 
 The arithmetic per window is unchanged, so outputs and gradients match transformers' path up to
 floating-point summation order (tested), and LoRA-wrapped ``qkv``/``proj``/MLP modules are called
-as usual. Everything is switched on by :func:`enable_fast_paths`, which the loaders call.
+as usual. The switch that installs these forwards (and can remove them) is ``switch.enable_fast_paths``,
+which the loaders call.
 """
 
 from __future__ import annotations
 
-import types
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -37,14 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import vision_utils
-from transformers.activations import SiLUActivation
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 from transformers.utils.generic import get_max_seqlen
 
 from qwen_forensics.model.fast.fused_ops import rms_norm, rotary_lm, rotary_split, silu_mul, silu_mul_packed
 
-__all__ = ["AttentionPlan", "enable_fast_paths", "plan_attention"]
 
 _CACHE_SIZE = 8
 # Hopper's TMA-based GEMM kernels need 16-byte aligned row strides (8 bf16 elements); with the
@@ -96,7 +94,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPl
     return torch.cat(pieces).index_select(0, plan.inverse)
 
 
-def _attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+def attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
                        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
     cos, sin = position_embeddings
     q, k, v = rotary_split(self.qkv(hidden_states), cos, sin, self.num_heads)
@@ -106,7 +104,7 @@ def _attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tens
     return self.proj(_attend(q, k, v, plan[1], self.scaling))
 
 
-def _lm_attention_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+def lm_attention_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           position_ids: torch.Tensor | None = None,
                           position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs):
     """transformers' LM attention, with the rotary embedding through ``rotary_lm`` (a kernel per tensor
@@ -132,19 +130,19 @@ def _lm_attention_forward(self, hidden_states: torch.Tensor, attention_mask: tor
     return self.o_proj(out.reshape(bsz, q_len, -1).contiguous()), weights
 
 
-def _patch_embed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+def patch_embed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     weight = self.proj.weight
     return F.linear(hidden_states.to(weight.dtype), weight.reshape(weight.shape[0], -1), self.proj.bias)
 
 
-def _patch_embed_is_linear(module: nn.Module) -> bool:
+def patch_embed_is_linear(module: nn.Module) -> bool:
     """A Conv3d whose stride equals its kernel, unpadded: every output is one patch's dot product."""
     conv = getattr(module, "proj", None)
     return (type(conv) is nn.Conv3d and tuple(conv.stride) == tuple(conv.kernel_size) and not any(conv.padding)
             and conv.groups == 1 and tuple(conv.dilation) == (1, 1, 1))
 
 
-def _rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+def rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
@@ -234,7 +232,7 @@ def _packed(mlp: nn.Module) -> _PackedMLP | None:
     return packed
 
 
-def _mlp_forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+def mlp_forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
     packed = _packed(self)
     if packed is None:
         return self.down_proj(silu_mul(self.gate_proj(hidden_state), self.up_proj(hidden_state)))
@@ -249,7 +247,7 @@ def _mlp_forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
     return out if delta is None else out + delta.to(out.dtype)
 
 
-class _VisionInputs:
+class VisionInputs:
     """Forward pre-hook of the tower: its grid-dependent index tensors, built once per grid."""
 
     def __init__(self, tower: nn.Module, plans: dict):
@@ -297,36 +295,11 @@ class _VisionInputs:
         return args, {**kwargs, **entry}
 
 
-def enable_fast_paths(model: nn.Module) -> dict[str, int]:
-    """Switch ``model`` (a vision tower, or the full model) to the fast paths; returns counts per kind.
-
-    Vision attention is switched only for SDPA (eager keeps its kernels, flash-attention already runs
-    all windows in one varlen call). RMSNorm and SiLU MLPs are switched everywhere; they fall back to
-    the eager formula wherever the fused kernels do not apply.
-    """
-    counts = {"attention": 0, "rms_norm": 0, "mlp": 0, "vision_inputs": 0, "patch_embed": 0, "lm_attention": 0}
-    for module in model.modules():
-        name = type(module).__name__
-        if name == "Qwen2_5_VisionTransformerPretrainedModel" and not getattr(module, "_fast_inputs", False):
-            plans: dict = {}
-            module.register_forward_pre_hook(_VisionInputs(module, plans), with_kwargs=True)
-            module._fast_inputs = True
-            for attention in module.modules():
-                if type(attention).__name__ == "Qwen2_5_VLVisionAttention" and attention.config._attn_implementation == "sdpa":
-                    attention._fast_plans = plans
-                    attention.forward = types.MethodType(_attention_forward, attention)
-                    counts["attention"] += 1
-            counts["vision_inputs"] += 1
-        elif name == "Qwen2_5_VisionPatchEmbed" and _patch_embed_is_linear(module):
-            module.forward = types.MethodType(_patch_embed_forward, module)
-            counts["patch_embed"] += 1
-        elif name == "Qwen2_5_VLAttention":
-            module.forward = types.MethodType(_lm_attention_forward, module)
-            counts["lm_attention"] += 1
-        elif name == "Qwen2_5_VLRMSNorm":
-            module.forward = types.MethodType(_rms_norm_forward, module)
-            counts["rms_norm"] += 1
-        elif name in ("Qwen2_5_VLMLP", "Qwen2MLP") and isinstance(module.act_fn, (SiLUActivation, nn.SiLU)):
-            module.forward = types.MethodType(_mlp_forward, module)
-            counts["mlp"] += 1
-    return counts
+def unpack_mlp(mlp: nn.Module) -> None:
+    """Give a packed MLP's weights their own storage back (what :func:`_pack` shared); values unchanged."""
+    if mlp.__dict__.pop("_packed_mlp", None) is not None:
+        with torch.no_grad():
+            for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                for param in _base(module).parameters(recurse=False):
+                    param.data = param.data.clone()
+    mlp.__dict__.pop("_unpackable", None)
