@@ -41,7 +41,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from qwen_forensics.data import (ForgeryDataset, HybridCollator, ImageBatchCollator, VisionLanguageCollator,
-                                 generate_inputs, load_index, make_collator, model_inputs, vision_grid)
+                                 hybrid_inputs, generate_inputs, load_index, make_collator, model_inputs, vision_grid)
 from qwen_forensics.data.collate import answer_only_inputs
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.shapes import seven_b_config
@@ -216,7 +216,9 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizer: t
     loss inside its accelerate loop)."""
     model.train()
     device = next(model.parameters()).device
-    terms = hybrid_loss(model, batch, weights, amp_dtype, device, lora_cast)
+    with autocast(device, amp_dtype, lora_cast):
+        out = model(**hybrid_inputs(batch), logits_to_keep=batch["logits_to_keep"])
+    terms = hybrid_loss(out, batch, weights)
     terms["total"].backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, max_norm)

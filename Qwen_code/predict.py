@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = args.model or ckpt.model_path
     if model is None or not Path(model).is_dir():
-        where = (f"the checkpoint records {model!r} ({MODEL_KEYS[ckpt.kind]} in its resolved_config.json), which is "
+        where = (f"the checkpoint records {model!r} ({MODEL_KEYS[ckpt.kind]} in its recorded config), which is "
                  "not a folder here" if model else "the checkpoint records no base model")
         print(f"error: {where}; pass --model PATH (a folder with {MODEL_FOLDER_CONTENTS})", file=sys.stderr)
         return 2

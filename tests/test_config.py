@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -6,20 +7,58 @@ import pytest
 from qwen_forensics.checkpoints.tensors import write_resolved_config
 from qwen_forensics.config.loading import ROOT_ENV_VAR, ConfigError, load_config, parse_config, read_config_file
 from qwen_forensics.model import loader
-from qwen_forensics.task_configs import SHIPPED_CONFIGS, Task1TrainConfig, Task2MapConfig, Task3TrainConfig
+from qwen_forensics.checkpoints.runs import config_values
+from qwen_forensics.task_configs import (SHIPPED_CONFIGS, Task1FullModelEvalConfig, Task1HeadEvalConfig,
+                                         Task1TrainConfig, Task2InferConfig, Task2MapConfig, Task3EvalConfig,
+                                         Task3TrainConfig)
 from scripts import CODE, run_script
 
 
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value and key != "training_args":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @pytest.mark.parametrize("rel", sorted(SHIPPED_CONFIGS))
-def test_every_shipped_config_parses_and_keeps_user_paths(rel, monkeypatch):
+def test_shipped_configs_state_only_what_differs_from_the_defaults(rel, monkeypatch):
+    """One home for defaults: the dataclass. A shipped file states only the keys whose value differs from
+    it (a stated default is drift waiting to happen); the file parses, and its paths stay the user's."""
     monkeypatch.delenv(ROOT_ENV_VAR, raising=False)
     path = CODE / rel
-    cfg = parse_config(SHIPPED_CONFIGS[rel], read_config_file(path), base_dir=path.parent)
-    data = json.loads(path.read_text())
-    assert any(isinstance(v, str) and v.startswith("/root/autodl-tmp/") for v in data.values())
-    for key, value in data.items():
+    cls = SHIPPED_CONFIGS[rel]
+    data = read_config_file(path)
+    cfg = config_values(parse_config(cls, data, base_dir=path.parent))
+    required = {"annotation_file": data["annotation_file"]} if cls is Task2MapConfig else {}
+    default = config_values(parse_config(cls, required, base_dir=path.parent))
+    stated, parsed, defaults = _flat(data), _flat(cfg), _flat(default)
+    assert stated, "an empty shipped file: the script's defaults need no file"
+    same = sorted(k for k in stated if k not in required and parsed[k] == defaults[k])
+    assert not same, f"{rel} states default values {same}; drop them (the dataclass is where defaults live)"
+    for key, value in stated.items():
         if isinstance(value, str) and value.startswith("/root/autodl-tmp"):
-            assert getattr(cfg, key) == value
+            assert parsed[key] == value
+
+
+def test_every_config_checks_its_values():
+    """Training and evaluation configs alike refuse values that cannot work, naming the key."""
+    for cls, bad, fragment in ((Task1HeadEvalConfig, {"pixel_threshold": 1.5}, "pixel_threshold=1.5"),
+                               (Task1HeadEvalConfig, {"batch_size": 0}, "batch_size=0"),
+                               (Task1HeadEvalConfig, {"num_heatmaps": -1}, "num_heatmaps=-1"),
+                               (Task1FullModelEvalConfig, {"max_new_tokens": -2}, "max_new_tokens=-2"),
+                               (Task1FullModelEvalConfig, {"batch_size": -1}, "batch_size=-1"),
+                               (Task1FullModelEvalConfig, {"image_size": 0}, "image_size=0"),
+                               (Task3EvalConfig, {"pixel_threshold": -0.1}, "pixel_threshold=-0.1"),
+                               (Task3EvalConfig, {"batch_size": 0}, "batch_size=0"),
+                               (Task3EvalConfig, {"num_workers": -1}, "num_workers=-1"),
+                               (Task2InferConfig, {"num_workers": -3}, "num_workers=-3"),
+                               (Task1TrainConfig, {"num_workers": -1}, "num_workers=-1")):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            parse_config(cls, bad)
 
 
 def test_unknown_key_lists_valid_keys():

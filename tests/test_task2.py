@@ -275,7 +275,7 @@ def test_eval_reads_exactly_the_supervised_token(root, mapped, tmp_path, image_s
     train_batch = make_collator(processor, trained, train=True)(items)
     eval_batch = make_collator(load_processor(train_cfg.base_model_path, evaluated.image_size), evaluated,
                                train=False)(items)
-    fake_id, real_id = answer_token_ids(processor, evaluated.fake_token, evaluated.real_token)
+    fake_id, real_id = answer_token_ids(processor, evaluated.fake_word, evaluated.real_word)
     torch.testing.assert_close(train_batch["pixel_values"], eval_batch["pixel_values"])
     for row, sample in enumerate(small):
         pos = int(train_batch["answer_positions"][row])

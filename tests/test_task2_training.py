@@ -190,7 +190,7 @@ def _p_fake(model, root: Path, setup, base_model_path: str) -> torch.Tensor:
     dataset = Task2ImageDataset.from_records(records, root / "data", setup.image_size)
     processor = load_processor(base_model_path, setup.image_size)
     batch = make_collator(processor, setup, train=False)([dataset[i] for i in range(len(dataset))])
-    ids = answer_token_ids(processor, setup.fake_token, setup.real_token)
+    ids = answer_token_ids(processor, setup.fake_word, setup.real_word)
     model.eval()
     with torch.no_grad():
         return torch.softmax(answer_logits(model, batch, *ids), dim=-1)[:, 0]

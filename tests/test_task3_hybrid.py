@@ -197,7 +197,8 @@ def test_one_step_reaches_every_trained_part(tiny_dir, processor):
     enable_gradient_checkpointing(base)
     model.train()
     batch = HybridCollator(processor, model.prompt, ANSWERS)(_items(2))
-    terms = hybrid_loss(model, batch, HybridLossWeights.from_config(_cfg()), "fp32", torch.device("cpu"))
+    terms = hybrid_loss(model(**hybrid_inputs(batch), logits_to_keep=batch["logits_to_keep"]), batch,
+                        HybridLossWeights.from_config(_cfg()))
     terms["total"].backward()
     assert {k: len(v) for k, v in spec.lora_targets.items()} == {"visual": 20, "merger": 2, "vision_extra": 0, "lm": 14}
     for component, names in spec.lora_targets.items():
@@ -300,7 +301,8 @@ def test_the_vision_tower_runs_once_per_forward(tiny_dir, processor):
     items = _items(2)
     eval_batch(model, HybridCollator(processor, model.prompt)(items), answer_ids_for(processor, spec), amp_dtype="fp32")
     assert len(calls) == 1
-    hybrid_loss(model.train(), HybridCollator(processor, model.prompt, ANSWERS)(items),
-                HybridLossWeights.from_config(_cfg()), "fp32", torch.device("cpu"))["total"].backward()
+    batch = HybridCollator(processor, model.prompt, ANSWERS)(items)
+    out = model.train()(**hybrid_inputs(batch), logits_to_keep=batch["logits_to_keep"])
+    hybrid_loss(out, batch, HybridLossWeights.from_config(_cfg()))["total"].backward()
     handle.remove()
     assert len(calls) == 2

@@ -106,14 +106,30 @@ def answer_token_ids(tokenizer, fake: str = DEFAULT_FAKE_TOKEN, real: str = DEFA
     return fake_id, real_id
 
 
+# The config keys under which a prompt setup is recorded (the user's: ``fake_token`` / ``real_token``), per field.
+SETUP_RECORD_KEYS = {"image_size": "image_size", "prompt_text": "prompt_text", "fake_word": "fake_token",
+                     "real_word": "real_token"}
+
+
 @dataclass(frozen=True)
 class PromptSetup:
-    """Everything that decides which tokens the model sees and which answer token is read."""
+    """Everything that decides which tokens the model sees and which answer token is read. The answer
+    words are ``fake_word`` / ``real_word`` everywhere in the code (Task 3's spec too); configs and
+    recorded files keep the user's key names (``fake_token``, ``target_text.fake``)."""
     image_size: int | None  # letterbox side; None = native resolution within the processor's bounds
     prompt_text: str
-    fake_token: str
-    real_token: str
+    fake_word: str
+    real_word: str
 
     @property
     def answers(self) -> dict[int, str]:
-        return {0: self.real_token, 1: self.fake_token}
+        """The answer word per label (0 real, 1 fake), as the collators pick them."""
+        return {0: self.real_word, 1: self.fake_word}
+
+    def record(self) -> dict:
+        """The setup under its recorded (config) key names."""
+        return {key: getattr(self, name) for name, key in SETUP_RECORD_KEYS.items()}
+
+    @classmethod
+    def from_record(cls, values) -> "PromptSetup":
+        return cls(**{name: values[key] for name, key in SETUP_RECORD_KEYS.items()})

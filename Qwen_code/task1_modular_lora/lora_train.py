@@ -15,8 +15,8 @@ from pathlib import Path
 from peft import inject_adapter_in_model
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoints import (load_training_state, resume_task1, save_task1_checkpoint, start_config_run,
-                                        write_resolved_config)
+from qwen_forensics.checkpoints import (best_dir, epoch_dir, load_training_state, resume_task1, save_task1_checkpoint,
+                                        start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, load_split, vision_grid
 from qwen_forensics.evaluation import HeatmapSource, guard_training_split, predict_heads, score_heads
@@ -30,7 +30,7 @@ from qwen_forensics.training import (FirstBatch, ForensicLossWeights, autocast, 
                                      seed_everything, train_epoch, training_outputs, warm_up_first_batch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
-BEST_FOLDERS = {"auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}
+BEST_FOLDERS = {"auroc": best_dir("AUROC"), "pixel_iou": best_dir("IoU")}
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_sparse", "loss_contrast", "lr_head",
                      "lr_lora", *(f"val_{k}" for k in VAL_LOG_METRICS), "images_per_s"]
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                "lr_lora": scheduler.get_last_lr()[-1], **{f"val_{k}": float("nan") for k in VAL_LOG_METRICS},
                **leak_check.columns(), **run.columns()}
 
-        ckpt_dir = out_dir / f"epoch_{epoch}"
+        ckpt_dir = out_dir / epoch_dir(epoch)
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
         if val_loader is not None:
             preds = predict_heads(model, val_loader, accelerator, run_in.autocast, len(val_records))

@@ -7,7 +7,7 @@ and the end-of-turn token; only those two tokens carry labels. Training runs on 
 ``Trainer`` with ``training_args`` as written (``resume_from_checkpoint`` there resumes: a folder, or
 true for the newest checkpoint in ``output_dir``), so it works the same under ``torchrun`` and
 ``accelerate launch``. The adapter is saved in PEFT format to ``save_lora_path`` with
-``resolved_config.json`` holding the image geometry, prompt and answer words, which lora_infer.py
+its config recording the image geometry, prompt and answer words, which lora_infer.py
 uses by default.
 
     python Qwen_code/task2_lm_lora/LORA.py --config Qwen_code/task2_lm_lora/config_lora_trainer.json [--root DIR]

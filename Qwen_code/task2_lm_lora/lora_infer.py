@@ -2,7 +2,7 @@
 
 The adapter is attached strictly (every tensor of the file lands in the model, nothing else is
 created). Image geometry, prompt and answer words default to what LORA.py trained with (the
-adapter folder's resolved_config.json); a config value that differs is used but announced. Every
+adapter folder's recorded config); a config value that differs is used but announced. Every
 image is scored by one batched forward: P(fake) = softmax over the fake/real answer-token logits at
 the position whose logits training supervised (``qwen_forensics.evaluation.predictions.answer_logits``). With
 ``max_new_tokens > 0`` the greedy free text and the label its keywords name are extra columns,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -57,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
                            accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
-        write_resolved_config(out_dir, {**config_dict(cfg), **asdict(setup)})
+        write_resolved_config(out_dir, {**config_dict(cfg), **setup.record()})
 
     processor = load_processor(cfg.base_model_path, setup.image_size)
-    fake_id, real_id = answer_token_ids(processor, setup.fake_token, setup.real_token)
+    fake_id, real_id = answer_token_ids(processor, setup.fake_word, setup.real_word)
     # The indexes are checked and their first batches decoded while the weights load.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
@@ -85,14 +84,14 @@ def main(argv: list[str] | None = None) -> None:
 
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
-    rows = prediction_rows(records, scores, tuned, setup.fake_token, setup.real_token)
+    rows = prediction_rows(records, scores, tuned, setup.fake_word, setup.real_word)
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
                "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"], "auroc": metrics["auroc"],
                "acc": metrics["acc@0.5"], "f1": metrics["f1@0.5"], "lora_path": cfg.lora_path,
                "base_model_path": cfg.base_model_path, "ap": metrics["ap"], "acc@tuned": metrics["acc@tuned"],
                "f1@tuned": metrics["f1@tuned"], "threshold": metrics["threshold"],
                "image_size": "native" if setup.image_size is None else setup.image_size,
-               "fake_token": setup.fake_token, "real_token": setup.real_token,
+               "fake_token": setup.fake_word, "real_token": setup.real_word,
                "num_skipped": skipped,
                "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
     csv_row.update(generated_columns(rows))
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 2: LM-supervised ViT LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
-                     "answer words": f"{setup.fake_token} / {setup.real_token}",
+                     "answer words": f"{setup.fake_word} / {setup.real_word}",
                      **leak_check.columns()})
     print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",

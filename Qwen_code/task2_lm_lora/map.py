@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
                       default_config=Path(__file__).with_name("config_map.json"))
     for job in cfg.jobs():
         print(f"map {job.name}: {job.annotation_file} -> {job.final_dataset_path}\n  prompt: {job.prompt_text!r}; "
-              f"answers: fake {job.fake_token!r}, real {job.real_token!r}")
+              f"answers: fake {job.fake_word!r}, real {job.real_word!r}")
     # The model's processor checks the answer words before any record is mapped.
     for result in run_map(cfg, load_processor(cfg.base_model_path)):
         write_resolved_config(Path(result.batch_dir), cfg)

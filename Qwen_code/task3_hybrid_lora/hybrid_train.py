@@ -14,26 +14,27 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, load_training_state,
-                                        save_task3_checkpoint, start_config_run, write_resolved_config)
+from qwen_forensics.checkpoints import (best_dir, epoch_dir, CheckpointPaths, answer_ids_for, load_hybrid_model,
+                                        load_training_state, save_task3_checkpoint, start_config_run,
+                                        write_resolved_config)
 from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, load_split
+from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, hybrid_inputs, load_split
 from qwen_forensics.evaluation import (HeatmapSource, guard_training_split, hybrid_scores, image_report, predict_hybrid,
                                        score_heads)
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
                                   load_processor)
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import (FirstBatch, HybridLossWeights, best_logged, enable_gradient_checkpointing,
-                                     format_row, hybrid_loss, hybrid_optimizer, keep_best, make_accelerator,
-                                     optimizer_steps, seed_everything, train_epoch, training_outputs,
-                                     warm_up_first_batch)
+from qwen_forensics.training import (FirstBatch, HybridLossWeights, autocast, best_logged,
+                                     enable_gradient_checkpointing, format_row, hybrid_loss, hybrid_optimizer,
+                                     keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch,
+                                     training_outputs, warm_up_first_batch)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
 TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_lm", "loss_head", "loss_cls", "loss_evi", "loss_sparse",
                      "loss_contrast", "lr_heads", "images_per_s"]
-BEST_FOLDERS = {"lm_auroc": "best_by_AUROC", "pixel_iou": "best_by_IoU"}
+BEST_FOLDERS = {"lm_auroc": best_dir("AUROC"), "pixel_iou": best_dir("IoU")}
 SPEC_KEYS = ("visual_layers", "fusion_tokens", "head_verdict_prompt", "prompt", "fake_word", "real_word", "image_size")
 
 
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- train
     def loss_fn(batch):
-        return hybrid_loss(model, batch, weights, run_in.autocast, accelerator.device, lora_cast)
+        # The collator keeps only the answer positions' logits (labels and logits_to_keep, on the host).
+        with autocast(accelerator.device, run_in.autocast, lora_cast):
+            out = model(**hybrid_inputs(batch), logits_to_keep=batch["logits_to_keep"])
+        return hybrid_loss(out, batch, weights)
 
     batches = FirstBatch(train_loader)
     # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                **{f"lr_{name}": lrs[name] for name in ("heads", "fusion", "lora_vision", "lora_lm") if name in lrs},
                **leak_check.columns(), **run.columns()}
 
-        ckpt_dir = out_dir / f"epoch_{epoch}"
+        ckpt_dir = out_dir / epoch_dir(epoch)
         save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
                               scheduler, step, epoch)
         if val_loader is not None:

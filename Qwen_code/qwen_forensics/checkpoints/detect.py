@@ -1,5 +1,23 @@
 """Which task wrote a checkpoint folder, from the files in it, and what its training recorded (base
-model, image size): ``predict.py`` and every tool that takes any task's checkpoint."""
+model, image size): ``predict.py`` and every tool that takes any task's checkpoint.
+
+Checkpoint folders (what :data:`CHECKPOINT_CONTENTS` tells a user):
+
+- Task 1 (``lora_train.py``): ``adapter/``, ``heads.safetensors``, ``resolved_config.json``. Heads only:
+  Task 1 never trains the language model, so its answer is subtask 2's question (``full_model_eval.py``),
+  and asking it here would load the whole LM for an untrained answer (about 15 GiB more for the 7B).
+- Task 2 (``LORA.py``'s ``save_lora_path``): ``adapter_config.json``, ``adapter_model.safetensors`` and a
+  ``resolved_config.json`` holding the prompt setup (``task2.SETUP_KEYS``). LM answer only.
+- Task 3 (``hybrid_train.py``): a fusion ``*.safetensors`` whose metadata holds ``hybrid_spec``, a heads
+  ``*.safetensors`` (metadata ``heads_config``) and, unless every LoRA was off, a PEFT adapter folder,
+  under any names: ``final/{adapter/, heads.safetensors, fusion.safetensors}`` (the default), the seed's
+  ``task3_lora/``, ``task3_heads.safetensors``, ``task3_fusion.safetensors`` in the output folder, or an
+  ``epoch_N/`` folder. Heads and LM answer.
+
+A training output folder also works: when the folder itself is none of these, the final checkpoint
+its ``resolved_config.json`` names, else ``final/``, else its only checkpoint subfolder (Task 2's
+adapter next to the Trainer's folder) is used, with a note.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""How the checkpoint and dataset names a config gives map to the files the scripts write and read.
+"""Every file and folder name of the on-disk layouts, and how the names a config gives map onto them.
+
+The names the scripts write (the constants below) appear in no other module of ``Qwen_code``.
 
 The user's configs come from earlier scripts that wrote ``torch.save`` pickles (``heads.pt``,
 ``modular_vit_lora.pt``) and Hugging Face ``datasets`` folders. These scripts write safetensors and
@@ -24,9 +26,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+ADAPTER_DIR = "adapter"                      # PEFT adapter folder inside a Task 1 / Task 3 checkpoint
+HEADS_FILE = "heads.safetensors"             # forensic heads (Tasks 1 and 3)
+FUSION_FILE = "fusion.safetensors"           # Task 3's fusion projector and the hybrid spec
+FINAL_DIR = "final"                          # the default final checkpoint folder of a training run
+RESOLVED_CONFIG_NAME = "resolved_config.json"  # the config a folder was written with
+TRAINING_STATE_NAME = "training_state.pt"    # optimizer, scheduler, step, epoch (resume)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "adapter_model.bin")
-DATASET_FILE = "records.jsonl"
+DATASET_FILE = "records.jsonl"               # a Task 2 training set given as a folder
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 # Marker files of a Hugging Face datasets save_to_disk folder (what the earlier map.py wrote).
 HF_DATASET_MARKERS = ("dataset_info.json", "state.json")
 
@@ -101,20 +109,20 @@ def dataset_file(value: str, role: str, check: bool) -> tuple[str, str | None]:
     return os.fspath(target), note
 
 
-ADAPTER_DIR = "adapter"
+def epoch_dir(epoch: int) -> str:
+    """The checkpoint folder a training run writes after ``epoch`` (``epoch_0``, ``epoch_1``, ...)."""
+    return f"epoch_{epoch}"
 
 
-HEADS_FILE = "heads.safetensors"
+def best_dir(metric: str) -> str:
+    """The copy of the best epoch's checkpoint by ``metric`` (``best_by_AUROC``)."""
+    return f"best_by_{metric}"
 
 
-FUSION_FILE = "fusion.safetensors"
-
-
-TRAINING_STATE_NAME = "training_state.pt"
-
-
-RESOLVED_CONFIG_NAME = "resolved_config.json"
+# What a training run writes into its output folder besides its final checkpoint (``runs``).
+TRAINING_RUN_ENTRIES = (RESOLVED_CONFIG_NAME, "epoch_*", "best_by_*", "skipped_*")
 
 
 def rng_state_name(process_index: int) -> str:
+    """Each process's random number generator states (each DDP rank resumes its own streams)."""
     return f"rng_state_{process_index}.pt"

@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 from qwen_forensics.checkpoints.tensors import read_resolved_config
-from qwen_forensics.prompts import PromptSetup
+from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
+from qwen_forensics.prompts import SETUP_RECORD_KEYS, PromptSetup
 
-# Keys of the adapter's resolved_config.json that fix what evaluation must feed the model.
-SETUP_KEYS = ("image_size", "prompt_text", "fake_token", "real_token")
+# Keys of the adapter's recorded config that fix what evaluation must feed the model.
+SETUP_KEYS = tuple(SETUP_RECORD_KEYS.values())
 
-
-ANSWER_KEYS = ("fake_token", "real_token")
+ANSWER_FIELDS = ("fake_word", "real_word")
 
 
 def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
@@ -21,10 +21,10 @@ def adapter_setup(lora_path: str | os.PathLike) -> PromptSetup:
     saved = read_resolved_config(lora_path)
     missing = [k for k in SETUP_KEYS if k not in saved]
     if missing:
-        raise ValueError(f"{Path(lora_path) / 'resolved_config.json'} lacks {missing}: the adapter was not "
+        raise ValueError(f"{Path(lora_path) / RESOLVED_CONFIG_NAME} lacks {missing}: the adapter was not "
                          "written by Task 2's LORA.py, which records the geometry, prompt and answer words it "
                          "trained with; point lora_path at a LORA.py adapter folder")
-    return PromptSetup(**{k: saved[k] for k in SETUP_KEYS})
+    return PromptSetup.from_record(saved)
 
 
 def resolve_infer_setup(cfg, trained: PromptSetup) -> tuple[PromptSetup, list[str]]:
@@ -35,17 +35,17 @@ def resolve_infer_setup(cfg, trained: PromptSetup) -> tuple[PromptSetup, list[st
     replaced. A different prompt or geometry is allowed (to probe the model) but announced.
     """
     chosen, notes = {}, []
-    for key in SETUP_KEYS:
+    for field, key in SETUP_RECORD_KEYS.items():
         value = getattr(cfg, key)
-        trained_value = getattr(trained, key)
+        trained_value = getattr(trained, field)
         if value is None or value == trained_value:
-            chosen[key] = trained_value
-        elif key in ANSWER_KEYS:
-            chosen[key] = trained_value
+            chosen[field] = trained_value
+        elif field in ANSWER_FIELDS:
+            chosen[field] = trained_value
             notes.append(f"{key}={value!r} is not the answer word the adapter was trained with ({trained_value!r}); "
                          f"the trained word {trained_value!r} is read")
         else:
-            chosen[key] = value
+            chosen[field] = value
             notes.append(f"{key}={value!r} differs from the adapter's training value {trained_value!r}; the model is "
                          "evaluated on inputs it was not trained on")
     return PromptSetup(**chosen), notes

@@ -17,13 +17,13 @@ keys of that dataclass; fields carry their documentation in ``metadata["help"]``
    ``--root DIR`` or ``$QWEN_FORENSICS_ROOT``. A relative *output* is a name inside the output
    folder (``"train_log": "log.csv"`` -> ``<out_dir>/log.csv``); any other relative path is
    resolved against the config file's folder. A field may carry a ``resolve`` function that maps
-   the user's name to what is actually written or read (``heads.pt`` -> ``heads.safetensors``),
+   the user's name to what is actually written or read (an earlier ``.pt`` name -> its safetensors file),
    and says so in a note;
 6. (``load_config`` only, i.e. the scripts) every input must exist, checked before any model
    loads; the error names the key as the user wrote it and the path.
 
 Where each path came from (the config, ``--set``, a default, off) and every note are kept with the
-config and written into ``resolved_config.json`` (``config_sources``, ``config_notes``).
+config and written with it next to every output (``config_sources``, ``config_notes``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from qwen_forensics.config.paths import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError
                                          resolve_paths)
 
 IGNORED_KEYS = {"working_dir": "ignored: scripts resolve every path themselves and never chdir"}
-# Written into resolved_config.json next to the values; skipped when that file is read back as a config.
+# Written next to the values where a config is recorded; skipped when a recorded config is read back.
 RECORD_KEYS = ("config_sources", "config_notes")
 PATH_ROLES = ("in", "out", "out_dir")
 # Re-exported from config_paths: scripts and the runner take everything config-related from here.
@@ -71,7 +71,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, path: str | No
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
-    """The config as a plain dict plus its loading record: what resolved_config.json holds."""
+    """The config as a plain dict plus its loading record: what a checkpoint or output folder records."""
     out = dataclasses.asdict(cfg)
     meta = cfg.__dict__.get("_config_meta")
     if meta is not None:
@@ -245,6 +245,9 @@ def build_arg_parser(description: str, default_config: Path | None) -> argparse.
     parser.add_argument("--root", default=None,
                         help=f"relocate every path under {DEFAULT_ROOT} to this folder "
                              f"(also: environment variable {ROOT_ENV_VAR})")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every key of this script's config with the value this run would use (the "
+                             "file's, --set's or the default) as JSON, and exit: a complete file to edit")
     return parser
 
 
@@ -256,9 +259,13 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
     base_dir = Path(args.config).resolve().parent
     try:
         cfg = parse_config(cls, read_config_file(args.config), overrides=args.overrides, root=args.root,
-                           base_dir=base_dir, check_inputs=True)
+                           base_dir=base_dir, check_inputs=not args.show_config)
     except ConfigError as err:
         raise SystemExit(f"config error ({args.config}): {err}") from None
+    if args.show_config:
+        values = {k: v for k, v in config_dict(cfg).items() if k not in RECORD_KEYS}
+        print(json.dumps(values, indent=2, ensure_ascii=False))
+        raise SystemExit(0)
     meta = config_meta(cfg)
     for note in meta.notes:
         print(f"[config] {note}", file=sys.stderr)

@@ -5,7 +5,7 @@ training-set format and map job (``lm_records``), video groups, leakage and the 
 """
 
 from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, TrainerCollator, VisionLanguageCollator,
-                                         generate_inputs, make_collator, model_inputs, vision_grid)
+                                         generate_inputs, hybrid_inputs, make_collator, model_inputs, vision_grid)
 from qwen_forensics.data.dataset import ForgeryDataset, Task2ImageDataset
 from qwen_forensics.data.leakage import check_leakage, video_groups
 from qwen_forensics.data.lm_records import check_images, images_root, read_task2_dataset, run_map
@@ -16,6 +16,6 @@ from qwen_forensics.data.validate import apply_bad_sample_policy, load_split, va
 
 __all__ = ["BadIndex", "ForgeryDataset", "HybridCollator", "ImageBatchCollator", "MaskRule", "Record",
            "Task2ImageDataset", "TrainerCollator", "VisionLanguageCollator", "apply_bad_sample_policy", "check_images",
-           "check_leakage", "generate_inputs", "images_root", "load_index", "load_split", "make_collator",
-           "model_inputs", "read_task2_dataset", "run_map", "save_index", "split_by_video", "validate_records",
-           "video_groups", "vision_grid"]
+           "check_leakage", "generate_inputs", "hybrid_inputs", "images_root", "load_index", "load_split",
+           "make_collator", "model_inputs", "read_task2_dataset", "run_map", "save_index", "split_by_video",
+           "validate_records", "video_groups", "vision_grid"]

@@ -255,8 +255,8 @@ def _manifest(cfg, job, index_digest: str, num_records: int) -> dict:
         "annotation_sha256": index_digest,
         "data_root": str(job.data_root),
         "prompt_text": job.prompt_text,
-        "fake_token": job.fake_token,
-        "real_token": job.real_token,
+        "fake_token": job.fake_word,
+        "real_token": job.real_word,
         "map_batch_size": cfg.map_batch_size,
         "on_bad_sample": cfg.on_bad_sample,
         "records": num_records,
@@ -308,8 +308,8 @@ def run_map(cfg, processor, *, workers: int | None = None, progress: bool = True
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     jobs = cfg.jobs()
     for job in jobs:
-        answer_token_ids(processor, job.fake_token, job.real_token)
-        make_collator(processor, PromptSetup(None, job.prompt_text, job.fake_token, job.real_token), train=True)
+        answer_token_ids(processor, job.fake_word, job.real_word)
+        make_collator(processor, PromptSetup(None, job.prompt_text, job.fake_word, job.real_word), train=True)
     return [_run_map_job(cfg, job, workers, progress) for job in jobs]
 
 
@@ -317,7 +317,7 @@ def _run_map_job(cfg, job, workers: int, progress: bool) -> MapResult:
     data_root = Path(job.data_root)
     batch_dir = Path(job.batch_output_dir)
     final_path = Path(job.final_dataset_path)
-    setup = PromptSetup(None, job.prompt_text, job.fake_token, job.real_token)
+    setup = PromptSetup(None, job.prompt_text, job.fake_word, job.real_word)
     records = load_index(job.annotation_file)
     report = validate_records(records, data_root, source=str(job.annotation_file), workers=workers)
     good = apply_bad_sample_policy(report, cfg.on_bad_sample, batch_dir)

@@ -2,30 +2,13 @@
 
 Three steps, each reusing what the evaluation scripts use:
 
-1. :func:`detect_checkpoint`: which task wrote a folder, from the files in it (below), and what the
+1. ``checkpoints.detect_checkpoint``: which task wrote a folder, from the files in it, and what the
    training recorded (base model, image size, prompt); nothing needs repeating on the command line.
 2. :func:`collect_images`: the inputs (files and folders) checked with ``validate.inspect_image``;
    unreadable, truncated and non-image files are listed with the reason, never dropped silently.
 3. :func:`predict_images`: the task's own loaders, collators and batched scorers
    (``evaluation.predict_heads``, ``evaluation.score_answers``, ``evaluation.predict_hybrid``) over
    ``data.dataset.ImageFileDataset`` (letterboxed to the checkpoint's ``image_size`` as in evaluation).
-
-Checkpoint folders (what :data:`CHECKPOINT_CONTENTS` tells a user):
-
-- Task 1 (``lora_train.py``): ``adapter/``, ``heads.safetensors``, ``resolved_config.json``. Heads only:
-  Task 1 never trains the language model, so its answer is subtask 2's question (``full_model_eval.py``),
-  and asking it here would load the whole LM for an untrained answer (about 15 GiB more for the 7B).
-- Task 2 (``LORA.py``'s ``save_lora_path``): ``adapter_config.json``, ``adapter_model.safetensors`` and a
-  ``resolved_config.json`` holding the prompt setup (``checkpoint_folders.SETUP_KEYS``). LM answer only.
-- Task 3 (``hybrid_train.py``): a fusion ``*.safetensors`` whose metadata holds ``hybrid_spec``, a heads
-  ``*.safetensors`` (metadata ``heads_config``) and, unless every LoRA was off, a PEFT adapter folder,
-  under any names: ``final/{adapter/, heads.safetensors, fusion.safetensors}`` (the default), the seed's
-  ``task3_lora/``, ``task3_heads.safetensors``, ``task3_fusion.safetensors`` in the output folder, or an
-  ``epoch_N/`` folder. Heads and LM answer.
-
-A training output folder also works: when the folder itself is none of these, the final checkpoint
-its ``resolved_config.json`` names, else ``final/``, else its only checkpoint subfolder (Task 2's
-adapter next to the Trainer's folder) is used, with a note.
 """
 
 from __future__ import annotations
@@ -139,7 +122,7 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
         setup = adapter_setup(ckpt.folder)
         base.requires_grad_(False)
         load_adapter_strict(base, ckpt.folder)
-        fake_id, real_id = answer_token_ids(processor, setup.fake_token, setup.real_token)
+        fake_id, real_id = answer_token_ids(processor, setup.fake_word, setup.real_word)
         scores = score_answers(base, loader(make_collator(processor, setup, train=False)), accelerator,
                                fake_token_id=fake_id, real_token_id=real_id, num_records=len(images),
                                max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)

@@ -7,7 +7,7 @@ make those numbers optimistic, so before any model loads the scripts compare the
 with the training index by video group (``data.leakage``):
 
 - training scripts: against their own ``ann_train``;
-- evaluation scripts: against the training set the checkpoint's ``resolved_config.json`` records:
+- evaluation scripts: against the training set the checkpoint's recorded config names:
   ``ann_train`` (Tasks 1 and 3), or Task 2's ``train_dataset_path`` (the map.py records, whose
   ``image_path`` is all the check needs).
 
@@ -31,7 +31,7 @@ from qwen_forensics.data.lm_records import read_task2_dataset
 from qwen_forensics.data.records import Record, load_index
 
 ALLOW_KEY = "allow_val_overlap"
-# Keys of a training config (as resolved_config.json holds it) that name the training set.
+# Keys of a training config (as a checkpoint records it) that name the training set.
 TRAINING_INDEX_KEY = "ann_train"
 TASK2_TRAINING_SET_KEY = "train_dataset_path"
 
@@ -75,7 +75,7 @@ def read_training_set(path: str | os.PathLike, task2: bool = False) -> TrainingS
 
 def recorded_training_set(folder: str | os.PathLike, *, allow_overlap: bool,
                           say: Callable[[str], None] = print) -> TrainingSet | str:
-    """The training set named by ``folder/resolved_config.json``, or why there is none to compare with.
+    """The training set named by the config ``folder`` records, or why there is none to compare with.
 
     A recorded path that is gone is an error: the validation index would go unchecked. With
     ``allow_overlap`` it is a warning instead and the reason is returned.

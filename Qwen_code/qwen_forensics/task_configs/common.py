@@ -40,10 +40,26 @@ def check_image_size(image_size: int | None, allow_none: bool) -> None:
         raise ConfigError(f"image_size={image_size}: must be positive, e.g. 448")
 
 
-def check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value is not None and value <= 0:
+# The value checks every config shares, by field name (a field a class does not have, or None, is skipped).
+_POSITIVE = ("epochs", "batch_size", "grad_accum", "max_steps", "lora_r", "map_batch_size", "lr_head", "lr_lora",
+             "lr_fusion", "lr_lora_lm")
+_AT_LEAST_ZERO = ("num_workers", "num_heatmaps", "max_new_tokens", "recompute_blocks", "fusion_tokens", "weight_decay",
+                  "max_norm")
+_FRACTIONS = ("pixel_threshold", "evi_alpha", "warmup_ratio", "lora_dropout", "fusion_hidden_dropout")
+
+
+def check_values(cfg) -> None:
+    """The range checks of :data:`_POSITIVE`, :data:`_AT_LEAST_ZERO` and :data:`_FRACTIONS` ([0, 1]), run
+    by every config class's ``__post_init__`` (so a config built in Python is checked too)."""
+    present = {name: getattr(cfg, name) for name in (*_POSITIVE, *_AT_LEAST_ZERO, *_FRACTIONS)
+               if getattr(cfg, name, None) is not None}
+    for name, value in present.items():
+        if name in _POSITIVE and value <= 0:
             raise ConfigError(f"{name}={value}: must be > 0")
+        if name in _AT_LEAST_ZERO and value < 0:
+            raise ConfigError(f"{name}={value}: must be 0 or more")
+        if name in _FRACTIONS and not 0 <= value <= 1:
+            raise ConfigError(f"{name}={value}: must be in [0, 1]")
 
 
 @dataclass

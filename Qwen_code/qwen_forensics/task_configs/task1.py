@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from qwen_forensics.checkpoints.names import checkpoint_folder
+from qwen_forensics.checkpoints.names import FINAL_DIR, checkpoint_folder
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
 from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
                                                 MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
-                                                check_image_size, check_positive)
+                                                check_image_size, check_values)
 
 
 @dataclass
@@ -59,21 +59,16 @@ class Task1TrainConfig:
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail listing all, or skip and list them")
     train_log: str = option("train_log.csv", "per-epoch training CSV (appended); a name is a file in out_dir", path="out")
-    final_trained_heads: str = option("final", "final checkpoint folder (a name ending in .pt is the folder of that "
+    final_trained_heads: str = option(FINAL_DIR, "final checkpoint folder (a name ending in .pt is the folder of that "
                                       "stem)", path="out", resolve=checkpoint_folder)
     resume: str | None = option(None, "checkpoint folder to continue from (null: fresh run)", path="in",
                                 resolve=checkpoint_folder)
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=False)
-        check_positive(epochs=self.epochs, batch_size=self.batch_size, grad_accum=self.grad_accum,
-                        lora_r=self.lora_r, max_steps=self.max_steps)
-        if not 0 <= self.evi_alpha <= 1:
-            raise ConfigError(f"evi_alpha={self.evi_alpha}: must be in [0, 1]")
+        check_values(self)
         if not self.visual_layers:
             raise ConfigError("visual_layers: give at least one ViT block for the heads")
-        if self.recompute_blocks < 0:
-            raise ConfigError(f"recompute_blocks={self.recompute_blocks}: must be 0 or more")
 
 
 @dataclass
@@ -81,7 +76,7 @@ class Task1HeadEvalConfig:
     """Task 1 subtask 1: evaluate the LoRA'd ViT + heads on an index."""
     OUTPUT_DIR: ClassVar[str] = "out_dir"
     ALIASES: ClassVar[dict[str, str]] = EVAL_OUTPUT_ALIASES
-    ckpt_path: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (a name ending in .pt: the folder of "
+    ckpt_path: str = option(f"{T1}/training/{FINAL_DIR}", "Task 1 checkpoint folder (a name ending in .pt: the folder of "
                             "that stem)", path="in", resolve=checkpoint_folder)
     model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     ann_test: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
@@ -106,6 +101,10 @@ class Task1HeadEvalConfig:
     lora_dropout: float | None = option(None, "as lora_r")
     lora_target_layers: list[int] | None = option(None, "as lora_r")
 
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size, allow_none=True)
+        check_values(self)
+
 
 @dataclass
 class Task1FullModelEvalConfig:
@@ -113,7 +112,7 @@ class Task1FullModelEvalConfig:
     OUTPUT_DIR: ClassVar[str] = "out_dir"
     ALIASES: ClassVar[dict[str, str]] = EVAL_OUTPUT_ALIASES
     model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
-    lora_checkpoint: str = option(f"{T1}/training/final", "Task 1 checkpoint folder (its visual LoRA is used; a "
+    lora_checkpoint: str = option(f"{T1}/training/{FINAL_DIR}", "Task 1 checkpoint folder (its visual LoRA is used; a "
                                   "name ending in .pt: the folder of that stem)", path="in", resolve=checkpoint_folder)
     annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate", path="in")
     val_annotation_file: str | None = option(None, "validation index used only to tune the threshold", path="in")
@@ -139,4 +138,6 @@ class Task1FullModelEvalConfig:
     lora_dropout: float | None = option(None, "as lora_r")
     lora_target_layers: list[int] | None = option(None, "as lora_r")
 
-
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size, allow_none=True)
+        check_values(self)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from qwen_forensics.checkpoints.names import adapter_folder, dataset_file
+from qwen_forensics.checkpoints.names import DATASET_FILE, adapter_folder, dataset_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_from_template
 from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
-                                                MODEL, T2, VIT_LORA_MODULES, check_image_size, check_positive)
+                                                MODEL, T2, VIT_LORA_MODULES, check_image_size, check_values)
 
 
 @dataclass
@@ -20,7 +20,7 @@ class MapDataset:
     data_root: str | None = option(None, "folder image paths are relative to (null: the top-level data_root)", path="in")
     batch_output_dir: str | None = option(None, "folder of batch files (null: <out_dir>/<name>_batches)", path="out")
     final_dataset_path: str | None = option(None, "merged set (null: <out_dir>/<name>.jsonl; a name without .jsonl "
-                                            "is a folder holding records.jsonl)", path="out", resolve=dataset_file)
+                                            f"is a folder holding {DATASET_FILE})", path="out", resolve=dataset_file)
     prompt_template: str | None = option(None, "this dataset's prompt template (null: the top-level one)")
 
 
@@ -33,8 +33,8 @@ class MapJob:
     batch_output_dir: str
     final_dataset_path: str
     prompt_text: str
-    fake_token: str
-    real_token: str
+    fake_word: str
+    real_word: str
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Task2MapConfig:
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
 
     def __post_init__(self) -> None:
-        check_positive(map_batch_size=self.map_batch_size)
+        check_values(self)
         if (self.annotation_file is None) == (self.datasets is None):
             raise ConfigError("give either annotation_file (one index) or datasets (a list of indexes), not both "
                               "and not neither")
@@ -120,7 +120,7 @@ class Task2TrainConfig:
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
     fast_paths: bool = option(True, FAST_PATHS_HELP)
     train_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "output of map.py (a .jsonl file, or a folder "
-                                     "holding records.jsonl)", path="in", resolve=dataset_file)
+                                     f"holding {DATASET_FILE})", path="in", resolve=dataset_file)
     test_dataset: str | Task2EvalSet | None = option(None, "evaluation set during training: a map.py output, or an "
                                                            "object {annotation_file, data_root, dataset_limit}",
                                                      path="in", resolve=dataset_file)
@@ -141,12 +141,12 @@ class Task2TrainConfig:
     lora_bias: Literal["none", "all", "lora_only"] = option("none", "PEFT bias mode")
     lora_task_type: str | None = option("CAUSAL_LM", "PEFT task type")
     training_args: dict[str, Any] = option(factory=dict, help="Hugging Face TrainingArguments, as written")
-    save_lora_path: str = option("lora_adapter", "adapter folder (PEFT format + resolved_config.json with the "
+    save_lora_path: str = option("lora_adapter", "adapter folder (PEFT format + its recorded config with the "
                                  "prompt setup)", path="out", resolve=adapter_folder)
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=True)
-        check_positive(lora_r=self.lora_r)
+        check_values(self)
 
 
 @dataclass
@@ -178,8 +178,6 @@ class Task2InferConfig:
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=True)
-        check_positive(batch_size=self.batch_size)
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens={self.max_new_tokens}: must be >= 0")
+        check_values(self)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from qwen_forensics.checkpoints.names import adapter_folder, weights_file
-from qwen_forensics.config.loading import ConfigError, option
+from qwen_forensics.checkpoints.names import ADAPTER_DIR, FINAL_DIR, FUSION_FILE, HEADS_FILE, adapter_folder, weights_file
+from qwen_forensics.config.loading import option
 from qwen_forensics.prompts import DEFAULT_PROMPT
 from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
-                                                MODEL, RESUME_MAY_CHANGE, T3, MaskRuleConfig, check_image_size)
+                                                MODEL, RESUME_MAY_CHANGE, T3, MaskRuleConfig, check_image_size,
+                                                check_values)
 
 
 @dataclass
@@ -106,18 +107,17 @@ class Task3TrainConfig:
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
     train_log: str = option("train_log.csv", "per-epoch training CSV; a name is a file in output_dir", path="out")
-    lora_checkpoint: str = option("final/adapter", "where the final adapter folder is written", path="out",
+    lora_checkpoint: str = option(f"{FINAL_DIR}/{ADAPTER_DIR}", "where the final adapter folder is written", path="out",
                                   resolve=adapter_folder)
-    head_checkpoint: str = option("final/heads.safetensors", "final heads file (a .pt name is written as "
+    head_checkpoint: str = option(f"{FINAL_DIR}/{HEADS_FILE}", "final heads file (a .pt name is written as "
                                   ".safetensors)", path="out", resolve=weights_file)
-    fusion_checkpoint: str = option("final/fusion.safetensors", "final fusion file (a .pt name is written as "
+    fusion_checkpoint: str = option(f"{FINAL_DIR}/{FUSION_FILE}", "final fusion file (a .pt name is written as "
                                     ".safetensors)", path="out", resolve=weights_file)
     resume: str | None = option(None, "checkpoint folder to continue from", path="in")
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=False)
-        if self.fusion_tokens < 0:
-            raise ConfigError("fusion_tokens must be >= 0")
+        check_values(self)
 
 
 @dataclass
@@ -126,11 +126,11 @@ class Task3EvalConfig:
     OUTPUT_DIR: ClassVar[str] = "out_dir"
     ALIASES: ClassVar[dict[str, str]] = {"ann_eval": "annotation_file", **EVAL_OUTPUT_ALIASES}
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
-    lora_checkpoint: str = option(f"{T3}/training/final/adapter", "adapter folder (or a file inside it)", path="in",
+    lora_checkpoint: str = option(f"{T3}/training/{FINAL_DIR}/{ADAPTER_DIR}", "adapter folder (or a file inside it)", path="in",
                                   resolve=adapter_folder)
-    head_checkpoint: str = option(f"{T3}/training/final/heads.safetensors", "heads file (a .pt name: the "
+    head_checkpoint: str = option(f"{T3}/training/{FINAL_DIR}/{HEADS_FILE}", "heads file (a .pt name: the "
                                   ".safetensors of that stem)", path="in", resolve=weights_file)
-    fusion_checkpoint: str = option(f"{T3}/training/final/fusion.safetensors", "fusion file (a .pt name: the "
+    fusion_checkpoint: str = option(f"{T3}/training/{FINAL_DIR}/{FUSION_FILE}", "fusion file (a .pt name: the "
                                     ".safetensors of that stem)", path="in", resolve=weights_file)
     data_root: str = option(DATA, "folder that index paths are relative to", path="in")
     annotation_file: str = option(f"{DATA}/testset2/annotation.json", "index to evaluate (earlier name: ann_eval)",
@@ -164,4 +164,6 @@ class Task3EvalConfig:
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
 
-
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size, allow_none=True)
+        check_values(self)

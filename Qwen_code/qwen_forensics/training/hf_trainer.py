@@ -8,7 +8,7 @@ config path, fits mixed precision to the hardware and records what was used.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -130,7 +130,7 @@ def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str
     """What LORA.py writes next to the adapter: the config plus the prompt setup it trained with."""
     out = config_dict(cfg)
     out["training_args"] = dict(training_args)
-    out.update(asdict(setup))
+    out.update(setup.record())
     return out
 
 

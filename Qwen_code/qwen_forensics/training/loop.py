@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
+from qwen_forensics.checkpoints.names import TRAINING_RUN_ENTRIES
 from qwen_forensics.training.runtime import FirstBatch, LoaderClock, peak_gib, speed_line, synchronized_clock
 
 
@@ -115,7 +115,7 @@ def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[s
 def training_outputs(*final: str) -> list[str]:
     """What a Task 1 / Task 3 training run writes into its output folder (``runs``): the resolved
     config, ``epoch_N/`` and ``best_by_*/`` checkpoints, skipped-record lists, and its ``final`` paths."""
-    return [RESOLVED_CONFIG_NAME, "epoch_*", "best_by_*", "skipped_*", *final]
+    return [*TRAINING_RUN_ENTRIES, *final]
 
 
 def best_logged(train_log: str | Path, run_id: str, metrics: Sequence[str]) -> dict[str, float]:

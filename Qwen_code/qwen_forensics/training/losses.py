@@ -28,10 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from qwen_forensics.data.collate import IGNORE_INDEX, hybrid_inputs, lm_logits_to_keep
-from qwen_forensics.training.runtime import autocast
+from qwen_forensics.data.collate import IGNORE_INDEX, lm_logits_to_keep
 
 __all__ = ["ForensicLossWeights", "forensic_loss", "mask_to_grid", "soft_dice"]
 
@@ -168,17 +166,14 @@ def answer_lm_loss(logits: torch.Tensor, labels: torch.Tensor, needed: int | Non
                            ignore_index=IGNORE_INDEX)
 
 
-def hybrid_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], weights: HybridLossWeights,
-                amp_dtype: str, device: torch.device, lora_cast=None) -> dict[str, torch.Tensor]:
-    """Forward + joint loss: ``total`` = lm weight * LM answer loss + the weighted head loss.
-
-    Returns ``total``, ``lm``, ``head`` (weighted head total) and the head's unweighted terms.
-    ``lora_cast``: a ``model.lora.LoraInputCast`` of the model (see ``training.autocast``).
+def hybrid_loss(out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+                weights: HybridLossWeights) -> dict[str, torch.Tensor]:
+    """Task 3's joint loss of a forward ``out`` (the hybrid model on ``hybrid_inputs(batch)`` with
+    ``logits_to_keep=batch["logits_to_keep"]``): ``total`` = lm weight * LM answer loss + the weighted
+    head loss. Returns ``total``, ``lm``, ``head`` (weighted head total) and the head's unweighted terms.
     """
     labels = batch["labels"]
     keep = batch["logits_to_keep"] if "logits_to_keep" in batch else lm_logits_to_keep(labels)
-    with autocast(device, amp_dtype, lora_cast):
-        out = model(**hybrid_inputs(batch), logits_to_keep=keep)
     lm = answer_lm_loss(out["logits"], labels, needed=keep)
     head = forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["target"],
                          weights.head)
