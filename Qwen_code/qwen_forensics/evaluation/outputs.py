@@ -4,7 +4,7 @@
 but finish the same way, through :func:`finish_evaluation`:
 
 1. ``output_json``: the per-image rows as a JSON list (``indent=1``), the format the scripts always wrote;
-2. ``<out_dir>/heatmaps/<position>_<stem>.png``: original | overlay | ground truth for the first
+2. ``<out_dir>/heatmaps/<position>_<stem>.png``: image | ground truth | overlay (the report gallery's picture) for the first
    ``num_heatmaps`` records, fakes first (only for runs with heatmaps);
 3. ``<out_dir>/report.html``: the self-contained report (``report.write_report``): metrics, ROC/PR,
    confusion matrices at 0.5 and at the tuned threshold, per-method table and, with heatmaps, the
@@ -72,7 +72,7 @@ def pictured_positions(records: Sequence[Record], count: int) -> list[int]:
 
 
 def write_heatmap_pictures(source: HeatmapSource, positions: Sequence[int], folder: Path) -> list[Path]:
-    """original | overlay | ground truth per position, named ``<position>_<image stem>.png``."""
+    """image | ground truth | overlay per position, named ``<position>_<image stem>.png``."""
     written = []
     for i in positions:
         gt, prob_map = source.full_size(i)

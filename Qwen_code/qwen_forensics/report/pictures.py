@@ -1,5 +1,6 @@
-"""Heatmap pictures at the original resolution: the evaluation panel (original | overlay | ground truth),
-and for ``predict.py`` the probability map alone and the overlay alone."""
+"""Heatmap pictures: the evaluation panel (image | ground truth | overlay), the same picture in
+``heatmaps/`` and in the report's gallery, and for ``predict.py`` the probability map alone and the
+overlay alone at the image's original resolution."""
 
 from __future__ import annotations
 
@@ -42,19 +43,47 @@ def save_overlay(image: Image.Image, prob_map: np.ndarray, out_path: str | Path,
     return _save(Image.fromarray(overlay_array(rgb, prob_map, alpha)), out_path)
 
 
+def rgb_array(image: str | Path | np.ndarray) -> np.ndarray:
+    """An image file or array as H x W x 3 uint8 RGB (grey arrays are repeated)."""
+    if isinstance(image, np.ndarray):
+        arr = image
+    else:
+        with Image.open(image) as img:
+            arr = np.asarray(img.convert("RGB"))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"image must be H x W (grey) or H x W x 3 (RGB), got shape {arr.shape}")
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+PANEL_GAP = 4  # white pixels between the three pictures of a panel
+
+
+def heatmap_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map: np.ndarray, *, max_side: int,
+                  alpha: float = 0.5, name: str = "image") -> np.ndarray:
+    """image | ground truth | heatmap overlay, each scaled to at most ``max_side`` px, side by side.
+
+    ``gt_mask`` (bool) and ``prob_map`` (probabilities in [0, 1]) are at the image's original size, as
+    ``data.geometry.original_size_heatmap`` returns them; the overlay is :func:`overlay_array`."""
+    rgb = rgb_array(image)
+    gt_mask, prob_map = np.asarray(gt_mask), np.asarray(prob_map, dtype=np.float32)
+    if gt_mask.shape != rgb.shape[:2] or prob_map.shape != rgb.shape[:2]:
+        raise ValueError(f"{name}: image {rgb.shape[:2]}, mask {gt_mask.shape} and heatmap {prob_map.shape} must have "
+                         "the same size; map the heatmap to the original resolution first (original_size_heatmap)")
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.uint8)
+    prob = np.asarray(Image.fromarray(np.clip(prob_map, 0, 1)).resize(size, Image.BILINEAR), dtype=np.float32)
+    gt = np.asarray(Image.fromarray(gt_mask.astype(np.uint8) * 255).resize(size, Image.NEAREST))
+    gap = np.full((size[1], PANEL_GAP, 3), 255, dtype=np.uint8)
+    return np.concatenate([small, gap, np.repeat(gt[..., None], 3, axis=-1), gap, overlay_array(small, prob, alpha)],
+                          axis=1)
+
+
 def save_heatmap_panel(image_path: str | Path, prob_map: np.ndarray, gt_mask: np.ndarray, out_path: str | Path,
                        *, max_side: int = 512, alpha: float = 0.5) -> Path:
-    """Write a three-panel PNG. ``prob_map`` and ``gt_mask`` are at the image's original size."""
-    with Image.open(image_path) as img:
-        image = img.convert("RGB")
-    if prob_map.shape != (image.height, image.width) or gt_mask.shape != prob_map.shape:
-        raise ValueError(f"{image_path}: heatmap {prob_map.shape} / mask {gt_mask.shape} do not match the image "
-                         f"{image.height}x{image.width}; map predictions back with unletterbox first")
-    rgb = np.asarray(image, dtype=np.uint8)
-    gt = np.repeat((gt_mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
-    panel = np.concatenate([rgb, overlay_array(rgb, prob_map, alpha), gt], axis=1)
-    out = Image.fromarray(panel)
-    scale = max_side / max(image.height, image.width)
-    if scale < 1:
-        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.BILINEAR)
-    return _save(out, out_path)
+    """Write :func:`heatmap_panel` as a PNG (``heatmaps/`` of the evaluations)."""
+    return _save(Image.fromarray(heatmap_panel(image_path, gt_mask, prob_map, max_side=max_side, alpha=alpha,
+                                               name=str(image_path))), out_path)

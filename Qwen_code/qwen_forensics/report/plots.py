@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from qwen_forensics.report.pictures import overlay_array
+from qwen_forensics.report.pictures import heatmap_panel
 
 
 def png_data_uri(png: bytes) -> str:
@@ -81,40 +81,9 @@ def bar_chart(metric: str, labels: Sequence[str], values: Sequence[float]) -> st
     return figure_data_uri(fig)
 
 
-def _rgb_array(image: str | Path | np.ndarray) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        arr = image
-    else:
-        with Image.open(image) as img:
-            arr = np.asarray(img.convert("RGB"))
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"gallery image must be H x W (grey) or H x W x 3 (RGB), got shape {arr.shape}")
-    return np.clip(arr, 0, 255).astype(np.uint8)
-
-
 def gallery_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map: np.ndarray, *,
                   max_side: int = 256, alpha: float = 0.5, name: str = "gallery item") -> str:
-    """image | ground truth | heatmap overlay, each scaled to at most ``max_side`` px, as one PNG.
-
-    ``gt_mask`` (bool) and ``prob_map`` (probabilities in [0, 1]) are at the image's original size,
-    as ``data.geometry.original_size_heatmap`` returns them. The overlay is ``visualize.overlay_array``,
-    the blend of the heatmap pictures, so an image looks the same in the report and in ``heatmaps/``.
-    """
-    rgb = _rgb_array(image)
-    gt_mask, prob_map = np.asarray(gt_mask), np.asarray(prob_map, dtype=np.float32)
-    if gt_mask.shape != rgb.shape[:2] or prob_map.shape != rgb.shape[:2]:
-        raise ValueError(f"{name}: image {rgb.shape[:2]}, mask {gt_mask.shape} and heatmap {prob_map.shape} must have "
-                         "the same size; map the heatmap to the original resolution first (original_size_heatmap)")
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.float32)
-    prob = np.asarray(Image.fromarray(np.clip(prob_map, 0, 1)).resize(size, Image.BILINEAR), dtype=np.float32)
-    gt = np.asarray(Image.fromarray(gt_mask.astype(np.uint8) * 255).resize(size, Image.NEAREST))
-    overlay = overlay_array(small.astype(np.uint8), prob, alpha)
-    gap = np.full((size[1], 4, 3), 255, dtype=np.uint8)
-    panel = np.concatenate([small.astype(np.uint8), gap, np.repeat(gt[..., None], 3, axis=-1), gap,
-                            overlay.astype(np.uint8)], axis=1)
-    return image_data_uri(Image.fromarray(panel))
+    """The report's gallery picture: ``pictures.heatmap_panel`` (the picture ``heatmaps/`` holds, at
+    ``max_side`` per image) as an embedded PNG."""
+    return image_data_uri(Image.fromarray(heatmap_panel(image, gt_mask, prob_map, max_side=max_side, alpha=alpha,
+                                                        name=name)))

@@ -2,7 +2,7 @@
 
 Image metrics (AUROC, AP, ACC/F1 at 0.5 and at a threshold tuned on ``ann_val`` when given) and
 pixel metrics at the original resolution (SPEC 7); one CSV row per run, a per-image predictions
-file, heatmap pictures (original | overlay | ground truth) and ``report.html`` in ``out_dir``
+file, heatmap pictures (image | ground truth | overlay) and ``report.html`` in ``out_dir``
 (``qwen_forensics.evaluation.outputs``).
 
     python Qwen_code/task1_modular_lora/subtask_vit_head_eval/lora_eval.py \

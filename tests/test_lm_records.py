@@ -1,5 +1,6 @@
-"""Task 2: training-set format and resumable map job, image dataset, Trainer arguments, prompt setup
-shared by training and evaluation, label mask on native-resolution batches."""
+"""``data.lm_records``: Task 2's training-set format and resumable map job, its image dataset, the
+prompt setup shared by training and evaluation (``checkpoints.task2``), the label mask on
+native-resolution batches."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import TrainingArguments
 
 from qwen_forensics.checkpoints.task2 import adapter_setup, resolve_infer_setup
 from qwen_forensics.checkpoints.tensors import write_resolved_config
-from qwen_forensics.config.loading import ConfigError, parse_config
+from qwen_forensics.config.loading import parse_config
 from qwen_forensics.data import lm_records
 from qwen_forensics.data.collate import IGNORE_INDEX, TrainerCollator, make_collator
 from qwen_forensics.data.dataset import Task2ImageDataset
@@ -26,7 +26,6 @@ from qwen_forensics.model.loader import load_processor
 from qwen_forensics.prompts import DEFAULT_PROMPT, PromptSetup, answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig, Task2MapConfig, Task2TrainConfig
 from qwen_forensics.training import hf_trainer
-from qwen_forensics.training.hf_trainer import trainer_arguments
 from scripts import CODE
 
 MAX_BYTES_PER_RECORD = 700
@@ -203,41 +202,6 @@ def test_map_rejects_multi_token_answers(root):
         map_records(map_config(root, fake_token="Forgery"))
 
 
-# ---------------------------------------------------------------------------------- Trainer arguments
-def test_trainer_arguments_relocate_and_keep_vision_gradients(tmp_path, monkeypatch):
-    shipped = json.loads((CODE / "task2_lm_lora" / "config_lora_trainer.json").read_text())
-    with monkeypatch.context() as gpu:
-        # Planned as on a bf16-capable GPU (only the two queries are faked; nothing touches CUDA).
-        gpu.setattr(torch.cuda, "is_available", lambda: True)
-        gpu.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-        args, notes = trainer_arguments(shipped["training_args"], str(tmp_path), None)
-    assert args["output_dir"] == str(tmp_path.resolve() / "task2_lm_lora/training/checkpoints")
-    assert args["bf16"] is True
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    on_cpu, cpu_notes = trainer_arguments(shipped["training_args"], None, None)
-    assert on_cpu["bf16"] is False and any("bf16 -> false" in note for note in cpu_notes)
-    assert args["gradient_checkpointing"] is False and "gradient_checkpointing_kwargs" not in args
-    checkpointed, _ = trainer_arguments({**shipped["training_args"], "gradient_checkpointing": True}, None, None)
-    assert checkpointed["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
-    assert args["remove_unused_columns"] is False
-    kept = {k: v for k, v in shipped["training_args"].items() if k not in ("output_dir", "warmup_ratio", "label_names")}
-    assert {k: args[k] for k in kept} == kept
-    assert args.get("warmup_ratio", args.get("warmup_steps")) == 0.05
-    TrainingArguments(**on_cpu)
-    reentrant = {**shipped["training_args"], "gradient_checkpointing": True,
-                 "gradient_checkpointing_kwargs": {"use_reentrant": True}}
-    explicit, _ = trainer_arguments(reentrant, None, None)
-    assert explicit["gradient_checkpointing_kwargs"] == {"use_reentrant": True}
-    assert trainer_arguments({"output_dir": "ckpt"}, None, tmp_path)[0]["output_dir"] == str(tmp_path / "ckpt")
-
-    with pytest.raises(ConfigError, match="remove_unused_columns must be false"):
-        trainer_arguments({"output_dir": "x", "remove_unused_columns": True}, None, None)
-    with pytest.raises(ConfigError, match="output_dir is required"):
-        trainer_arguments({}, None, None)
-    with pytest.raises(ConfigError, match=r"does not know: \['learning_rat'\]"):
-        trainer_arguments({"output_dir": "x", "learning_rat": 1e-4}, None, None)
-
-
 # ------------------------------------------------------------- one prompt setup for training and eval
 def _train_config(root: Path, **overrides) -> Task2TrainConfig:
     shipped = json.loads((CODE / "task2_lm_lora" / "config_lora_trainer.json").read_text())
@@ -328,22 +292,3 @@ def test_adapter_setup_requires_task2_keys(tmp_path):
     with pytest.raises(ValueError, match=r"lacks \['prompt_text', 'fake_token', 'real_token'\]"):
         adapter_setup(tmp_path)
     assert PromptSetup(448, "q", "F", "R").answers == {0: "R", 1: "F"}
-
-
-@pytest.mark.parametrize("given, cuda, bf16_ok, expected", [
-    ({"fp16": True}, False, False, {"fp16": False}),
-    ({"bf16": True}, False, False, {"bf16": False}),
-    ({"fp16": True}, True, True, {"fp16": False, "bf16": True}),
-    ({"fp16": True}, True, False, {"fp16": True}),
-    ({"bf16": True}, True, False, {"bf16": False, "fp16": True}),
-    ({"bf16": True}, True, True, {"bf16": True}),
-    ({}, True, True, {}),
-])
-def test_precision_follows_hardware_and_weights(given, cuda, bf16_ok, expected):
-    """The seed's trainer config asks fp16: bf16 where the GPU has it (as the weights then are), float32 on CPU."""
-    args = dict(given)
-    notes = hf_trainer.choose_precision(args, cuda=cuda, bf16_supported=bf16_ok)
-    assert args == expected
-    assert bool(notes) == (args != given)
-    with pytest.raises(ValueError, match="both bf16 and fp16"):
-        hf_trainer.choose_precision({"bf16": True, "fp16": True}, cuda=cuda, bf16_supported=bf16_ok)
