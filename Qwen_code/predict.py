@@ -30,15 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from qwen_forensics.checkpoints import MODEL_KEYS, CheckpointError, detect_checkpoint, start_run
-from qwen_forensics.evaluation import (IMAGE_SUFFIXES, PREDICT_OUTPUTS, RUN_JSON, Predictions, collect_images,
-                                       predict_images, primary_score, write_predictions)
+from qwen_forensics.evaluation import (IMAGE_SUFFIXES, PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, Predictions,
+                                       collect_images, predict_images, primary_score, write_predictions)
 from qwen_forensics.model import MODEL_FOLDER_CONTENTS
-from qwen_forensics.training import make_accelerator
+from qwen_forensics.training import evaluation_speed_line, make_accelerator
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,16 +97,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ignored {len(scan.ignored)} folder entries without an image extension ({', '.join(IMAGE_SUFFIXES)}); "
               f"listed in {args.out / 'skipped.json'}")
     preds = Predictions()
+    # With heads, each batch's heatmap and overlay PNGs are written on background threads meanwhile.
+    pictures = HeatmapFiles(args.out, scan, ckpt.image_size) if ckpt.has_heads else None
     if scan.images:
         preds = predict_images(ckpt, scan.images, model_path=model, batch_size=args.batch_size,
                                num_workers=args.num_workers, max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
-                               accelerator=make_accelerator(1), fast_paths=args.fast_paths)
-    rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold)
+                               accelerator=make_accelerator(1), fast_paths=args.fast_paths,
+                               on_batch=pictures.on_batch if pictures else None)
+    rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold, heatmap_files=pictures)
     run = {**run_record.columns(), "checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model,
            "image_size": ckpt.image_size,
            "p_fake": primary_score(ckpt), "threshold": args.threshold, "images": len(rows), "skipped": len(scan.bad),
            "notes": list(ckpt.notes)}
     (args.out / RUN_JSON).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
+    if scan.images:
+        print(evaluation_speed_line(len(rows), preds.seconds, time.perf_counter() - preds.started))
     fakes = sum(r["verdict"] == "fake" for r in rows)
     print(f"{len(rows)} images predicted ({fakes} fake at p_fake >= {args.threshold}), {len(scan.bad)} skipped\n"
           f"predictions: {args.out / 'predictions.csv'} and {args.out / 'predictions.json'}")

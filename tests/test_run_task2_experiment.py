@@ -58,6 +58,7 @@ def test_trained_adapter_answers_better_than_untrained(tmp_path, capsys):
 
     _run(ws, *_sets("--train-set", {**UNTRAINED, "save_lora_path": str(untrained / "adapter")}),
          *_sets("--infer-set", {**INFER, "lora_path": str(untrained / "adapter"), "max_new_tokens": 2,
+                                "csv_path": str(out / "evaluation" / "metrics.csv"),
                                 "output_json": str(untrained / "predictions.json")}))
     _run(ws, "--skip-map", *_sets("--train-set", TRAIN), *_sets("--infer-set", INFER))
 

@@ -1,4 +1,4 @@
-"""Files a reader never sees half of, and the append-only metrics CSV.
+"""Files a reader never sees half of, the append-only metrics CSV, and a bounded background writer.
 
 Every writer here writes to a temporary name in the destination folder (``.NAME.PID.tmp``) and
 renames it with ``os.replace``: a run killed mid-write leaves at most such a temporary file, never
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -109,3 +111,30 @@ def append_csv_row(path: str | os.PathLike, row: Mapping[str, Any], leading_colu
             writer.writerow(out_row)
 
     atomic_write(path, write)
+
+
+class BackgroundWriter:
+    """Writes files on a few threads while the caller goes on (image encoding and file I/O release the
+    GIL). At most ``bound`` jobs wait: a caller that submits faster than the disk takes them waits
+    rather than piling up pictures in memory. :meth:`close` waits for every job and raises the first
+    error one of them hit."""
+
+    def __init__(self, workers: int | None = None, bound: int | None = None):
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="writer")
+        self._slots = threading.BoundedSemaphore(bound or 4 * self.workers)
+        self._futures: list[Future] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        self._slots.acquire()
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+        return future
+
+    def close(self) -> None:
+        try:
+            for future in self._futures:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)

@@ -19,7 +19,7 @@ from qwen_forensics.checkpoints import (best_dir, epoch_dir, load_training_state
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, load_split, vision_grid
-from qwen_forensics.evaluation import HeatmapSource, guard_training_split, predict_heads, score_heads
+from qwen_forensics.evaluation import PixelCounter, guard_training_split, predict_heads, score_heads
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, format_targets, load_processor,
                                   load_vision_tower, make_lora_config, trainable_to_fp32, vision_block_targets)
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                               batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                               collate_fn=collate, drop_last=False, persistent_workers=cfg.num_workers > 0,
                               pin_memory=pin)
-    val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule),
+    val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule, with_mask=False,
+                                            with_truth=True),
                              batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                              collate_fn=collate, pin_memory=pin) if val_records else None)
 
@@ -144,10 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         ckpt_dir = out_dir / epoch_dir(epoch)
         save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
         if val_loader is not None:
-            preds = predict_heads(model, val_loader, accelerator, run_in.autocast, len(val_records))
+            preds = predict_heads(model, val_loader, accelerator, run_in.autocast, len(val_records),
+                                  PixelCounter(cfg.image_size, threshold=0.5))
             if accelerator.is_main_process:
-                heatmaps = HeatmapSource(val_records, preds.heatmaps, Path(cfg.data_root), mask_rule, cfg.image_size)
-                metrics, _ = score_heads(heatmaps, preds.p_fake)
+                metrics, _ = score_heads(val_records, preds.p_fake, preds.counts)
                 row.update({f"val_{k}": metrics[k] for k in VAL_LOG_METRICS})
                 keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
         if accelerator.is_main_process:

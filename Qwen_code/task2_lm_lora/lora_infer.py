@@ -20,7 +20,6 @@ confusion matrices, per-method table) in ``out_dir``. Runs unchanged under
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation
 from qwen_forensics.model import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig
-from qwen_forensics.training import make_accelerator, peak_gib, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc", "f1", "lora_path",
                "base_model_path"]
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                      "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
                      "answer words": f"{setup.fake_word} / {setup.real_word}",
                      **leak_check.columns()})
-    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
+    print(evaluate.speed_line())
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(outputs.summary())

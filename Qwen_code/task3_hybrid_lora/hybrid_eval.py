@@ -14,7 +14,6 @@ Writes one CSV row per run, ``predictions.json`` (per image), heatmap pictures a
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -24,11 +23,12 @@ from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hy
                                         read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule
-from qwen_forensics.evaluation import (HeatmapSource, SplitEvaluator, evaluation_outputs, finish_evaluation,
-                                       guard_checkpoint_split, hybrid_scores, image_report, predict_hybrid, score_heads)
+from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, evaluation_outputs,
+                                       finish_evaluation, guard_checkpoint_split, hybrid_scores, image_report,
+                                       predict_hybrid, score_heads)
 from qwen_forensics.model import HybridPrompt, load_model, load_processor
 from qwen_forensics.task_configs import Task3EvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
 
 IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
 PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake_empty_mask")
@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"note: evaluating with prompt {cfg.prompt!r}; the model was trained with {trained.prompt!r}")
         prompt = HybridPrompt.build(processor, cfg.prompt, trained.fusion_tokens, fake_word=trained.fake_word,
                                     real_word=trained.real_word, head_verdict=trained.head_verdict_prompt)
-    # The indexes are checked and their first batches decoded while the weights load.
+    # The indexes are checked and their first batches decoded while the weights load; the loader workers
+    # also decode each fake's ground truth, which the loop scores the heads' heatmaps against.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, mask_rule, with_mask=False,
+                                               with_truth=True),
         collate=HybridCollator(processor, prompt))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
 
@@ -85,16 +87,22 @@ def main(argv: list[str] | None = None) -> None:
     model, spec = load_hybrid_model(base, processor, paths)
     model.prompt = prompt
     answer_ids = answer_ids_for(processor, spec)
-    test, tuned = evaluate.run(lambda loader, n: predict_hybrid(model, loader, accelerator, answer_ids, run_in.autocast, n),
-                               scores=("p_fake_lm", "p_fake_head"))
+    counter = PixelCounter(image_size, cfg.pixel_threshold)
+    # heatmaps/ pictures are drawn on background threads while the loop runs (main process).
+    pictures = (PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
+                              cfg.num_heatmaps) if accelerator.is_main_process else None)
+    test, tuned = evaluate.run(lambda loader, n, **kw: predict_hybrid(model, loader, accelerator, answer_ids,
+                                                                      run_in.autocast, n, counter=counter, **kw),
+                               scores=("p_fake_lm", "p_fake_head"),
+                               test_kwargs={"on_batch": pictures.on_batch if pictures else None})
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     tuned_lm, tuned_head = tuned["p_fake_lm"], tuned["p_fake_head"]
 
-    heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
-    heads, rows = score_heads(heatmaps, preds.p_fake_head, pixel_threshold=cfg.pixel_threshold,
+    heads, rows = score_heads(records, preds.p_fake_head, preds.counts, pixel_threshold=cfg.pixel_threshold,
                               tuned_threshold=tuned_head)
+    heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
     lm = image_report([r.label for r in records], preds.p_fake_lm, tuned_threshold=tuned_lm)
     for row, p_lm in zip(rows, preds.p_fake_lm):
         row["p_fake_head"] = row.pop("p_fake")
@@ -117,9 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                      "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
                      "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps,
-        num_heatmaps=cfg.num_heatmaps)
-    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
+        heatmaps=heatmaps, pictures=pictures)
+    print(evaluate.speed_line())
     print(json.dumps(metrics, indent=1))
     print(outputs.summary())
 

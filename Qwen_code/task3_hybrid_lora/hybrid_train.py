@@ -19,7 +19,7 @@ from qwen_forensics.checkpoints import (best_dir, epoch_dir, CheckpointPaths, an
                                         write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, hybrid_inputs, load_split
-from qwen_forensics.evaluation import (HeatmapSource, guard_training_split, hybrid_scores, image_report, predict_hybrid,
+from qwen_forensics.evaluation import (PixelCounter, guard_training_split, hybrid_scores, image_report, predict_hybrid,
                                        score_heads)
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                               batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                               collate_fn=HybridCollator(processor, model.prompt, answers), drop_last=False,
                               persistent_workers=cfg.num_workers > 0, pin_memory=pin)
-    val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule),
+    val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule, with_mask=False,
+                                            with_truth=True),
                              batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                              collate_fn=HybridCollator(processor, model.prompt), pin_memory=pin)
                   if val_records else None)
@@ -141,12 +142,11 @@ def main(argv: list[str] | None = None) -> None:
                               scheduler, step, epoch)
         if val_loader is not None:
             preds = predict_hybrid(accelerator.unwrap_model(model), val_loader, accelerator, answer_ids, run_in.autocast,
-                                   len(val_records))
+                                   len(val_records), counter=PixelCounter(cfg.image_size, threshold=0.5))
             if accelerator.is_main_process:
                 labels = [r.label for r in val_records]
                 lm = image_report(labels, preds.p_fake_lm)
-                heatmaps = HeatmapSource(val_records, preds.heatmaps, Path(cfg.data_root), mask_rule, cfg.image_size)
-                heads, _ = score_heads(heatmaps, preds.p_fake_head)
+                heads, _ = score_heads(val_records, preds.p_fake_head, preds.counts)
                 # The names and definitions of hybrid_eval.py's CSV, with a val_ prefix in the log.
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
                            "pixel_f1": heads["pixel_f1"], **hybrid_scores(lm["auroc"], heads)}

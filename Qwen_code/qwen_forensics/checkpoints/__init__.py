@@ -45,9 +45,9 @@ from qwen_forensics.checkpoints.task3 import (CheckpointPaths, answer_ids_for, l
                                               save_task3_checkpoint)
 from qwen_forensics.checkpoints.tensors import load_training_state, read_resolved_config, write_resolved_config
 
-__all__ = ["best_dir", "epoch_dir", "Checkpoint", "CheckpointError", "CheckpointPaths", "MODEL_KEYS", "Run", "adapter_setup", "answer_ids_for",
-           "attach_task1_checkpoint", "attach_task1_lora", "check_seed_lora_keys", "checkpoint_image_size",
-           "detect_checkpoint", "load_adapter_strict", "load_heads", "load_hybrid_model", "load_training_state",
-           "lora_config_notes", "read_hybrid_spec", "read_resolved_config", "resolve_infer_setup", "resume_task1",
-           "save_adapter", "save_task1_checkpoint", "save_task3_checkpoint", "seed_key_notes", "start_config_run",
-           "start_run", "write_resolved_config"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointPaths", "MODEL_KEYS", "Run", "adapter_setup", "answer_ids_for",
+           "attach_task1_checkpoint", "attach_task1_lora", "best_dir", "check_seed_lora_keys", "checkpoint_image_size",
+           "detect_checkpoint", "epoch_dir", "load_adapter_strict", "load_heads", "load_hybrid_model",
+           "load_training_state", "lora_config_notes", "read_hybrid_spec", "read_resolved_config",
+           "resolve_infer_setup", "resume_task1", "save_adapter", "save_task1_checkpoint", "save_task3_checkpoint",
+           "seed_key_notes", "start_config_run", "start_run", "write_resolved_config"]

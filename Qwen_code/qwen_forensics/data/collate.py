@@ -38,6 +38,10 @@ IGNORE_INDEX = -100
 EXTRA_KEYS = ("target", "answer_positions", "position")
 MROPE_KEY = "mm_token_type_ids"
 GRID_HOST_KEY = "image_grid_thw_host"
+# Evaluation items with heatmaps carry the ground truth for scoring in the loop (``evaluation.scoring``):
+# the binarised mask at the original resolution (bool [H, W], None for a real) and the image's size.
+TRUTH_KEY = "truth"
+SIZE_KEY = "original_hw"
 
 
 def require_mrope_inputs(batch: Mapping[str, torch.Tensor]) -> None:
@@ -230,6 +234,7 @@ class ImageBatchCollator:
         if all(labelled):
             batch["mask"] = torch.stack([item["mask"] for item in items])
             batch["labels"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.float32)
+        batch.update(truth_of(items))
         return batch
 
 
@@ -264,7 +269,8 @@ class TrainerCollator:
 
 
 # Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
-NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep", GRID_HOST_KEY)
+NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep", GRID_HOST_KEY, TRUTH_KEY,
+                  SIZE_KEY)
 
 
 class HybridCollator:
@@ -285,7 +291,16 @@ class HybridCollator:
         if self.lm.answers is not None:
             batch["mask"] = torch.stack([item["mask"] for item in items])
             batch["logits_to_keep"] = lm_logits_to_keep(batch["labels"])
+        batch.update(truth_of(items))
         return batch
+
+
+def truth_of(items: Sequence[Mapping]) -> dict:
+    """The items' ground truth for scoring in the loop (:data:`TRUTH_KEY`, :data:`SIZE_KEY`), if they carry it."""
+    if TRUTH_KEY not in items[0]:
+        return {}
+    return {TRUTH_KEY: [None if item[TRUTH_KEY] is None else torch.from_numpy(item[TRUTH_KEY]) for item in items],
+            SIZE_KEY: torch.tensor([item[SIZE_KEY] for item in items], dtype=torch.long)}
 
 
 def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from qwen_forensics.data.collate import SIZE_KEY, TRUTH_KEY
 from qwen_forensics.data.geometry import letterbox_image, letterbox_mask
 from qwen_forensics.data.lm_records import Task2Sample
 from qwen_forensics.data.masks import MaskRule, load_binary_mask
@@ -26,20 +28,30 @@ class ForgeryDataset(Dataset):
 index in ``records``: distributed evaluation orders gathered outputs by it).
 
     The mask is binarised at the original resolution before letterboxing (the one rule, applied
-    once). The original-resolution ground truth is not carried in items; evaluation loads it with
-    `masks.load_binary_mask` so training batches stay small. Records should come out of
-    `validate.apply_bad_sample_policy`; a mask whose size differs from its image still fails here.
-    ``with_mask=False`` (evaluations: they score against the original-resolution mask later, or
-    not at all) leaves ``mask`` out, so no mask file is decoded in the loader.
+    once). Records should come out of `validate.apply_bad_sample_policy`; a mask whose size differs
+    from its image still fails here. ``with_mask=False`` (evaluations) leaves the training ``mask``
+    out. ``with_truth=True`` (evaluations with heatmaps) adds the original-resolution ground truth
+    the loop scores against on the accelerator (``collate.TRUTH_KEY``: bool [H, W], None for a
+    real; ``collate.SIZE_KEY``: (H, W)), decoded here in the loader workers.
     """
 
     def __init__(self, records: list[Record], data_root: str | os.PathLike, image_size: int,
-                 mask_rule: MaskRule = MaskRule(), *, with_mask: bool = True):
+                 mask_rule: MaskRule = MaskRule(), *, with_mask: bool = True, with_truth: bool = False):
         self.records = list(records)
         self.data_root = Path(data_root)
         self.image_size = image_size
         self.mask_rule = mask_rule
         self.with_mask = with_mask
+        self.with_truth = with_truth
+
+    def _binary_mask(self, rec: Record, lb) -> np.ndarray:
+        binary = load_binary_mask(rec, self.data_root, self.mask_rule)
+        if binary.shape != (lb.orig_h, lb.orig_w):
+            raise ValueError(
+                f"record {rec.index} ({rec.image_path}): mask {rec.mask_path} is {binary.shape[0]}x{binary.shape[1]} "
+                f"but the image is {lb.orig_h}x{lb.orig_w}; run check_data.py and fix or skip it."
+            )
+        return binary
 
     def __len__(self) -> int:
         return len(self.records)
@@ -49,19 +61,13 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
         with Image.open(self.data_root / rec.image_path) as img:
             image, lb = letterbox_image(img, self.image_size)
         item = {"image": image, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
-        if not self.with_mask:
-            return item
-        if rec.label == 0:
-            mask = torch.zeros(self.image_size, self.image_size, dtype=torch.float32)
-        else:
-            binary = load_binary_mask(rec, self.data_root, self.mask_rule)
-            if binary.shape != (lb.orig_h, lb.orig_w):
-                raise ValueError(
-                    f"record {rec.index} ({rec.image_path}): mask {rec.mask_path} is {binary.shape[0]}x{binary.shape[1]} "
-                    f"but the image is {lb.orig_h}x{lb.orig_w}; run check_data.py and fix or skip it."
-                )
-            mask = torch.from_numpy(letterbox_mask(binary, lb))
-        return {**item, "mask": mask}
+        binary = self._binary_mask(rec, lb) if rec.label == 1 and (self.with_mask or self.with_truth) else None
+        if self.with_truth:
+            item[TRUTH_KEY], item[SIZE_KEY] = binary, (lb.orig_h, lb.orig_w)
+        if self.with_mask:
+            item["mask"] = (torch.zeros(self.image_size, self.image_size, dtype=torch.float32) if binary is None
+                            else torch.from_numpy(letterbox_mask(binary, lb)))
+        return item
 
 
 def model_image(img: Image.Image, image_size: int | None) -> Image.Image:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +35,7 @@ from qwen_forensics.data.collate import HybridCollator, ImageBatchCollator, make
 from qwen_forensics.data.dataset import ImageFileDataset
 from qwen_forensics.data.geometry import original_size_heatmap
 from qwen_forensics.data.validate import inspect_image
+from qwen_forensics.files import BackgroundWriter
 from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid, score_answers
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import answer_token_ids
@@ -94,13 +96,17 @@ class Predictions:
     heatmaps: np.ndarray | None = None         # [N, h, w] patch-grid probabilities on the letterboxed canvas
     p_fake_lm: np.ndarray | None = None
     answers: list[str] | None = None           # the LM's greedy free text
+    started: float = 0.0                       # time.perf_counter() when the prediction loop began
+    seconds: float = 0.0                       # the prediction loop alone
 
 
 def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str, batch_size: int,
-                   max_new_tokens: int, accelerator, num_workers: int = 0, fast_paths: bool = True) -> Predictions:
+                   max_new_tokens: int, accelerator, num_workers: int = 0, fast_paths: bool = True,
+                   on_batch=None) -> Predictions:
     """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched in bfloat16 on
     a GPU (``config.precision``); with ``num_workers`` loader processes decoding and letterboxing them
-    meanwhile; ``fast_paths`` False runs plain transformers."""
+    meanwhile; ``fast_paths`` False runs plain transformers. ``on_batch(positions, heatmaps)`` sees each
+    batch of a checkpoint with heads (:class:`HeatmapFiles` writes its pictures meanwhile)."""
     on_gpu = accelerator.device.type == "cuda"
     run_in = precision("bfloat16", accelerator.device)
     dtype, amp_dtype = run_in.weights, run_in.autocast
@@ -114,8 +120,11 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
     if ckpt.kind == TASK1:
         model = attach_task1_checkpoint(load_vision_tower(model_path, dtype=dtype, fast_paths=fast_paths), ckpt.folder)
         model = accelerator.prepare(model)
-        heads = predict_heads(model, loader(ImageBatchCollator(processor)), accelerator, amp_dtype, len(images))
-        return Predictions(p_fake_head=heads.p_fake, heatmaps=heads.heatmaps)
+        started = time.perf_counter()
+        heads = predict_heads(model, loader(ImageBatchCollator(processor)), accelerator, amp_dtype, len(images),
+                              on_batch=on_batch)
+        return Predictions(p_fake_head=heads.p_fake, heatmaps=heads.heatmaps, started=started,
+                           seconds=time.perf_counter() - started)
 
     base = load_model(model_path, dtype=dtype, device=accelerator.device, fast_paths=fast_paths)
     if ckpt.kind == TASK2:
@@ -123,17 +132,44 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
         base.requires_grad_(False)
         load_adapter_strict(base, ckpt.folder)
         fake_id, real_id = answer_token_ids(processor, setup.fake_word, setup.real_word)
+        started = time.perf_counter()
         scores = score_answers(base, loader(make_collator(processor, setup, train=False)), accelerator,
                                fake_token_id=fake_id, real_token_id=real_id, num_records=len(images),
                                max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
-        return Predictions(p_fake_lm=scores.p_fake, answers=scores.generated)
+        return Predictions(p_fake_lm=scores.p_fake, answers=scores.generated, started=started,
+                           seconds=time.perf_counter() - started)
 
     model, spec = load_hybrid_model(base, processor, ckpt.task3)
+    started = time.perf_counter()
     hybrid = predict_hybrid(model, loader(HybridCollator(processor, model.prompt)), accelerator,
                             answer_ids_for(processor, spec), amp_dtype, len(images), max_new_tokens=max_new_tokens,
-                            tokenizer=processor.tokenizer)
+                            tokenizer=processor.tokenizer, on_batch=on_batch)
     return Predictions(p_fake_head=hybrid.p_fake_head, heatmaps=hybrid.heatmaps, p_fake_lm=hybrid.p_fake_lm,
-                       answers=hybrid.generated)
+                       answers=hybrid.generated, started=started, seconds=time.perf_counter() - started)
+
+
+class HeatmapFiles:
+    """predict.py's heatmap (grey PNG) and overlay of each image at its original resolution, written on
+    background threads as each batch comes out of the model (``on_batch``), not after the last one."""
+
+    def __init__(self, out_dir: Path, scan: ImageScan, image_size: int):
+        self.out_dir, self.scan, self.image_size = out_dir, scan, image_size
+        self.writer = BackgroundWriter()
+        self.names = [f"{k:05d}_{path.stem}.png" for k, path in enumerate(scan.images)]
+
+    def paths(self, k: int) -> tuple[Path, Path]:
+        return self.out_dir / HEATMAPS_DIR / self.names[k], self.out_dir / OVERLAYS_DIR / self.names[k]
+
+    def _write(self, k: int, heatmap: np.ndarray) -> None:
+        prob_map = original_size_heatmap(heatmap, self.scan.sizes[k], self.image_size)
+        heat_path, overlay_path = self.paths(k)
+        save_probability_map(prob_map, heat_path)
+        with Image.open(self.scan.images[k]) as img:
+            save_overlay(img, prob_map, overlay_path)
+
+    def on_batch(self, positions, heatmaps) -> None:
+        for k, position in enumerate(positions.tolist()):
+            self.writer.submit(self._write, position, heatmaps[k].float().cpu().numpy())
 
 
 # --------------------------------------------------------------------------------------- outputs
@@ -154,9 +190,10 @@ def primary_score(ckpt: Checkpoint) -> str:
 
 
 def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *,
-                      threshold: float) -> list[dict]:
+                      threshold: float, heatmap_files: HeatmapFiles | None = None) -> list[dict]:
     """One row per image (CSV and JSON, input order), the heatmap and overlay PNGs at each image's
-    original resolution, and ``skipped.json``; returns the rows.
+    original resolution (``heatmap_files`` wrote them during the loop; waited for here), and
+    ``skipped.json``; returns the rows.
 
     Row keys: ``image``, ``height``, ``width``, then what the checkpoint has: ``p_fake_head``,
     ``p_fake_lm``; always ``p_fake`` (:func:`primary_score`) and ``verdict`` ("fake" when
@@ -164,6 +201,8 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: P
     ``overlay_png`` (paths) where they exist.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if heatmap_files is not None:
+        heatmap_files.writer.close()
     rows = []
     for k, (path, (height, width)) in enumerate(zip(scan.images, scan.sizes)):
         row: dict = {"image": str(path), "height": height, "width": width}
@@ -176,11 +215,8 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: P
         if preds.answers is not None:
             row["answer_text"] = preds.answers[k]
         if preds.heatmaps is not None:
-            prob_map = original_size_heatmap(preds.heatmaps[k], (height, width), ckpt.image_size)
-            name = f"{k:05d}_{path.stem}.png"
-            row["heatmap_png"] = str(save_probability_map(prob_map, out_dir / HEATMAPS_DIR / name))
-            with Image.open(path) as img:
-                row["overlay_png"] = str(save_overlay(img, prob_map, out_dir / OVERLAYS_DIR / name))
+            heat_path, overlay_path = heatmap_files.paths(k)
+            row["heatmap_png"], row["overlay_png"] = str(heat_path), str(overlay_path)
         rows.append(row)
     with (out_dir / PREDICTIONS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])

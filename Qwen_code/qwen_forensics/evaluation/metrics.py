@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -215,6 +216,22 @@ def _check_pixel_inputs(pred_prob: Any, gt_mask: Any) -> tuple[np.ndarray, np.nd
     return prob, gt
 
 
+@dataclass(frozen=True)
+class PixelCounts:
+    """One image scored at the original resolution: true / false positive and false negative pixels,
+    the binarised ground truth's pixels and all pixels (everything the per-image metrics need)."""
+    tp: int
+    fp: int
+    fn: int
+    gt: int
+    pixels: int
+
+    @property
+    def mask_area(self) -> float:
+        """The fraction of the image's pixels in the binarised ground truth (0 for reals)."""
+        return self.gt / self.pixels if self.pixels else 0.0
+
+
 class PixelMetricAccumulator:
     """Accumulates the SPEC 7 pixel metrics image by image; mergeable across processes.
 
@@ -247,21 +264,26 @@ class PixelMetricAccumulator:
         ``pred_prob``: (H, W) probabilities at the original resolution; ``gt_mask``: (H, W)
         binarised mask (all False for reals); ``label``: 1 fake, 0 real.
         """
-        if label not in (0, 1):
-            raise ValueError(f"label must be 0 (real) or 1 (fake), got {label!r}")
         prob, gt = _check_pixel_inputs(pred_prob, gt_mask)
         pred = prob >= self.threshold
-        positive_fraction = float(np.count_nonzero(pred)) / pred.size
+        tp, fp, fn = pixel_confusion(pred, gt)
+        return self.add_counts(PixelCounts(tp, fp, fn, int(np.count_nonzero(gt)), pred.size), label)
+
+    def add_counts(self, counts: "PixelCounts", label: int) -> dict[str, Any]:
+        """:meth:`update` from one image's counts (what the evaluation loop computes on the accelerator)."""
+        if label not in (0, 1):
+            raise ValueError(f"label must be 0 (real) or 1 (fake), got {label!r}")
+        tp, fp, fn = counts.tp, counts.fp, counts.fn
+        positive_fraction = float(tp + fp) / counts.pixels
         if label == 0:
-            if gt.any():
+            if counts.gt:
                 raise ValueError(
-                    f"a real image (label 0) has {int(gt.sum())} positive mask pixels; reals must have an empty mask"
+                    f"a real image (label 0) has {counts.gt} positive mask pixels; reals must have an empty mask"
                 )
             self.real_positive_fraction.append(positive_fraction)
             return {"positive_fraction": positive_fraction}
-        tp, fp, fn = pixel_confusion(pred, gt)
         f1, iou = f1_iou_from_counts(tp, fp, fn)
-        empty = not gt.any()
+        empty = counts.gt == 0
         if empty:
             self.num_fake_empty_mask += 1
         else:

@@ -4,16 +4,17 @@
 but finish the same way, through :func:`finish_evaluation`:
 
 1. ``output_json``: the per-image rows as a JSON list (``indent=1``), the format the scripts always wrote;
-2. ``<out_dir>/heatmaps/<position>_<stem>.png``: image | ground truth | overlay (the report gallery's picture) for the first
-   ``num_heatmaps`` records, fakes first (only for runs with heatmaps);
+2. ``<out_dir>/heatmaps/<position>_<stem>.png``: image | ground truth | overlay (the report gallery's
+   picture), per ``save_heatmaps``: ``gallery`` (default) for the first ``num_heatmaps`` records, fakes
+   first; ``all`` for every record; ``none`` for none (runs with heatmaps only). They are drawn on
+   background threads while the loop runs (:class:`PictureWriter`);
 3. ``<out_dir>/report.html``: the self-contained report (``report.write_report``): metrics, ROC/PR,
    confusion matrices at 0.5 and at the tuned threshold, per-method table and, with heatmaps, the
    mask-area table and the best/worst localisation gallery;
 4. the metrics CSV row, appended last, so a row in the CSV means every file of the run was written.
 
-Heatmaps stay on the patch grid until they are scored: :class:`HeatmapSource` maps a record's map
-back to its original resolution (``data.geometry.original_size_heatmap``), for :func:`score_heads`
-(every record) and for the few pictures.
+Pixel scoring happens in the loop (``scoring.PixelCounter``); here a record's patch-grid map is mapped
+back to its original resolution (``scoring.HeatmapSource``) only for the pictures.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import torch
+
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
 from qwen_forensics.checkpoints.runs import Run
+from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.records import Record
 from qwen_forensics.evaluation.predictions import AnswerScores
 from qwen_forensics.evaluation.scoring import HeatmapSource
-from qwen_forensics.files import append_csv_row
+from qwen_forensics.files import BackgroundWriter, append_csv_row
 from qwen_forensics.report.page import GalleryItem, row_caption, write_report
 from qwen_forensics.report.pictures import save_heatmap_panel
 from qwen_forensics.report.tables import select_gallery
@@ -71,27 +76,57 @@ def pictured_positions(records: Sequence[Record], count: int) -> list[int]:
     return sorted(range(len(records)), key=lambda i: (-records[i].label, i))[:count]
 
 
-def write_heatmap_pictures(source: HeatmapSource, positions: Sequence[int], folder: Path) -> list[Path]:
-    """image | ground truth | overlay per position, named ``<position>_<image stem>.png``."""
-    written = []
-    for i in positions:
-        gt, prob_map = source.full_size(i)
-        name = f"{i:05d}_{Path(source.records[i].image_path).stem}.png"
-        written.append(save_heatmap_panel(source.image_path(i), prob_map, gt, folder / name))
-    return written
+SAVE_HEATMAPS = ("gallery", "all", "none")
+
+
+class PictureWriter:
+    """The ``heatmaps/`` pictures of an evaluated record list (``save_heatmaps``), drawn on the
+    ``writer``'s threads: :meth:`on_batch` is called by the prediction loop with each batch's positions
+    and heatmaps, so the pictures are written while the accelerator works; :meth:`finish` draws the ones
+    whose batch another process scored and returns every path, once all are written."""
+
+    def __init__(self, records: Sequence[Record], data_root: str | os.PathLike, mask_rule: MaskRule, image_size: int,
+                 out_dir: str | os.PathLike, mode: str, count: int):
+        if mode not in SAVE_HEATMAPS:
+            raise ValueError(f"save_heatmaps must be one of {list(SAVE_HEATMAPS)}, got {mode!r}")
+        source = HeatmapSource(records, np.empty(0), Path(data_root), mask_rule, image_size)
+        folder = Path(out_dir) / HEATMAP_DIR
+        self.source, self.folder, self.writer = source, folder, BackgroundWriter()
+        positions = {"all": range(len(source.records)), "gallery": pictured_positions(source.records, count),
+                     "none": ()}[mode]
+        self.wanted = {i: folder / f"{i:05d}_{Path(source.records[i].image_path).stem}.png" for i in positions}
+        self.submitted: set[int] = set()
+
+    def _draw(self, i: int, heatmap: np.ndarray | None) -> Path:
+        gt, prob_map = self.source.full_size(i, heatmap)
+        return save_heatmap_panel(self.source.image_path(i), prob_map, gt, self.wanted[i])
+
+    def on_batch(self, positions: torch.Tensor, heatmaps: torch.Tensor) -> None:
+        for k, i in enumerate(positions.tolist()):
+            if i in self.wanted and i not in self.submitted:
+                self.submitted.add(i)
+                self.writer.submit(self._draw, i, heatmaps[k].float().cpu().numpy())
+
+    def finish(self, heatmaps: np.ndarray) -> list[Path]:
+        """Draw the pictures no batch of this process brought (``heatmaps``: all records, gathered)."""
+        for i in sorted(set(self.wanted) - self.submitted):
+            self.submitted.add(i)
+            self.writer.submit(self._draw, i, heatmaps[i])
+        return [self.wanted[i] for i in sorted(self.wanted)]
 
 
 def gallery(source: HeatmapSource, rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
-            k: int = GALLERY_SIZE) -> tuple[list[GalleryItem], list[GalleryItem]]:
-    """The ``k`` best and ``k`` worst localisations by pixel IoU (``breakdown.select_gallery``); only
-    those few heatmaps are mapped back to full size."""
+            writer: BackgroundWriter, k: int = GALLERY_SIZE) -> tuple[list[GalleryItem], list[GalleryItem]]:
+    """The ``k`` best and ``k`` worst localisations by pixel IoU (``tables.select_gallery``); only those
+    few heatmaps are mapped back to full size, on the ``writer``'s threads."""
     best, worst = select_gallery(rows, k)
 
     def item(i: int) -> GalleryItem:
         gt, prob_map = source.full_size(i)
         return GalleryItem(source.image_path(i), gt, prob_map, row_caption(rows[i], score_columns))
 
-    return [item(i) for i in best], [item(i) for i in worst]
+    futures = {i: writer.submit(item, i) for i in dict.fromkeys([*best, *worst])}
+    return [futures[i].result() for i in best], [futures[i].result() for i in worst]
 
 
 def evaluation_outputs(output_json: str | os.PathLike) -> list[str]:
@@ -104,12 +139,13 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
                       csv_row: Mapping[str, Any], csv_columns: Sequence[str], rows: Sequence[Mapping[str, Any]],
                       metrics: Mapping[str, Any], score_columns: Sequence[str],
                       thresholds: Mapping[str, float | None], title: str, description: Mapping[str, Any],
-                      heatmaps: HeatmapSource | None = None, num_heatmaps: int = 0,
+                      heatmaps: HeatmapSource | None = None, pictures: PictureWriter | None = None,
                       gallery_size: int = GALLERY_SIZE) -> EvalOutputs:
     """Write the predictions file, heatmap pictures, ``report.html`` and the CSV row (see the module doc).
 
     ``rows``: per-image dicts (``image_path``, ``label``, the ``score_columns``; with heatmaps also the
-    pixel metrics and ``mask_area`` of ``eval_outputs.score_heads``). ``csv_row`` is appended to
+    pixel metrics and ``mask_area`` of ``scoring.score_heads``). ``pictures``: the writer the loop fed
+    (runs with heatmaps); its threads also draw the gallery while the predictions file is written. ``csv_row`` is appended to
     ``csv_path`` with ``csv_columns`` leading (``files.append_csv_row``). ``thresholds``: the tuned
     threshold per score column, None without a validation index. ``metrics`` and ``description`` are
     the report's metrics table and run facts; both gain the ``run``'s id and config hash, and the
@@ -121,19 +157,21 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
     if csv_row.get("num_skipped"):
         description["skipped records"] = (f"{csv_row['num_skipped']} (on_bad_sample: skip; listed with their reasons in "
                                           f"{out_dir}/skipped_*/skipped_records.json)")
-    predictions = write_predictions(output_json, rows)
-    pictures: list[Path] = []
+    written: list[Path] = []
     best: list[GalleryItem] = []
     worst: list[GalleryItem] = []
     if heatmaps is not None:
-        pictures = write_heatmap_pictures(heatmaps, pictured_positions(heatmaps.records, num_heatmaps),
-                                          out_dir / HEATMAP_DIR)
-        best, worst = gallery(heatmaps, rows, score_columns, gallery_size)
+        writer = pictures.writer if pictures is not None else BackgroundWriter()
+        if pictures is not None:
+            written = pictures.finish(heatmaps.heatmaps)
+        best, worst = gallery(heatmaps, rows, score_columns, writer, gallery_size)
+        writer.close()
+    predictions = write_predictions(output_json, rows)
     report = write_report(out_dir / REPORT_NAME, metrics=metrics, rows=rows, score_columns=score_columns,
                           thresholds=thresholds, title=title, description=description, gallery_best=best,
                           gallery_worst=worst, pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE)
     append_csv_row(csv_path, csv_row, csv_columns)
-    return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=pictures)
+    return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=written)
 
 
 def keyword_label(text: str, fake_word: str, real_word: str) -> int | None:

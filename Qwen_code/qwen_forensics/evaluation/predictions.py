@@ -25,9 +25,10 @@ from qwen_forensics.data.collate import generate_inputs, hybrid_inputs, model_in
 from qwen_forensics.data.records import Record
 from qwen_forensics.data.validate import load_split
 from qwen_forensics.evaluation.metrics import tune_threshold
+from qwen_forensics.evaluation.scoring import PixelCounter
 from qwen_forensics.model.hybrid import HybridModel
 from qwen_forensics.model.lora import LoraInputCast
-from qwen_forensics.training.runtime import FirstBatch, LoaderClock, autocast, speed_line, synchronized_clock
+from qwen_forensics.training.runtime import FirstBatch, LoaderClock, autocast, evaluation_speed_line, synchronized_clock
 
 
 @dataclass
@@ -95,6 +96,7 @@ class SplitEvaluator:
     collate: Callable
     warm_up: bool | None = None
     _splits: dict[str, _Split] = field(default_factory=dict, init=False, repr=False)
+    _runs: list[SplitRun] = field(default_factory=list, init=False, repr=False)
 
     def start(self, test_index: str, val_index: str | None = None) -> None:
         """Validate and open the test index and the validation index (if any)."""
@@ -126,7 +128,9 @@ class SplitEvaluator:
         start = time.perf_counter()
         clock = LoaderClock(split.batches)
         predictions = predict(clock, len(split.records), **predict_kwargs)
-        return SplitRun(split.records, predictions, time.perf_counter() - start, split.skipped, started, clock.waited)
+        run = SplitRun(split.records, predictions, time.perf_counter() - start, split.skipped, started, clock.waited)
+        self._runs.append(run)
+        return run
 
     def run(self, predict: Callable[..., Any], *, scores: Sequence[str] = ("p_fake",),
             val_kwargs: Mapping[str, Any] | None = None,
@@ -146,9 +150,20 @@ class SplitEvaluator:
             labels = [r.label for r in val.records]
             tuned = {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
         test = self._predict("test", predict, started, **(test_kwargs or {}))
-        self.accelerator.print(speed_line(len(test.records), test.seconds, "evaluation (inference loop)",
-                                          test.data_wait))
         return test, tuned
+
+    def records(self, tag: str = "test") -> list[Record]:
+        """The usable records of a started split (before :meth:`run`)."""
+        return self._splits[tag].records
+
+    def speed_line(self) -> str:
+        """The evaluation's one ``[speed]`` line, printed once its last file is written: every evaluated
+        image (validation and test), the inference loops' time and the whole run's, from the first
+        batch to now."""
+        images = sum(len(run.records) for run in self._runs)
+        return evaluation_speed_line(images, sum(run.seconds for run in self._runs),
+                                     time.perf_counter() - self._runs[0].started,
+                                     sum(run.data_wait for run in self._runs))
 
     def close(self) -> bool:
         """End the distributed part; True on the process that scores and writes the outputs. Every
@@ -163,6 +178,7 @@ class HeadPredictions:
     """Per-record outputs, ordered by position in the evaluated record list."""
     p_fake: np.ndarray          # [N] sigmoid of the classifier logit
     heatmaps: np.ndarray        # [N, H, W] evidence probabilities on the patch grid (letterboxed canvas)
+    counts: np.ndarray | None = None  # [N, 5] pixel counts at the original resolution (``scoring.PixelCounter``)
 
 
 def gather_in_order(accelerator: Accelerator, positions: list[torch.Tensor], values: dict[str, list[torch.Tensor]],
@@ -198,19 +214,27 @@ def gather_in_order(accelerator: Accelerator, positions: list[torch.Tensor], val
 
 @torch.no_grad()
 def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_dtype: str,
-                  num_records: int) -> HeadPredictions:
-    """Run the ViT + heads over ``loader`` (prepared by ``accelerator``) on every process."""
+                  num_records: int, counter: PixelCounter | None = None,
+                  on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> HeadPredictions:
+    """Run the ViT + heads over ``loader`` (prepared by ``accelerator``) on every process; with a
+    ``counter`` each batch's heatmaps are also scored at the original resolution on the device, and
+    ``on_batch(positions, heatmaps)`` sees each batch (``outputs.PictureWriter.on_batch``)."""
     model.eval()
-    positions, probs, heats = [], [], []
+    outputs = {"p": [], "h": [], **({"counts": []} if counter is not None else {})}
+    positions = []
     lora_cast = LoraInputCast(model)
     for batch in loader:
         with autocast(accelerator.device, amp_dtype, lora_cast):
             out = model(batch["pixel_values"], vision_grid(batch))
         positions.append(batch["position"])
-        probs.append(torch.sigmoid(out["cls_logit"].float()))
-        heats.append(torch.sigmoid(out["heatmap_logit"].float()))
-    got = gather_in_order(accelerator, positions, {"p": probs, "h": heats}, num_records)
-    return HeadPredictions(p_fake=got["p"], heatmaps=got["h"])
+        outputs["p"].append(torch.sigmoid(out["cls_logit"].float()))
+        outputs["h"].append(torch.sigmoid(out["heatmap_logit"].float()))
+        if counter is not None:
+            outputs["counts"].append(counter(outputs["h"][-1], batch))
+        if on_batch is not None:
+            on_batch(batch["position"], outputs["h"][-1])
+    got = gather_in_order(accelerator, positions, outputs, num_records)
+    return HeadPredictions(p_fake=got["p"], heatmaps=got["h"], counts=got.get("counts"))
 
 
 @dataclass
@@ -386,18 +410,24 @@ class HybridPredictions:
     p_fake_head: np.ndarray    # [N] sigmoid of the heads' classifier logit
     heatmaps: np.ndarray       # [N, H, W] evidence probabilities on the patch grid
     generated: list[str] | None = None  # greedy free-text answer per record (only with max_new_tokens > 0)
+    counts: np.ndarray | None = None    # [N, 5] the heatmaps' pixel counts (``scoring.PixelCounter``)
 
 
 def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
                    amp_dtype: str, num_records: int, *, max_new_tokens: int = 0,
-                   tokenizer=None) -> HybridPredictions:
+                   tokenizer=None, counter: PixelCounter | None = None,
+                   on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> HybridPredictions:
     """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``; ``model`` unwrapped, on the
     device) on every process and gather every record once, in dataset order. With
     ``max_new_tokens > 0`` each record's free-text answer (``greedy_answer_ids``, decoded with
-    ``tokenizer``) comes too; it costs one more forward per generated token."""
+    ``tokenizer``) comes too; it costs one more forward per generated token. With a ``counter`` the
+    heads' heatmaps are scored at the original resolution on the device, batch by batch, and
+    ``on_batch(positions, heatmaps)`` sees each batch."""
     if max_new_tokens and tokenizer is None:
         raise ValueError("predict_hybrid: pass the tokenizer to decode generated text (max_new_tokens > 0)")
     positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
+    if counter is not None:
+        outputs["counts"] = []
     if max_new_tokens:
         outputs["generated"] = []
         pad_id = _pad_id(tokenizer)
@@ -407,9 +437,14 @@ def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_
         if max_new_tokens:
             out["generated"] = greedy_answer_ids(model, batch, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                                  pad_token_id=pad_id, amp_dtype=amp_dtype, lora_cast=lora_cast)
+        if counter is not None:
+            out["counts"] = counter(out["heatmap"], batch)
+        if on_batch is not None:
+            on_batch(batch["position"], out["heatmap"])
         positions.append(batch["position"])
         for key in outputs:
             outputs[key].append(out[key])
     got = gather_in_order(accelerator, positions, outputs, num_records)
     return HybridPredictions(p_fake_lm=got["p_fake_lm"], p_fake_head=got["p_fake_head"], heatmaps=got["heatmap"],
-                             generated=decode_generated(tokenizer, got["generated"]) if max_new_tokens else None)
+                             generated=decode_generated(tokenizer, got["generated"]) if max_new_tokens else None,
+                             counts=got.get("counts"))

@@ -24,6 +24,8 @@ ALLOW_VAL_OVERLAP_HELP = ("run even when the validation index shares video group
                           "before loading a model, since a leaked validation set inflates every number taken from it")
 
 
+SAVE_HEATMAPS_HELP = ("heatmaps/ pictures (image | ground truth | overlay): gallery = the first num_heatmaps records, "
+                      "all = one per image, none = no heatmaps/ folder (the report's gallery is always drawn)")
 FAST_PATHS_HELP = ("the fast paths (batched window attention, fused kernels; same results up to float summation "
                    "order, several times faster on a GPU); false runs plain transformers")
 

@@ -8,9 +8,9 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import FINAL_DIR, checkpoint_folder
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
-                                                MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES, MaskRuleConfig,
-                                                check_image_size, check_values)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, SAVE_HEATMAPS_HELP, FAST_PATHS_HELP, DATA,
+                                                EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES,
+                                                MaskRuleConfig, check_image_size, check_values)
 
 
 @dataclass
@@ -89,7 +89,8 @@ class Task1HeadEvalConfig:
     batch_size: int = option(32, "images per forward")
     num_workers: int = option(4, "data loader workers")
     image_size: int | None = option(None, "letterbox side (null: the checkpoint's)")
-    num_heatmaps: int = option(16, "heatmap pictures to write (fakes first)")
+    num_heatmaps: int = option(16, "heatmap pictures to write with save_heatmaps gallery (fakes first)")
+    save_heatmaps: Literal["gallery", "all", "none"] = option("gallery", SAVE_HEATMAPS_HELP)
     pixel_threshold: float = option(0.5, "heatmap probability threshold for pixel metrics")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")

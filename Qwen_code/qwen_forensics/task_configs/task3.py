@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from qwen_forensics.checkpoints.names import ADAPTER_DIR, FINAL_DIR, FUSION_FILE, HEADS_FILE, adapter_folder, weights_file
+from qwen_forensics.checkpoints.names import (ADAPTER_DIR, FINAL_DIR, FUSION_FILE, HEADS_FILE, adapter_folder,
+                                              weights_file)
 from qwen_forensics.config.loading import option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
-                                                MODEL, RESUME_MAY_CHANGE, T3, MaskRuleConfig, check_image_size,
-                                                check_values)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, SAVE_HEATMAPS_HELP, FAST_PATHS_HELP, DATA,
+                                                EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE, T3, MaskRuleConfig,
+                                                check_image_size, check_values)
 
 
 @dataclass
@@ -159,7 +160,8 @@ class Task3EvalConfig:
     fake_token: str | None = option(None, "answer word for fake; the trained word is read (a different word is "
                                           "reported)")
     real_token: str | None = option(None, "as fake_token")
-    num_heatmaps: int = option(16, "heatmap pictures to write")
+    num_heatmaps: int = option(16, "heatmap pictures to write with save_heatmaps gallery (fakes first)")
+    save_heatmaps: Literal["gallery", "all", "none"] = option("gallery", SAVE_HEATMAPS_HELP)
     pixel_threshold: float = option(0.5, "heatmap probability threshold for pixel metrics")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")

@@ -74,6 +74,17 @@ def speed_line(images: int, seconds: float, what: str, waited: float | None = No
     return line if waited is None else f"{line}, {waited:.2f} s of it waiting for data"
 
 
+def evaluation_speed_line(images: int, inference_s: float, whole_s: float, waited: float | None = None) -> str:
+    """The one ``[speed]`` line of an evaluation (and of predict.py), printed at its end: the inference
+    loop's pace and the whole run's, from the first batch to the last file written, as the user waits
+    for it (``benchmark_e2e.py`` parses it)."""
+    wait = "" if waited is None else f", {waited:.2f} s of it waiting for data"
+    return (f"[speed] evaluation: {images} images; inference {inference_s:.2f} s = "
+            f"{images / max(inference_s, 1e-9):.2f} images/s{wait}; whole run {whole_s:.2f} s = "
+            f"{images / max(whole_s, 1e-9):.2f} images/s (first batch to last file written); "
+            f"peak GPU memory {peak_gib():.2f} GiB")
+
+
 class LoaderClock:
     """Iterates ``loader`` and adds up, in ``waited``, the wall time spent inside its ``__next__``:
     the time the loop stood still because no batch was ready (worker start-up, decoding, and the

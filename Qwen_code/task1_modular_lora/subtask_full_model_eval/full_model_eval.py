@@ -21,7 +21,6 @@ unchanged under ``accelerate launch --num_processes N`` (each process scores its
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation
 from qwen_forensics.model import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, seed_everything, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
                      "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
-    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
+    print(evaluate.speed_line())
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))
     print(outputs.summary())

@@ -12,7 +12,6 @@ file, heatmap pictures (image | ground truth | overlay) and ``report.html`` in `
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -22,11 +21,11 @@ from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule
-from qwen_forensics.evaluation import (HeatmapSource, SplitEvaluator, evaluation_outputs, finish_evaluation,
-                                       guard_checkpoint_split, predict_heads, score_heads)
+from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, evaluation_outputs,
+                                       finish_evaluation, guard_checkpoint_split, predict_heads, score_heads)
 from qwen_forensics.model import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, speed_line
+from qwen_forensics.training import make_accelerator, peak_gib
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
                "pixel_iou", "ckpt_path", "model_path"]
@@ -50,10 +49,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # The processor first: it checks image_size against the model's patch size before weights load.
     collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
-    # The indexes are checked and their first batches decoded while the weights load.
+    # The indexes are checked and their first batches decoded while the weights load; the loader workers
+    # also decode each fake's ground truth, which the loop scores against at the original resolution.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False), collate=collate)
+        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, mask_rule, with_mask=False,
+                                               with_truth=True), collate=collate)
     evaluate.start(cfg.ann_test, cfg.ann_val)
 
     run_in = precision(cfg.amp_dtype, accelerator.device)
@@ -65,14 +66,21 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"note: {note}")
     model = accelerator.prepare(model)
 
-    test, tuned = evaluate.run(lambda loader, n: predict_heads(model, loader, accelerator, run_in.autocast, n))
+    counter = PixelCounter(image_size, cfg.pixel_threshold)
+    # heatmaps/ pictures are drawn on background threads while the loop runs (main process).
+    pictures = (PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
+                              cfg.num_heatmaps) if accelerator.is_main_process else None)
+    test, tuned = evaluate.run(lambda loader, n, **kw: predict_heads(model, loader, accelerator, run_in.autocast, n,
+                                                                     counter, **kw),
+                               test_kwargs={"on_batch": pictures.on_batch if pictures else None})
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     tuned = tuned["p_fake"]
 
+    metrics, rows = score_heads(records, preds.p_fake, preds.counts, pixel_threshold=cfg.pixel_threshold,
+                                tuned_threshold=tuned)
     heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
-    metrics, rows = score_heads(heatmaps, preds.p_fake, pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned)
     row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
            "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
@@ -83,9 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
                      "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps,
-        num_heatmaps=cfg.num_heatmaps)
-    print(speed_line(len(records), time.perf_counter() - test.started, "evaluation (inference, scoring and outputs)"))
+        heatmaps=heatmaps, pictures=pictures)
+    print(evaluate.speed_line())
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
     print(outputs.summary())
