@@ -9,12 +9,16 @@ user's frame sizes (the mix of the user's real index: 720x1280 most, then 1080x1
 360x640, 480x854) with its masks. Then every script runs in its own process with the shipped
 config and ``--root``, one epoch, exactly as ``python Qwen_code/...py --root DIR`` would run it:
 
-    Task 1 lora_train.py, lora_eval.py, full_model_eval.py; Task 2 map.py, LORA.py, lora_infer.py;
-    Task 3 hybrid_train.py, hybrid_eval.py
+    Task 1 lora_train.py, lora_eval.py, full_model_eval.py, predict.py on the test images; Task 2 map.py,
+    LORA.py, lora_infer.py; Task 3 hybrid_train.py, hybrid_eval.py
 
-Each script prints ``[speed]`` lines (``training.speed_line``): images, seconds, images/s and peak
-GPU memory of its training loop (data loading included) or of its evaluation (inference loop, and
-inference + scoring + outputs). This harness collects them with each process's wall time (model
+and, when named with ``--scripts``, the user's own training configs (``seed_*``: tests/data/seed_configs,
+relocated, the link to map.py's output connected) and the memory variants for smaller cards
+(``mem_*``: :data:`MEMORY_VARIANTS`).
+
+Each script prints ``[speed]`` lines: images, seconds, images/s and peak GPU memory of its training
+loop (data loading included), or of its evaluation: the inference loop and the whole run from the
+first batch to the last file written. This harness collects them with each process's wall time (model
 loading and start-up included) into ``--out``.
 """
 
@@ -41,6 +45,25 @@ USER_SIZES = [(720, 1280)] * 4 + [(1080, 1920), (360, 480), (360, 640), (480, 85
 SPEED = re.compile(r"\[speed\] (?P<what>.+?): (?P<images>\d+) images in (?P<seconds>[0-9.]+) s = "
                    r"(?P<rate>[0-9.]+) images/s, peak GPU memory (?P<peak>[0-9.]+) GiB"
                    r"(?:, (?P<waited>[0-9.]+) s of it waiting for data)?")
+# An evaluation's (and predict.py's) one line: its inference loops and its whole run.
+EVAL_SPEED = re.compile(r"\[speed\] evaluation: (?P<images>\d+) images; inference (?P<seconds>[0-9.]+) s = "
+                        r"(?P<rate>[0-9.]+) images/s(?:, (?P<waited>[0-9.]+) s of it waiting for data)?; whole run "
+                        r"(?P<whole_seconds>[0-9.]+) s = (?P<whole_rate>[0-9.]+) images/s .*?; peak GPU memory "
+                        r"(?P<peak>[0-9.]+) GiB")
+# Memory variants (README): name, script, --set overrides of its shipped config.
+MEMORY_VARIANTS = [
+    ("task2_bs8x2", "task2_lm_lora/LORA.py", ["training_args.per_device_train_batch_size=8",
+                                              "training_args.gradient_accumulation_steps=2"]),
+    ("task2_bs4x4_ckpt", "task2_lm_lora/LORA.py", ["training_args.per_device_train_batch_size=4",
+                                                   "training_args.gradient_accumulation_steps=4",
+                                                   "training_args.gradient_checkpointing=true"]),
+    ("task3_bs8x2", "task3_hybrid_lora/hybrid_train.py", ["batch_size=8", "grad_accum=2"]),
+    ("task3_bs8x2_ckpt", "task3_hybrid_lora/hybrid_train.py", ["batch_size=8", "grad_accum=2",
+                                                               "gradient_checkpointing=true"]),
+    ("task3_bs4x4_ckpt", "task3_hybrid_lora/hybrid_train.py", ["batch_size=4", "grad_accum=4",
+                                                               "gradient_checkpointing=true"]),
+    ("task1_bs16_recompute0", "task1_modular_lora/lora_train.py", ["recompute_blocks=0", "epochs=1"]),
+]
 # What the 7B folder takes from the tiny one: everything but the weights and the model config.
 NOT_COPIED = ("config.json", "generation_config.json")
 
@@ -59,22 +82,32 @@ def build_model_folder(folder: Path, tiny: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path) -> dict:
-    command = [sys.executable, str(CODE / script), "--root", str(root)]
-    for value in sets:
-        command += ["--set", value]
+def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path, argv: list[str] | None = None) -> dict:
+    """One script in its own process: with ``--root`` and ``--set`` overrides (a config script), or with
+    ``argv`` as given (predict.py)."""
+    command = [sys.executable, str(CODE / script)]
+    if argv is not None:
+        command += argv
+    else:
+        command += ["--root", str(root)]
+        for value in sets:
+            command += ["--set", value]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     log = done.stdout + done.stderr
     (logs / f"{name}.log").write_text(log)
     lines = [m.groupdict() for m in SPEED.finditer(log)]
+    lines += [{**m.groupdict(), "what": "evaluation (inference)"} for m in EVAL_SPEED.finditer(log)]
     row = {"wall_s": wall, "returncode": done.returncode,
            "speed": [{"what": m["what"], "images": int(m["images"]), "seconds": float(m["seconds"]),
                       "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"]),
-                      "data_wait_s": float(m["waited"]) if m["waited"] else None} for m in lines]}
+                      "data_wait_s": float(m["waited"]) if m["waited"] else None,
+                      **({"whole_run_s": float(m["whole_seconds"]), "whole_run_images_per_s": float(m["whole_rate"])}
+                         if m.get("whole_rate") else {})} for m in lines]}
     summary = ", ".join(f"{s['what']}: {s['images_per_s']:.1f} img/s, {s['peak_gib']:.1f} GiB"
                         + (f", data wait {s['data_wait_s']:.1f} s" if s["data_wait_s"] is not None else "")
+                        + (f", whole run {s['whole_run_images_per_s']:.1f} img/s" if "whole_run_s" in s else "")
                         for s in row["speed"])
     print(f"{name:>16}: rc {done.returncode}, {wall:6.1f} s wall; {summary}", flush=True)
     if done.returncode:
@@ -91,6 +124,8 @@ def main() -> None:
     parser.add_argument("--data-workers", type=int, default=16, help="processes that render the data set")
     parser.add_argument("--scripts", nargs="+", default=None,
                         help="run only these steps (names as in the output, e.g. task1_train task1_head_eval)")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="cut every training to this many optimizer steps (default: one epoch)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmark_e2e.py needs a CUDA device")
@@ -111,26 +146,48 @@ def main() -> None:
     timings["data_s"] = time.perf_counter() - start
     print(f"model folder {timings['model_folder_s']:.0f} s, data {timings['data_s']:.0f} s: {summary}", flush=True)
 
+    cut = [f"max_steps={args.train_steps}"] if args.train_steps else []
+    cut_trainer = [f"training_args.max_steps={args.train_steps}"] if args.train_steps else []
+    t2_set = f"train_dataset_path={root / 'task2_lm_lora/datasets/train.jsonl'}"
+    # The user's own configs (tests/data/seed_configs), relocated, their broken links connected, for memory.
+    seed = CODE.parent / "tests" / "data" / "seed_configs"
     steps = [
-        ("task1_train", "task1_modular_lora/lora_train.py", ["epochs=1"]),
+        ("task1_train", "task1_modular_lora/lora_train.py", ["epochs=1", *cut]),
         ("task1_head_eval", "task1_modular_lora/subtask_vit_head_eval/lora_eval.py", []),
         ("task1_full_eval", "task1_modular_lora/subtask_full_model_eval/full_model_eval.py", []),
+        ("predict", "predict.py", None),
         ("task2_map", "task2_lm_lora/map.py", []),
-        ("task2_train", "task2_lm_lora/LORA.py", ["training_args.num_train_epochs=1"]),
+        ("task2_train", "task2_lm_lora/LORA.py", ["training_args.num_train_epochs=1", *cut_trainer]),
         ("task2_infer", "task2_lm_lora/lora_infer.py", []),
-        ("task3_train", "task3_hybrid_lora/hybrid_train.py", ["epochs=1"]),
+        ("task3_train", "task3_hybrid_lora/hybrid_train.py", ["epochs=1", *cut]),
         ("task3_eval", "task3_hybrid_lora/hybrid_eval.py", []),
+        ("seed_task1_train", "task1_modular_lora/lora_train.py",
+         [f"--config={seed / 'task1_config_lora.json'}", "epochs=1", *cut]),
+        ("seed_task2_train", "task2_lm_lora/LORA.py",
+         [f"--config={seed / 'task2_config_lora_trainer.json'}", t2_set, *cut_trainer]),
+        ("seed_task3_train", "task3_hybrid_lora/hybrid_train.py",
+         [f"--config={seed / 'task3_config_hybrid_train.json'}", "epochs=1", *cut]),
     ]
+    # Settings for smaller cards (README memory table), each a training with the shipped config plus these keys.
+    steps += [(f"mem_{name}", script, [*sets, *(cut if "LORA" not in script else cut_trainer)])
+              for name, script, sets in MEMORY_VARIANTS]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "transformers": __import__("transformers").__version__, "data": summary, **timings, "scripts": {}}
     known = [name for name, _, _ in steps]
     unknown = sorted(set(args.scripts or []) - set(known))
     if unknown:
         raise SystemExit(f"--scripts: unknown {unknown}; the steps are {known}")
+    predict_argv = ["--ckpt", str(root / "task1_modular_lora/training/final"), str(root / "data/testset2/image"),
+                    "--out", str(workdir / "predict_out"), "--batch-size", "32", "--num-workers", "8"]
     for name, script, sets in steps:
-        if args.scripts and name not in args.scripts:
+        if (args.scripts and name not in args.scripts) or (not args.scripts and name.startswith(("seed_", "mem_"))):
             continue
-        results["scripts"][name] = run_script(name, script, root, sets, logs)
+        config = [s.removeprefix("--config=") for s in sets or [] if s.startswith("--config=")]
+        sets = [s for s in sets or [] if not s.startswith("--config=")]
+        argv = predict_argv if script == "predict.py" else None
+        if config:
+            argv = ["--root", str(root), "--config", config[0], *[a for s in sets for a in ("--set", s)]]
+        results["scripts"][name] = run_script(name, script, root, sets, logs, argv)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
 
