@@ -13,7 +13,7 @@ Per image: P(fake) from what the checkpoint has (``p_fake_head`` from the forens
 and 3, ``p_fake_lm`` from the answer-token logits of Tasks 2 and 3; ``p_fake`` is the LM's where there
 is one), ``verdict`` at ``--threshold``, the LM's greedy answer text (``answer_text``, Tasks 2 and 3,
 up to ``--max-new-tokens`` tokens; 0 turns it off) and, with heads, the heatmap at the original
-resolution (grey PNG, 0-255 = P 0-1) and an overlay PNG. Images of any size are letterboxed to the
+resolution (grey PNG, 0-255 = P 0-1) and an overlay (JPEG, at most 1024 px on its long side). Images of any size are letterboxed to the
 checkpoint's ``image_size`` as in evaluation, in batches of ``--batch-size``.
 
 Writes into ``--out`` (default ``predictions`` in the current folder): ``predictions.csv`` and
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ignored {len(scan.ignored)} folder entries without an image extension ({', '.join(IMAGE_SUFFIXES)}); "
               f"listed in {args.out / 'skipped.json'}")
     preds = Predictions()
-    # With heads, each batch's heatmap and overlay PNGs are written on background threads meanwhile.
+    # With heads, each batch's heatmaps and overlays are made on the device and written on background threads meanwhile.
     pictures = HeatmapFiles(args.out, scan, ckpt.image_size) if ckpt.has_heads else None
     if scan.images:
         preds = predict_images(ckpt, scan.images, model_path=model, batch_size=args.batch_size,

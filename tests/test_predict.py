@@ -22,6 +22,7 @@ from qwen_forensics.data.geometry import letterbox_geometry, letterbox_image, un
 from qwen_forensics.evaluation.images import collect_images
 from qwen_forensics.evaluation.predictions import greedy_answer_ids
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
+from qwen_forensics.evaluation.images import OVERLAY_SIDE
 from scripts import demo_index, load_script, run_script
 
 MODEL = "Qwen2.5-VL-7B-Instruct"
@@ -69,9 +70,11 @@ def _check_rows_and_files(rows: list[dict], inputs: dict, out: Path, printed: st
             assert (row["width"], row["height"]) == img.size
         assert 0.0 <= row["p_fake"] <= 1.0 and row["verdict"] == ("fake" if row["p_fake"] >= 0.5 else "real")
         if heatmaps:
-            for key in ("heatmap_png", "overlay_png"):
-                with Image.open(row[key]) as picture:
-                    assert picture.size == (row["width"], row["height"]), key
+            with Image.open(row["heatmap_png"]) as picture:
+                assert picture.size == (row["width"], row["height"]) and picture.mode == "L"
+            with Image.open(row["overlay_jpg"]) as picture:
+                scale = min(1.0, OVERLAY_SIDE / max(row["width"], row["height"]))
+                assert picture.format == "JPEG" and max(picture.size) == round(max(row["width"], row["height"]) * scale)
         else:
             assert "heatmap_png" not in row
     skipped = json.loads((out / "skipped.json").read_text())
@@ -123,7 +126,7 @@ def test_task1_heads_on_mixed_images(task1_ckpt, tiny_root, inputs, tmp_path):
 def test_loader_workers_give_the_same_rows(task1_ckpt, inputs, tmp_path):
     """--num-workers decodes in other processes; the rows (order, sizes, scores) are the same."""
     rows = [predict(task1_ckpt, inputs, tmp_path / f"out{n}", "--num-workers", str(n))[0] for n in (0, 2)]
-    strip = [[{k: v for k, v in r.items() if not k.endswith("_png")} for r in run] for run in rows]
+    strip = [[{k: v for k, v in r.items() if not k.endswith(("_png", "_jpg"))} for r in run] for run in rows]
     assert strip[0] == strip[1] and len(strip[0]) == len(inputs["good"]) + 1
 
 

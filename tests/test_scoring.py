@@ -104,3 +104,43 @@ def test_counts_in_the_loop_equal_full_maps_on_the_tiny_models_heatmaps(tiny_roo
     truths, full = zip(*(source.full_size(i) for i in range(len(records))))
     assert_same(got, reference(records, preds.p_fake, full, truths, 0.5))
     assert {r["label"] for r in got[1]} == {0, 1} and any(r.get("tp", 0) > 0 or r.get("fp", 0) > 0 for r in got[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_counts_on_the_gpu_at_7b_shape_in_bf16(capsys):
+    """The 7B-shaped vision tower (random bf16 weights) with random heads, on the user's frame sizes: the
+    loop's counts on the GPU against the host path on the same heatmaps. A pixel can only change sides
+    where the two devices' interpolation rounds differently right at the threshold; the largest
+    probability difference and the count differences are printed (quoted in the closing note)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from qwen_forensics.demo.shapes import QWEN25_VL_7B
+    from qwen_forensics.model import ForensicHeads, ForensicViT
+    from transformers import Qwen2_5_VLVisionConfig
+
+    torch.manual_seed(0)
+    config = Qwen2_5_VLVisionConfig(**QWEN25_VL_7B["vision"])
+    config._attn_implementation = "sdpa"
+    tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(config).to("cuda", torch.bfloat16).eval()
+    model = ForensicViT(tower, [7, 15, 23, 31], ForensicHeads.from_vision_config(config, [7, 15, 23, 31]).cuda())
+    sizes = [(720, 1280), (1080, 1920), (360, 480), (480, 854)] * 4
+    image_size, grid = 448, 448 // 14
+    pixels = torch.randn(len(sizes) * grid * grid, 3 * 2 * 14 * 14, device="cuda", dtype=torch.bfloat16)
+    thw = torch.tensor([[1, grid, grid]] * len(sizes))
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        heat = torch.sigmoid(model(pixels, thw)["heatmap_logit"].float())
+    rng = np.random.default_rng(1)
+    truths = [torch.from_numpy(rng.random(s) < 0.2) if k % 2 else None for k, s in enumerate(sizes)]
+    batch = {TRUTH_KEY: [t.cuda() if t is not None else None for t in truths], SIZE_KEY: torch.tensor(sizes)}
+    threshold = float(heat.median())
+    on_gpu = PixelCounter(image_size, threshold)(heat, batch).cpu()
+    on_cpu = PixelCounter(image_size, threshold)(heat.cpu(), {**batch, TRUTH_KEY: truths})
+    largest = max(float((unletterbox(heat[i], letterbox_geometry(h, w, image_size)).cpu()
+                         - unletterbox(heat[i].cpu(), letterbox_geometry(h, w, image_size))).abs().max())
+                  for i, (h, w) in enumerate(sizes))
+    differing = int((on_gpu != on_cpu).any(dim=1).sum())
+    with capsys.disabled():
+        print(f"\n[scoring] GPU vs host at 7B shape, bf16, {len(sizes)} images: largest probability difference "
+              f"{largest:.3g}, images whose counts differ {differing}, largest count difference "
+              f"{int((on_gpu - on_cpu).abs().max())} pixels of {int(on_cpu[:, 4].max())}")
+    assert largest < 1e-5
+    assert int((on_gpu - on_cpu).abs().max()) <= 0.0001 * int(on_cpu[:, 4].max())

@@ -42,6 +42,8 @@ GRID_HOST_KEY = "image_grid_thw_host"
 # the binarised mask at the original resolution (bool [H, W], None for a real) and the image's size.
 TRUTH_KEY = "truth"
 SIZE_KEY = "original_hw"
+# predict.py's items carry a small copy of the original image (uint8 [h, w, 3]) for the overlay picture.
+THUMB_KEY = "thumbnail"
 
 
 def require_mrope_inputs(batch: Mapping[str, torch.Tensor]) -> None:
@@ -270,7 +272,7 @@ class TrainerCollator:
 
 # Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
 NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep", GRID_HOST_KEY, TRUTH_KEY,
-                  SIZE_KEY)
+                  SIZE_KEY, THUMB_KEY)
 
 
 class HybridCollator:
@@ -296,11 +298,16 @@ class HybridCollator:
 
 
 def truth_of(items: Sequence[Mapping]) -> dict:
-    """The items' ground truth for scoring in the loop (:data:`TRUTH_KEY`, :data:`SIZE_KEY`), if they carry it."""
-    if TRUTH_KEY not in items[0]:
-        return {}
-    return {TRUTH_KEY: [None if item[TRUTH_KEY] is None else torch.from_numpy(item[TRUTH_KEY]) for item in items],
-            SIZE_KEY: torch.tensor([item[SIZE_KEY] for item in items], dtype=torch.long)}
+    """What items carry for the pictures and scores made in the loop, batched: the ground truth
+    (:data:`TRUTH_KEY`), the original size (:data:`SIZE_KEY`) and the overlay thumbnail (:data:`THUMB_KEY`)."""
+    batch = {}
+    if TRUTH_KEY in items[0]:
+        batch[TRUTH_KEY] = [None if item[TRUTH_KEY] is None else torch.from_numpy(item[TRUTH_KEY]) for item in items]
+    if THUMB_KEY in items[0]:
+        batch[THUMB_KEY] = [torch.from_numpy(item[THUMB_KEY]) for item in items]
+    if SIZE_KEY in items[0]:
+        batch[SIZE_KEY] = torch.tensor([item[SIZE_KEY] for item in items], dtype=torch.long)
+    return batch
 
 
 def hybrid_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

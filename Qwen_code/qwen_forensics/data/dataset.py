@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from qwen_forensics.data.collate import SIZE_KEY, TRUTH_KEY
+from qwen_forensics.data.collate import SIZE_KEY, THUMB_KEY, TRUTH_KEY
 from qwen_forensics.data.geometry import letterbox_image, letterbox_mask
 from qwen_forensics.data.lm_records import Task2Sample
 from qwen_forensics.data.masks import MaskRule, load_binary_mask
@@ -81,18 +81,27 @@ def model_image(img: Image.Image, image_size: int | None) -> Image.Image:
 class ImageFileDataset(Dataset):
     """Unlabelled image files (``predict.py``): items ``{"image", "position"}`` with the image prepared
     by :func:`model_image`, exactly as the evaluation datasets prepare theirs. Check the files first
-    (``validate.inspect_image``): a file that fails to decode here raises."""
+    (``validate.inspect_image``): a file that fails to decode here raises. With ``thumbnail_side``
+    items also carry the original size (``collate.SIZE_KEY``) and a copy of the image at most that
+    many pixels on its long side (``collate.THUMB_KEY``, uint8 [h, w, 3]) for the overlay picture."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int | None):
+    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int | None, thumbnail_side: int | None = None):
         self.paths = [Path(p) for p in paths]
         self.image_size = image_size
+        self.thumbnail_side = thumbnail_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         with Image.open(self.paths[i]) as img:
-            return {"image": model_image(img, self.image_size), "position": i}
+            item = {"image": model_image(img, self.image_size), "position": i}
+            if self.thumbnail_side:
+                item[SIZE_KEY] = (img.height, img.width)
+                thumb = img.convert("RGB")
+                thumb.thumbnail((self.thumbnail_side, self.thumbnail_side), Image.BILINEAR)
+                item[THUMB_KEY] = np.asarray(thumb, dtype=np.uint8)
+            return item
 
 
 @dataclass(frozen=True)

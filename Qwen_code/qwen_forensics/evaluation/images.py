@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoints.adapters import load_adapter_strict
@@ -31,15 +32,15 @@ from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 from qwen_forensics.checkpoints.task2 import adapter_setup
 from qwen_forensics.checkpoints.task3 import answer_ids_for, load_hybrid_model
 from qwen_forensics.config.dtypes import precision
-from qwen_forensics.data.collate import HybridCollator, ImageBatchCollator, make_collator
+from qwen_forensics.data.collate import SIZE_KEY, THUMB_KEY, HybridCollator, ImageBatchCollator, make_collator
 from qwen_forensics.data.dataset import ImageFileDataset
-from qwen_forensics.data.geometry import original_size_heatmap
+from qwen_forensics.data.geometry import letterbox_geometry, unletterbox_stack
 from qwen_forensics.data.validate import inspect_image
 from qwen_forensics.files import BackgroundWriter
 from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid, score_answers
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import answer_token_ids
-from qwen_forensics.report.pictures import save_overlay, save_probability_map
+from qwen_forensics.report.pictures import save_overlay_jpeg, save_probability_map
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -105,12 +106,12 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
                    on_batch=None) -> Predictions:
     """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched in bfloat16 on
     a GPU (``config.precision``); with ``num_workers`` loader processes decoding and letterboxing them
-    meanwhile; ``fast_paths`` False runs plain transformers. ``on_batch(positions, heatmaps)`` sees each
+    meanwhile; ``fast_paths`` False runs plain transformers. ``on_batch(batch, heatmaps)`` sees each
     batch of a checkpoint with heads (:class:`HeatmapFiles` writes its pictures meanwhile)."""
     on_gpu = accelerator.device.type == "cuda"
     run_in = precision("bfloat16", accelerator.device)
     dtype, amp_dtype = run_in.weights, run_in.autocast
-    dataset = ImageFileDataset(images, ckpt.image_size)
+    dataset = ImageFileDataset(images, ckpt.image_size, OVERLAY_SIDE if ckpt.has_heads else None)
 
     def loader(collate):
         return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=on_gpu,
@@ -148,28 +149,44 @@ def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str,
                        answers=hybrid.generated, started=started, seconds=time.perf_counter() - started)
 
 
+OVERLAY_SIDE = 1024  # the overlay picture's long side at most, in pixels (never upscaled)
+
+
 class HeatmapFiles:
-    """predict.py's heatmap (grey PNG) and overlay of each image at its original resolution, written on
-    background threads as each batch comes out of the model (``on_batch``), not after the last one."""
+    """predict.py's pictures of each image: the heatmap at the original resolution (grey PNG) and an
+    overlay on a copy of the image at most :data:`OVERLAY_SIDE` pixels wide (JPEG). Both are computed
+    on the accelerator as each batch comes out of the model (``on_batch``: the inverse letterbox of the
+    batch's images of one size at once, the grey levels, the overlay's heatmap at the thumbnail's size)
+    and encoded on background threads, so the loop never waits for an encoder."""
 
     def __init__(self, out_dir: Path, scan: ImageScan, image_size: int):
         self.out_dir, self.scan, self.image_size = out_dir, scan, image_size
         self.writer = BackgroundWriter()
-        self.names = [f"{k:05d}_{path.stem}.png" for k, path in enumerate(scan.images)]
+        self.stems = [f"{k:05d}_{path.stem}" for k, path in enumerate(scan.images)]
 
     def paths(self, k: int) -> tuple[Path, Path]:
-        return self.out_dir / HEATMAPS_DIR / self.names[k], self.out_dir / OVERLAYS_DIR / self.names[k]
+        return (self.out_dir / HEATMAPS_DIR / f"{self.stems[k]}.png",
+                self.out_dir / OVERLAYS_DIR / f"{self.stems[k]}.jpg")
 
-    def _write(self, k: int, heatmap: np.ndarray) -> None:
-        prob_map = original_size_heatmap(heatmap, self.scan.sizes[k], self.image_size)
+    def _write(self, k: int, levels: np.ndarray, thumbnail: np.ndarray, small: np.ndarray) -> None:
         heat_path, overlay_path = self.paths(k)
-        save_probability_map(prob_map, heat_path)
-        with Image.open(self.scan.images[k]) as img:
-            save_overlay(img, prob_map, overlay_path)
+        save_probability_map(levels, heat_path)
+        save_overlay_jpeg(thumbnail, small, overlay_path)
 
-    def on_batch(self, positions, heatmaps) -> None:
-        for k, position in enumerate(positions.tolist()):
-            self.writer.submit(self._write, position, heatmaps[k].float().cpu().numpy())
+    def on_batch(self, batch, heatmaps: torch.Tensor) -> None:
+        positions, sizes, thumbnails = batch["position"].tolist(), batch[SIZE_KEY].tolist(), batch[THUMB_KEY]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(tuple(size), []).append(i)
+        for (h, w), members in groups.items():
+            prob = unletterbox_stack(heatmaps[members].float(), letterbox_geometry(h, w, self.image_size)).clamp(0, 1)
+            levels = (prob * 255).round().to(torch.uint8).cpu().numpy()
+            for j, i in enumerate(members):
+                thumbnail = thumbnails[i]
+                small = F.interpolate(prob[j][None, None], size=tuple(thumbnail.shape[:2]), mode="bilinear",
+                                      align_corners=False)[0, 0]
+                self.writer.submit(self._write, positions[i], levels[j], thumbnail.cpu().numpy(),
+                                   small.cpu().numpy())
 
 
 # --------------------------------------------------------------------------------------- outputs
@@ -198,7 +215,7 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: P
     Row keys: ``image``, ``height``, ``width``, then what the checkpoint has: ``p_fake_head``,
     ``p_fake_lm``; always ``p_fake`` (:func:`primary_score`) and ``verdict`` ("fake" when
     ``p_fake >= threshold``); ``answer_text`` (the LM's greedy words) and ``heatmap_png`` /
-    ``overlay_png`` (paths) where they exist.
+    ``overlay_jpg`` (paths) where they exist.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if heatmap_files is not None:
@@ -216,7 +233,7 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: P
             row["answer_text"] = preds.answers[k]
         if preds.heatmaps is not None:
             heat_path, overlay_path = heatmap_files.paths(k)
-            row["heatmap_png"], row["overlay_png"] = str(heat_path), str(overlay_path)
+            row["heatmap_png"], row["overlay_jpg"] = str(heat_path), str(overlay_path)
         rows.append(row)
     with (out_dir / PREDICTIONS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])

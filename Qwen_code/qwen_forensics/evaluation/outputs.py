@@ -101,8 +101,8 @@ class PictureWriter:
         gt, prob_map = self.source.full_size(i, heatmap)
         return save_heatmap_panel(self.source.image_path(i), prob_map, gt, self.wanted[i])
 
-    def on_batch(self, positions: torch.Tensor, heatmaps: torch.Tensor) -> None:
-        for k, i in enumerate(positions.tolist()):
+    def on_batch(self, batch: Mapping, heatmaps: torch.Tensor) -> None:
+        for k, i in enumerate(batch["position"].tolist()):
             if i in self.wanted and i not in self.submitted:
                 self.submitted.add(i)
                 self.writer.submit(self._draw, i, heatmaps[k].float().cpu().numpy())

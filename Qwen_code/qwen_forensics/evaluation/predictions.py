@@ -215,10 +215,10 @@ def gather_in_order(accelerator: Accelerator, positions: list[torch.Tensor], val
 @torch.no_grad()
 def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_dtype: str,
                   num_records: int, counter: PixelCounter | None = None,
-                  on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> HeadPredictions:
+                  on_batch: Callable[[Mapping, torch.Tensor], None] | None = None) -> HeadPredictions:
     """Run the ViT + heads over ``loader`` (prepared by ``accelerator``) on every process; with a
     ``counter`` each batch's heatmaps are also scored at the original resolution on the device, and
-    ``on_batch(positions, heatmaps)`` sees each batch (``outputs.PictureWriter.on_batch``)."""
+    ``on_batch(batch, heatmaps)`` sees each batch (``outputs.PictureWriter.on_batch``)."""
     model.eval()
     outputs = {"p": [], "h": [], **({"counts": []} if counter is not None else {})}
     positions = []
@@ -232,7 +232,7 @@ def predict_heads(model: torch.nn.Module, loader, accelerator: Accelerator, amp_
         if counter is not None:
             outputs["counts"].append(counter(outputs["h"][-1], batch))
         if on_batch is not None:
-            on_batch(batch["position"], outputs["h"][-1])
+            on_batch(batch, outputs["h"][-1])
     got = gather_in_order(accelerator, positions, outputs, num_records)
     return HeadPredictions(p_fake=got["p"], heatmaps=got["h"], counts=got.get("counts"))
 
@@ -416,13 +416,13 @@ class HybridPredictions:
 def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_ids: tuple[int, int],
                    amp_dtype: str, num_records: int, *, max_new_tokens: int = 0,
                    tokenizer=None, counter: PixelCounter | None = None,
-                   on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> HybridPredictions:
+                   on_batch: Callable[[Mapping, torch.Tensor], None] | None = None) -> HybridPredictions:
     """Run ``eval_batch`` over ``loader`` (prepared by ``accelerator``; ``model`` unwrapped, on the
     device) on every process and gather every record once, in dataset order. With
     ``max_new_tokens > 0`` each record's free-text answer (``greedy_answer_ids``, decoded with
     ``tokenizer``) comes too; it costs one more forward per generated token. With a ``counter`` the
     heads' heatmaps are scored at the original resolution on the device, batch by batch, and
-    ``on_batch(positions, heatmaps)`` sees each batch."""
+    ``on_batch(batch, heatmaps)`` sees each batch."""
     if max_new_tokens and tokenizer is None:
         raise ValueError("predict_hybrid: pass the tokenizer to decode generated text (max_new_tokens > 0)")
     positions, outputs = [], {"p_fake_lm": [], "p_fake_head": [], "heatmap": []}
@@ -440,7 +440,7 @@ def predict_hybrid(model: HybridModel, loader, accelerator: Accelerator, answer_
         if counter is not None:
             out["counts"] = counter(out["heatmap"], batch)
         if on_batch is not None:
-            on_batch(batch["position"], out["heatmap"])
+            on_batch(batch, out["heatmap"])
         positions.append(batch["position"])
         for key in outputs:
             outputs[key].append(out[key])

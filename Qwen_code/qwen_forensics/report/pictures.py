@@ -22,25 +22,31 @@ def overlay_array(rgb: np.ndarray, prob_map: np.ndarray, alpha: float = 0.5) -> 
     return ((1 - alpha) * rgb.astype(np.float32) + alpha * _heat_colors(prob_map)).astype(np.uint8)
 
 
-def _save(image: Image.Image, out_path: str | Path) -> Path:
+def _save(image: Image.Image, out_path: str | Path, **options) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out_path)
+    image.save(out_path, **options)
     return out_path
 
 
+def grey_levels(prob_map: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as 8-bit grey levels (0 = 0.0, 255 = 1.0)."""
+    return np.round(np.clip(prob_map, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def save_probability_map(prob_map: np.ndarray, out_path: str | Path) -> Path:
-    """The heatmap itself as an 8-bit grey PNG at its size (0 = 0.0, 255 = 1.0), for further processing."""
-    return _save(Image.fromarray(np.round(np.clip(prob_map, 0.0, 1.0) * 255).astype(np.uint8)), out_path)
+    """The heatmap itself as an 8-bit grey PNG at its size (:func:`grey_levels`; uint8 maps are taken as
+    levels already), for further processing. Fast zlib level: heatmaps are smooth and compress anyway."""
+    levels = prob_map if prob_map.dtype == np.uint8 else grey_levels(prob_map)
+    return _save(Image.fromarray(levels), out_path, compress_level=1)
 
 
-def save_overlay(image: Image.Image, prob_map: np.ndarray, out_path: str | Path, *, alpha: float = 0.5) -> Path:
-    """The image with the heatmap blended over it, at the image's own resolution."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+def save_overlay_jpeg(rgb: np.ndarray, prob_map: np.ndarray, out_path: str | Path, *, alpha: float = 0.5) -> Path:
+    """``rgb`` (H x W x 3 uint8, e.g. a thumbnail of the image) with ``prob_map`` (same H x W) blended over
+    it, as a JPEG (quality 90): a picture to look at, small and quick to write."""
     if prob_map.shape != rgb.shape[:2]:
-        raise ValueError(f"heatmap {prob_map.shape} does not match the image {rgb.shape[0]}x{rgb.shape[1]}; map "
-                         "predictions back with unletterbox first")
-    return _save(Image.fromarray(overlay_array(rgb, prob_map, alpha)), out_path)
+        raise ValueError(f"heatmap {prob_map.shape} does not match the picture {rgb.shape[0]}x{rgb.shape[1]}")
+    return _save(Image.fromarray(overlay_array(rgb, prob_map, alpha)), out_path, quality=90)
 
 
 def rgb_array(image: str | Path | np.ndarray) -> np.ndarray:
