@@ -24,7 +24,7 @@ from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, format_targets, load_processor,
                                   load_vision_tower, make_lora_config, trainable_to_fp32, vision_block_targets)
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.training import (FirstBatch, ForensicLossWeights, autocast, best_logged,
+from qwen_forensics.training import (FirstBatch, preflight, ForensicLossWeights, autocast, best_logged,
                                      build_optimizer_and_schedule, forensic_loss, format_row, keep_best,
                                      make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
                                      seed_everything, train_epoch, training_outputs, warm_up_first_batch)
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     processor = load_processor(cfg.model_path, cfg.image_size)
     collate = ImageBatchCollator(processor)
     pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait
-    train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
-                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+    train_set = ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                               collate_fn=collate, drop_last=False, persistent_workers=cfg.num_workers > 0,
                               pin_memory=pin)
     val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule, with_mask=False,
@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
         return forensic_loss(out["cls_logit"].float(), out["heatmap_logit"].float(), batch["mask"], batch["labels"],
                              weights)
 
+    # Before the first step: does the configured batch fit the card? Measured on one and two images.
+    preflight(accelerator, model, train_set, collate, loss_fn, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+              planned_gib=cfg.gpu_memory_gib, batch_key="batch_size", accum_key="grad_accum",
+              other_keys="recompute_blocks (frozen ViT blocks recomputed in the backward: about 0.4 GiB less per block "
+                         "at batch 16)", say=accelerator.print)
     batches = FirstBatch(train_loader)
     # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
     warm_up_first_batch(accelerator, model, batches, loss_fn)

@@ -28,8 +28,8 @@ from qwen_forensics.data import (Task2ImageDataset, TrainerCollator, apply_bad_s
 from qwen_forensics.model import (LoraInputCast, attach_lora, format_targets, load_model, load_processor,
                                   vision_inputs_require_grad)
 from qwen_forensics.task_configs import Task2TrainConfig
-from qwen_forensics.training import (resolved_training_config, seed_everything, speed_line, trainer_arguments,
-                                     warm_up_trainer)
+from qwen_forensics.training import (preflight_trainer, resolved_training_config, seed_everything, speed_line,
+                                     trainer_arguments, warm_up_trainer)
 
 
 def mapped_images(data, cfg: Task2TrainConfig, root: str | None) -> str:
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- train
     if args.device.type == "cuda":
+        # Before the first step: does the configured batch fit the card? Measured on one and two images.
+        preflight_trainer(trainer, cfg.gpu_memory_gib, say=print if trainer.is_world_process_zero() else lambda _: None)
         seconds = warm_up_trainer(trainer)
         if trainer.is_world_process_zero():
             print(f"[warm-up] one throwaway step on the first batch (kernel compilation, GEMM selection): "

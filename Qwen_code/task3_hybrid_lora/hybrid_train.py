@@ -25,7 +25,7 @@ from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
                                   load_processor)
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import (FirstBatch, HybridLossWeights, autocast, best_logged,
+from qwen_forensics.training import (FirstBatch, preflight, HybridLossWeights, autocast, best_logged,
                                      enable_gradient_checkpointing, format_row, hybrid_loss, hybrid_optimizer,
                                      keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch,
                                      training_outputs, warm_up_first_batch)
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     # ---- setup: loaders (the prompt comes from the model)
     answers = {0: cfg.target_text.real, 1: cfg.target_text.fake}
     pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait
-    train_loader = DataLoader(ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule),
-                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                              collate_fn=HybridCollator(processor, model.prompt, answers), drop_last=False,
+    train_set = ForgeryDataset(train_records, cfg.data_root, cfg.image_size, mask_rule)
+    collate = HybridCollator(processor, model.prompt, answers)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                              collate_fn=collate, drop_last=False,
                               persistent_workers=cfg.num_workers > 0, pin_memory=pin)
     val_loader = (DataLoader(ForgeryDataset(val_records, cfg.data_root, cfg.image_size, mask_rule, with_mask=False,
                                             with_truth=True),
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
             out = model(**hybrid_inputs(batch), logits_to_keep=batch["logits_to_keep"])
         return hybrid_loss(out, batch, weights)
 
+    # Before the first step: does the configured batch fit the card? Measured on one and two images.
+    preflight(accelerator, model, train_set, collate, loss_fn, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+              planned_gib=cfg.gpu_memory_gib, batch_key="batch_size", accum_key="grad_accum",
+              other_keys="gradient_checkpointing true (activations recomputed in the backward)", say=accelerator.print)
     batches = FirstBatch(train_loader)
     # Kernel compilation and what cuBLAS/cuDNN pick per shape happen here, not in the first timed step.
     warm_up_first_batch(accelerator, model, batches, loss_fn)

@@ -26,6 +26,9 @@ ALLOW_VAL_OVERLAP_HELP = ("run even when the validation index shares video group
 
 SAVE_HEATMAPS_HELP = ("heatmaps/ pictures (image | ground truth | overlay): gallery = the first num_heatmaps records, "
                       "all = one per image, none = no heatmaps/ folder (the report's gallery is always drawn)")
+GPU_MEMORY_HELP = ("plan the run for a card with this much GPU memory in GiB (e.g. 24): the check before the first "
+                   "step, which stops a batch that would not fit and names the keys that make it fit, uses it instead "
+                   "of the card's own (null: the card's)")
 FAST_PATHS_HELP = ("the fast paths (batched window attention, fused kernels; same results up to float summation "
                    "order, several times faster on a GPU); false runs plain transformers")
 
@@ -44,7 +47,7 @@ def check_image_size(image_size: int | None, allow_none: bool) -> None:
 
 # The value checks every config shares, by field name (a field a class does not have, or None, is skipped).
 _POSITIVE = ("epochs", "batch_size", "grad_accum", "max_steps", "lora_r", "map_batch_size", "lr_head", "lr_lora",
-             "lr_fusion", "lr_lora_lm")
+             "lr_fusion", "lr_lora_lm", "gpu_memory_gib")
 _AT_LEAST_ZERO = ("num_workers", "num_heatmaps", "max_new_tokens", "recompute_blocks", "fusion_tokens", "weight_decay",
                   "max_norm")
 _FRACTIONS = ("pixel_threshold", "evi_alpha", "warmup_ratio", "lora_dropout", "fusion_hidden_dropout")

@@ -8,9 +8,9 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import FINAL_DIR, checkpoint_folder
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, SAVE_HEATMAPS_HELP, FAST_PATHS_HELP, DATA,
-                                                EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE, T1, VIT_LORA_MODULES,
-                                                MaskRuleConfig, check_image_size, check_values)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, GPU_MEMORY_HELP, SAVE_HEATMAPS_HELP,
+                                                FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE,
+                                                T1, VIT_LORA_MODULES, MaskRuleConfig, check_image_size, check_values)
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Task1TrainConfig:
     lora_dropout: float = option(0.05, "LoRA dropout")
     amp_dtype: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype on GPU (CPU always runs fp32)")
     fast_paths: bool = option(True, FAST_PATHS_HELP)
+    gpu_memory_gib: float | None = option(None, GPU_MEMORY_HELP)
     recompute_blocks: int = option(0, "frozen ViT blocks (without LoRA, between the first LoRA block and the last "
                                    "tapped one) whose activations are recomputed in the backward instead of kept, at "
                                    "most as many as qualify: each saves about 0.4 GiB at batch 16 and 448 px and "

@@ -8,8 +8,9 @@ from typing import Any, ClassVar, Literal
 from qwen_forensics.checkpoints.names import DATASET_FILE, adapter_folder, dataset_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_from_template
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES,
-                                                MODEL, T2, VIT_LORA_MODULES, check_image_size, check_values)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, GPU_MEMORY_HELP, FAST_PATHS_HELP, DATA,
+                                                EVAL_OUTPUT_ALIASES, MODEL, T2, VIT_LORA_MODULES, check_image_size,
+                                                check_values)
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Task2TrainConfig:
     base_model_path: str = option(MODEL, "Qwen2.5-VL model folder", path="in")
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
     fast_paths: bool = option(True, FAST_PATHS_HELP)
+    gpu_memory_gib: float | None = option(None, GPU_MEMORY_HELP)
     train_dataset_path: str = option(f"{T2}/datasets/train.jsonl", "output of map.py (a .jsonl file, or a folder "
                                      f"holding {DATASET_FILE})", path="in", resolve=dataset_file)
     test_dataset: str | Task2EvalSet | None = option(None, "evaluation set during training: a map.py output, or an "

@@ -9,9 +9,9 @@ from qwen_forensics.checkpoints.names import (ADAPTER_DIR, FINAL_DIR, FUSION_FIL
                                               weights_file)
 from qwen_forensics.config.loading import option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, SAVE_HEATMAPS_HELP, FAST_PATHS_HELP, DATA,
-                                                EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE, T3, MaskRuleConfig,
-                                                check_image_size, check_values)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, GPU_MEMORY_HELP, SAVE_HEATMAPS_HELP,
+                                                FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE,
+                                                T3, MaskRuleConfig, check_image_size, check_values)
 
 
 @dataclass
@@ -92,6 +92,7 @@ class Task3TrainConfig:
     max_norm: float = option(1.0, "gradient clipping norm")
     amp_dtype: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype on GPU")
     fast_paths: bool = option(True, FAST_PATHS_HELP)
+    gpu_memory_gib: float | None = option(None, GPU_MEMORY_HELP)
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU")
     gradient_checkpointing: bool = option(True, "recompute activations to save memory")
     image_size: int = option(448, "letterbox side")

@@ -19,6 +19,7 @@ from qwen_forensics.config.dtypes import precision
 from qwen_forensics.config.loading import ConfigError, config_dict, relocate_path
 from qwen_forensics.prompts import PromptSetup
 from qwen_forensics.training.loop import warm_up
+from qwen_forensics.training.memory import preflight
 from qwen_forensics.training.runtime import autocast
 
 _PATH_ARGS = ("output_dir", "logging_dir", "resume_from_checkpoint")
@@ -134,6 +135,31 @@ def resolved_training_config(cfg, setup: PromptSetup, training_args: Mapping[str
     return out
 
 
+def trainer_loss(trainer):
+    """The Trainer's loss of one collated batch (moved to its device) under the autocast its accelerator
+    will use, as ``{"total": loss}``: the step the warm-up and the memory check run before ``train()``."""
+    args = trainer.args
+    amp = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+    def loss(batch) -> dict:
+        trainer.model.train()
+        with autocast(args.device, amp):
+            return {"total": trainer.compute_loss(trainer.model, send_to_device(batch, args.device))}
+
+    return loss
+
+
+def preflight_trainer(trainer, planned_gib: float | None, say=print) -> None:
+    """``memory.preflight`` for Task 2's Trainer (CUDA only): its batch and accumulation keys are the
+    ``training_args`` the user wrote."""
+    args = trainer.args
+    preflight(trainer.accelerator, trainer.model, trainer.train_dataset, trainer.data_collator, trainer_loss(trainer),
+              batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
+              planned_gib=planned_gib, batch_key="training_args.per_device_train_batch_size",
+              accum_key="training_args.gradient_accumulation_steps",
+              other_keys="training_args.gradient_checkpointing true (activations recomputed in the backward)", say=say)
+
+
 def warm_up_trainer(trainer) -> float:
     """One throwaway forward and backward on the training set's first batch, before ``trainer.train()``;
     returns its seconds (``training.warm_up``: random number generators restored, gradients cleared).
@@ -147,13 +173,5 @@ def warm_up_trainer(trainer) -> float:
     args = trainer.args
     dataset = trainer.train_dataset
     batch = trainer.data_collator([dataset[i] for i in range(min(args.per_device_train_batch_size, len(dataset)))])
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    model = trainer.model
-
-    def step():
-        model.train()
-        with autocast(args.device, precision):
-            loss = trainer.compute_loss(model, send_to_device(batch, args.device))
-        loss.backward()
-
-    return warm_up(trainer.accelerator, model, step)
+    loss = trainer_loss(trainer)
+    return warm_up(trainer.accelerator, trainer.model, lambda: loss(batch)["total"].backward())
