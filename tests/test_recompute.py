@@ -190,4 +190,5 @@ def test_evaluation_warm_up_predicts_the_first_batch_then_times_the_whole_split(
             assert "[warm-up] one throwaway batch" in printed
         else:      # the default on a CPU: no warm-up
             assert len(calls) == 1 and "[warm-up]" not in printed
-        assert "[speed] evaluation (inference loop): 12 images" in printed
+        line = evaluate.speed_line()
+        assert line.startswith("[speed] evaluation: 12 images; inference ") and "; whole run " in line
