@@ -100,7 +100,7 @@ class ImageFileDataset(Dataset):
                 item[SIZE_KEY] = (img.height, img.width)
                 thumb = img.convert("RGB")
                 thumb.thumbnail((self.thumbnail_side, self.thumbnail_side), Image.BILINEAR)
-                item[THUMB_KEY] = np.asarray(thumb, dtype=np.uint8)
+                item[THUMB_KEY] = np.array(thumb, dtype=np.uint8)
             return item
 
 
