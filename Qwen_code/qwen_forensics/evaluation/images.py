@@ -34,6 +34,7 @@ from qwen_forensics.checkpoints.task3 import answer_ids_for, load_hybrid_model
 from qwen_forensics.config.dtypes import precision
 from qwen_forensics.data.collate import SIZE_KEY, THUMB_KEY, HybridCollator, ImageBatchCollator, make_collator
 from qwen_forensics.data.dataset import ImageFileDataset
+from qwen_forensics.data.formats import IMAGE_SUFFIXES
 from qwen_forensics.data.geometry import letterbox_geometry, unletterbox_stack
 from qwen_forensics.data.validate import inspect_image
 from qwen_forensics.files import BackgroundWriter
@@ -41,8 +42,6 @@ from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid,
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.report.pictures import save_overlay_jpeg, save_probability_map
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 # --------------------------------------------------------------------------------------- inputs
