@@ -8,7 +8,7 @@ training-set format and map job (``lm_records``), video groups, leakage and the 
 from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, TrainerCollator, VisionLanguageCollator,
                                          generate_inputs, hybrid_inputs, make_collator, model_inputs, vision_grid)
 from qwen_forensics.data.dataset import ForgeryDataset, Task2ImageDataset
-from qwen_forensics.data.formats import FORMAT_NAMES, IMAGE_SUFFIXES
+from qwen_forensics.data.formats import FORMAT_NAMES, IMAGE_SUFFIXES, RECORDS
 from qwen_forensics.data.leakage import check_leakage, video_groups
 from qwen_forensics.data.lm_records import check_images, images_root, read_task2_dataset, run_map
 from qwen_forensics.data.masks import MaskRule
@@ -17,7 +17,7 @@ from qwen_forensics.data.split import split_by_video
 from qwen_forensics.data.validate import apply_bad_sample_policy, load_split, validate_index, validate_records
 
 __all__ = ["BadIndex", "FORMAT_NAMES", "ForgeryDataset", "HybridCollator", "IMAGE_SUFFIXES", "ImageBatchCollator",
-           "MaskRule", "Record", "Task2ImageDataset", "TrainerCollator", "VisionLanguageCollator",
+           "MaskRule", "RECORDS", "Record", "Task2ImageDataset", "TrainerCollator", "VisionLanguageCollator",
            "apply_bad_sample_policy", "check_images", "check_leakage", "generate_inputs", "hybrid_inputs", "images_root",
            "load_index", "load_split", "make_collator", "model_inputs", "read_index", "read_task2_dataset", "run_map",
            "save_index", "split_by_video", "validate_index", "validate_records", "video_groups", "vision_grid"]

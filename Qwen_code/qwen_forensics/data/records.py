@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qwen_forensics.data.formats import BadIndex, IndexEntry, read_index_source
+# BadIndex is raised by the readers in ``formats`` and stays importable from here, where callers met it first.
+from qwen_forensics.data.formats import BadIndex as BadIndex
+from qwen_forensics.data.formats import IndexEntry, read_index_source
 
 REQUIRED_KEYS = ("image_path", "mask_path", "label")
 

@@ -26,6 +26,10 @@ ALLOW_VAL_OVERLAP_HELP = ("run even when the validation index shares video group
 
 SAVE_HEATMAPS_HELP = ("heatmaps/ pictures (image | ground truth | overlay): gallery = the first num_heatmaps records, "
                       "all = one per image, none = no heatmaps/ folder (the report's gallery is always drawn)")
+EXPORT_SUBMISSION_HELP = ("folder for a challenge submission (IJCAI 2025 DDL layout): prediction.txt with one "
+                          "'{image file name},{p_fake:.4f}' line per image, mask/{image stem}.png (0/255 at the "
+                          "original size, pixel_threshold) and submission.zip; a name is a folder in out_dir "
+                          "(null: none)")
 FAST_PATHS_HELP = ("the fast paths (batched window attention, fused kernels; same results up to float summation "
                    "order, several times faster on a GPU); false runs plain transformers")
 
