@@ -32,8 +32,8 @@ import torch
 
 from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
 from qwen_forensics.config import DEFAULT_ROOT, effective_root, relocate_path
-from qwen_forensics.evaluation import CheckpointRunner, guard_checkpoint_split
-from qwen_forensics.evaluation.benchmark import Benchmark, benchmark_outputs, parse_sets
+from qwen_forensics.evaluation import (Benchmark, CheckpointRunner, benchmark_outputs, guard_checkpoint_split,
+                                       parse_sets)
 from qwen_forensics.training import make_accelerator
 
 
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     data_root = relocate_path(args.data_root or f"{DEFAULT_ROOT}/data", root, Path.cwd())
     submission = args.export_submission.absolute() if args.export_submission else None
     run = start_run(args.out, Path(__file__).name, {k: str(v) for k, v in vars(args).items()},
-                    benchmark_outputs(list(sets), submission), keep=[args.ckpt, *sets.values(), *filter(None, [val_path])])
+                    benchmark_outputs(list(sets), submission),
+                    keep=[args.ckpt, *sets.values(), *([val_path] if val_path else [])])
     print(f"checkpoint: {ckpt.kind} at {ckpt.folder}; model: {model}; {len(sets)} sets")
     benchmark = Benchmark(CheckpointRunner(ckpt, model, make_accelerator(1), fast_paths=args.fast_paths), args.out,
                           data_root, args.batch_size, args.num_workers, args.on_bad_sample, args.pixel_threshold,

@@ -104,8 +104,8 @@ def assert_submission_scores_as_the_csv(folder: Path, records: list[Record], dat
     rounded = [round(p, 4) for p in p_fake]
     assert len(set(rounded)) == len(set(p_fake)), "rounding to 4 decimals tied scores: the AUROC may differ"
     got = submission_score(folder, records, data_root)
-    for key, csv_key in (("pixel_f1", "pixel_f1"), ("pixel_iou", "pixel_iou"), ("auroc", auroc_key), ("score", "score")):
-        assert got[key] == pytest.approx(float(row[csv_key]), abs=1e-12), key
+    for key in ("pixel_f1", "pixel_iou", "auroc", "score"):
+        assert got[key] == pytest.approx(float(row[auroc_key if key == "auroc" else key]), abs=1e-12), key
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +146,9 @@ def test_three_formats_one_model_load_and_the_same_rows(bench, tiny_root):
     predictions = {name: json.loads((bench["out"] / f"predictions_{name}.json").read_text())
                    for name in ("mani", "pairs", "ours", "demo")}
     assert predictions["mani"] == predictions["pairs"] == predictions["ours"]
-    by_name = {Path(r["image_path"]).name: {k: v for k, v in r.items() if k != "image_path"} for r in predictions["demo"]}
-    assert {Path(r["image_path"]).name: {k: v for k, v in r.items() if k != "image_path"}
-            for r in predictions["mani"]} == by_name
+    def by_name(rows: list[dict]) -> dict:
+        return {Path(r["image_path"]).name: {k: v for k, v in r.items() if k != "image_path"} for r in rows}
+    assert by_name(predictions["mani"]) == by_name(predictions["demo"])
     assert all(math.isfinite(float(rows["mani"][k])) for k in ("pixel_auroc", "imdlbenco_pixel_f1", "threshold"))
     assert "[speed] evaluation: 54 images" in bench["printed"], "4 sets of 12 and the 6 validation images"
     for name, fmt in (("mani", "IMDLBenCo ManiDataset folder"), ("pairs", "IMDLBenCo JsonDataset"),

@@ -154,7 +154,8 @@ def test_imdlbenco_columns_equal_imdlbencos_own_dataset_and_evaluators(tmp_path)
             continue
         mask = np.zeros((h, w, 3), np.uint8)
         top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        mask[top:top + h // 2, left:left + w // 2] = rng.integers(40, 256, (h // 2, w // 2, 3)) if kind == "fake" else 90
+        region = (slice(top, top + h // 2), slice(left, left + w // 2))
+        mask[region] = rng.integers(40, 256, (h // 2, w // 2, 3)) if kind == "fake" else 90
         save(tmp_path / f"mask{i}.png", mask)
         pairs.append([str(image), str(tmp_path / f"mask{i}.png")])
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))

@@ -99,7 +99,8 @@ def test_imdlbenco_pairs_resolve_against_the_json_folder(tmp_path):
     fake, real, short, number, gone = index.records
     assert (fake.image_path, fake.mask_path, fake.label) == (str(tmp_path / "Tp/x.jpg"), str(tmp_path / "Gt/x.png"), 1)
     assert (real.image_path, real.label, real.size_from_image, real.to_json()) == (absolute, 0, True, entries[1])
-    assert short.defect.startswith('expected a pair [image_path, mask_path or "Negative"]') and short.to_json() == ["only one"]
+    assert short.defect.startswith('expected a pair [image_path, mask_path or "Negative"]')
+    assert short.to_json() == ["only one"]
     assert number.defect is not None and number.to_json() == [3, "Negative"]
     # The data root plays no part: every path is absolute.
     report = validate_index(index, "/nowhere")
@@ -167,7 +168,8 @@ def test_our_records_and_pairs_of_the_same_files_give_the_same_records(tmp_path,
         entries = [["img/f.jpg", "msk/f.png"], ["img/r.jpg", "Negative"]]
     (tmp_path / "idx.json").write_text(json.dumps(entries))
     fake, real = load_index(tmp_path / "idx.json")
-    assert (fake.image_path, fake.mask_path, fake.label) == (str(tmp_path / "img/f.jpg"), str(tmp_path / "msk/f.png"), 1)
+    assert (fake.image_path, fake.mask_path) == (str(tmp_path / "img/f.jpg"), str(tmp_path / "msk/f.png"))
+    assert fake.label == 1
     assert (real.image_path, real.label) == (str(tmp_path / "img/r.jpg"), 0)
     assert validate_index(read_index(tmp_path / "idx.json"), "/unused").ok
     assert load_binary_mask(real, "/unused").shape == (6, 8)

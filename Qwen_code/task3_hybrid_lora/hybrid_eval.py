@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     if image_size != trained.image_size:
         accelerator.print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
+                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 

@@ -33,7 +33,8 @@ The run folder (``runs``): ``run_manifest.json`` and ``previous_runs/<start time
 """
 
 from qwen_forensics.checkpoints.adapters import load_adapter_strict, save_adapter
-from qwen_forensics.checkpoints.detect import MODEL_KEYS, Checkpoint, CheckpointError, base_model_path, detect_checkpoint
+from qwen_forensics.checkpoints.detect import (MODEL_KEYS, Checkpoint, CheckpointError, base_model_path,
+                                               detect_checkpoint)
 from qwen_forensics.checkpoints.heads import load_heads
 from qwen_forensics.checkpoints.names import best_dir, epoch_dir
 from qwen_forensics.checkpoints.notes import check_seed_lora_keys, lora_config_notes, seed_key_notes

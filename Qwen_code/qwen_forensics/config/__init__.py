@@ -11,5 +11,6 @@ from qwen_forensics.config.loading import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigErr
                                            relocate_path)
 
 __all__ = ["ConfigError", "DEFAULT_ROOT", "Precision", "ROOT_ENV_VAR", "amp_name", "apply_overrides",
-           "build_arg_parser", "config_dict", "config_meta", "effective_root", "input_paths", "load_config", "load_config_and_paths",
+           "build_arg_parser", "config_dict", "config_meta", "effective_root", "input_paths", "load_config",
+           "load_config_and_paths",
            "option", "parse_config", "precision", "read_config_file", "relocate_path", "resolve_dtype"]

@@ -89,7 +89,8 @@ class ValidationReport:
     def summary(self, top_sizes: int = 10) -> str:
         """Human-readable report (the text check_data.py prints)."""
         n = self.num_records
-        lines = [f"index: {self.source}", f"format: {FORMAT_NAMES[self.format]}", f"records: {n}" + ("" if self.files_checked else " (index only, files not checked)")]
+        lines = [f"index: {self.source}", f"format: {FORMAT_NAMES[self.format]}",
+                 f"records: {n}" + ("" if self.files_checked else " (index only, files not checked)")]
         for label, count in sorted(self.label_counts.items()):
             share = 100.0 * count / n if n else 0.0
             lines.append(f"  label {label}: {count} ({share:.1f}%)")
@@ -250,7 +251,8 @@ def validate_index(index: Index, data_root: str | os.PathLike, *, check_files: b
     report = validate_records(index.records, data_root, check_files=check_files, source=str(index.path),
                               workers=workers)
     unpaired = [Problem(None, "", UNPAIRED_MASK, f"mask {mask} belongs to no image (no image of that stem, "
-                        "without its suffix, in Tp/): add the image or move the mask out") for mask in index.unpaired_masks]
+                        "without its suffix, in Tp/): add the image or move the mask out")
+                for mask in index.unpaired_masks]
     report.problems[:0] = unpaired
     report.format = index.format
     return report

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
+                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
