@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from qwen_forensics.data import check_leakage
 from qwen_forensics.data import validate as V
 from qwen_forensics.data.formats import IMDL_FOLDER, IMDL_JSON, RECORDS
 from qwen_forensics.data.masks import load_binary_mask, load_fake_truths
@@ -173,3 +174,13 @@ def test_our_records_and_pairs_of_the_same_files_give_the_same_records(tmp_path,
     assert (real.image_path, real.label) == (str(tmp_path / "img/r.jpg"), 0)
     assert validate_index(read_index(tmp_path / "idx.json"), "/unused").ok
     assert load_binary_mask(real, "/unused").shape == (6, 8)
+
+
+def test_a_leakage_report_keeps_a_foreign_entry_whole(tmp_path):
+    """A validation index in IMDLBenCo's pairs, checked against our training index by video group."""
+    (tmp_path / "train.json").write_text(json.dumps([{"image_path": "t/3__aa__bb__frame00001.jpg", "mask_path": "m.jpg",
+                                                      "label": 1}]))
+    (tmp_path / "val.json").write_text(json.dumps([["/v/3__aa__bb__frame00002.jpg", "/v/m.png"],
+                                                    ["/v/image__1__cc__frame00001.jpg", "Negative"]]))
+    overlap = check_leakage(load_index(tmp_path / "train.json"), load_index(tmp_path / "val.json")).to_dict()
+    assert overlap["records"] == [{"index": 0, "entry": ["/v/3__aa__bb__frame00002.jpg", "/v/m.png"]}]
