@@ -236,3 +236,16 @@ def test_hybrid_eval_exports_the_lm_verdict_and_the_heads_masks(tiny_root, task3
                                         [r["p_fake_lm"] for r in predictions], auroc_key="lm_auroc")
     lines = (tmp_path / "sub" / PREDICTION_FILE).read_text().splitlines()
     assert [float(line.rsplit(",", 1)[1]) for line in lines] == [round(r["p_fake_lm"], 4) for r in predictions]
+
+
+def test_lora_eval_reads_a_folder_and_skips_the_tp_image_without_its_mask(bench, tiny_root, task1_ckpt, tmp_path):
+    """The broken folder given to an evaluation script as it is: under "skip" its fake without a mask is listed and
+    left out, the other eleven images are evaluated, and the CSV row says which format the index was."""
+    out = tmp_path / "eval"
+    printed = run_script("lora_eval", tiny_root, f"ckpt_path={task1_ckpt}", f"out_dir={out}",
+                         f"ann_test={bench['sets']['broken']}", "on_bad_sample=skip", "num_workers=0", "num_heatmaps=0")
+    row = csv_rows(out / "metrics.csv")[-1]
+    assert (row["format"], row["samples"], row["num_skipped"]) == (IMDL_FOLDER, "11", "1")
+    skipped = json.loads((out / "skipped_test" / "skipped_records.json").read_text())
+    assert skipped["format"] == IMDL_FOLDER and [p["kind"] for p in skipped["skipped"][0]["problems"]] == ["missing_mask"]
+    assert skipped["skipped"][0]["record"][1] is None and f"[data] {bench['sets']['broken']}: IMDLBenCo" in printed
