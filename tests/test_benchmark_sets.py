@@ -21,7 +21,7 @@ from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 from qwen_forensics.data.formats import IMDL_FOLDER, IMDL_JSON, RECORDS
 from qwen_forensics.data.masks import load_binary_mask
 from qwen_forensics.data.records import Record, load_index
-from qwen_forensics.evaluation import images
+from qwen_forensics.evaluation import images, parse_sets
 from qwen_forensics.evaluation.submission import MASK_DIR, PREDICTION_FILE, ZIP_FILE
 from qwen_forensics.report.page import BENCHMARK_HEADING
 from scripts import csv_rows, demo_index, run_script
@@ -249,3 +249,17 @@ def test_lora_eval_reads_a_folder_and_skips_the_tp_image_without_its_mask(bench,
     skipped = json.loads((out / "skipped_test" / "skipped_records.json").read_text())
     assert skipped["format"] == IMDL_FOLDER and [p["kind"] for p in skipped["skipped"][0]["problems"]] == ["missing_mask"]
     assert skipped["skipped"][0]["record"][1] is None and f"[data] {bench['sets']['broken']}: IMDLBenCo" in printed
+
+
+def test_the_set_list_from_a_file_and_the_command_line(tmp_path, monkeypatch):
+    sets_file = tmp_path / "lists" / "sets.json"
+    sets_file.parent.mkdir()
+    sets_file.write_text(json.dumps({"casia": "../CASIA2", "ours": "/root/autodl-tmp/data/testset2/annotation.json"}))
+    monkeypatch.chdir(tmp_path)
+    got = parse_sets(["cov=coverage/pairs.json"], sets_file, "/work/me")
+    assert got == {"casia": str(tmp_path / "CASIA2"), "ours": "/work/me/data/testset2/annotation.json",
+                   "cov": str(tmp_path / "coverage" / "pairs.json")}
+    for specs, message in ((["a=x", "a=y"], "given twice"), (["val=x"], "not 'val'"), (["a b=x"], "use letters"),
+                           (["a"], "write NAME=PATH"), ([], "no set to evaluate")):
+        with pytest.raises(ValueError, match=message):
+            parse_sets(specs, None, None)

@@ -112,11 +112,10 @@ class SplitEvaluator:
                 self.validate(tag, index_path)
                 self.open(tag)
 
-    def validate(self, tag: str, index_path: str, data_root: str | None = None) -> LoadedSplit:
-        """Read an index in its format and validate it whole (``data.load_split``), under ``tag``;
-        ``data_root``: where its relative paths lead when not the evaluator's."""
-        loaded = load_split(index_path, data_root or self.data_root, self.on_bad_sample,
-                            Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
+    def validate(self, tag: str, index_path: str) -> LoadedSplit:
+        """Read an index in its format and validate it whole (``data.load_split``), under ``tag``."""
+        loaded = load_split(index_path, self.data_root, self.on_bad_sample, Path(self.out_dir) / f"skipped_{tag}",
+                            self.accelerator)
         self._splits[tag] = _Split(loaded)
         return loaded
 
