@@ -1,7 +1,12 @@
-"""Report on a data index: counts, label balance, size histogram, every problem; optional leakage check.
+"""Report on a data index: its format, counts, label balance, size histogram, every problem; optional leakage check.
 
     python Qwen_code/check_data.py --index <root>/data/trainingset2/train_idx.json --data-root <root>/data
     python Qwen_code/check_data.py --index train_idx.json --other-index val_idx.json --no-files
+    python Qwen_code/check_data.py --index /data/CASIA1.0          # an IMDLBenCo Tp/ + Gt/ [+ Au/] folder
+    python Qwen_code/check_data.py --index /data/coverage.json     # IMDLBenCo pairs [image, mask | "Negative"]
+
+The format is told from the content (see qwen_forensics/data/formats.py); only our own JSON records have
+paths relative to a data root (--data-root), the other formats' paths are absolute or relative to the index.
 
 The leakage check compares video groups: clips linked by a shared ForgeryNet id (a fake with the
 real of its target clip, one source/target pair under several method numbers, swaps between real
@@ -16,35 +21,38 @@ import json
 import sys
 from pathlib import Path
 
-from qwen_forensics.data import BadIndex, check_leakage, load_index, validate_records
+from qwen_forensics.data import RECORDS, BadIndex, check_leakage, read_index, validate_index
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, type=Path, help="index JSON (annotation.json, train_idx.json, ...)")
-    parser.add_argument("--data-root", type=Path, help="folder the index paths are relative to (<root>/data); needed unless --no-files")
+    parser.add_argument("--data-root", type=Path, help="folder our index's paths are relative to (<root>/data); needed "
+                                                       "for our JSON records unless --no-files")
     parser.add_argument("--other-index", type=Path, help="second index: report its records whose video group also appears in --index")
     parser.add_argument("--no-files", action="store_true", help="check only what the index says (no image files needed)")
     parser.add_argument("--json-out", type=Path, help="also write the full report as JSON here")
     parser.add_argument("--top-sizes", type=int, default=10, help="how many image sizes to list (default 10)")
-    args = parser.parse_args(argv)
-    if args.data_root is None and not args.no_files:
-        parser.error("--data-root is required to check image files (or pass --no-files for an index-only check)")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data_root = args.data_root if args.data_root is not None else Path(".")
     paths = [args.index] + ([args.other_index] if args.other_index else [])
     reports = []
     for path in paths:
         try:
-            records = load_index(path)
+            index = read_index(path)
         except BadIndex as err:
             print(f"error: {err.code}", file=sys.stderr)
             return 2
-        report = validate_records(records, data_root, check_files=not args.no_files, source=str(path))
+        if index.format == RECORDS and args.data_root is None and not args.no_files:
+            print(f"error: {path} is our JSON index, whose paths are relative to a data root: pass --data-root "
+                  "(or --no-files for an index-only check)", file=sys.stderr)
+            return 2
+        for note in index.notes:
+            print(f"{path}: {note}")
+        report = validate_index(index, args.data_root or ".", check_files=not args.no_files)
         print(report.summary(top_sizes=args.top_sizes))
         print()
         reports.append(report)

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints import MODEL_KEYS, CheckpointError, detect_checkpoint, start_run
-from qwen_forensics.evaluation import (IMAGE_SUFFIXES, PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, Predictions,
-                                       collect_images, predict_images, primary_score, write_predictions)
-from qwen_forensics.model import MODEL_FOLDER_CONTENTS
+from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
+from qwen_forensics.data import IMAGE_SUFFIXES
+from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, Predictions, collect_images,
+                                       predict_images, primary_score, write_predictions)
 from qwen_forensics.training import evaluation_speed_line, make_accelerator
 
 
@@ -74,11 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model = args.model or ckpt.model_path
-    if model is None or not Path(model).is_dir():
-        where = (f"the checkpoint records {model!r} ({MODEL_KEYS[ckpt.kind]} in its recorded config), which is "
-                 "not a folder here" if model else "the checkpoint records no base model")
-        print(f"error: {where}; pass --model PATH (a folder with {MODEL_FOLDER_CONTENTS})", file=sys.stderr)
+    try:
+        model = base_model_path(ckpt, args.model)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     for note in ckpt.notes:
         print(f"note: {note}")

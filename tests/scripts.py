@@ -32,6 +32,7 @@ SCRIPTS = {
     "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
     "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
     "predict": CODE / "predict.py",
+    "benchmark_sets": CODE / "benchmark_sets.py",
     "compare_runs": CODE / "compare_runs.py",
     "benchmark_gpu": CODE / "benchmark_gpu.py",
 }

@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         write_resolved_config(out_dir, cfg)
 
     # ---- setup: data
-    train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
-                                  accelerator)
-    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
-                   if cfg.ann_val else None)
+    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
+                               accelerator).records
+    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val",
+                              accelerator).records if cfg.ann_val else None)
     processor = load_processor(cfg.model_path, cfg.image_size)
     collate = ImageBatchCollator(processor)
     pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait

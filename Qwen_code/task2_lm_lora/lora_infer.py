@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
     rows = prediction_rows(records, scores, tuned, setup.fake_word, setup.real_word)
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
-               "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"], "auroc": metrics["auroc"],
+               "format": test.format, "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"],
+               "auroc": metrics["auroc"],
                "acc": metrics["acc@0.5"], "f1": metrics["f1@0.5"], "lora_path": cfg.lora_path,
                "base_model_path": cfg.base_model_path, "ap": metrics["ap"], "acc@tuned": metrics["acc@tuned"],
                "f1@tuned": metrics["f1@tuned"], "threshold": metrics["threshold"],

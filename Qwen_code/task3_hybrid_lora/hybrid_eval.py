@@ -23,18 +23,17 @@ from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hy
                                         read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule
-from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, evaluation_outputs,
-                                       finish_evaluation, guard_checkpoint_split, hybrid_scores, image_report,
-                                       predict_hybrid, score_heads)
+from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, HeatmapSource, PictureWriter, PixelCounter,
+                                       SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
+                                       finish_evaluation, guard_checkpoint_split, predict_hybrid, score_hybrid)
 from qwen_forensics.model import HybridPrompt, load_model, load_processor
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
 
-IMAGE_KEYS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold")
-PIXEL_KEYS = ("pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm", "num_fake_empty_mask")
-CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", *(f"lm_{k}" for k in IMAGE_KEYS),
-               *(f"head_{k}" for k in IMAGE_KEYS), *PIXEL_KEYS, "score", "head_score", "lora_checkpoint",
-               "head_checkpoint", "fusion_checkpoint", "base_model_path"]
+CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", *(f"lm_{k}" for k in HYBRID_IMAGE_KEYS),
+               *(f"head_{k}" for k in HYBRID_IMAGE_KEYS), "pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm",
+               "num_fake_empty_mask", "score", "head_score", "lora_checkpoint", "head_checkpoint", "fusion_checkpoint",
+               "base_model_path"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     if image_size != trained.image_size:
         accelerator.print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
+                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -79,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
                                                with_truth=True),
         collate=HybridCollator(processor, prompt))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+    # Before the weights load: two images of one file stem would overwrite each other's submission mask.
+    submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
+                                   cfg.pixel_threshold) if cfg.export_submission and accelerator.is_main_process
+                  else None)
 
     base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.lora is not None:
@@ -94,28 +97,24 @@ def main(argv: list[str] | None = None) -> None:
     test, tuned = evaluate.run(lambda loader, n, **kw: predict_hybrid(model, loader, accelerator, answer_ids,
                                                                       run_in.autocast, n, counter=counter, **kw),
                                scores=("p_fake_lm", "p_fake_head"),
-                               test_kwargs={"on_batch": pictures.on_batch if pictures else None})
+                               test_kwargs={"on_batch": each_batch(pictures and pictures.on_batch,
+                                                                  submission and submission.on_batch)})
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     tuned_lm, tuned_head = tuned["p_fake_lm"], tuned["p_fake_head"]
 
-    heads, rows = score_heads(records, preds.p_fake_head, preds.counts, pixel_threshold=cfg.pixel_threshold,
-                              tuned_threshold=tuned_head)
+    metrics, rows = score_hybrid(records, preds, pixel_threshold=cfg.pixel_threshold, tuned_lm=tuned_lm,
+                                 tuned_head=tuned_head)
     heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
-    lm = image_report([r.label for r in records], preds.p_fake_lm, tuned_threshold=tuned_lm)
-    for row, p_lm in zip(rows, preds.p_fake_lm):
-        row["p_fake_head"] = row.pop("p_fake")
-        row["p_fake_lm"] = float(p_lm)
-
-    metrics = {"samples": lm["samples"], "positive_ratio": lm["positive_ratio"],
-               **{f"lm_{k}": lm[k] for k in IMAGE_KEYS}, **{f"head_{k}": heads[k] for k in IMAGE_KEYS},
-               **{k: heads[k] for k in PIXEL_KEYS}, **hybrid_scores(lm["auroc"], heads)}
-    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
+    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
+           "format": test.format, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
            "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s,
            "peak_gib": peak_gib(), **leak_check.columns()}
+    if submission is not None:
+        print(f"submission: {submission.finish(preds.p_fake_lm, preds.heatmaps)}")
     outputs = finish_evaluation(
         run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
         rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],

@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         write_resolved_config(out_dir, cfg)
 
     # ---- setup: data (every index problem is reported before any weights load)
-    train_records, _ = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
-                                  accelerator)
-    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val", accelerator)[0]
-                   if cfg.ann_val else None)
+    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
+                               accelerator).records
+    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val",
+                              accelerator).records if cfg.ann_val else None)
 
     # ---- setup: model (full Qwen2.5-VL) + one LoRA adapter + heads + fusion projector
     # The processor first: it checks image_size against the model's patch size before weights load.

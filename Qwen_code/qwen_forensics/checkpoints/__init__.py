@@ -33,7 +33,8 @@ The run folder (``runs``): ``run_manifest.json`` and ``previous_runs/<start time
 """
 
 from qwen_forensics.checkpoints.adapters import load_adapter_strict, save_adapter
-from qwen_forensics.checkpoints.detect import MODEL_KEYS, Checkpoint, CheckpointError, detect_checkpoint
+from qwen_forensics.checkpoints.detect import (MODEL_KEYS, Checkpoint, CheckpointError, base_model_path,
+                                               detect_checkpoint)
 from qwen_forensics.checkpoints.heads import load_heads
 from qwen_forensics.checkpoints.names import best_dir, epoch_dir
 from qwen_forensics.checkpoints.notes import check_seed_lora_keys, lora_config_notes, seed_key_notes
@@ -47,7 +48,7 @@ from qwen_forensics.checkpoints.tensors import load_training_state, read_resolve
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointPaths", "MODEL_KEYS", "Run", "adapter_setup", "answer_ids_for",
            "attach_task1_checkpoint", "attach_task1_lora", "best_dir", "check_seed_lora_keys", "checkpoint_image_size",
-           "detect_checkpoint", "epoch_dir", "load_adapter_strict", "load_heads", "load_hybrid_model",
+           "base_model_path", "detect_checkpoint", "epoch_dir", "load_adapter_strict", "load_heads", "load_hybrid_model",
            "load_training_state", "lora_config_notes", "read_hybrid_spec", "read_resolved_config",
            "resolve_infer_setup", "resume_task1", "save_adapter", "save_task1_checkpoint", "save_task3_checkpoint",
            "seed_key_notes", "start_config_run", "start_run", "write_resolved_config"]

@@ -33,6 +33,7 @@ from qwen_forensics.checkpoints.task2 import adapter_setup
 from qwen_forensics.checkpoints.task3 import CheckpointPaths, read_hybrid_spec
 from qwen_forensics.checkpoints.tensors import read_resolved_config, read_safetensors_metadata
 from qwen_forensics.model.hybrid import HybridSpec
+from qwen_forensics.model.loader import MODEL_FOLDER_CONTENTS
 
 TASK1, TASK2, TASK3 = "task1", "task2", "task3"
 
@@ -194,3 +195,19 @@ def detect_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               "and names none as final; pass the one to use")
     raise CheckpointError(f"--ckpt {folder} is not a checkpoint folder (it holds: {_listing(folder)}). A checkpoint "
                           f"folder holds: {CHECKPOINT_CONTENTS}")
+
+
+def base_model_path(ckpt: Checkpoint, override: str | None = None) -> str:
+    """The base model a checkpoint runs on: ``override`` (``--model``) or the one its training recorded; a
+    :class:`CheckpointError` saying which and what the folder must hold when it is not a folder here."""
+    model = override or ckpt.model_path
+    if model is None or not Path(model).is_dir():
+        if model is None:
+            where = "the checkpoint records no base model"
+        elif override:
+            where = f"--model {model} is not a folder"
+        else:
+            where = (f"the checkpoint records {model!r} ({MODEL_KEYS[ckpt.kind]} in its recorded config), which is "
+                     "not a folder here")
+        raise CheckpointError(f"{where}; pass --model PATH (a folder with {MODEL_FOLDER_CONTENTS})")
+    return model

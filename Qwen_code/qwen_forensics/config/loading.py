@@ -55,16 +55,19 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, path: str | None = None,
-           resolve: Callable[..., Any] | None = None, factory: Any = dataclasses.MISSING) -> Any:
+           resolve: Callable[..., Any] | None = None, factory: Any = dataclasses.MISSING,
+           flag: str | None = None) -> Any:
     """A documented dataclass field.
 
     ``path``: "in", "out" or "out_dir" (see the module docstring). ``resolve(value, role, exists)``
     maps a path to the one really used and returns ``(path, note or None)``; with ``exists=True``
     (scripts) it must also check that an input is there, raising ``FileNotFoundError`` otherwise.
+    ``flag``: a command-line option (``--export-submission DIR``) that sets this top-level string key, the
+    same as ``--set key=DIR``.
     """
     if path is not None and path not in PATH_ROLES:
         raise ValueError(f"path must be one of {PATH_ROLES}, got {path!r}")
-    meta = {"help": help, "path": path, "resolve": resolve}
+    meta = {"help": help, "path": path, "resolve": resolve, "flag": flag}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -255,10 +258,19 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
                           argv: list[str] | None = None) -> tuple[T, str | None]:
     """:func:`load_config` plus the relocation root, for scripts that must relocate paths inside
     free-form dicts the typed layer cannot see (Task 2's training_args)."""
-    args = build_arg_parser(description, default_config).parse_args(argv)
+    parser = build_arg_parser(description, default_config)
+    flagged = [f for f in dataclasses.fields(cls) if f.metadata.get("flag")]
+    for f in flagged:
+        parser.add_argument(f.metadata["flag"], dest=f"flag_{f.name}", metavar="VALUE",
+                            help=f"the config key {f.name}, as --set {f.name}=VALUE: {f.metadata['help']}")
+    flags = [f.name for f in flagged]
+    args = parser.parse_args(argv)
+    # A flag is one more override, after the --set ones: what the command line says last wins.
+    overrides = [*args.overrides, *(f"{name}={json.dumps(getattr(args, f'flag_{name}'))}" for name in flags
+                                    if getattr(args, f"flag_{name}") is not None)]
     base_dir = Path(args.config).resolve().parent
     try:
-        cfg = parse_config(cls, read_config_file(args.config), overrides=args.overrides, root=args.root,
+        cfg = parse_config(cls, read_config_file(args.config), overrides=overrides, root=args.root,
                            base_dir=base_dir, check_inputs=not args.show_config)
     except ConfigError as err:
         raise SystemExit(f"config error ({args.config}): {err}") from None

@@ -39,8 +39,10 @@ EXTRA_KEYS = ("target", "answer_positions", "position")
 MROPE_KEY = "mm_token_type_ids"
 GRID_HOST_KEY = "image_grid_thw_host"
 # Evaluation items with heatmaps carry the ground truth for scoring in the loop (``evaluation.scoring``):
-# the binarised mask at the original resolution (bool [H, W], None for a real) and the image's size.
+# the binarised mask at the original resolution (bool [H, W], None for a real) and the image's size; beside it
+# the same mask binarised as IMDLBenCo does (``masks.imdlbenco_binarize``), for its convention's columns.
 TRUTH_KEY = "truth"
+IMDLBENCO_TRUTH_KEY = "truth_imdlbenco"
 SIZE_KEY = "original_hw"
 # predict.py's items carry a small copy of the original image (uint8 [h, w, 3]) for the overlay picture.
 THUMB_KEY = "thumbnail"
@@ -272,7 +274,7 @@ class TrainerCollator:
 
 # Batch keys that are bookkeeping or targets, not arguments of the Qwen2.5-VL forward.
 NON_MODEL_KEYS = ("target", "answer_positions", "labels", "mask", "position", "logits_to_keep", GRID_HOST_KEY, TRUTH_KEY,
-                  SIZE_KEY, THUMB_KEY)
+                  IMDLBENCO_TRUTH_KEY, SIZE_KEY, THUMB_KEY)
 
 
 class HybridCollator:
@@ -299,10 +301,12 @@ class HybridCollator:
 
 def truth_of(items: Sequence[Mapping]) -> dict:
     """What items carry for the pictures and scores made in the loop, batched: the ground truth
-    (:data:`TRUTH_KEY`), the original size (:data:`SIZE_KEY`) and the overlay thumbnail (:data:`THUMB_KEY`)."""
+    (:data:`TRUTH_KEY`, :data:`IMDLBENCO_TRUTH_KEY`), the original size (:data:`SIZE_KEY`) and the overlay
+    thumbnail (:data:`THUMB_KEY`)."""
     batch = {}
-    if TRUTH_KEY in items[0]:
-        batch[TRUTH_KEY] = [None if item[TRUTH_KEY] is None else torch.from_numpy(item[TRUTH_KEY]) for item in items]
+    for key in (TRUTH_KEY, IMDLBENCO_TRUTH_KEY):
+        if key in items[0]:
+            batch[key] = [None if item[key] is None else torch.from_numpy(item[key]) for item in items]
     if THUMB_KEY in items[0]:
         batch[THUMB_KEY] = [torch.from_numpy(item[THUMB_KEY]) for item in items]
     if SIZE_KEY in items[0]:

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from qwen_forensics.data.collate import SIZE_KEY, THUMB_KEY, TRUTH_KEY
+from qwen_forensics.data.collate import IMDLBENCO_TRUTH_KEY, SIZE_KEY, THUMB_KEY, TRUTH_KEY
 from qwen_forensics.data.geometry import letterbox_image, letterbox_mask
 from qwen_forensics.data.lm_records import Task2Sample
-from qwen_forensics.data.masks import MaskRule, load_binary_mask
+from qwen_forensics.data.masks import MaskRule, load_binary_mask, load_fake_truths
 from qwen_forensics.data.records import Record
 
 
@@ -32,7 +32,8 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
     from its image still fails here. ``with_mask=False`` (evaluations) leaves the training ``mask``
     out. ``with_truth=True`` (evaluations with heatmaps) adds the original-resolution ground truth
     the loop scores against on the accelerator (``collate.TRUTH_KEY``: bool [H, W], None for a
-    real; ``collate.SIZE_KEY``: (H, W)), decoded here in the loader workers.
+    real; ``collate.SIZE_KEY``: (H, W)), decoded here in the loader workers, and the same mask binarised
+    as IMDLBenCo does for its convention's columns (``collate.IMDLBENCO_TRUTH_KEY``, from the same decode).
     """
 
     def __init__(self, records: list[Record], data_root: str | os.PathLike, image_size: int,
@@ -44,14 +45,18 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
         self.with_mask = with_mask
         self.with_truth = with_truth
 
-    def _binary_mask(self, rec: Record, lb) -> np.ndarray:
-        binary = load_binary_mask(rec, self.data_root, self.mask_rule)
+    def _binary_masks(self, rec: Record, lb) -> tuple[np.ndarray, np.ndarray | None]:
+        """The fake's binarised mask, and with ``with_truth`` IMDLBenCo's binarisation of it (else None)."""
+        if self.with_truth:
+            binary, imdlbenco = load_fake_truths(rec, self.data_root, self.mask_rule)
+        else:
+            binary, imdlbenco = load_binary_mask(rec, self.data_root, self.mask_rule), None
         if binary.shape != (lb.orig_h, lb.orig_w):
             raise ValueError(
                 f"record {rec.index} ({rec.image_path}): mask {rec.mask_path} is {binary.shape[0]}x{binary.shape[1]} "
                 f"but the image is {lb.orig_h}x{lb.orig_w}; run check_data.py and fix or skip it."
             )
-        return binary
+        return binary, imdlbenco
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,9 +66,10 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
         with Image.open(self.data_root / rec.image_path) as img:
             image, lb = letterbox_image(img, self.image_size)
         item = {"image": image, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
-        binary = self._binary_mask(rec, lb) if rec.label == 1 and (self.with_mask or self.with_truth) else None
+        binary, imdlbenco = (self._binary_masks(rec, lb) if rec.label == 1 and (self.with_mask or self.with_truth)
+                             else (None, None))
         if self.with_truth:
-            item[TRUTH_KEY], item[SIZE_KEY] = binary, (lb.orig_h, lb.orig_w)
+            item[TRUTH_KEY], item[IMDLBENCO_TRUTH_KEY], item[SIZE_KEY] = binary, imdlbenco, (lb.orig_h, lb.orig_w)
         if self.with_mask:
             item["mask"] = (torch.zeros(self.image_size, self.image_size, dtype=torch.float32) if binary is None
                             else torch.from_numpy(letterbox_mask(binary, lb)))

@@ -193,7 +193,9 @@ class LeakageReport:
             "total_groups_other": self.total_val_groups,
             "num_records_other": self.num_val_records,
             "groups": [g.to_dict() for g in self.groups],
-            "records": [{"index": r.index, **r.to_json()} for r in self.records],
+            # Our records are objects; a foreign index's entry (an IMDLBenCo pair) is kept whole under "entry".
+            "records": [{"index": r.index, **(entry if isinstance(entry, dict) else {"entry": entry})}
+                        for r, entry in ((r, r.to_json()) for r in self.records)],
             "by_clip_name": {
                 "num_records": clip.num_records,
                 "num_videos": clip.num_videos,

@@ -66,18 +66,45 @@ def binarize_mask(mask: np.ndarray, rule: MaskRule = MaskRule()) -> np.ndarray:
     return (values >= threshold) & (values > 0.0)
 
 
+def imdlbenco_binarize(rgb: np.ndarray) -> np.ndarray:
+    """IMDLBenCo's ground truth of a mask image decoded as RGB (H x W x 3 uint8): a pixel is manipulated
+    when the mean of its three channels is above 127.5 (its ``abstract_dataset``). Only the
+    IMDLBenCo-convention metrics use it (``evaluation.metrics``), so that they can sit next to a table
+    IMDLBenCo produced; everything else uses :func:`binarize_mask`."""
+    # mean > 127.5 is sum > 382.5; the integer sum avoids a float copy of a full-resolution mask.
+    return rgb.sum(axis=2, dtype=np.uint16) > 382
+
+
 def load_binary_mask(record: Record, data_root: str | os.PathLike, rule: MaskRule = MaskRule()) -> np.ndarray:
     """The record's ground-truth mask at the original image resolution (bool, H x W).
 
-    Reals give zeros of their ``"HxW"``; fakes read the mask image as grayscale and binarise it.
+    Reals give zeros of their ``"HxW"`` (of the image's own size for a foreign index's authentic image);
+    fakes read the mask image as grayscale and binarise it.
     """
     if record.label == 0:
+        if record.size_from_image:
+            with Image.open(Path(data_root) / record.image_path) as img:
+                return np.zeros((img.height, img.width), dtype=bool)
         if record.mask_size is None:
             raise ValueError(f'record {record.index} ({record.image_path}) is real but has no "HxW" mask_path; run check_data.py on the index.')
         return np.zeros(record.mask_size, dtype=bool)
-    if record.mask_path is None:
-        raise ValueError(f"record {record.index} ({record.image_path}) is fake but names no mask image; run check_data.py on the index.")
-    path = Path(data_root) / record.mask_path
-    with Image.open(path) as img:
+    with Image.open(_mask_file(record, data_root)) as img:
         gray = np.asarray(img.convert("L"))
     return binarize_mask(gray, rule)
+
+
+def _mask_file(record: Record, data_root: str | os.PathLike) -> Path:
+    if record.mask_path is None:
+        raise ValueError(f"record {record.index} ({record.image_path}) is fake but names no mask image; run check_data.py on the index.")
+    return Path(data_root) / record.mask_path
+
+
+def load_fake_truths(record: Record, data_root: str | os.PathLike,
+                     rule: MaskRule = MaskRule()) -> tuple[np.ndarray, np.ndarray]:
+    """A fake's two ground truths from one decode of its mask: ours (:func:`binarize_mask` of the grayscale
+    mask, exactly what :func:`load_binary_mask` gives) and IMDLBenCo's (:func:`imdlbenco_binarize`)."""
+    with Image.open(_mask_file(record, data_root)) as img:
+        gray = np.asarray(img.convert("L"))
+        # A grayscale mask decodes to three equal channels: their mean is the grey level itself.
+        imdlbenco = gray > 127 if img.mode == "L" else imdlbenco_binarize(np.asarray(img.convert("RGB")))
+    return binarize_mask(gray, rule), imdlbenco

@@ -1,8 +1,9 @@
 """Index records (`annotation.json`, `train_idx.json`, `val_idx.json`) and the clip name.
 
-An index file is a JSON list of ``{"image_path", "mask_path", "label"}`` with paths relative to the
+Our index file is a JSON list of ``{"image_path", "mask_path", "label"}`` with paths relative to the
 data root. Fakes (label 1) name a mask image; reals (label 0) carry the image size ``"HxW"``
-(height first) instead, meaning an all-zero mask.
+(height first) instead, meaning an all-zero mask. IMDLBenCo's formats (pairs and Tp/ + Gt/ folders,
+``formats``) are read into the same Records, their paths absolute.
 
 Parsing rejects only a file that is not an index at all (missing, not JSON, not a JSON list): one
 error naming the file. A record that is wrong in itself (not an object, a missing key, a wrong JSON
@@ -16,9 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+# BadIndex is raised by the readers in ``formats`` and stays importable from here, where callers met it first.
+from qwen_forensics.data.formats import BadIndex as BadIndex
+from qwen_forensics.data.formats import IndexEntry, read_index_source
 
 REQUIRED_KEYS = ("image_path", "mask_path", "label")
 
@@ -62,7 +67,9 @@ class Record:
 
     ``defect`` says why the entry is not a readable record (``label "1" is a string: write 1``); such a
     record keeps the entry as written in ``raw`` and is never trained or evaluated on: validation
-    reports it, the bad-sample policy fails or skips it.
+    reports it, the bad-sample policy fails or skips it. A record of a foreign index (``formats``) keeps
+    its entry as written there in ``raw`` too. ``size_from_image``: a real whose all-zero mask has the
+    image's own size (the foreign formats state no size).
     """
 
     image_path: str
@@ -72,6 +79,7 @@ class Record:
     index: int
     defect: str | None = None
     raw: Any = field(default=None, compare=False, repr=False)
+    size_from_image: bool = False
 
     @property
     def video(self) -> str:
@@ -79,8 +87,9 @@ class Record:
         return video_key(self.image_path)
 
     def to_json(self) -> dict:
-        """The record in the index-file format it was read from (a defective entry as it was written)."""
-        if self.defect is not None:
+        """The record in the index-file format it was read from (a defective or foreign entry as it was
+        written)."""
+        if self.defect is not None or self.raw is not None:
             return self.raw
         if self.mask_size is not None:
             mask = f"{self.mask_size[0]}x{self.mask_size[1]}"
@@ -142,29 +151,39 @@ def record_from_json(obj: object, index: int) -> Record:
     return Record(image_path=obj["image_path"], mask_path=mask_path, mask_size=mask_size, label=label, index=index)
 
 
-class BadIndex(SystemExit):
-    """An index that cannot be used as it is: a file that is not an index (missing, not JSON, not a
-    list), or, under ``on_bad_sample: "fail"``, one with bad records (``validate``). A ``SystemExit``:
-    the scripts stop before any model loads with this message, which names the file, every problem
-    and the fix, and no traceback."""
+def record_from_entry(entry: IndexEntry, index: int) -> Record:
+    """A Record from one entry of any index format (``formats.IndexEntry``)."""
+    if entry.defect is not None:
+        return Record(image_path="", mask_path=None, mask_size=None, label=-1, index=index, defect=entry.defect,
+                      raw=entry.written)
+    record = record_from_json(entry.value, index)
+    if entry.written is None:
+        return record
+    return replace(record, raw=entry.written, size_from_image=entry.size_from_image)
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index read in its format (``formats``): the Records in order, and for a folder the masks no image
+    claims and what the pairing decided."""
+    path: Path
+    format: str
+    records: list[Record]
+    unpaired_masks: list[str]
+    notes: list[str]
+
+
+def read_index(path: str | os.PathLike) -> Index:
+    """Read an index in any format into Records, one per entry (defective entries included, see
+    :func:`record_from_json`); a path that is not an index raises :class:`BadIndex`."""
+    source = read_index_source(path)
+    records = [record_from_entry(entry, i) for i, entry in enumerate(source.entries)]
+    return Index(source.path, source.format, records, source.unpaired_masks, source.notes)
 
 
 def load_index(path: str | os.PathLike) -> list[Record]:
-    """Read an index file into Records, one per entry (defective entries included, see
-    :func:`record_from_json`); a file that is not an index raises :class:`BadIndex`."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadIndex(f"index file {path} does not exist; check the annotation path in the config.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadIndex(f"{path}: not valid JSON ({err}); an index is a JSON list of records "
-                       '{"image_path", "mask_path", "label"}: fix the index file.') from None
-    if not isinstance(data, list):
-        raise BadIndex(f"{path}: the top level must be a JSON list of records, got {type(data).__name__} "
-                       '(each record {"image_path", "mask_path": path or "HxW", "label": 0 or 1}); fix the '
-                       "index file.")
-    return [record_from_json(obj, i) for i, obj in enumerate(data)]
+    """The Records of an index in any format (:func:`read_index`)."""
+    return read_index(path).records
 
 
 def save_index(records: list[Record], path: str | os.PathLike) -> None:

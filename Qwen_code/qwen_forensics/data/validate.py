@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from qwen_forensics.data.records import BadIndex, Record, load_index
+from qwen_forensics.data.formats import FORMAT_NAMES, RECORDS
+from qwen_forensics.data.records import BadIndex, Index, Record, read_index
 
 # Problem kinds (short codes used in reports and skipped_records.json).
 EMPTY_INDEX = "empty_index"
@@ -30,6 +31,7 @@ BAD_SIZE_STRING = "bad_hxw"
 BAD_LABEL = "bad_label"
 SIZE_MISMATCH = "size_mismatch"
 DUPLICATE = "duplicate"
+UNPAIRED_MASK = "unpaired_mask"  # a mask of a Tp/ + Gt/ folder that no image claims (index-wide)
 
 POLICIES = ("fail", "skip")
 SKIPPED_FILE = "skipped_records.json"
@@ -55,7 +57,8 @@ class ValidationReport:
 
     ``size_histogram`` counts ``"HxW"`` image sizes: read from the files when files were checked,
     otherwise only the reals' ``"HxW"`` strings are known (fakes carry no size in the index).
-    ``num_skipped`` is filled in by `apply_bad_sample_policy`, for the metrics.
+    ``num_skipped`` is filled in by `apply_bad_sample_policy`, for the metrics. ``format``: the index's
+    format (``formats``).
     """
 
     source: str
@@ -66,6 +69,7 @@ class ValidationReport:
     image_sizes: dict[int, tuple[int, int]]
     files_checked: bool
     num_skipped: int = 0
+    format: str = RECORDS
 
     @property
     def num_records(self) -> int:
@@ -85,7 +89,8 @@ class ValidationReport:
     def summary(self, top_sizes: int = 10) -> str:
         """Human-readable report (the text check_data.py prints)."""
         n = self.num_records
-        lines = [f"index: {self.source}", f"records: {n}" + ("" if self.files_checked else " (index only, files not checked)")]
+        lines = [f"index: {self.source}", f"format: {FORMAT_NAMES[self.format]}",
+                 f"records: {n}" + ("" if self.files_checked else " (index only, files not checked)")]
         for label, count in sorted(self.label_counts.items()):
             share = 100.0 * count / n if n else 0.0
             lines.append(f"  label {label}: {count} ({share:.1f}%)")
@@ -107,6 +112,7 @@ class ValidationReport:
     def to_dict(self) -> dict:
         return {
             "source": self.source,
+            "format": self.format,
             "num_records": self.num_records,
             "files_checked": self.files_checked,
             "label_counts": {str(k): v for k, v in sorted(self.label_counts.items())},
@@ -183,7 +189,7 @@ def validate_records(
     for rec in records_ok:
         if rec.label not in (0, 1):
             add(rec, BAD_LABEL, f"label {rec.label!r} is not 0 (real) or 1 (fake)")
-        if rec.label == 0 and rec.mask_size is None:
+        if rec.label == 0 and rec.mask_size is None and not rec.size_from_image:
             add(rec, BAD_SIZE_STRING, f'real record needs mask_path "HxW" (height x width, e.g. "720x1280"), got {rec.mask_path!r}')
         if rec.label == 1 and rec.mask_path is None:
             got = _fmt(rec.mask_size) if rec.mask_size else None
@@ -238,11 +244,26 @@ def validate_records(
     )
 
 
+def validate_index(index: Index, data_root: str | os.PathLike, *, check_files: bool = True,
+                   workers: int | None = None) -> ValidationReport:
+    """:func:`validate_records` of an index read in its format (``records.read_index``): its masks that no
+    image claims are index-wide problems too, and the report names the format."""
+    report = validate_records(index.records, data_root, check_files=check_files, source=str(index.path),
+                              workers=workers)
+    unpaired = [Problem(None, "", UNPAIRED_MASK, f"mask {mask} belongs to no image (no image of that stem, "
+                        "without its suffix, in Tp/): add the image or move the mask out")
+                for mask in index.unpaired_masks]
+    report.problems[:0] = unpaired
+    report.format = index.format
+    return report
+
+
 def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str | os.PathLike) -> list[Record]:
     """Act on a report: ``"fail"`` stops listing every problem; ``"skip"`` drops bad records.
 
     With ``"skip"`` the dropped records and their reasons go to ``out_dir/skipped_records.json``
-    (written even when nothing was skipped, as evidence) and ``report.num_skipped`` is set.
+    (written even when nothing was skipped, as evidence) with the index-wide problems (a folder's
+    unpaired masks) under ``index_problems``, and ``report.num_skipped`` is set.
     Either way an index that leaves no usable record stops the run. Stopping is :class:`BadIndex`
     (the report as its message, no traceback).
     """
@@ -271,7 +292,9 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / SKIPPED_FILE).write_text(
-            json.dumps({"source": report.source, "num_skipped": len(skipped), "skipped": skipped}, indent=2, ensure_ascii=False) + "\n",
+            json.dumps({"source": report.source, "format": report.format, "num_skipped": len(skipped),
+                        "skipped": skipped, "index_problems": [vars(p) for p in report.problems if p.index is None]},
+                       indent=2, ensure_ascii=False) + "\n",
             encoding="utf-8",
         )
         report.num_skipped = len(skipped)
@@ -281,15 +304,24 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str 
     return good
 
 
-def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path,
-               accelerator) -> tuple[list[Record], int]:
-    """Load and validate a whole index up front; fail listing every problem, or skip and list them.
+@dataclass(frozen=True)
+class LoadedSplit:
+    """An index ready to evaluate or train on: its usable records, how many bad ones the policy skipped
+    (evaluations report it with their metrics) and its format (``formats``; in every evaluation CSV row)."""
+    records: list[Record]
+    skipped: int
+    format: str
 
-    Returns the usable records and how many were skipped (evaluations report it with their
-    metrics). Only the main process writes the skipped-records list; the others validate identically.
-    """
-    records = load_index(index_path)
-    report = validate_records(records, data_root, source=str(index_path))
+
+def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path, accelerator) -> LoadedSplit:
+    """Read an index in its format, printing which, and validate it whole up front; fail listing every
+    problem, or skip and list them. Only the main process writes the skipped-records list; the others
+    validate identically."""
+    index = read_index(index_path)
+    accelerator.print(f"[data] {index_path}: {FORMAT_NAMES[index.format]}; {len(index.records)} entries")
+    for note in index.notes:
+        accelerator.print(f"[data] {index_path}: {note}")
+    report = validate_index(index, data_root)
     if accelerator.is_main_process:
         good = apply_bad_sample_policy(report, policy, skip_dir)
     else:
@@ -298,4 +330,4 @@ def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path,
     if report.num_skipped:
         accelerator.print(f"{index_path}: skipped {report.num_skipped} bad record(s), listed in "
                           f"{skip_dir / 'skipped_records.json'}")
-    return good, report.num_skipped
+    return LoadedSplit(good, report.num_skipped, index.format)

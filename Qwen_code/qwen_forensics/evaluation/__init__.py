@@ -2,21 +2,25 @@
 runner every evaluation script uses (``predictions``); the SPEC 7 metrics (``metrics``) and the pixel
 scoring at the original resolution beside them (``scoring``); the shared end of every evaluation
 script: predictions file, pictures, report, CSV row (``outputs``); the validation-index leak guard
-(``leak_guard``); and prediction on arbitrary image files for ``predict.py`` (``images``).
+(``leak_guard``); prediction on arbitrary image files for ``predict.py`` and with any task's checkpoint
+(``images``); many test sets with one model (``benchmark``); challenge submission files (``submission``).
 """
 
-from qwen_forensics.evaluation.images import (IMAGE_SUFFIXES, PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, Predictions,
+from qwen_forensics.evaluation.benchmark import Benchmark, benchmark_outputs, parse_sets
+from qwen_forensics.evaluation.images import (PREDICT_OUTPUTS, RUN_JSON, CheckpointRunner, HeatmapFiles, Predictions,
                                               collect_images, predict_images, primary_score, write_predictions)
 from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split, guard_training_split
 from qwen_forensics.evaluation.metrics import hybrid_scores, image_report
-from qwen_forensics.evaluation.outputs import (REPORT_NAME, PictureWriter, evaluation_outputs, finish_evaluation,
-                                               generated_columns, prediction_rows)
+from qwen_forensics.evaluation.outputs import (REPORT_NAME, PictureWriter, each_batch, evaluation_outputs,
+                                               finish_evaluation, generated_columns, prediction_rows)
 from qwen_forensics.evaluation.predictions import (SplitEvaluator, answer_logits, answer_scorer, eval_batch,
                                                    predict_heads, predict_hybrid)
-from qwen_forensics.evaluation.scoring import HeatmapSource, PixelCounter, score_heads
+from qwen_forensics.evaluation.scoring import HYBRID_IMAGE_KEYS, HeatmapSource, PixelCounter, score_heads, score_hybrid
+from qwen_forensics.evaluation.submission import SubmissionWriter
 
-__all__ = ["HeatmapFiles", "HeatmapSource", "IMAGE_SUFFIXES", "PREDICT_OUTPUTS", "PictureWriter", "PixelCounter",
-           "Predictions", "REPORT_NAME", "RUN_JSON", "SplitEvaluator", "answer_logits", "answer_scorer",
-           "collect_images", "eval_batch", "evaluation_outputs", "finish_evaluation", "generated_columns",
-           "guard_checkpoint_split", "guard_training_split", "hybrid_scores", "image_report", "predict_heads",
-           "predict_hybrid", "predict_images", "prediction_rows", "primary_score", "score_heads", "write_predictions"]
+__all__ = ["Benchmark", "CheckpointRunner", "HYBRID_IMAGE_KEYS", "HeatmapFiles", "HeatmapSource", "PREDICT_OUTPUTS",
+           "PictureWriter", "PixelCounter", "Predictions", "REPORT_NAME", "RUN_JSON", "SplitEvaluator", "SubmissionWriter",
+           "answer_logits", "answer_scorer", "benchmark_outputs", "collect_images", "each_batch", "eval_batch",
+           "evaluation_outputs", "finish_evaluation", "generated_columns", "guard_checkpoint_split",
+           "guard_training_split", "hybrid_scores", "image_report", "parse_sets", "predict_heads", "predict_hybrid",
+           "predict_images", "prediction_rows", "primary_score", "score_heads", "score_hybrid", "write_predictions"]

@@ -6,9 +6,10 @@ Three steps, each reusing what the evaluation scripts use:
    training recorded (base model, image size, prompt); nothing needs repeating on the command line.
 2. :func:`collect_images`: the inputs (files and folders) checked with ``validate.inspect_image``;
    unreadable, truncated and non-image files are listed with the reason, never dropped silently.
-3. :func:`predict_images`: the task's own loaders, collators and batched scorers
-   (``evaluation.predict_heads``, ``evaluation.score_answers``, ``evaluation.predict_hybrid``) over
-   ``data.dataset.ImageFileDataset`` (letterboxed to the checkpoint's ``image_size`` as in evaluation).
+3. :func:`predict_images`: the task's own collators and batched scorers (:class:`CheckpointRunner`:
+   ``evaluation.predict_heads``, ``evaluation.score_answers``, ``evaluation.predict_hybrid``; the model
+   loaded once, as ``benchmark_sets.py`` uses it too) over ``data.dataset.ImageFileDataset``
+   (letterboxed to the checkpoint's ``image_size`` as in evaluation).
 """
 
 from __future__ import annotations
@@ -27,22 +28,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from qwen_forensics.checkpoints.adapters import load_adapter_strict
-from qwen_forensics.checkpoints.detect import TASK1, TASK2, Checkpoint
+from qwen_forensics.checkpoints.detect import TASK1, TASK2, TASK3, Checkpoint
 from qwen_forensics.checkpoints.task1 import attach_task1_checkpoint
 from qwen_forensics.checkpoints.task2 import adapter_setup
-from qwen_forensics.checkpoints.task3 import answer_ids_for, load_hybrid_model
+from qwen_forensics.checkpoints.task3 import answer_ids_for, load_hybrid_model, read_hybrid_spec
 from qwen_forensics.config.dtypes import precision
 from qwen_forensics.data.collate import SIZE_KEY, THUMB_KEY, HybridCollator, ImageBatchCollator, make_collator
 from qwen_forensics.data.dataset import ImageFileDataset
+from qwen_forensics.data.formats import IMAGE_SUFFIXES
 from qwen_forensics.data.geometry import letterbox_geometry, unletterbox_stack
 from qwen_forensics.data.validate import inspect_image
 from qwen_forensics.files import BackgroundWriter
 from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid, score_answers
+from qwen_forensics.evaluation.scoring import PixelCounter
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.report.pictures import save_overlay_jpeg, save_probability_map
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -101,52 +102,94 @@ class Predictions:
     seconds: float = 0.0                       # the prediction loop alone
 
 
+class CheckpointRunner:
+    """A detected checkpoint (``checkpoints.detect_checkpoint``) ready to predict with its own parts (heads,
+    LM answer or both): its processor and collator come first, before any weights (the processor checks
+    the image size against the model); :meth:`load` loads the model once, in bfloat16 on a GPU
+    (``config.precision``); then :meth:`predict` runs the loop of the evaluation script of that task over
+    any number of loaders (``predict.py``, ``benchmark_sets.py``)."""
+
+    def __init__(self, ckpt: Checkpoint, model_path: str, accelerator, *, fast_paths: bool = True):
+        self.ckpt, self.model_path, self.accelerator, self.fast_paths = ckpt, model_path, accelerator, fast_paths
+        self.run_in = precision("bfloat16", accelerator.device)
+        self.processor = load_processor(model_path, ckpt.image_size)
+        self.model = None
+        self.answer_ids: tuple[int, int] | None = None
+        if ckpt.kind == TASK2:
+            self.setup = adapter_setup(ckpt.folder)
+            self.answer_ids = answer_token_ids(self.processor, self.setup.fake_word, self.setup.real_word)
+        elif ckpt.kind == TASK3:
+            self.spec = read_hybrid_spec(ckpt.task3.fusion_file)
+            self.answer_ids = answer_ids_for(self.processor, self.spec)
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        """The P(fake) columns the checkpoint's evaluation script reports (thresholds are tuned per column)."""
+        return ("p_fake_lm", "p_fake_head") if self.ckpt.kind == TASK3 else ("p_fake",)
+
+    def collator(self):
+        """What the loaders collate with: the collator of the task's evaluation script."""
+        if self.ckpt.kind == TASK1:
+            return ImageBatchCollator(self.processor)
+        if self.ckpt.kind == TASK2:
+            return make_collator(self.processor, self.setup, train=False)
+        return HybridCollator(self.processor, self.spec.hybrid_prompt(self.processor))
+
+    def load(self) -> None:
+        """Load the base model with the checkpoint's parts attached, strictly (once)."""
+        weights = self.run_in.weights
+        if self.ckpt.kind == TASK1:
+            tower = load_vision_tower(self.model_path, dtype=weights, fast_paths=self.fast_paths)
+            self.model = self.accelerator.prepare(attach_task1_checkpoint(tower, self.ckpt.folder))
+            return
+        base = load_model(self.model_path, dtype=weights, device=self.accelerator.device, fast_paths=self.fast_paths)
+        if self.ckpt.kind == TASK2:
+            base.requires_grad_(False)
+            load_adapter_strict(base, self.ckpt.folder)
+            self.model = base
+        else:
+            self.model = load_hybrid_model(base, self.processor, self.ckpt.task3)[0]
+
+    def predict(self, loader, num_records: int, *, counter: PixelCounter | None = None, on_batch=None,
+                max_new_tokens: int = 0):
+        """One pass over ``loader``: ``HeadPredictions`` (Task 1), ``AnswerScores`` (Task 2) or
+        ``HybridPredictions`` (Task 3), every record once, in order. With heads, ``counter`` scores each
+        batch's heatmaps at the original resolution and ``on_batch(batch, heatmaps)`` sees each batch;
+        with an LM, ``max_new_tokens`` of greedy text come too."""
+        if self.ckpt.kind == TASK1:
+            return predict_heads(self.model, loader, self.accelerator, self.run_in.autocast, num_records, counter,
+                                 on_batch)
+        if self.ckpt.kind == TASK2:
+            fake_id, real_id = self.answer_ids
+            return score_answers(self.model, loader, self.accelerator, fake_token_id=fake_id, real_token_id=real_id,
+                                 num_records=num_records, max_new_tokens=max_new_tokens,
+                                 tokenizer=self.processor.tokenizer)
+        return predict_hybrid(self.model, loader, self.accelerator, self.answer_ids, self.run_in.autocast,
+                              num_records, max_new_tokens=max_new_tokens, tokenizer=self.processor.tokenizer,
+                              counter=counter, on_batch=on_batch)
+
+
 def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str, batch_size: int,
                    max_new_tokens: int, accelerator, num_workers: int = 0, fast_paths: bool = True,
                    on_batch=None) -> Predictions:
-    """Score ``images`` with the checkpoint's own parts (heads, LM answer or both), batched in bfloat16 on
-    a GPU (``config.precision``); with ``num_workers`` loader processes decoding and letterboxing them
-    meanwhile; ``fast_paths`` False runs plain transformers. ``on_batch(batch, heatmaps)`` sees each
-    batch of a checkpoint with heads (:class:`HeatmapFiles` writes its pictures meanwhile)."""
-    on_gpu = accelerator.device.type == "cuda"
-    run_in = precision("bfloat16", accelerator.device)
-    dtype, amp_dtype = run_in.weights, run_in.autocast
+    """Score ``images`` with the checkpoint's own parts (:class:`CheckpointRunner`); with ``num_workers``
+    loader processes decoding and letterboxing them meanwhile; ``fast_paths`` False runs plain
+    transformers. ``on_batch(batch, heatmaps)`` sees each batch of a checkpoint with heads
+    (:class:`HeatmapFiles` writes its pictures meanwhile)."""
+    runner = CheckpointRunner(ckpt, model_path, accelerator, fast_paths=fast_paths)
     dataset = ImageFileDataset(images, ckpt.image_size, OVERLAY_SIDE if ckpt.has_heads else None)
-
-    def loader(collate):
-        return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=on_gpu,
-                                              num_workers=num_workers))
-
-    processor = load_processor(model_path, ckpt.image_size)
-    if ckpt.kind == TASK1:
-        model = attach_task1_checkpoint(load_vision_tower(model_path, dtype=dtype, fast_paths=fast_paths), ckpt.folder)
-        model = accelerator.prepare(model)
-        started = time.perf_counter()
-        heads = predict_heads(model, loader(ImageBatchCollator(processor)), accelerator, amp_dtype, len(images),
-                              on_batch=on_batch)
-        return Predictions(p_fake_head=heads.p_fake, heatmaps=heads.heatmaps, started=started,
-                           seconds=time.perf_counter() - started)
-
-    base = load_model(model_path, dtype=dtype, device=accelerator.device, fast_paths=fast_paths)
-    if ckpt.kind == TASK2:
-        setup = adapter_setup(ckpt.folder)
-        base.requires_grad_(False)
-        load_adapter_strict(base, ckpt.folder)
-        fake_id, real_id = answer_token_ids(processor, setup.fake_word, setup.real_word)
-        started = time.perf_counter()
-        scores = score_answers(base, loader(make_collator(processor, setup, train=False)), accelerator,
-                               fake_token_id=fake_id, real_token_id=real_id, num_records=len(images),
-                               max_new_tokens=max_new_tokens, tokenizer=processor.tokenizer)
-        return Predictions(p_fake_lm=scores.p_fake, answers=scores.generated, started=started,
-                           seconds=time.perf_counter() - started)
-
-    model, spec = load_hybrid_model(base, processor, ckpt.task3)
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=runner.collator(),
+                                            pin_memory=accelerator.device.type == "cuda", num_workers=num_workers))
+    runner.load()
     started = time.perf_counter()
-    hybrid = predict_hybrid(model, loader(HybridCollator(processor, model.prompt)), accelerator,
-                            answer_ids_for(processor, spec), amp_dtype, len(images), max_new_tokens=max_new_tokens,
-                            tokenizer=processor.tokenizer, on_batch=on_batch)
-    return Predictions(p_fake_head=hybrid.p_fake_head, heatmaps=hybrid.heatmaps, p_fake_lm=hybrid.p_fake_lm,
-                       answers=hybrid.generated, started=started, seconds=time.perf_counter() - started)
+    got = runner.predict(loader, len(images), on_batch=on_batch, max_new_tokens=max_new_tokens)
+    seconds = time.perf_counter() - started
+    if ckpt.kind == TASK1:
+        return Predictions(p_fake_head=got.p_fake, heatmaps=got.heatmaps, started=started, seconds=seconds)
+    if ckpt.kind == TASK2:
+        return Predictions(p_fake_lm=got.p_fake, answers=got.generated, started=started, seconds=seconds)
+    return Predictions(p_fake_head=got.p_fake_head, heatmaps=got.heatmaps, p_fake_lm=got.p_fake_lm,
+                       answers=got.generated, started=started, seconds=seconds)
 
 
 OVERLAY_SIDE = 1024  # the overlay picture's long side at most, in pixels (never upscaled)

@@ -10,6 +10,12 @@ Conventions shared by every task:
   plain arrays, so keeping test data out of tuning is the caller's job.
 - Pixel metrics are computed at the original image resolution (the caller upsamples the heatmap
   and crops the letterbox padding first) against a mask binarised once by the data layer's rule.
+- The pixel columns follow three conventions (the README maps each to the benchmarks that use it):
+  per-image means over fakes with a non-empty mask (``pixel_f1``, ``pixel_iou``, ``pixel_auroc``), pooled
+  over those fakes' pixels (``pixel_f1_pooled``, ``pixel_iou_pooled``; SPEC 7 calls them ``cdice`` and
+  ``ciou``, kept), and IMDLBenCo's (``imdlbenco_pixel_f1``, ``imdlbenco_pixel_iou``): per image over every
+  image, an authentic or empty-mask image scoring 0, a pixel positive when its probability is strictly
+  above the threshold, against the mask binarised as IMDLBenCo does (``data.masks.imdlbenco_binarize``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 IMAGE_REPORT_KEYS = (
@@ -216,28 +223,92 @@ def _check_pixel_inputs(pred_prob: Any, gt_mask: Any) -> tuple[np.ndarray, np.nd
     return prob, gt
 
 
+def twice_mann_whitney_u(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Per row of ``scores`` [k, n] with labels ``positive`` (bool [k, n]): twice the Mann-Whitney U of the
+    positives' scores against the negatives', ties counting half (int64 [k], on the scores' device).
+
+    A row's AUROC is ``2U / (2 P N)`` (P positives, N negatives): exactly ``sklearn.metrics.roc_auc_score``,
+    whose trapezoids over tied scores are the half counts. Twice U is an integer, ``sum over positives of
+    (first + last 1-based rank of its run of equal scores) - P (P + 1)``, so the loop keeps integers only and
+    the order in which images or processes arrive cannot change the result.
+    """
+    values, order = scores.sort(dim=1)
+    labels = positive.gather(1, order)
+    n = values.shape[1]
+    index = torch.arange(n, device=values.device).expand_as(values)
+    new_run = torch.ones_like(labels)
+    new_run[:, 1:] = values[:, 1:] != values[:, :-1]
+    ends_run = torch.ones_like(labels)
+    ends_run[:, :-1] = new_run[:, 1:]
+    first = torch.where(new_run, index, 0).cummax(dim=1).values
+    last = torch.where(ends_run, index, n - 1).flip(1).cummin(dim=1).values.flip(1)
+    count = labels.sum(dim=1)
+    return torch.where(labels, first + last + 2, 0).sum(dim=1) - count * (count + 1)
+
+
+def imdlbenco_f1_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
+    """IMDLBenCo's per-image F1 and IoU: 2TP/(2TP+FP+FN) and TP/(TP+FP+FN) (its ``PixelF1``/``PixelIOU``
+    without their 1e-8 guards), and 0 whenever TP is 0: an authentic image, or a fake with an empty mask,
+    scores 0 whatever is predicted."""
+    if tp == 0:
+        return 0.0, 0.0
+    return 2.0 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
 @dataclass(frozen=True)
 class PixelCounts:
     """One image scored at the original resolution: true / false positive and false negative pixels,
-    the binarised ground truth's pixels and all pixels (everything the per-image metrics need)."""
+    the binarised ground truth's pixels and all pixels; twice the Mann-Whitney U of the probabilities
+    of the ground truth's pixels against the others' (:func:`twice_mann_whitney_u`); and the true / false
+    positives and false negatives of IMDLBenCo's convention (``prob > threshold`` against its own
+    binarisation of the mask). Everything the per-image metrics need."""
     tp: int
     fp: int
     fn: int
     gt: int
     pixels: int
+    auc_2u: int
+    imdlbenco_tp: int
+    imdlbenco_fp: int
+    imdlbenco_fn: int
 
     @property
     def mask_area(self) -> float:
         """The fraction of the image's pixels in the binarised ground truth (0 for reals)."""
         return self.gt / self.pixels if self.pixels else 0.0
 
+    @property
+    def pixel_auroc(self) -> float:
+        """The image's pixel AUROC; NaN when its ground truth is empty or covers every pixel."""
+        pairs = self.gt * (self.pixels - self.gt)
+        return self.auc_2u / (2 * pairs) if pairs else float("nan")
+
+
+def pixel_counts(prob: Any, gt: Any, threshold: float, imdlbenco_gt: Any | None = None) -> PixelCounts:
+    """:class:`PixelCounts` of one full-resolution map on the host, what the evaluation loop computes on the
+    accelerator (``scoring.PixelCounter``); ``imdlbenco_gt``: the mask as IMDLBenCo binarises it (default
+    ``gt``: a mask that is already binary binarises the same way)."""
+    prob, gt = _check_pixel_inputs(prob, gt)
+    other = gt if imdlbenco_gt is None else _check_pixel_inputs(prob, imdlbenco_gt)[1]
+    pred = prob >= threshold
+    tp, fp, fn = pixel_confusion(pred, gt)
+    strict = pixel_confusion(prob > threshold, other)
+    u2 = int(twice_mann_whitney_u(torch.from_numpy(np.ascontiguousarray(prob)).reshape(1, -1),
+                                  torch.from_numpy(np.ascontiguousarray(gt)).reshape(1, -1))[0])
+    return PixelCounts(tp, fp, fn, int(np.count_nonzero(gt)), pred.size, u2, *strict)
+
 
 class PixelMetricAccumulator:
-    """Accumulates the SPEC 7 pixel metrics image by image; mergeable across processes.
+    """Accumulates the pixel metrics image by image (SPEC 7 and the conventions of the module doc);
+    mergeable across processes.
 
-    Fakes: per-image F1/IoU averaged over images (``pixel_f1``, ``pixel_iou``) and the cumulative
-    ``ciou`` = sum TP / sum (TP+FP+FN) and ``cdice`` = 2 sum TP / (2 sum TP + sum FP + sum FN).
+    Fakes: per-image F1/IoU averaged over images (``pixel_f1``, ``pixel_iou``), the cumulative
+    ``ciou`` = sum TP / sum (TP+FP+FN) and ``cdice`` = 2 sum TP / (2 sum TP + sum FP + sum FN) (also under
+    the names that say what they are, ``pixel_iou_pooled`` and ``pixel_f1_pooled``) and the per-image pixel
+    AUROC averaged over the fakes whose mask also leaves pristine pixels (``pixel_auroc``).
     Reals: ``false_alarm`` = mean over reals of the fraction of pixels predicted positive.
+    All of them score against our binarisation of the mask; IMDLBenCo's columns, against its own, are
+    :func:`imdlbenco_pixel_metrics`.
 
     A fake whose binarised mask is empty has no region to localise: its F1/IoU would measure the
     labelling, not the model. Such fakes are counted in ``num_fake_empty_mask`` and excluded from
@@ -252,6 +323,7 @@ class PixelMetricAccumulator:
         self.threshold = float(threshold)
         self.fake_f1: list[float] = []
         self.fake_iou: list[float] = []
+        self.fake_auroc: list[float] = []
         self.real_positive_fraction: list[float] = []
         self.sum_tp = 0
         self.sum_fp = 0
@@ -264,10 +336,7 @@ class PixelMetricAccumulator:
         ``pred_prob``: (H, W) probabilities at the original resolution; ``gt_mask``: (H, W)
         binarised mask (all False for reals); ``label``: 1 fake, 0 real.
         """
-        prob, gt = _check_pixel_inputs(pred_prob, gt_mask)
-        pred = prob >= self.threshold
-        tp, fp, fn = pixel_confusion(pred, gt)
-        return self.add_counts(PixelCounts(tp, fp, fn, int(np.count_nonzero(gt)), pred.size), label)
+        return self.add_counts(pixel_counts(pred_prob, gt_mask, self.threshold), label)
 
     def add_counts(self, counts: "PixelCounts", label: int) -> dict[str, Any]:
         """:meth:`update` from one image's counts (what the evaluation loop computes on the accelerator)."""
@@ -283,12 +352,15 @@ class PixelMetricAccumulator:
             self.real_positive_fraction.append(positive_fraction)
             return {"positive_fraction": positive_fraction}
         f1, iou = f1_iou_from_counts(tp, fp, fn)
+        auroc = counts.pixel_auroc
         empty = counts.gt == 0
         if empty:
             self.num_fake_empty_mask += 1
         else:
             self.fake_f1.append(f1)
             self.fake_iou.append(iou)
+            if not math.isnan(auroc):
+                self.fake_auroc.append(auroc)
             self.sum_tp += tp
             self.sum_fp += fp
             self.sum_fn += fn
@@ -300,6 +372,7 @@ class PixelMetricAccumulator:
             "fn": fn,
             "pixel_f1": f1,
             "pixel_iou": iou,
+            "pixel_auroc": auroc,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -308,6 +381,7 @@ class PixelMetricAccumulator:
             "threshold": self.threshold,
             "fake_f1": list(self.fake_f1),
             "fake_iou": list(self.fake_iou),
+            "fake_auroc": list(self.fake_auroc),
             "real_positive_fraction": list(self.real_positive_fraction),
             "sum_tp": self.sum_tp,
             "sum_fp": self.sum_fp,
@@ -328,9 +402,8 @@ class PixelMetricAccumulator:
             raise ValueError(
                 f"cannot merge pixel metrics computed at threshold {state['threshold']} into one at {self.threshold}"
             )
-        self.fake_f1.extend(float(v) for v in state["fake_f1"])
-        self.fake_iou.extend(float(v) for v in state["fake_iou"])
-        self.real_positive_fraction.extend(float(v) for v in state["real_positive_fraction"])
+        for name in ("fake_f1", "fake_iou", "fake_auroc", "real_positive_fraction"):
+            getattr(self, name).extend(float(v) for v in state[name])
         self.sum_tp += int(state["sum_tp"])
         self.sum_fp += int(state["sum_fp"])
         self.sum_fn += int(state["sum_fn"])
@@ -342,17 +415,35 @@ class PixelMetricAccumulator:
         n_fake = len(self.fake_f1)
         n_real = len(self.real_positive_fraction)
         union = self.sum_tp + self.sum_fp + self.sum_fn
+        ciou = self.sum_tp / union if union else nan
+        cdice = 2.0 * self.sum_tp / (self.sum_tp + union) if union else nan
         return {
             "pixel_f1": math.fsum(self.fake_f1) / n_fake if n_fake else nan,
             "pixel_iou": math.fsum(self.fake_iou) / n_fake if n_fake else nan,
-            "ciou": self.sum_tp / union if union else nan,
-            "cdice": 2.0 * self.sum_tp / (self.sum_tp + union) if union else nan,
+            "ciou": ciou,
+            "cdice": cdice,
             "false_alarm": math.fsum(self.real_positive_fraction) / n_real if n_real else nan,
             "num_fake_scored": n_fake,
             "num_fake_empty_mask": self.num_fake_empty_mask,
             "num_real_scored": n_real,
             "pixel_threshold": self.threshold,
+            "pixel_f1_pooled": cdice,
+            "pixel_iou_pooled": ciou,
+            "pixel_auroc": math.fsum(self.fake_auroc) / len(self.fake_auroc) if self.fake_auroc else nan,
         }
+
+
+def imdlbenco_pixel_metrics(counts: Sequence[PixelCounts]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """IMDLBenCo's pixel F1 and IoU of a whole set (its ``PixelF1`` / ``PixelIOU`` averaged by its
+    ``MetricLogger``): the per-image values (:func:`imdlbenco_f1_iou` of each image's strict counts against
+    its binarisation of the mask) averaged over every image, authentic ones included. Returns the two
+    columns and each image's values, in order."""
+    per_image = [dict(zip(("imdlbenco_pixel_f1", "imdlbenco_pixel_iou"),
+                          imdlbenco_f1_iou(c.imdlbenco_tp, c.imdlbenco_fp, c.imdlbenco_fn))) for c in counts]
+    n = len(per_image)
+    nan = float("nan")
+    return ({key: math.fsum(v[key] for v in per_image) / n if n else nan
+             for key in ("imdlbenco_pixel_f1", "imdlbenco_pixel_iou")}, per_image)
 
 
 def hybrid_scores(lm_auroc: float, heads: Mapping[str, float]) -> dict[str, float]:

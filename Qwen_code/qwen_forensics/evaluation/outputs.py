@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -129,9 +129,21 @@ def gallery(source: HeatmapSource, rows: Sequence[Mapping[str, Any]], score_colu
     return [futures[i].result() for i in best], [futures[i].result() for i in worst]
 
 
-def evaluation_outputs(output_json: str | os.PathLike) -> list[str]:
-    """What an evaluation writes into its output folder (``runs``; the metrics CSV is appended, not listed)."""
-    return [RESOLVED_CONFIG_NAME, str(output_json), HEATMAP_DIR, REPORT_NAME, "skipped_*"]
+def evaluation_outputs(output_json: str | os.PathLike, submission: str | os.PathLike | None = None) -> list[str]:
+    """What an evaluation writes into its output folder (``runs``; the metrics CSV is appended, not listed),
+    and its submission folder (``--export-submission``) wherever that is."""
+    return [RESOLVED_CONFIG_NAME, str(output_json), HEATMAP_DIR, REPORT_NAME, "skipped_*",
+            *([str(submission)] if submission else [])]
+
+
+def each_batch(*hooks: Callable[[Mapping, torch.Tensor], None] | None) -> Callable[[Mapping, torch.Tensor], None]:
+    """One ``on_batch`` hook of a prediction loop that calls each given one (None: absent) in turn."""
+    present = [hook for hook in hooks if hook is not None]
+
+    def on_batch(batch: Mapping, heatmaps: torch.Tensor) -> None:
+        for hook in present:
+            hook(batch, heatmaps)
+    return on_batch
 
 
 def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str | os.PathLike,

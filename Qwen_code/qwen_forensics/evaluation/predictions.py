@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from qwen_forensics.data.collate import generate_inputs, hybrid_inputs, model_inputs, vision_grid
 from qwen_forensics.data.records import Record
-from qwen_forensics.data.validate import load_split
+from qwen_forensics.data.formats import RECORDS
+from qwen_forensics.data.validate import LoadedSplit, load_split
 from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.evaluation.scoring import PixelCounter
 from qwen_forensics.model.hybrid import HybridModel
@@ -34,13 +35,14 @@ from qwen_forensics.training.runtime import FirstBatch, LoaderClock, autocast, e
 @dataclass
 class SplitRun:
     """One evaluated index: the usable records, their gathered predictions (in record order), the
-    inference loop's throughput and how many bad records the policy skipped."""
+    inference loop's throughput, how many bad records the policy skipped and the index's format."""
     records: list[Record]
     predictions: Any
     seconds: float          # the inference loop alone
     skipped: int
     started: float          # time.perf_counter() when the first split's inference began
     data_wait: float = 0.0  # the part of ``seconds`` spent waiting for the loader
+    format: str = RECORDS
 
     @property
     def images_per_s(self) -> float:
@@ -67,9 +69,8 @@ class _DeviceBatches:
 
 @dataclass
 class _Split:
-    records: list[Record]
-    skipped: int
-    batches: Any
+    loaded: LoadedSplit
+    batches: Any = None     # the loader, once opened
 
 
 @dataclass
@@ -80,6 +81,11 @@ class SplitEvaluator:
     batches are ready when the weights are. :meth:`run`: time ``predict(loader, num_records,
     **kwargs)`` on each, which gathers the predictions in order. Under several processes the
     loaders are the accelerator's sharded ones and start when iterated.
+
+    ``benchmark_sets.py`` evaluates many indexes with one model: :meth:`validate` each up front,
+    :meth:`open` the first, then :meth:`tune` on the validation index and :meth:`evaluate` each in turn;
+    the loader of the index after the one being evaluated opens when that one starts, so its first
+    batches are decoded meanwhile.
 
     ``warm_up`` (default: on CUDA): before the first timed loop, ``predict`` runs once on that
     loader's first batch and its output is dropped. The first forward of a process compiles the
@@ -97,40 +103,83 @@ class SplitEvaluator:
     warm_up: bool | None = None
     _splits: dict[str, _Split] = field(default_factory=dict, init=False, repr=False)
     _runs: list[SplitRun] = field(default_factory=list, init=False, repr=False)
+    _started: float | None = field(default=None, init=False, repr=False)
 
     def start(self, test_index: str, val_index: str | None = None) -> None:
         """Validate and open the test index and the validation index (if any)."""
         for tag, index_path in (("val", val_index), ("test", test_index)):
-            if not index_path:
-                continue
-            records, skipped = load_split(index_path, self.data_root, self.on_bad_sample,
-                                          Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
-            loader = DataLoader(self.dataset(records), batch_size=self.batch_size, num_workers=self.num_workers,
-                                collate_fn=self.collate, pin_memory=self.accelerator.device.type == "cuda")
-            batches = (_DeviceBatches(loader, self.accelerator.device) if self.accelerator.num_processes == 1
-                       else self.accelerator.prepare(loader))
-            self._splits[tag] = _Split(records, skipped, FirstBatch(batches))
+            if index_path:
+                self.validate(tag, index_path)
+                self.open(tag)
+
+    def validate(self, tag: str, index_path: str) -> LoadedSplit:
+        """Read an index in its format and validate it whole (``data.load_split``), under ``tag``."""
+        loaded = load_split(index_path, self.data_root, self.on_bad_sample, Path(self.out_dir) / f"skipped_{tag}",
+                            self.accelerator)
+        self._splits[tag] = _Split(loaded)
+        return loaded
+
+    def discard(self, tag: str) -> None:
+        """Forget a validated index that will not be evaluated."""
+        self._splits.pop(tag, None)
+
+    def open(self, tag: str) -> None:
+        """Open the loader of a validated index (once)."""
+        split = self._splits[tag]
+        if split.batches is not None:
+            return
+        loader = DataLoader(self.dataset(split.loaded.records), batch_size=self.batch_size,
+                            num_workers=self.num_workers, collate_fn=self.collate,
+                            pin_memory=self.accelerator.device.type == "cuda")
+        batches = (_DeviceBatches(loader, self.accelerator.device) if self.accelerator.num_processes == 1
+                   else self.accelerator.prepare(loader))
+        split.batches = FirstBatch(batches)
 
     def _warm_up(self, tag: str, predict: Callable[..., Any], **predict_kwargs) -> None:
+        self.open(tag)
         split = self._splits[tag]
         start = synchronized_clock()
         batch = split.batches.first()
         if batch is None:
             return
         # Each process's first batch: together the first (processes x batch size) records.
-        predict([batch], min(self.batch_size * self.accelerator.num_processes, len(split.records)), **predict_kwargs)
+        predict([batch], min(self.batch_size * self.accelerator.num_processes, len(split.loaded.records)),
+                **predict_kwargs)
         self.accelerator.print(f"[warm-up] one throwaway batch before the timed loop (kernel compilation, GEMM "
                                f"selection; the batch is evaluated again in the loop): "
                                f"{synchronized_clock() - start:.2f} s")
 
-    def _predict(self, tag: str, predict: Callable[..., Any], started: float, **predict_kwargs) -> SplitRun:
+    def warm(self, tag: str, predict: Callable[..., Any], **predict_kwargs) -> None:
+        """The warm-up (when ``warm_up``, default on CUDA) on ``tag``'s first batch."""
+        if self.warm_up if self.warm_up is not None else self.accelerator.device.type == "cuda":
+            self._warm_up(tag, predict, **predict_kwargs)
+
+    def evaluate(self, tag: str, predict: Callable[..., Any], **predict_kwargs) -> SplitRun:
+        """Time ``predict`` over the index validated under ``tag``; the next index waiting opens meanwhile."""
+        self.open(tag)
         split = self._splits.pop(tag)
+        waiting = next(iter(self._splits), None)
+        if waiting is not None:
+            self.open(waiting)
         start = time.perf_counter()
+        if self._started is None:
+            self._started = start
         clock = LoaderClock(split.batches)
-        predictions = predict(clock, len(split.records), **predict_kwargs)
-        run = SplitRun(split.records, predictions, time.perf_counter() - start, split.skipped, started, clock.waited)
+        loaded = split.loaded
+        predictions = predict(clock, len(loaded.records), **predict_kwargs)
+        run = SplitRun(loaded.records, predictions, time.perf_counter() - start, loaded.skipped, self._started,
+                       clock.waited, loaded.format)
         self._runs.append(run)
         return run
+
+    def tune(self, predict: Callable[..., Any], scores: Sequence[str] = ("p_fake",),
+             **predict_kwargs) -> dict[str, float | None]:
+        """One threshold per score, tuned on the index validated as ``"val"`` (None per score without one)."""
+        if "val" not in self._splits:
+            return dict.fromkeys(scores)
+        val = self.evaluate("val", predict, **predict_kwargs)
+        labels = [r.label for r in val.records]
+        return {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
 
     def run(self, predict: Callable[..., Any], *, scores: Sequence[str] = ("p_fake",),
             val_kwargs: Mapping[str, Any] | None = None,
@@ -139,22 +188,20 @@ class SplitEvaluator:
         predictions; None without validation); then the test index, whose inference speed is printed."""
         if "test" not in self._splits:
             raise RuntimeError("SplitEvaluator.run: call start(test_index, val_index) first")
-        warm = self.warm_up if self.warm_up is not None else self.accelerator.device.type == "cuda"
-        if warm:
-            first = "val" if "val" in self._splits else "test"
-            self._warm_up(first, predict, **((val_kwargs if first == "val" else test_kwargs) or {}))
-        started = time.perf_counter()
-        tuned: dict[str, float | None] = dict.fromkeys(scores)
-        if "val" in self._splits:
-            val = self._predict("val", predict, started, **(val_kwargs or {}))
-            labels = [r.label for r in val.records]
-            tuned = {name: tune_threshold(labels, getattr(val.predictions, name)) for name in scores}
-        test = self._predict("test", predict, started, **(test_kwargs or {}))
+        first = "val" if "val" in self._splits else "test"
+        self.warm(first, predict, **((val_kwargs if first == "val" else test_kwargs) or {}))
+        tuned = self.tune(predict, scores, **(val_kwargs or {}))
+        test = self.evaluate("test", predict, **(test_kwargs or {}))
         return test, tuned
 
     def records(self, tag: str = "test") -> list[Record]:
-        """The usable records of a started split (before :meth:`run`)."""
-        return self._splits[tag].records
+        """The usable records of a validated split (before it is evaluated)."""
+        return self._splits[tag].loaded.records
+
+    @property
+    def evaluated(self) -> int:
+        """How many indexes were evaluated so far."""
+        return len(self._runs)
 
     def speed_line(self) -> str:
         """The evaluation's one ``[speed]`` line, printed once its last file is written: every evaluated

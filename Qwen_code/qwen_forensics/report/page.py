@@ -45,6 +45,7 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding: .3em 0
 figure { display: inline-block; vertical-align: top; max-width: 800px; margin: .5em 1em .5em 0; }
 figcaption { font-size: .85em; color: #444; overflow-wrap: anywhere; }
 img { max-width: 100%; }
+td.best { font-weight: 700; background: #e6f2e6; }
 """
 
 
@@ -249,3 +250,85 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
                                  title=title, description=description, gallery_best=gallery_best,
                                  gallery_worst=gallery_worst, pixel_note=pixel_note)
     return Report(atomic_write_text(out_path, page), tables)
+
+
+# ---------------------------------------------------------------------------------------- benchmark_sets.py
+BENCHMARK_HEADING = "Benchmark"
+# Columns where the best set is marked, by the metric's name without a Task 3 ``lm_`` / ``head_`` prefix.
+HIGHER_IS_BETTER = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "pixel_f1", "pixel_iou", "ciou",
+                    "cdice", "pixel_f1_pooled", "pixel_iou_pooled", "pixel_auroc", "imdlbenco_pixel_f1",
+                    "imdlbenco_pixel_iou", "score", "head_score")
+LOWER_IS_BETTER = ("false_alarm",)
+TEXT_COLUMNS = ("set", "format", "error")
+
+
+def metric_direction(column: str) -> str | None:
+    """``"higher"`` or ``"lower"`` for a quality metric (the best set is marked), None for any other column."""
+    base = column.removeprefix("lm_").removeprefix("head_") if column != "head_score" else column
+    if base in HIGHER_IS_BETTER:
+        return "higher"
+    return "lower" if base in LOWER_IS_BETTER else None
+
+
+def best_rows(table: Sequence[Mapping[str, Any]], column: str) -> set[int]:
+    """The rows holding the best finite value of a quality ``column`` (ties all marked; none if no value)."""
+    direction = metric_direction(column)
+    values = {i: float(row[column]) for i, row in enumerate(table)
+              if isinstance(row.get(column), (int, float, np.floating)) and math.isfinite(float(row[column]))}
+    if direction is None or not values:
+        return set()
+    best = max(values.values()) if direction == "higher" else min(values.values())
+    return {i for i, v in values.items() if v == best}
+
+
+@dataclass(frozen=True)
+class BenchmarkSection:
+    """One set of a benchmark report: its facts (index, format, counts, or why it failed), its metrics
+    (the CSV's names) and its per-image rows with the score columns to draw ROC / PR curves of (None for
+    a set that failed)."""
+    name: str
+    facts: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    rows: Sequence[Mapping[str, Any]] | None
+    score_columns: Sequence[str]
+
+
+def _benchmark_table(table: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    best = {c: best_rows(table, c) for c in columns}
+    head = "".join(f'<th class="text">{html.escape(c)}</th>' if c in TEXT_COLUMNS else f"<th>{html.escape(c)}</th>"
+                   for c in columns)
+    body = []
+    for i, row in enumerate(table):
+        cells = []
+        for c in columns:
+            text = html.escape(format_value(row.get(c)))
+            cells.append(f'<td class="text">{text}</td>' if c in TEXT_COLUMNS
+                         else f'<td class="best">{text}</td>' if i in best[c] else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _set_section(section: BenchmarkSection) -> str:
+    facts = pd.DataFrame({"key": list(section.facts), "value": list(section.facts.values())}, dtype=object)
+    parts = [html_table(facts, text_columns=("key", "value"))]
+    if section.rows is None:
+        return "\n".join(parts)
+    frame = rows_frame(section.rows, section.score_columns)
+    parts += [_curves_section(frame, section.score_columns), _metrics_section(section.metrics)]
+    return "\n".join(parts)
+
+
+def write_benchmark_report(out_path: str | os.PathLike, *, title: str, description: Mapping[str, Any],
+                           table: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                           sections: Sequence[BenchmarkSection]) -> Path:
+    """``benchmark_sets.py``'s self-contained report: the run's facts and the table on top (one row per set,
+    ``columns`` of the benchmark CSV, the best value of each quality column marked), then one section per
+    set with its facts, ROC / PR curves and every metric."""
+    info = pd.DataFrame({"key": list(description), "value": list(description.values())}, dtype=object)
+    legend = note("Best per column in bold (highest; lowest for false_alarm). Columns and the benchmark each "
+                  "convention follows: README, 'Benchmark tables'.")
+    body = [f"<h2>{BENCHMARK_HEADING}</h2>", html_table(info, text_columns=("key", "value")), legend,
+            _benchmark_table(table, columns)]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.name)}</h2>\n{_set_section(section)}")
+    return atomic_write_text(out_path, html_page(title, "\n".join(body)))

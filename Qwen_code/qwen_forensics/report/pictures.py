@@ -41,6 +41,11 @@ def save_probability_map(prob_map: np.ndarray, out_path: str | Path) -> Path:
     return _save(Image.fromarray(levels), out_path, compress_level=1)
 
 
+def save_binary_mask(mask: np.ndarray, out_path: str | Path) -> Path:
+    """A boolean mask as a one-channel PNG of 0 and 255 at its size (a challenge submission's mask)."""
+    return _save(Image.fromarray(mask.astype(np.uint8) * 255), out_path, compress_level=1)
+
+
 def save_overlay_jpeg(rgb: np.ndarray, prob_map: np.ndarray, out_path: str | Path, *, alpha: float = 0.5) -> Path:
     """``rgb`` (H x W x 3 uint8, e.g. a thumbnail of the image) with ``prob_map`` (same H x W) blended over
     it, as a JPEG (quality 90): a picture to look at, small and quick to write."""

@@ -29,6 +29,10 @@ SAVE_HEATMAPS_HELP = ("heatmaps/ pictures (image | ground truth | overlay): gall
 GPU_MEMORY_HELP = ("plan the run for a card with this much GPU memory in GiB (e.g. 24): the check before the first "
                    "step, which stops a batch that would not fit and names the keys that make it fit, uses it instead "
                    "of the card's own (null: the card's)")
+EXPORT_SUBMISSION_HELP = ("folder for a challenge submission (IJCAI 2025 DDL layout): prediction.txt with one "
+                          "'{image file name},{p_fake:.4f}' line per image, mask/{image stem}.png (0/255 at the "
+                          "original size, pixel_threshold) and submission.zip; a name is a folder in out_dir "
+                          "(null: none)")
 FAST_PATHS_HELP = ("the fast paths (batched window attention, fused kernels; same results up to float summation "
                    "order, several times faster on a GPU); false runs plain transformers")
 

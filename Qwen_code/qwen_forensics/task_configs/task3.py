@@ -9,9 +9,10 @@ from qwen_forensics.checkpoints.names import (ADAPTER_DIR, FINAL_DIR, FUSION_FIL
                                               weights_file)
 from qwen_forensics.config.loading import option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, GPU_MEMORY_HELP, SAVE_HEATMAPS_HELP,
-                                                FAST_PATHS_HELP, DATA, EVAL_OUTPUT_ALIASES, MODEL, RESUME_MAY_CHANGE,
-                                                T3, MaskRuleConfig, check_image_size, check_values)
+from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES,
+                                                EXPORT_SUBMISSION_HELP, FAST_PATHS_HELP, GPU_MEMORY_HELP, MODEL,
+                                                RESUME_MAY_CHANGE, SAVE_HEATMAPS_HELP, T3, MaskRuleConfig,
+                                                check_image_size, check_values)
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Task3EvalConfig:
     num_heatmaps: int = option(16, "heatmap pictures to write with save_heatmaps gallery (fakes first)")
     save_heatmaps: Literal["gallery", "all", "none"] = option("gallery", SAVE_HEATMAPS_HELP)
     pixel_threshold: float = option(0.5, "heatmap probability threshold for pixel metrics")
+    export_submission: str | None = option(None, EXPORT_SUBMISSION_HELP, path="out", flag="--export-submission")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
 

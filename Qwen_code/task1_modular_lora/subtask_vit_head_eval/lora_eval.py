@@ -21,8 +21,9 @@ from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule
-from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, evaluation_outputs,
-                                       finish_evaluation, guard_checkpoint_split, predict_heads, score_heads)
+from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, SubmissionWriter,
+                                       each_batch, evaluation_outputs, finish_evaluation, guard_checkpoint_split,
+                                       predict_heads, score_heads)
 from qwen_forensics.model import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
+                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, mask_rule, with_mask=False,
                                                with_truth=True), collate=collate)
     evaluate.start(cfg.ann_test, cfg.ann_val)
+    # Before the weights load: two images of one file stem would overwrite each other's submission mask.
+    submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
+                                   cfg.pixel_threshold) if cfg.export_submission and accelerator.is_main_process
+                  else None)
 
     run_in = precision(cfg.amp_dtype, accelerator.device)
     if run_in.note:
@@ -72,18 +77,22 @@ def main(argv: list[str] | None = None) -> None:
                               cfg.num_heatmaps) if accelerator.is_main_process else None)
     test, tuned = evaluate.run(lambda loader, n, **kw: predict_heads(model, loader, accelerator, run_in.autocast, n,
                                                                      counter, **kw),
-                               test_kwargs={"on_batch": pictures.on_batch if pictures else None})
+                               test_kwargs={"on_batch": each_batch(pictures and pictures.on_batch,
+                                                                  submission and submission.on_batch)})
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
     tuned = tuned["p_fake"]
 
     metrics, rows = score_heads(records, preds.p_fake, preds.counts, pixel_threshold=cfg.pixel_threshold,
-                                tuned_threshold=tuned)
+                                tuned_threshold=tuned, imdlbenco=True)
     heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
-    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
+    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, "format": test.format,
+           **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
            "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
+    if submission is not None:
+        print(f"submission: {submission.finish(preds.p_fake, preds.heatmaps)}")
     outputs = finish_evaluation(
         run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
         rows=rows, metrics=metrics, score_columns=["p_fake"], thresholds={"p_fake": tuned},
