@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
     rows = prediction_rows(records, scores, tuned, setup.fake_word, setup.real_word)
     csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
-               "format": test.format, "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"],
+               "samples": metrics["samples"], "positive_ratio": metrics["positive_ratio"],
                "auroc": metrics["auroc"],
                "acc": metrics["acc@0.5"], "f1": metrics["f1@0.5"], "lora_path": cfg.lora_path,
                "base_model_path": cfg.base_model_path, "ap": metrics["ap"], "acc@tuned": metrics["acc@tuned"],
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                "image_size": "native" if setup.image_size is None else setup.image_size,
                "fake_token": setup.fake_word, "real_token": setup.real_word,
                "num_skipped": skipped,
-               "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
+               "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns(),
+               "format": test.format}
     csv_row.update(generated_columns(rows))
     outputs = finish_evaluation(
         run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,

@@ -107,12 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     metrics, rows = score_hybrid(records, preds, pixel_threshold=cfg.pixel_threshold, tuned_lm=tuned_lm,
                                  tuned_head=tuned_head)
     heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
-    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
-           "format": test.format, **metrics,
+    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
            "lora_checkpoint": cfg.lora_checkpoint, "head_checkpoint": cfg.head_checkpoint,
            "fusion_checkpoint": cfg.fusion_checkpoint, "base_model_path": cfg.base_model_path,
            "image_size": image_size, "num_skipped": skipped, "images_per_s": images_per_s,
-           "peak_gib": peak_gib(), **leak_check.columns()}
+           "peak_gib": peak_gib(), **leak_check.columns(), "format": test.format}
     if submission is not None:
         print(f"submission: {submission.finish(preds.p_fake_lm, preds.heatmaps)}")
     outputs = finish_evaluation(

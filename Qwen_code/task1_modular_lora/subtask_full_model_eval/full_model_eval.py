@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
     rows = prediction_rows(records, scores, tuned, fake_word, real_word)
-    csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file,
-               "format": test.format, **metrics,
+    csv_row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.annotation_file, **metrics,
                "lora_checkpoint": cfg.lora_checkpoint, "model_path": cfg.model_path, "image_size": image_size,
                "fake_token": fake_word, "real_token": real_word,
-               "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
+               "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns(),
+               "format": test.format}
     csv_row.update(generated_columns(rows))
     outputs = finish_evaluation(
         run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=csv_row,

@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics, rows = score_heads(records, preds.p_fake, preds.counts, pixel_threshold=cfg.pixel_threshold,
                                 tuned_threshold=tuned, imdlbenco=True)
     heatmaps = HeatmapSource(records, preds.heatmaps, Path(cfg.data_root), mask_rule, image_size)
-    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, "format": test.format,
-           **metrics,
+    row = {"timestamp": datetime.now().isoformat(timespec="seconds"), "dataset": cfg.ann_test, **metrics,
            "ckpt_path": cfg.ckpt_path, "model_path": cfg.model_path, "image_size": image_size,
-           "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns()}
+           "num_skipped": skipped, "images_per_s": images_per_s, "peak_gib": peak_gib(), **leak_check.columns(),
+           "format": test.format}
     if submission is not None:
         print(f"submission: {submission.finish(preds.p_fake, preds.heatmaps)}")
     outputs = finish_evaluation(
