@@ -61,11 +61,43 @@ def test_every_config_checks_its_values():
             parse_config(cls, bad)
 
 
-def test_unknown_key_lists_valid_keys():
+def test_unknown_key_suggests_the_close_one_or_lists_valid_keys():
     with pytest.raises(ConfigError) as err:
         parse_config(Task1TrainConfig, {"lr_heads": 1e-3})
-    msg = str(err.value)
-    assert "lr_heads" in msg and "lr_head" in msg and "lora_target_layers" in msg
+    assert "lr_heads: unknown key; did you mean 'lr_head'?" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config(Task1TrainConfig, {"zzz": 1})
+    lines = str(err.value).splitlines()
+    assert "zzz: unknown key. Valid keys:" in lines[1] and "lora_target_layers" in str(err.value)
+    assert max(len(line) for line in lines) <= 110, "the key list is wrapped"
+
+
+def test_three_mistakes_are_reported_in_one_run(tmp_path, monkeypatch):
+    """A typo'd key, a missing path and a wrong type: one error lists all three, each with its source."""
+    monkeypatch.delenv("QWEN_FORENSICS_ROOT", raising=False)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    cfg_file = tmp_path / "mine.json"
+    cfg_file.write_text(json.dumps({"model_path": str(tmp_path / "model"), "data_root": str(tmp_path / "data"),
+                                    "ann_train": str(tmp_path / "data" / "train_idx.json"), "lr_haed": 0.001,
+                                    "epochs": "3"}))
+    with pytest.raises(SystemExit) as stop:
+        load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file), "--set", "batch_size=0"])
+    message = str(stop.value)
+    assert message.startswith(f"config error (config file {cfg_file}): 4 problems:")
+    assert f"lr_haed: unknown key; did you mean 'lr_head'?  (from {cfg_file})" in message
+    assert f"epochs: expected an integer, got '3'  (from {cfg_file})" in message
+    assert f"ann_train = '{tmp_path}/data/train_idx.json': {tmp_path}/data/train_idx.json does not exist" in message
+    assert "batch_size=0: must be > 0  (from --set batch_size=...)" in message
+
+
+def test_missing_path_under_the_default_root_hints_root_and_names_root_when_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("QWEN_FORENSICS_ROOT", raising=False)
+    with pytest.raises(ConfigError, match=r"data_root = '/root/autodl-tmp/data'.*pass --root DIR"):
+        parse_config(Task1TrainConfig, {}, check_inputs=True)
+    with pytest.raises(ConfigError, match=rf"(?s)3 problems.*from --root {tmp_path}, which moved "
+                                          rf"/root/autodl-tmp/data to {tmp_path}/data"):
+        parse_config(Task1TrainConfig, {}, root=str(tmp_path), check_inputs=True)
 
 
 def test_unknown_nested_key_fails():
