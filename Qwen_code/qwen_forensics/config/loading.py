@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import re
 import sys
 import textwrap
@@ -55,7 +56,7 @@ PATH_ROLES = ("in", "out", "out_dir")
 # Re-exported from config_paths: scripts and the runner take everything config-related from here.
 __all__ = ["DEFAULT_ROOT", "ROOT_ENV_VAR", "ConfigError", "ConfigMeta", "config_meta", "config_dict", "option",
            "effective_root", "relocate_path", "input_paths", "parse_config", "apply_overrides", "read_config_file",
-           "build_arg_parser", "load_config", "load_config_and_paths"]
+           "build_arg_parser", "load_config", "load_config_and_paths", "cap_workers", "usable_cores"]
 
 T = TypeVar("T")
 
@@ -340,12 +341,41 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
         values = {k: v for k, v in config_dict(cfg).items() if k not in RECORD_KEYS}
         print(json.dumps(values, indent=2, ensure_ascii=False))
         raise SystemExit(0)
+    cap_workers(cfg)
     meta = config_meta(cfg)
     for note in meta.notes:
         print(f"[config] {note}", file=sys.stderr)
     if meta.output_line:
         print(f"[output] {meta.output_line}", file=sys.stderr)
     return cfg, effective_root(args.root)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container or ``taskset`` limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS): every core counts
+        return os.cpu_count() or 1
+
+
+def cap_workers(cfg: Any) -> None:
+    """Lower loader process counts above the usable cores to that count, with one note for all.
+
+    The shipped configs ask for 8 workers (a GPU server); on a smaller machine more loader processes
+    than cores only compete with the model for them, and torch warns about it on every loader."""
+    cores = usable_cores()
+    capped = []
+    if isinstance(getattr(cfg, "num_workers", None), int) and cfg.num_workers > cores:
+        capped.append(f"num_workers {cfg.num_workers}")
+        cfg.num_workers = cores
+    args = getattr(cfg, "training_args", None)
+    if isinstance(args, dict) and isinstance(args.get("dataloader_num_workers"), int) \
+            and args["dataloader_num_workers"] > cores:
+        capped.append(f"training_args.dataloader_num_workers {args['dataloader_num_workers']}")
+        args["dataloader_num_workers"] = cores
+    if capped:
+        config_meta(cfg).notes.append(f"{' and '.join(capped)} lowered to {cores}: this machine gives the run "
+                                      f"{cores} CPU cores")
 
 
 def load_config(cls: type[T], *, description: str, default_config: Path | None = None,

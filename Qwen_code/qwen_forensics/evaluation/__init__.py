@@ -8,7 +8,8 @@ script: predictions file, pictures, report, CSV row (``outputs``); the validatio
 
 from qwen_forensics.evaluation.benchmark import Benchmark, benchmark_outputs, parse_sets
 from qwen_forensics.evaluation.images import (PREDICT_OUTPUTS, RUN_JSON, CheckpointRunner, HeatmapFiles, Predictions,
-                                              collect_images, predict_images, primary_score, write_predictions)
+                                              collect_images, enlarged_images, predict_images, primary_score,
+                                              write_prediction_gallery, write_predictions)
 from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split, guard_training_split
 from qwen_forensics.evaluation.metrics import hybrid_scores, image_report
 from qwen_forensics.evaluation.outputs import (REPORT_NAME, PictureWriter, each_batch, evaluation_outputs,
@@ -20,7 +21,8 @@ from qwen_forensics.evaluation.submission import SubmissionWriter
 
 __all__ = ["Benchmark", "CheckpointRunner", "HYBRID_IMAGE_KEYS", "HeatmapFiles", "HeatmapSource", "PREDICT_OUTPUTS",
            "PictureWriter", "PixelCounter", "Predictions", "REPORT_NAME", "RUN_JSON", "SplitEvaluator", "SubmissionWriter",
-           "answer_logits", "answer_scorer", "benchmark_outputs", "collect_images", "each_batch", "eval_batch",
+           "answer_logits", "answer_scorer", "benchmark_outputs", "collect_images", "each_batch", "enlarged_images", "eval_batch",
            "evaluation_outputs", "finish_evaluation", "generated_columns", "guard_checkpoint_split",
            "guard_training_split", "hybrid_scores", "image_report", "parse_sets", "predict_heads", "predict_hybrid",
-           "predict_images", "prediction_rows", "primary_score", "score_heads", "score_hybrid", "write_predictions"]
+           "predict_images", "prediction_rows", "primary_score", "score_heads", "score_hybrid", "write_prediction_gallery",
+           "write_predictions"]

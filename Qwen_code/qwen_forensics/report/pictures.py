@@ -10,6 +10,10 @@ import numpy as np
 from PIL import Image
 
 
+# The ramp of :func:`_heat_colors` as a CSS background: the colour scale drawn beside the overlays.
+HEAT_CSS_GRADIENT = "linear-gradient(to right, rgb(0,0,0), rgb(255,0,0), rgb(255,255,0))"
+
+
 def _heat_colors(prob: np.ndarray) -> np.ndarray:
     """Probability in [0, 1] -> RGB uint8 on a black-red-yellow ramp (no extra plotting dependency)."""
     p = np.clip(prob, 0.0, 1.0)[..., None]
