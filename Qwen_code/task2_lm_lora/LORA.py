@@ -16,11 +16,11 @@ uses by default.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
 
+from qwen_forensics.files import printable_json
 from qwen_forensics.checkpoints import save_adapter, start_config_run, write_resolved_config
 from qwen_forensics.config import load_config_and_paths, precision
 from qwen_forensics.data import (Task2ImageDataset, TrainerCollator, apply_bad_sample_policy, check_images, images_root,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, cfg.save_lora_path)
         write_resolved_config(cfg.save_lora_path, resolved_training_config(cfg, setup, trainer_kwargs))
-        print(json.dumps(result.metrics, indent=1))
+        print(printable_json(result.metrics))
         seconds = result.metrics["train_runtime"]
         print(speed_line(round(result.metrics["train_samples_per_second"] * seconds), seconds, "training (Trainer loop)"))
         print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {args.output_dir}")

@@ -19,12 +19,12 @@ confusion matrices, per-method table) in ``out_dir``. Runs unchanged under
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from qwen_forensics.files import printable_json
 from qwen_forensics.checkpoints import (adapter_setup, load_adapter_strict, resolve_infer_setup, start_config_run,
                                         write_resolved_config)
 from qwen_forensics.config import config_dict, load_config, precision
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                      "answer words": f"{setup.fake_word} / {setup.real_word}",
                      **leak_check.columns()})
     print(evaluate.speed_line())
-    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "threshold")}, indent=1))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
+                                              "threshold")}))
     print(outputs.summary())
 
 

@@ -13,12 +13,12 @@ Writes one CSV row per run, ``predictions.json`` (per image), heatmap pictures a
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from qwen_forensics.files import printable_json
 from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
                                         read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                      **leak_check.columns()},
         heatmaps=heatmaps, pictures=pictures)
     print(evaluate.speed_line())
-    print(json.dumps(metrics, indent=1))
+    print(printable_json(metrics))
     print(outputs.summary())
 
 

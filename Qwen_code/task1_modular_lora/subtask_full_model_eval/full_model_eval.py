@@ -20,12 +20,12 @@ unchanged under ``accelerate launch --num_processes N`` (each process scores its
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from qwen_forensics.files import printable_json
 from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
                      "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
     print(evaluate.speed_line())
-    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "threshold")}, indent=1))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
+                                              "threshold")}))
     print(outputs.summary())
 
 

@@ -11,12 +11,12 @@ file, heatmap pictures (image | ground truth | overlay) and ``report.html`` in `
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+from qwen_forensics.files import printable_json
 from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
                      **leak_check.columns()},
         heatmaps=heatmaps, pictures=pictures)
     print(evaluate.speed_line())
-    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
+                                              "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}))
     print(outputs.summary())
 
 
