@@ -346,3 +346,17 @@ def test_learnability_on_unmistakable_fakes(tmp_path):
     assert int(row["samples"]) == 60
     assert auroc >= 0.95, row
     assert iou >= 0.6, row
+
+
+def test_every_training_writes_its_curves_page(task1_ckpt, task2_adapter, task3_run):
+    """training.html beside each training's outputs: Task 1 and 3 from their CSV log (Task 3 with its
+    validation metrics), Task 2 from the Trainer's log."""
+    from browser import Page
+    pages = {"task1": task1_ckpt.parent / "training.html", "task2": task2_adapter.parent / "training.html",
+             "task3": task3_run / "training.html"}
+    for name, page in pages.items():
+        assert page.is_file(), name
+    task3 = Page(pages["task3"].read_text(encoding="utf-8"))
+    assert "val_lm_auroc" in dict(task3.table(first_header="column")[1:])
+    task2 = pages["task2"].read_text(encoding="utf-8")
+    assert "no loss logged yet" not in task2 or "logging_steps" in task2

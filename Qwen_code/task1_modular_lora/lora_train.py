@@ -23,11 +23,13 @@ from qwen_forensics.evaluation import PixelCounter, guard_training_split, predic
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, format_targets, load_processor,
                                   load_vision_tower, make_lora_config, trainable_to_fp32, vision_block_targets)
+from qwen_forensics.report import TRAINING_HTML
 from qwen_forensics.task_configs import Task1TrainConfig
 from qwen_forensics.training import (FirstBatch, preflight, ForensicLossWeights, autocast, best_logged,
                                      build_optimizer_and_schedule, forensic_loss, format_row, keep_best,
                                      make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
-                                     seed_everything, train_epoch, training_outputs, warm_up_first_batch)
+                                     seed_everything, train_epoch, training_outputs, warm_up_first_batch,
+                                     write_training_page)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 BEST_FOLDERS = {"auroc": best_dir("AUROC"), "pixel_iou": best_dir("IoU")}
@@ -159,11 +161,13 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))
+            write_training_page(out_dir, cfg.train_log, run.run_id, Path(__file__).name)
         accelerator.wait_for_everyone()
 
     save_task1_checkpoint(Path(cfg.final_trained_heads), accelerator, model, cfg, optimizer, scheduler, step,
                           cfg.epochs - 1)
-    accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}")
+    accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}\n"
+                      f"training curves: {out_dir / TRAINING_HTML}")
     accelerator.end_training()
 
 

@@ -27,6 +27,7 @@ from qwen_forensics.data import (Task2ImageDataset, TrainerCollator, apply_bad_s
                                  load_index, make_collator, read_task2_dataset, validate_records)
 from qwen_forensics.model import (LoraInputCast, attach_lora, format_targets, load_model, load_processor,
                                   vision_inputs_require_grad)
+from qwen_forensics.report import TRAINING_HTML, write_training_report
 from qwen_forensics.task_configs import Task2TrainConfig
 from qwen_forensics.training import (preflight_trainer, resolved_training_config, seed_everything, speed_line,
                                      trainer_arguments, warm_up_trainer)
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     # An earlier run's adapter and Trainer checkpoints are moved to previous_runs/ (a resume continues its run).
     with args.main_process_first(local=False, desc="run folder"):
         if args.process_index == 0:
-            start_config_run(cfg, Path(__file__).name, [cfg.save_lora_path, args.output_dir], resume=bool(resume))
+            start_config_run(cfg, Path(__file__).name, [cfg.save_lora_path, args.output_dir,
+                                                         str(Path(cfg.out_dir) / TRAINING_HTML)], resume=bool(resume))
     if args.process_index == 0:
         for note in notes:
             print(f"[config] {note}")
@@ -130,7 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         print(printable_json(result.metrics))
         seconds = result.metrics["train_runtime"]
         print(speed_line(round(result.metrics["train_samples_per_second"] * seconds), seconds, "training (Trainer loop)"))
-        print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {args.output_dir}")
+        # The Trainer's log (loss every logging_steps, eval_loss per evaluation) as curves over the steps.
+        page = write_training_report(Path(cfg.out_dir) / TRAINING_HTML, trainer.state.log_history,
+                                     title=f"Training: {Path(__file__).name}", x_key="step",
+                                     description={"script": Path(__file__).name, "adapter": cfg.save_lora_path,
+                                                  "logging_steps": args.logging_steps})
+        print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {args.output_dir}\ntraining curves: {page}")
     trainer.accelerator.wait_for_everyone()
 
 

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
                      "answer words": f"{setup.fake_word} / {setup.real_word}",
-                     **leak_check.columns()})
+                     **leak_check.columns()}, image_root=cfg.data_root)
     print(evaluate.speed_line())
     print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}))

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                      "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
                      "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps, pictures=pictures)
+        heatmaps=heatmaps, pictures=pictures, pixel_threshold=cfg.pixel_threshold)
     print(evaluate.speed_line())
     print(printable_json(metrics))
     print(outputs.summary())

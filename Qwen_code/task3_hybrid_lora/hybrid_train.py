@@ -24,11 +24,12 @@ from qwen_forensics.evaluation import (PixelCounter, guard_training_split, hybri
 from qwen_forensics.files import append_csv_row
 from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
                                   load_processor)
+from qwen_forensics.report import TRAINING_HTML
 from qwen_forensics.task_configs import Task3TrainConfig
 from qwen_forensics.training import (FirstBatch, preflight, HybridLossWeights, autocast, best_logged,
                                      enable_gradient_checkpointing, format_row, hybrid_loss, hybrid_optimizer,
                                      keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch,
-                                     training_outputs, warm_up_first_batch)
+                                     training_outputs, warm_up_first_batch, write_training_page)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
@@ -160,13 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))
+            write_training_page(out_dir, cfg.train_log, run.run_id, Path(__file__).name)
         accelerator.wait_for_everyone()
 
     final = CheckpointPaths.from_config(cfg)
     save_task3_checkpoint(final, final.fusion_file.parent, accelerator, model, spec, cfg, optimizer, scheduler, step,
                           cfg.epochs - 1)
     accelerator.print(f"final adapter: {final.adapter_dir}\nfinal heads: {final.heads_file}\n"
-                      f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}")
+                      f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}\n"
+                      f"training curves: {out_dir / TRAINING_HTML}")
     accelerator.end_training()
 
 

@@ -16,6 +16,8 @@ Conventions follow ``metrics``: fake is positive and an image is called fake whe
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -164,6 +166,31 @@ def select_gallery(rows: Sequence[Mapping[str, Any]], k: int, column: str = "pix
     best = [int(i) for i in ranked[:k]]
     rest = sorted(ranked[k:], key=lambda i: (candidates.at[i, column], i))
     return best, [int(i) for i in rest[:k]]
+
+
+def select_false_alarms(rows: Sequence[Mapping[str, Any]], k: int) -> list[int]:
+    """Row positions of up to ``k`` authentic images with the largest share of pixels called forged
+    (``positive_fraction`` of the pixel scoring), largest first; reals with none are no false alarm."""
+    reals = [(float(r["positive_fraction"]), i) for i, r in enumerate(rows)
+             if r.get("label") == 0 and r.get("positive_fraction") is not None and float(r["positive_fraction"]) > 0]
+    return [i for _, i in sorted(reals, key=lambda item: (-item[0], item[1]))[:k]]
+
+
+def select_examples(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float,
+                    k: int) -> dict[str, list[int]]:
+    """Up to ``k`` row positions per group, for the examples section: the surest right calls (fakes with
+    the highest score, reals with the lowest) and the worst mistakes (reals with the highest score,
+    fakes with the lowest) at ``threshold``."""
+    scored = [(float(r[score_column]), i, r.get("label")) for i, r in enumerate(rows)
+              if r.get(score_column) is not None and not math.isnan(float(r[score_column]))]
+    fakes = sorted((s, i) for s, i, label in scored if label == 1)
+    reals = sorted((s, i) for s, i, label in scored if label == 0)
+    return {
+        "surest fakes (called fake)": [i for s, i in reversed(fakes) if s >= threshold][:k],
+        "surest reals (called real)": [i for s, i in reals if s < threshold][:k],
+        "worst false alarms (reals called fake)": [i for s, i in reversed(reals) if s >= threshold][:k],
+        "worst misses (fakes called real)": [i for s, i in fakes if s < threshold][:k],
+    }
 
 
 def confusion_counts(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float) -> dict[str, int]:

@@ -8,7 +8,7 @@ activation recomputation (``recompute``), the losses of Tasks 1 and 3 (``losses`
 from qwen_forensics.training.hf_trainer import (preflight_trainer, resolved_training_config, trainer_arguments,
                                                 warm_up_trainer)
 from qwen_forensics.training.loop import (best_logged, format_row, keep_best, train_epoch, training_outputs,
-                                          warm_up_first_batch)
+                                          warm_up_first_batch, write_training_page)
 from qwen_forensics.training.memory import preflight
 from qwen_forensics.training.losses import ForensicLossWeights, HybridLossWeights, forensic_loss, hybrid_loss
 from qwen_forensics.training.optim import build_optimizer_and_schedule, hybrid_optimizer, optimizer_steps, param_groups
@@ -21,4 +21,4 @@ __all__ = ["FirstBatch", "ForensicLossWeights", "HybridLossWeights", "LoaderCloc
            "format_row", "hybrid_loss", "hybrid_optimizer", "keep_best", "make_accelerator", "optimizer_steps",
            "param_groups", "peak_gib", "preflight", "preflight_trainer", "recompute_frozen_blocks",
            "resolved_training_config", "seed_everything", "speed_line", "synchronized_clock", "train_epoch",
-           "trainer_arguments", "training_outputs", "warm_up_first_batch", "warm_up_trainer"]
+           "trainer_arguments", "training_outputs", "warm_up_first_batch", "warm_up_trainer", "write_training_page"]

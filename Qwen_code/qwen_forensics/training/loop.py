@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qwen_forensics.checkpoints.names import TRAINING_RUN_ENTRIES
+from qwen_forensics.report.training import TRAINING_HTML, read_log_rows, write_training_report
 from qwen_forensics.training.runtime import FirstBatch, LoaderClock, peak_gib, speed_line, synchronized_clock
 
 
@@ -115,7 +116,16 @@ def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[s
 def training_outputs(*final: str) -> list[str]:
     """What a Task 1 / Task 3 training run writes into its output folder (``runs``): the resolved
     config, ``epoch_N/`` and ``best_by_*/`` checkpoints, skipped-record lists, and its ``final`` paths."""
-    return [*TRAINING_RUN_ENTRIES, *final]
+    return [*TRAINING_RUN_ENTRIES, TRAINING_HTML, *final]
+
+
+def write_training_page(out_dir: str | Path, train_log: str | Path, run_id: str, script: str) -> Path:
+    """``training.html`` in ``out_dir``: this run's rows of ``train_log`` as curves (called after every
+    epoch, so the page follows the run)."""
+    rows = read_log_rows(train_log, run_id)
+    description = {"script": script, "run id": run_id, "training log": str(train_log), "epochs logged": len(rows)}
+    return write_training_report(Path(out_dir) / TRAINING_HTML, rows, title=f"Training: {script}",
+                                 description=description)
 
 
 def best_logged(train_log: str | Path, run_id: str, metrics: Sequence[str]) -> dict[str, float]:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 1 subtask 2: full model with the Task 1 visual LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
-                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
+                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()}, image_root=cfg.data_root)
     print(evaluate.speed_line())
     print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}))

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
                      "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps, pictures=pictures)
+        heatmaps=heatmaps, pictures=pictures, pixel_threshold=cfg.pixel_threshold)
     print(evaluate.speed_line())
     print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}))
