@@ -63,10 +63,11 @@ def _has_values(rows: Sequence[Mapping[str, Any]], column: str) -> bool:
 def write_training_report(out_path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *, title: str,
                           description: Mapping[str, Any], x_key: str = "epoch") -> Path:
     """Write the page for ``rows`` (one dict per epoch or logging step; numbers or their text) to
-    ``out_path``: loss columns (``loss``, ``loss_*``, ``eval_loss``) in one chart, validation metrics
-    (``val_*``) in another; columns without a single value are left out."""
+    ``out_path``: loss columns (``loss``, ``loss_*``, ``eval_loss``, the Trainer's closing ``train_loss``)
+    in one chart, validation metrics (``val_*``) in another; columns without a single value are left out."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    losses = [c for c in columns if (c == "loss" or c.startswith("loss_") or c == "eval_loss") and _has_values(rows, c)]
+    losses = [c for c in columns if (c in ("loss", "eval_loss", "train_loss") or c.startswith("loss_"))
+              and _has_values(rows, c)]
     metrics = [c for c in columns if c.startswith("val_") and _has_values(rows, c)]
     run = pd.DataFrame({"": list(description), "value": [str(v) for v in description.values()]})
     body = [f"<h2>{TRAINING_HEADINGS[0]}</h2>", html_table(run, text_columns=["", "value"])]
@@ -78,10 +79,11 @@ def write_training_report(out_path: str | os.PathLike, rows: Sequence[Mapping[st
                 else note("no validation set in this run (set ann_val to see validation metrics per epoch)"))
     body.append(f"<h2>{TRAINING_HEADINGS[3]}</h2>")
     if rows:
-        last = rows[-1]
+        # Per column its last logged value: the Trainer logs losses and its closing summary in different rows.
         shown = [x_key, *losses, *metrics]
-        body.append(html_table(pd.DataFrame({"column": shown, "value": [_number(last.get(c)) for c in shown]}),
-                               text_columns=["column"]))
+        last = [next((_number(r[c]) for r in reversed(rows) if not math.isnan(_number(r.get(c)))), math.nan)
+                for c in shown]
+        body.append(html_table(pd.DataFrame({"column": shown, "value": last}), text_columns=["column"]))
     else:
         body.append(note("nothing logged yet"))
     path = Path(out_path)

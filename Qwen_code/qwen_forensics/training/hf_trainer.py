@@ -121,6 +121,9 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None,
         raise ConfigError("training_args.remove_unused_columns must be false: the collator turns images into model "
                           "inputs, so the Trainer must pass the dataset items through untouched")
     args["remove_unused_columns"] = False
+    if not cuda:
+        # Pinned memory only helps a copy to a GPU; without one torch warns about it on every loader.
+        args.setdefault("dataloader_pin_memory", False)
     # The PEFT wrapper's forward hides the model's signature, from which Trainer would infer the label
     # key; without it an evaluation set would report no eval_loss.
     args.setdefault("label_names", ["labels"])
