@@ -252,19 +252,27 @@ class HeatmapFiles:
         save_overlay_jpeg(thumbnail, small, overlay_path)
 
     def on_batch(self, batch, heatmaps: torch.Tensor) -> None:
-        positions, sizes, thumbnails = batch["position"].tolist(), batch[SIZE_KEY].tolist(), batch[THUMB_KEY]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            groups.setdefault(tuple(size), []).append(i)
-        for (h, w), members in groups.items():
-            prob = unletterbox_stack(heatmaps[members].float(), letterbox_geometry(h, w, self.image_size)).clamp(0, 1)
-            levels = (prob * 255).round().to(torch.uint8).cpu().numpy()
-            for j, i in enumerate(members):
-                thumbnail = thumbnails[i]
-                small = F.interpolate(prob[j][None, None], size=tuple(thumbnail.shape[:2]), mode="bilinear",
-                                      align_corners=False)[0, 0]
-                self.writer.submit(self._write, positions[i], levels[j], thumbnail.cpu().numpy(),
-                                   small.cpu().numpy())
+        thumbnails = batch[THUMB_KEY]
+        for i, position, prob, levels in original_size_maps(batch, heatmaps, self.image_size):
+            thumbnail = thumbnails[i]
+            small = F.interpolate(prob[None, None], size=tuple(thumbnail.shape[:2]), mode="bilinear",
+                                  align_corners=False)[0, 0]
+            self.writer.submit(self._write, position, levels, thumbnail.cpu().numpy(), small.cpu().numpy())
+
+
+def original_size_maps(batch, heatmaps: torch.Tensor, image_size: int):
+    """Each image of a batch's heatmap at its original resolution, on the heatmaps' device: yields (index in the
+    batch, dataset position, probabilities [H, W] in [0, 1], their 8-bit grey levels as a host array), the
+    batch's images of one size mapped back at once (``data.geometry.unletterbox_stack``)."""
+    positions, sizes = batch["position"].tolist(), batch[SIZE_KEY].tolist()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(i)
+    for (h, w), members in groups.items():
+        prob = unletterbox_stack(heatmaps[members].float(), letterbox_geometry(h, w, image_size)).clamp(0, 1)
+        levels = (prob * 255).round().to(torch.uint8).cpu().numpy()
+        for j, i in enumerate(members):
+            yield i, positions[i], prob[j], levels[j]
 
 
 # --------------------------------------------------------------------------------------- outputs
@@ -307,7 +315,7 @@ def image_rows(ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *, thresho
         row["verdict"] = "fake" if row["p_fake"] >= threshold else "real"
         if preds.answers is not None:
             row["answer_text"] = preds.answers[k]
-        if preds.heatmaps is not None:
+        if preds.heatmaps is not None and heatmap_files is not None:
             heat_path, overlay_path = heatmap_files.paths(k)
             row["heatmap_png"], row["overlay_jpg"] = str(heat_path), str(overlay_path)
         rows.append(row)
