@@ -71,6 +71,8 @@ def _card(row: Mapping[str, Any], rank: int, position: int, preview: str) -> str
     if row.get("overlay_jpg"):
         pictures += f'<img src="{html.escape(row["overlay_jpg"])}" alt="heatmap overlay {name}" title="heatmap overlay">'
     scores = [f'<span class="score">P(fake) {row["p_fake"]:.3f}</span> &middot; {verdict}']
+    if row.get("perturbation") not in (None, "none"):
+        scores.append(f"under {html.escape(str(row['perturbation']))} {html.escape(str(row.get('level', '')))}")
     if "p_fake_head" in row and "p_fake_lm" in row:
         scores.append(f"heads {row['p_fake_head']:.3f}, LM {row['p_fake_lm']:.3f}")
     if row.get("answer_text"):

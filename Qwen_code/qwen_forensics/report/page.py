@@ -287,8 +287,8 @@ def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                   thresholds: Mapping[str, float | None] | None = None, title: str = "Evaluation report",
                   description: Mapping[str, Any] | None = None, gallery_best: Sequence[GalleryItem] = (),
                   gallery_worst: Sequence[GalleryItem] = (), false_alarms: Sequence[GalleryItem] = (),
-                  examples: Sequence[Example] = (),
-                  pixel_note: str | None = None) -> tuple[str, ReportTables]:
+                  examples: Sequence[Example] = (), pixel_note: str | None = None,
+                  extra_sections: Sequence[tuple[str, str]] = ()) -> tuple[str, ReportTables]:
     """The report page as a string, and its tables. See ``write_report`` for the arguments."""
     tables = report_tables(rows, score_columns, thresholds)
     frame = rows_frame(rows, score_columns)
@@ -297,7 +297,8 @@ def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                 _curves_section(frame, score_columns), _confusion_section(tables, tuned), _methods_section(tables),
                 _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note),
                 _false_alarm_section(false_alarms, pixel_note), _examples_section(examples))
-    body = "\n".join(f"<h2>{heading}</h2>\n{content}" for heading, content in zip(HEADINGS, sections))
+    body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}"
+                     for heading, content in [*zip(HEADINGS, sections), *extra_sections])
     return html_page(title, body), tables
 
 
@@ -306,7 +307,7 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
                  title: str = "Evaluation report", description: Mapping[str, Any] | None = None,
                  gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = (),
                  false_alarms: Sequence[GalleryItem] = (), examples: Sequence[Example] = (),
-                 pixel_note: str | None = None) -> Report:
+                 pixel_note: str | None = None, extra_sections: Sequence[tuple[str, str]] = ()) -> Report:
     """Write the self-contained report to ``out_path`` (atomically) and return its path and tables.
 
     ``metrics``: the run's metrics dict (the CSV row's metrics; shown in its order, names as given).
@@ -317,12 +318,13 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
     ``breakdown.select_gallery``. ``false_alarms``: authentic images with pixels called forged
     (``tables.select_false_alarms``). ``examples``: image thumbnails of the surest calls and worst
     mistakes (``tables.select_examples``). ``pixel_note``: why a run has no pixel-level sections (a
-    pipeline without heatmaps), shown there instead of the generic notes.
+    pipeline without heatmaps), shown there instead of the generic notes. ``extra_sections``: (heading,
+    HTML) pairs appended after the standard sections (the robustness section, ``report.robustness``).
     """
     page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
                                  title=title, description=description, gallery_best=gallery_best,
                                  gallery_worst=gallery_worst, false_alarms=false_alarms, examples=examples,
-                                 pixel_note=pixel_note)
+                                 pixel_note=pixel_note, extra_sections=extra_sections)
     return Report(atomic_write_text(out_path, page), tables)
 
 
@@ -394,10 +396,11 @@ def _set_section(section: BenchmarkSection) -> str:
 
 def write_benchmark_report(out_path: str | os.PathLike, *, title: str, description: Mapping[str, Any],
                            table: Sequence[Mapping[str, Any]], columns: Sequence[str],
-                           sections: Sequence[BenchmarkSection]) -> Path:
+                           sections: Sequence[BenchmarkSection],
+                           extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
     """``benchmark_sets.py``'s self-contained report: the run's facts and the table on top (one row per set,
     ``columns`` of the benchmark CSV, the best value of each quality column marked), then one section per
-    set with its facts, ROC / PR curves and every metric."""
+    set with its facts, ROC / PR curves and every metric; then ``extra_sections`` ((heading, HTML) pairs)."""
     info = pd.DataFrame({"key": list(description), "value": list(description.values())}, dtype=object)
     legend = note("Best per column in bold (highest; lowest for false_alarm). Columns and the benchmark each "
                   "convention follows: README, 'Benchmark tables'.")
@@ -405,4 +408,5 @@ def write_benchmark_report(out_path: str | os.PathLike, *, title: str, descripti
             _benchmark_table(table, columns)]
     for section in sections:
         body.append(f"<h2>{html.escape(section.name)}</h2>\n{_set_section(section)}")
+    body += [f"<h2>{html.escape(heading)}</h2>\n{content}" for heading, content in extra_sections]
     return atomic_write_text(out_path, html_page(title, "\n".join(body)))
