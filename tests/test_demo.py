@@ -88,3 +88,23 @@ def test_demo_runs_without_a_browser(tmp_path):
     assert "TINY RANDOM model" in results and "total time:" in results
     assert f"python Qwen_code/predict.py --ckpt {ws / 'task1_modular_lora/training/final'} YOUR_IMAGES/" in results
     assert "[tiny model]" in printed, "the scripts say they run the demo's random model"
+
+
+def test_step_environment_caps_threads_and_keeps_lower_settings(monkeypatch):
+    import demo
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = demo.capped_env(2)
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OPENBLAS_NUM_THREADS"]) == ("2", "1", "2")
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert demo.capped_env(2)["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_estimates_follow_the_pace_of_the_steps_done():
+    import demo
+    progress = demo.Progress(["task1", "task2"], quick=False)
+    assert progress.left() == demo.BASE_SECONDS["task1"] + demo.BASE_SECONDS["task2"]
+    progress.done["task1"] = 2 * demo.BASE_SECONDS["task1"]
+    assert progress.estimate("task2") == 2 * demo.BASE_SECONDS["task2"] == progress.left()
