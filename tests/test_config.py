@@ -200,14 +200,18 @@ def test_resolved_config_round_trip(tmp_path):
 
 def test_workers_are_capped_to_the_usable_cores_with_one_note(monkeypatch):
     from qwen_forensics.config import loading
-    monkeypatch.setattr(loading, "usable_cores", lambda: 2)
     from qwen_forensics.task_configs import Task2TrainConfig
-    cfg = parse_config(Task2TrainConfig, {"num_workers": 8, "training_args": {"dataloader_num_workers": 8}})
+    monkeypatch.setattr(loading, "usable_cores", lambda: 2)
+    cfg = parse_config(Task1TrainConfig, {"num_workers": 8})
     loading.cap_workers(cfg)
-    assert cfg.num_workers == 2 and cfg.training_args["dataloader_num_workers"] == 2
-    notes = [n for n in loading.config_meta(cfg).notes if "lowered" in n]
-    assert notes == ["num_workers 8 and training_args.dataloader_num_workers 8 lowered to 2: this machine gives the "
-                     "run 2 CPU cores"]
+    assert cfg.num_workers == 2
+    assert [n for n in loading.config_meta(cfg).notes if "lowered" in n] == [
+        "num_workers 8 lowered to 2: this machine gives the run 2 CPU cores"]
+    trainer = parse_config(Task2TrainConfig, {"training_args": {"output_dir": "hf", "dataloader_num_workers": 8}})
+    loading.cap_workers(trainer)
+    assert trainer.training_args["dataloader_num_workers"] == 2
+    assert [n for n in loading.config_meta(trainer).notes if "lowered" in n] == [
+        "training_args.dataloader_num_workers 8 lowered to 2: this machine gives the run 2 CPU cores"]
     few = parse_config(Task1TrainConfig, {"num_workers": 1})
     loading.cap_workers(few)
     assert few.num_workers == 1 and not [n for n in loading.config_meta(few).notes if "lowered" in n]
