@@ -40,18 +40,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from qwen_forensics.config import usable_cores
-from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
-from qwen_forensics.data import IMAGE_SUFFIXES, parse_perturbations
-from qwen_forensics.data.perturb import SPEC_HELP
-from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, ImagePredictor, collect_images,
-                                       enlarged_images, primary_score, write_prediction_gallery, write_predictions)
-from qwen_forensics.training import evaluation_speed_line, make_accelerator
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from qwen_forensics.data import parse_perturbations
+    from qwen_forensics.data.perturb import SPEC_HELP
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder (Task 1, 2 or 3) or the training "
                                                                  "output folder holding one")
@@ -85,6 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
+    from qwen_forensics.data import IMAGE_SUFFIXES
+    from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, ImagePredictor, collect_images,
+                                           enlarged_images, primary_score, write_prediction_gallery, write_predictions)
+    from qwen_forensics.training import evaluation_speed_line, make_accelerator
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
     try:
         ckpt = detect_checkpoint(args.ckpt)
     except CheckpointError as err:
@@ -152,5 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

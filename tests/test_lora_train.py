@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -126,12 +127,12 @@ def trained(workspace, tmp_path_factory):
                       for n, p in models[-1].named_parameters() if p.requires_grad})
 
     handle = register_optimizer_step_pre_hook(before_step)
-    lora_train.ForensicViT = RecordingForensicViT
+    # The script imports its model class inside main: patched where it is defined.
     try:
-        # No warm-up: with it the first step's learning rate is 0, and LoRA A would still see B = 0 at step 2.
-        lora_train.main(_train_args(workspace, out, "max_steps=2", "warmup_ratio=0"))
+        with mock.patch("qwen_forensics.model.forensic.ForensicViT", RecordingForensicViT):
+            # No warm-up: with it the first step's learning rate is 0, and LoRA A would still see B = 0 at step 2.
+            lora_train.main(_train_args(workspace, out, "max_steps=2", "warmup_ratio=0"))
     finally:
-        lora_train.ForensicViT = ForensicViT
         handle.remove()
     return {"model": models[-1], "grads": grads, "ckpt": out / "final"}
 

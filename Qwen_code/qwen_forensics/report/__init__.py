@@ -4,10 +4,15 @@ tables they show (``tables``: per-method, mask-area buckets, confusion, gallery 
 training curves (``training``: training.html) and predict.py's gallery (``gallery``: index.html).
 """
 
-from qwen_forensics.report.page import format_value, html_page, html_table, img, note, write_report
-from qwen_forensics.report.plots import bar_chart
-from qwen_forensics.report.robustness import robustness_section
-from qwen_forensics.report.training import TRAINING_HTML, read_log_rows, write_training_report
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["TRAINING_HTML", "bar_chart", "format_value", "html_page", "html_table", "img", "note", "read_log_rows",
-           "robustness_section", "write_report", "write_training_report"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "format_value": "page", "html_page": "page", "html_table": "page", "img": "page", "note": "page",
+    "write_report": "page",
+    "bar_chart": "plots",
+    "robustness_section": "robustness",
+    "TRAINING_HTML": "training", "read_log_rows": "training", "write_training_report": "training",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -26,20 +26,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from qwen_forensics.files import printable_json
-from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
-                                        start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator, parse_perturbations
-from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
-                                       evaluation_outputs, finish_evaluation, generated_columns,
-                                       guard_checkpoint_split, image_report, prediction_rows, run_conditions)
-from qwen_forensics.model import get_visual, load_model, load_processor
+from qwen_forensics.config import load_config
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]
@@ -48,6 +38,20 @@ CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "ac
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1FullModelEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_full_model_eval.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
+                                            start_config_run, write_resolved_config)
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator, parse_perturbations
+    from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
+                                           evaluation_outputs, finish_evaluation, generated_columns,
+                                           guard_checkpoint_split, image_report, prediction_rows, run_conditions)
+    from qwen_forensics.model import get_visual, load_model, load_processor
+    from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
     accelerator = make_accelerator(1)
     # Before any model loads: the threshold must not be tuned on footage the model was trained on.
     leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_checkpoint,
@@ -133,5 +137,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()
