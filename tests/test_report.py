@@ -575,3 +575,25 @@ def test_training_page_opens_in_chromium(tmp_path):
     path = write_training_report(tmp_path / "training.html", training_rows(), title="Training: t",
                                  description={"run id": "r1"})
     assert_rendered(tmp_path, path, list(TRAINING_HEADINGS), min_blue=300)
+
+
+def test_method_names_from_the_data_folder(tmp_path):
+    """ForgeryNet's method list ships with no name: an optional method_names.json adds a name column; a bad
+    file is left out with a note naming it and the expected form."""
+    from qwen_forensics.data.methods import METHOD_NAMES_FILE, read_method_names
+    rows, _ = synthetic_rows()
+    assert read_method_names(tmp_path) == ({}, None)
+    (tmp_path / METHOD_NAMES_FILE).write_text(json.dumps({"1": "first method", "7": "seventh"}))
+    names, source = read_method_names(tmp_path)
+    assert names == {"1": "first method", "7": "seventh"} and str(tmp_path / METHOD_NAMES_FILE) in source
+    table = method_table(rows, "p_fake", None, names)
+    assert list(table.columns[:2]) == ["method", "name"]
+    assert dict(zip(table["method"], table["name"]))["1"] == "first method"
+    assert dict(zip(table["method"], table["name"]))["3"] == ""
+    report = write_report(tmp_path / "r.html", metrics=METRICS, rows=rows, score_columns=["p_fake"],
+                          method_names=names, method_names_note=source)
+    page = Page(report.path.read_text(encoding="utf-8"))
+    assert page.table(caption="score p_fake")[1][:2] == ["1", "first method"]
+    (tmp_path / METHOD_NAMES_FILE).write_text(json.dumps({"16": "no such method"}))
+    names, why = read_method_names(tmp_path)
+    assert names == {} and "left out" in why and "1..15" in why

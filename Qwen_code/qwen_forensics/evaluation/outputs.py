@@ -32,6 +32,7 @@ import torch
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
 from qwen_forensics.checkpoints.runs import Run
 from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.data.methods import read_method_names
 from qwen_forensics.data.records import Record
 from qwen_forensics.evaluation.predictions import AnswerScores
 from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV
@@ -206,12 +207,13 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
         writer.close()
         image_root = heatmaps.data_root
     shown = examples(rows, score_columns, image_root) if image_root is not None else []
+    names, names_note = read_method_names(image_root)
     predictions = write_predictions(output_json, rows)
     report = write_report(out_dir / REPORT_NAME, metrics=metrics, rows=rows, score_columns=score_columns,
                           thresholds=thresholds, title=title, description=description, gallery_best=best,
                           gallery_worst=worst, false_alarms=false_alarms, examples=shown,
                           pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE,
-                          extra_sections=extra_sections)
+                          extra_sections=extra_sections, method_names=names, method_names_note=names_note)
     append_csv_row(csv_path, csv_row, csv_columns)
     return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=written)
 

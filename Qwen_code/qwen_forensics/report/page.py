@@ -143,13 +143,14 @@ def _clean_thresholds(score_columns: Sequence[str], thresholds: Mapping[str, flo
 
 
 def report_tables(rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
-                  thresholds: Mapping[str, float | None] | None = None) -> ReportTables:
+                  thresholds: Mapping[str, float | None] | None = None,
+                  method_names: Mapping[str, str] | None = None) -> ReportTables:
     """Compute every table of the report (no HTML, no pictures)."""
     if not score_columns:
         raise ValueError("report needs at least one score column (e.g. ['p_fake'] or ['p_fake_lm', 'p_fake_head'])")
     frame = rows_frame(rows, score_columns)
     tuned = _clean_thresholds(score_columns, thresholds)
-    methods = {c: method_table(rows, c, tuned.get(c)) for c in score_columns}
+    methods = {c: method_table(rows, c, tuned.get(c), method_names) for c in score_columns}
     confusion = {c: {"0.5": confusion_counts(rows, c, 0.5),
                      **({"tuned": confusion_counts(rows, c, tuned[c])} if c in tuned else {})} for c in score_columns}
     has_area = {"mask_area", "pixel_f1", "pixel_iou"} <= set(frame.columns)
@@ -204,11 +205,14 @@ def _confusion_section(tables: ReportTables, tuned: Mapping[str, float]) -> str:
     return "\n".join(parts)
 
 
-def _methods_section(tables: ReportTables) -> str:
-    intro = note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals image__{k}__{id}__frame{N}); "
+def _methods_section(tables: ReportTables, names_note: str | None) -> str:
+    source = note(names_note or "Methods by number: put method_names.json ({\"1\": \"name\", ...}) in the data "
+                  "folder to show their names (the data set ships no list of its methods).")
+    intro = source + note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals image__{k}__{id}__frame{N}); "
                  "auroc: the method's fakes against all reals; recall: share of its fakes called fake; "
                  "fpr: share of its reals called fake; pixel means over its fakes with a non-empty mask.")
-    return intro + "".join(html_table(t, f"score {c}", text_columns=("method",)) for c, t in tables.methods.items())
+    return intro + "".join(html_table(t, f"score {c}", text_columns=("method", "name"))
+                           for c, t in tables.methods.items())
 
 
 def _area_section(tables: ReportTables, pixel_note: str | None) -> str:
@@ -288,13 +292,15 @@ def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                   description: Mapping[str, Any] | None = None, gallery_best: Sequence[GalleryItem] = (),
                   gallery_worst: Sequence[GalleryItem] = (), false_alarms: Sequence[GalleryItem] = (),
                   examples: Sequence[Example] = (), pixel_note: str | None = None,
+                  method_names: Mapping[str, str] | None = None, method_names_note: str | None = None,
                   extra_sections: Sequence[tuple[str, str]] = ()) -> tuple[str, ReportTables]:
     """The report page as a string, and its tables. See ``write_report`` for the arguments."""
-    tables = report_tables(rows, score_columns, thresholds)
+    tables = report_tables(rows, score_columns, thresholds, method_names)
     frame = rows_frame(rows, score_columns)
     tuned = _clean_thresholds(score_columns, thresholds)
     sections = (_run_section(description or {}, frame), _metrics_section(metrics),
-                _curves_section(frame, score_columns), _confusion_section(tables, tuned), _methods_section(tables),
+                _curves_section(frame, score_columns), _confusion_section(tables, tuned),
+                _methods_section(tables, method_names_note),
                 _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note),
                 _false_alarm_section(false_alarms, pixel_note), _examples_section(examples))
     body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}"
@@ -307,7 +313,8 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
                  title: str = "Evaluation report", description: Mapping[str, Any] | None = None,
                  gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = (),
                  false_alarms: Sequence[GalleryItem] = (), examples: Sequence[Example] = (),
-                 pixel_note: str | None = None, extra_sections: Sequence[tuple[str, str]] = ()) -> Report:
+                 pixel_note: str | None = None, extra_sections: Sequence[tuple[str, str]] = (),
+                 method_names: Mapping[str, str] | None = None, method_names_note: str | None = None) -> Report:
     """Write the self-contained report to ``out_path`` (atomically) and return its path and tables.
 
     ``metrics``: the run's metrics dict (the CSV row's metrics; shown in its order, names as given).
@@ -320,11 +327,13 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
     mistakes (``tables.select_examples``). ``pixel_note``: why a run has no pixel-level sections (a
     pipeline without heatmaps), shown there instead of the generic notes. ``extra_sections``: (heading,
     HTML) pairs appended after the standard sections (the robustness section, ``report.robustness``).
+    ``method_names`` / ``method_names_note``: ``data.methods.read_method_names``'s names and note.
     """
     page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
                                  title=title, description=description, gallery_best=gallery_best,
                                  gallery_worst=gallery_worst, false_alarms=false_alarms, examples=examples,
-                                 pixel_note=pixel_note, extra_sections=extra_sections)
+                                 pixel_note=pixel_note, extra_sections=extra_sections, method_names=method_names,
+                                 method_names_note=method_names_note)
     return Report(atomic_write_text(out_path, page), tables)
 
 

@@ -73,7 +73,8 @@ def _rate(values: np.ndarray, threshold: float) -> float:
     return float((values >= threshold).mean()) if values.size else float("nan")
 
 
-def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float | None = None) -> pd.DataFrame:
+def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float | None = None,
+                 names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per manipulation method (then ``real``, ``other``) for one score column.
 
     Columns: ``method``, ``count``, ``num_fake``, ``num_real``, ``mean_p_fake`` (over the group's
@@ -81,7 +82,8 @@ def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold
     group's reals called fake), the same two ``@tuned`` when ``threshold`` is given, ``auroc`` (the
     group's fakes against ALL reals of the run: how separable this method is from real frames), and
     ``pixel_f1`` / ``pixel_iou`` means over the group's scored fakes when the rows have them.
-    Undefined entries are NaN.
+    Undefined entries are NaN. With ``names`` (method number -> name, ``methods.read_method_names``) a
+    ``name`` column follows ``method``.
     """
     frame = rows_frame(rows, [score_column])
     frame["method"] = frame["image_path"].map(manipulation_method)
@@ -95,8 +97,11 @@ def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold
         in_group = (frame["method"] == group).to_numpy()
         fakes = scores[in_group & (frame["label"].to_numpy() == 1)]
         reals = scores[in_group & (frame["label"].to_numpy() == 0)]
-        entry: dict[str, Any] = {"method": group, "count": int(in_group.sum()), "num_fake": int(fakes.size),
-                                 "num_real": int(reals.size), "mean_p_fake": float(scores[in_group].mean())}
+        entry: dict[str, Any] = {"method": group}
+        if names:
+            entry["name"] = names.get(group, "")
+        entry.update(count=int(in_group.sum()), num_fake=int(fakes.size), num_real=int(reals.size),
+                     mean_p_fake=float(scores[in_group].mean()))
         for name, value in thresholds.items():
             entry[f"recall@{name}"] = _rate(fakes, value)
             entry[f"fpr@{name}"] = _rate(reals, value)
