@@ -31,7 +31,7 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     back only every ``log_every`` batches: reading them after every step would make the host wait
     for the GPU to finish the step before it can queue the next one. Returns the new step count and
     the epoch's means per image: ``loss`` (the total), ``loss_<term>`` for the rest, ``images_per_s``
-    over all processes (data loading included), ``peak_gib`` and ``data_wait_s`` (this process's
+    over all processes (data loading included), ``peak_gib`` (on a GPU) and ``data_wait_s`` (this process's
     time waiting for the loader).
     """
     sums: dict[str, torch.Tensor] = {}
@@ -62,7 +62,8 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     elapsed = synchronized_clock() - start
     stats = {("loss" if k == "total" else f"loss_{k}"): float(v) / max(seen, 1) for k, v in sums.items()}
     stats["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
-    stats["peak_gib"] = peak_gib()
+    if torch.cuda.is_available():
+        stats["peak_gib"] = peak_gib()
     stats["data_wait_s"] = clock.waited
     accelerator.print(speed_line(seen * accelerator.num_processes, elapsed, f"{desc} (training loop)", clock.waited))
     return step, stats
