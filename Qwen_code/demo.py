@@ -17,8 +17,8 @@ and told to sleep rather than spin while they wait (``OMP_WAIT_POLICY=PASSIVE``)
 thread per core of the machine, each busy-waiting between operations, and beside any other job on the
 machine those threads take turns on the cores. On this project's 2-core machine with another job running, a
 loop of small matrix products (the tiny model's kind of work) took 2.3-10.1 s with 2 spinning threads,
-0.5-0.6 s with 2 passive ones and 0.2 s with one thread. ``--quick`` trains on fewer images for fewer epochs (a check that
-everything runs; its numbers mean nothing).
+0.5-0.6 s with 2 passive ones and 0.2 s with one thread. ``--quick`` trains on fewer images for fewer
+epochs (a check that everything runs; its numbers mean nothing).
 """
 
 from __future__ import annotations

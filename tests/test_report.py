@@ -16,8 +16,8 @@ from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 from qwen_forensics.data.methods import manipulation_method
 from qwen_forensics.evaluation.metrics import PixelMetricAccumulator
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.report.page import (HEADINGS, NO_TUNED, Example, GalleryItem, format_value, report_tables, row_caption,
-                                        write_report)
+from qwen_forensics.report.page import (HEADINGS, NO_TUNED, Example, GalleryItem, format_value, report_tables,
+                                        row_caption, write_report)
 from qwen_forensics.report.tables import (EMPTY_BUCKET, area_bucket_labels, confusion_counts, mask_area_table,
                                           method_table, select_examples, select_false_alarms, select_gallery)
 from scripts import SHARED_INDEX, load_script, needs_real_index
@@ -512,9 +512,10 @@ def test_report_error_map_false_alarms_and_examples(tmp_path):
 
 
 def test_false_alarm_and_example_choice():
-    rows = [{"label": 0, "p_fake": 0.9, "positive_fraction": 0.2}, {"label": 0, "p_fake": 0.1, "positive_fraction": 0.0},
-            {"label": 1, "p_fake": 0.8}, {"label": 1, "p_fake": 0.3}, {"label": 0, "p_fake": 0.6,
-                                                                         "positive_fraction": 0.5}]
+    rows = [{"label": 0, "p_fake": 0.9, "positive_fraction": 0.2},
+            {"label": 0, "p_fake": 0.1, "positive_fraction": 0.0},
+            {"label": 1, "p_fake": 0.8}, {"label": 1, "p_fake": 0.3},
+            {"label": 0, "p_fake": 0.6, "positive_fraction": 0.5}]
     assert select_false_alarms(rows, 5) == [4, 0]
     assert select_examples(rows, "p_fake", 0.5, 2) == {
         "surest fakes (called fake)": [2], "surest reals (called real)": [1],

@@ -25,8 +25,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from qwen_forensics.files import printable_json
 from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig
 
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                      **leak_check.columns()}, image_root=cfg.data_root,
         extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
-    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "threshold")}))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned",
+                                                  "f1@tuned", "threshold")}))
     print(outputs.summary())
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from qwen_forensics.files import printable_json
 from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.task_configs import Task3EvalConfig
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> None:
                                             read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
     from qwen_forensics.config import precision
     from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, parse_perturbations
-    from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter, RobustnessTable,
-                                           SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
-                                           finish_evaluation, guard_checkpoint_split, predict_hybrid, run_conditions,
-                                           score_hybrid)
+    from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, ROBUSTNESS_CSV, HeatmapSource, PictureWriter,
+                                           PixelCounter, RobustnessTable, SplitEvaluator, SubmissionWriter, each_batch,
+                                           evaluation_outputs, finish_evaluation, guard_checkpoint_split,
+                                           predict_hybrid, run_conditions, score_hybrid)
     from qwen_forensics.model import HybridPrompt, load_model, load_processor
     from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
     import torch
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     if submission is not None:
         print(f"submission: {submission.finish(preds.p_fake_lm, preds.heatmaps)}")
     outputs = finish_evaluation(
-        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=csv_columns,
+        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row,
+        csv_columns=csv_columns,
         rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],
         thresholds={"p_fake_lm": tuned_lm, "p_fake_head": tuned_head},
         title="Task 3: hybrid LoRA (LM answer and forensic heads)",

@@ -69,7 +69,8 @@ def _card(row: Mapping[str, Any], rank: int, position: int, preview: str) -> str
     name = html.escape(Path(row["image"]).name)
     pictures = f'<img src="{html.escape(preview)}" alt="original {name}" title="original">'
     if row.get("overlay_jpg"):
-        pictures += f'<img src="{html.escape(row["overlay_jpg"])}" alt="heatmap overlay {name}" title="heatmap overlay">'
+        overlay = html.escape(row["overlay_jpg"])
+        pictures += f'<img src="{overlay}" alt="heatmap overlay {name}" title="heatmap overlay">'
     scores = [f'<span class="score">P(fake) {row["p_fake"]:.3f}</span> &middot; {verdict}']
     if row.get("perturbation") not in (None, "none"):
         scores.append(f"under {html.escape(str(row['perturbation']))} {html.escape(str(row.get('level', '')))}")
@@ -102,7 +103,8 @@ def write_prediction_index(out_dir: Path, rows: Sequence[Mapping[str, Any]], ski
     controls = ('<div class="controls">sort: <label for="sort-high">P(fake), highest first</label>'
                 '<label for="sort-low">lowest first</label><label for="sort-input">input order</label>'
                 f' &nbsp; show: <label for="show-all">all ({len(rows)})</label>'
-                f'<label for="show-fake">fake ({fakes})</label><label for="show-real">real ({len(rows) - fakes})</label>'
+                f'<label for="show-fake">fake ({fakes})</label>'
+                f'<label for="show-real">real ({len(rows) - fakes})</label>'
                 f"{scale}</div>")
     cards = "".join(_card(row, rank[k], k, previews[k]) for k, row in enumerate(rows))
     info = "".join(f"<li>{html.escape(line)}</li>" for line in description)

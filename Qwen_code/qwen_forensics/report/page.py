@@ -208,9 +208,10 @@ def _confusion_section(tables: ReportTables, tuned: Mapping[str, float]) -> str:
 def _methods_section(tables: ReportTables, names_note: str | None) -> str:
     source = note(names_note or "Methods by number: put method_names.json ({\"1\": \"name\", ...}) in the data "
                   "folder to show their names (the data set ships no list of its methods).")
-    intro = source + note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals image__{k}__{id}__frame{N}); "
-                 "auroc: the method's fakes against all reals; recall: share of its fakes called fake; "
-                 "fpr: share of its reals called fake; pixel means over its fakes with a non-empty mask.")
+    intro = source + note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals "
+                          "image__{k}__{id}__frame{N}); auroc: the method's fakes against all reals; recall: share "
+                          "of its fakes called fake; fpr: share of its reals called fake; pixel means over its fakes "
+                          "with a non-empty mask.")
     return intro + "".join(html_table(t, f"score {c}", text_columns=("method", "name"))
                            for c, t in tables.methods.items())
 

@@ -49,9 +49,10 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
             args[new] = args.pop(old)
             if old == "warmup_ratio":
                 # A float warmup_steps below 1 reads as a step count; say that it still is a fraction.
-                notes.append(f"training_args.warmup_ratio {args[new]!r} is passed as warmup_steps={args[new]!r}: this "
-                             f"transformers version took warmup_ratio's place in warmup_steps, where a value below 1 is "
-                             f"a fraction of the training steps, so the warm-up is still {args[new]:.0%} of them")
+                notes.append(f"training_args.warmup_ratio {args[new]!r} is passed as warmup_steps={args[new]!r}: "
+                             f"this transformers version took warmup_ratio's place in warmup_steps, where a value "
+                             f"below 1 is a fraction of the training steps, so the warm-up is still {args[new]:.0%} "
+                             f"of them")
             else:
                 notes.append(f"training_args.{old} -> {new}={args[new]!r} (renamed in this transformers version)")
     for old, why in _OBSOLETE_ARGS.items():

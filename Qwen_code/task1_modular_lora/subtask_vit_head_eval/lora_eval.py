@@ -16,8 +16,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from qwen_forensics.files import printable_json
 from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         heatmaps=heatmaps, pictures=pictures, pixel_threshold=cfg.pixel_threshold,
         extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
-    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned",
+                                                  "f1@tuned", "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}))
     print(outputs.summary())
 
 
