@@ -44,10 +44,10 @@ from qwen_forensics.report import TRAINING_HTML
 CODE = Path(__file__).resolve().parent
 MODEL_NAME = "Qwen2.5-VL-7B-Instruct"
 PREDICT_OUT = "predictions"
-# Seconds each step took on a 2-core machine without other load (the demo's own runs); the progress line
-# scales them by the pace the finished steps actually had on this machine.
-BASE_SECONDS = {"task1": 80.0, "task1_full": 15.0, "task2": 70.0, "task3": 75.0, "predict": 10.0}
-QUICK_FACTOR = 0.3
+# Seconds each step took in the demo's own run on this project's 2-core machine with another job running (5.1 min
+# in all); the progress line scales them by the pace the finished steps actually had. --quick took about 0.4 of that.
+BASE_SECONDS = {"task1": 108.0, "task1_full": 13.0, "task2": 96.0, "task3": 65.0, "predict": 8.0}
+QUICK_FACTOR = 0.4
 
 
 def _each(flag: str, *values: str) -> list[str]:
@@ -230,7 +230,7 @@ def main() -> None:
     ws.mkdir(parents=True, exist_ok=True)
     progress = Progress([p.key for p in PIPELINES] + ["predict"], args.quick)
     print(f"demo: {cores} CPU core(s) usable, math threads capped to {cores} per step (passive waiting); about "
-          f"{minutes(progress.left())} on 2 cores without other load (estimates follow this machine's pace)")
+          f"{minutes(progress.left())} on a 2-core machine (the estimates follow this machine's pace as steps finish)")
 
     model_dir = ws / MODEL_NAME
     if not (model_dir / TINY_MODEL_MARKER).is_file():
