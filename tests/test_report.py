@@ -544,7 +544,7 @@ def training_rows() -> list[dict]:
         rows.append({"epoch": str(epoch), "step": str(10 * (epoch + 1)), "loss": str(1.0 / (epoch + 1)),
                      "loss_cls": str(0.6 / (epoch + 1)), "loss_evi": "0.3", "lr_head": "0.001",
                      "val_auroc": "nan" if epoch == 0 else str(0.6 + 0.1 * epoch), "val_pixel_iou": str(0.1 * epoch),
-                     "run_id": "r1"})
+                     "val_leak_check": "clean", "val_overlap_records": "0", "val_groups": "40", "run_id": "r1"})
     return rows
 
 

@@ -22,6 +22,8 @@ from qwen_forensics.report.plots import figure_data_uri
 
 TRAINING_HTML = "training.html"
 TRAINING_HEADINGS = ("Run", "Loss", "Validation metrics", "Last logged values")
+# The leak guard's counts share the val_ prefix in the log (evaluation.leak_guard): counts, not metrics to plot.
+LEAK_COLUMNS = ("val_leak_check", "val_overlap_records", "val_overlap_groups", "val_groups")
 
 
 def _number(value: Any) -> float:
@@ -68,7 +70,7 @@ def write_training_report(out_path: str | os.PathLike, rows: Sequence[Mapping[st
     columns = list(dict.fromkeys(k for r in rows for k in r))
     losses = [c for c in columns if (c in ("loss", "eval_loss", "train_loss") or c.startswith("loss_"))
               and _has_values(rows, c)]
-    metrics = [c for c in columns if c.startswith("val_") and _has_values(rows, c)]
+    metrics = [c for c in columns if c.startswith("val_") and c not in LEAK_COLUMNS and _has_values(rows, c)]
     run = pd.DataFrame({"": list(description), "value": [str(v) for v in description.values()]})
     body = [f"<h2>{TRAINING_HEADINGS[0]}</h2>", html_table(run, text_columns=["", "value"])]
     body.append(f"<h2>{TRAINING_HEADINGS[1]}</h2>")
