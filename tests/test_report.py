@@ -527,7 +527,7 @@ def test_tables_scroll_inside_their_box():
     from qwen_forensics.report.page import STYLE, html_table
     import pandas as pd
     assert html_table(pd.DataFrame({"a": [1]})).startswith('<div class="wide"><table>')
-    assert ".wide { overflow-x: auto" in STYLE and "overflow-wrap: anywhere" in STYLE
+    assert ".wide { overflow-x: auto" in STYLE and "td.text { overflow-wrap: break-word" in STYLE
     assert "max-width: 1200px" not in STYLE, "the page uses the screen's width"
 
 

@@ -45,7 +45,7 @@ table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
 th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; }
 th { background: #eef1f6; }
 td.text, th.text { text-align: left; }
-td.text { overflow-wrap: anywhere; max-width: 40em; }
+td.text { overflow-wrap: break-word; max-width: 40em; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: .3em 0; }
 .note { color: #666; font-style: italic; }
 .cm { display: inline-block; margin-right: 2em; vertical-align: top; }
