@@ -1,0 +1,208 @@
+"""Several processes on the CPU (gloo, real DDP through ``accelerate launch``) against one process.
+
+Evaluation: every evaluation script run as 2 (and once 3) processes on an index whose record count no
+process count divides writes the one-process predictions file row for row, in index order, and the same
+metrics CSV row, while the processes together loaded every record (the sampler's repeats dropped).
+Training: a 2-process run resumed from its first epoch checkpoint ends where the uninterrupted 2-process
+run ends (log rows and final weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_IMAGE_SIZE
+from scripts import check_shards, csv_rows, demo_index, launch, run_script, sets
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
+
+NUM_TEST, NUM_VAL = 11, 5  # divisible by none of the process counts, so the last round is padded
+BATCH = 2
+# CSV columns that describe the run, not what it computed.
+RUN_COLUMNS = {"timestamp", "images_per_s", "peak_gib", "run_id", "config_hash"}
+
+
+@pytest.fixture(scope="module")
+def indexes(tiny_root, tmp_path_factory) -> dict[str, Path]:
+    """The first 11 test records and the first 5 validation records (both labels in each)."""
+    folder = tmp_path_factory.mktemp("dist_indexes")
+    out = {}
+    for name, count in (("test", NUM_TEST), ("val", NUM_VAL)):
+        records = json.loads(demo_index(tiny_root, name).read_text())[:count]
+        assert {r["label"] for r in records} == {0, 1}
+        out[name] = folder / f"{name}.json"
+        out[name].write_text(json.dumps(records))
+    return out
+
+
+def _eval_sets(script: str, ckpts: dict[str, Path], indexes: dict[str, Path], out: Path) -> list[str]:
+    test, val = indexes["test"], indexes["val"]
+    common = [f"out_dir={out}", "num_workers=0", f"batch_size={BATCH}"]
+    task3 = ckpts["task3"] / "final"
+    return common + {
+        "lora_eval": [f"ckpt_path={ckpts['task1']}", f"ann_test={test}", f"ann_val={val}", "num_heatmaps=3",
+                      "export_submission=submission"],
+        "full_model_eval": [f"lora_checkpoint={ckpts['task1']}", f"annotation_file={test}",
+                            f"val_annotation_file={val}", "max_new_tokens=2"],
+        "lora_infer": [f"lora_path={ckpts['task2']}", f"annotation_file={test}", f"val_annotation_file={val}",
+                       "max_new_tokens=2"],
+        "hybrid_eval": [f"lora_checkpoint={task3 / 'adapter'}", f"head_checkpoint={task3 / 'heads.safetensors'}",
+                        f"fusion_checkpoint={task3 / 'fusion.safetensors'}", f"annotation_file={test}",
+                        f"val_annotation_file={val}", "num_heatmaps=3"],
+    }[script]
+
+
+@pytest.fixture(scope="module")
+def ckpts(task1_ckpt, task2_adapter, task3_run) -> dict[str, Path]:
+    return {"task1": task1_ckpt, "task2": task2_adapter, "task3": task3_run}
+
+
+def _same_value(a, b, what: str) -> None:
+    if isinstance(a, float) or isinstance(b, float):
+        assert b == pytest.approx(a, abs=1e-5, nan_ok=True), what
+    else:
+        assert b == a, what
+
+
+def _same_csv_row(one: dict, many: dict) -> None:
+    assert one.keys() == many.keys()
+    for key in one.keys() - RUN_COLUMNS:
+        try:
+            a, b = float(one[key]), float(many[key])
+        except ValueError:
+            assert many[key] == one[key], key
+            continue
+        assert math.isnan(a) == math.isnan(b) and (math.isnan(a) or b == pytest.approx(a, abs=1e-5)), key
+
+
+def _same_outputs(one: Path, many: Path) -> None:
+    """The N-process run wrote what the 1-process run wrote: predictions row for row, the CSV row, the
+    heatmap pictures and submission files."""
+    first, second = (json.loads((run / "predictions.json").read_text()) for run in (one, many))
+    assert len(second) == NUM_TEST
+    assert [r["image_path"] for r in second] == [r["image_path"] for r in first]
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            _same_value(a[key], b[key], f"{a['image_path']}: {key}")
+    _same_csv_row(csv_rows(one / "metrics.csv")[-1], csv_rows(many / "metrics.csv")[-1])
+    assert sorted(p.name for p in (many / "heatmaps").glob("*.png")) == sorted(
+        p.name for p in (one / "heatmaps").glob("*.png"))
+    if (one / "submission").is_dir():
+        assert (many / "submission" / "prediction.txt").read_text() == (one / "submission" / "prediction.txt").read_text()
+        assert sorted(p.name for p in (many / "submission" / "mask").iterdir()) == sorted(
+            p.name for p in (one / "submission" / "mask").iterdir())
+
+
+@pytest.mark.parametrize("script, processes", [("lora_eval", 2), ("lora_eval", 3), ("full_model_eval", 2),
+                                               ("lora_infer", 2), ("hybrid_eval", 2)])
+def test_evaluation_on_several_processes_matches_one(script, processes, tiny_root, ckpts, indexes, tmp_path):
+    one, many = tmp_path / "one", tmp_path / "many"
+    run_script(script, tiny_root, *_eval_sets(script, ckpts, indexes, one))
+    batches = launch(processes, script, ["--root", str(tiny_root), *sets(*_eval_sets(script, ckpts, indexes, many))],
+                     tmp_path / "positions")
+    # Each process collated its validation batches, then its test batches.
+    val_batches = math.ceil(NUM_VAL / (processes * BATCH))
+    check_shards([b[:val_batches] for b in batches], NUM_VAL, BATCH)
+    check_shards([b[val_batches:] for b in batches], NUM_TEST, BATCH)
+    _same_outputs(one, many)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors files under a checkpoint folder, keyed by file and name."""
+    return {f"{path.relative_to(folder)}:{name}": tensor for path in sorted(folder.rglob("*.safetensors"))
+            for name, tensor in load_file(path).items()}
+
+
+def _same_weights(whole: Path, resumed: Path) -> None:
+    a, b = _weights(whole), _weights(resumed)
+    assert a and a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def _same_log_rows(whole: list[dict], resumed: list[dict], columns: list[str]) -> None:
+    assert len(resumed) == 1 and resumed[0]["epoch"] == whole[1]["epoch"] == "1"
+    for key in columns:
+        a, b = float(whole[1][key]), float(resumed[0][key])
+        assert math.isnan(a) == math.isnan(b) and (math.isnan(a) or b == pytest.approx(a, abs=1e-6)), key
+
+
+def _resume_from_first_epoch(script: str, tiny_root: Path, tmp_path: Path, out_key: str, overrides) -> tuple[Path, Path]:
+    """``script`` as 2 processes for 2 epochs of batch 4, and again resumed from the first run's ``epoch_0`` in
+    a fresh folder (a run interrupted after its first checkpoint); both output folders. The uninterrupted
+    run's first epoch covers every training record, padded to full batches."""
+    def train(name: str, *extra: str) -> tuple[Path, list]:
+        out = tmp_path / name
+        batches = launch(2, script, ["--root", str(tiny_root), *sets(f"{out_key}={out}", "epochs=2", "batch_size=4",
+                                                                     *overrides(out), *extra)],
+                         tmp_path / f"positions_{name}")
+        return out, batches
+
+    (whole, batches), (resumed, _) = train("whole"), train("resumed", f"resume={tmp_path / 'whole' / 'epoch_0'}")
+    num_train = len(json.loads(demo_index(tiny_root, "train").read_text()))
+    steps = math.ceil(num_train / 8)
+    check_shards([b[:steps] for b in batches], num_train, 4)
+    assert int(csv_rows(whole / "log.csv")[0]["step"]) == steps
+    return whole, resumed
+
+
+def test_task1_training_resumed_on_two_processes_continues_the_run(tiny_root, indexes, tmp_path):
+    def overrides(out: Path) -> list[str]:
+        return [f"train_log={out / 'log.csv'}", f"final_trained_heads={out / 'final'}", "num_workers=0",
+                f"image_size={TINY_IMAGE_SIZE}", "visual_layers=[1]", "lora_target_layers=[1]", "fuse_dim=32",
+                f"ann_val={indexes['val']}"]
+
+    whole, resumed = _resume_from_first_epoch("lora_train", tiny_root, tmp_path, "out_dir", overrides)
+    _same_log_rows(csv_rows(whole / "log.csv"), csv_rows(resumed / "log.csv"),
+                   ["step", "loss", "loss_cls", "loss_evi", "lr_head", "lr_lora", "val_auroc", "val_pixel_iou"])
+    _same_weights(whole / "final", resumed / "final")
+
+
+def test_task3_training_resumed_on_two_processes_continues_the_run(tiny_root, indexes, tmp_path):
+    def overrides(out: Path) -> list[str]:
+        return [f"train_log={out / 'log.csv'}", f"lora_checkpoint={out / 'final' / 'adapter'}",
+                f"head_checkpoint={out / 'final' / 'heads.safetensors'}",
+                f"fusion_checkpoint={out / 'final' / 'fusion.safetensors'}", "grad_accum=1", "num_workers=0",
+                f"image_size={TINY_IMAGE_SIZE}", "visual_layers=[1]", "lora.visual.blocks=[1]", "fuse_dim=32",
+                "gradient_checkpointing=false", f"ann_val={indexes['val']}"]
+
+    whole, resumed = _resume_from_first_epoch("hybrid_train", tiny_root, tmp_path, "output_dir", overrides)
+    _same_log_rows(csv_rows(whole / "log.csv"), csv_rows(resumed / "log.csv"),
+                   ["step", "loss", "loss_lm", "loss_head", "val_lm_auroc", "val_head_auroc", "val_pixel_iou"])
+    _same_weights(whole / "final", resumed / "final")
+
+
+def test_task2_trainer_resumed_on_two_processes_continues_the_run(task2_adapter, tiny_root, tmp_path):
+    """LORA.py (Hugging Face Trainer) on 2 processes, 4 steps with a checkpoint every 2; then from a copy
+    of checkpoint-2 in a fresh folder: the same losses at steps 3 and 4 and the same adapter."""
+    def train(name: str, *extra: str) -> Path:
+        out = tmp_path / name
+        launch(2, "LORA", ["--root", str(tiny_root), *sets(
+            f"out_dir={out}", "save_lora_path=adapter", f"image_size={TINY_IMAGE_SIZE}", "lora_target_blocks=[1]",
+            f"training_args.output_dir={out / 'hf'}", "training_args.max_steps=4", "training_args.save_steps=2",
+            "training_args.save_strategy=\"steps\"", "training_args.per_device_train_batch_size=2",
+            "training_args.gradient_accumulation_steps=1", "training_args.gradient_checkpointing=false",
+            "training_args.logging_steps=1", "training_args.dataloader_num_workers=0", "training_args.bf16=false",
+            "training_args.disable_tqdm=true", *extra)], tmp_path / f"positions_{name}")
+        return out
+
+    whole = train("whole")
+    shutil.copytree(whole / "hf" / "checkpoint-2", tmp_path / "from" / "checkpoint-2")
+    resumed = train("resumed", f"training_args.resume_from_checkpoint={tmp_path / 'from' / 'checkpoint-2'}")
+
+    def losses(out: Path) -> dict[int, float]:
+        state = json.loads((out / "hf" / "checkpoint-4" / "trainer_state.json").read_text())
+        return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+    first, second = losses(whole), losses(resumed)
+    assert sorted(first) == [1, 2, 3, 4] and sorted(second) == [1, 2, 3, 4]
+    assert [second[s] for s in (3, 4)] == pytest.approx([first[s] for s in (3, 4)], abs=1e-6)
+    _same_weights(whole / "adapter", resumed / "adapter")
