@@ -104,9 +104,10 @@ def free_port() -> int:
 
 
 def launch(num_processes: int, script: str | Path, args: list[str], positions: Path, *, timeout: int = 600,
-           cwd: Path | None = None) -> list[list[list[int]]]:
+           cwd: Path | None = None) -> tuple[list[list[list[int]]], str]:
     """Run a pipeline script (a :data:`SCRIPTS` name or a path) as ``num_processes`` CPU processes and return,
-    per process, the dataset positions of every batch it collated (``record_positions.py`` in ``positions``).
+    per process, the dataset positions of every batch it collated (``record_positions.py`` in ``positions``),
+    and what the processes printed.
 
     ``accelerate launch --cpu --num_processes N`` starts a single process unless MPI is set up;
     ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` starts N CPU processes on gloo, i.e. real DDP. One torch
@@ -124,7 +125,7 @@ def launch(num_processes: int, script: str | Path, args: list[str], positions: P
     sys.stdout.write(done.stdout)
     seen = [json.loads((positions / f"positions_{i}.json").read_text()) for i in range(num_processes)]
     assert [s["num_processes"] for s in seen] == [num_processes] * num_processes
-    return [s["batches"] for s in seen]
+    return [s["batches"] for s in seen], done.stdout
 
 
 def check_shards(batches: list[list[list[int]]], num_records: int, batch_size: int) -> None:

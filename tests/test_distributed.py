@@ -96,7 +96,8 @@ def _same_outputs(one: Path, many: Path) -> None:
     assert sorted(p.name for p in (many / "heatmaps").glob("*.png")) == sorted(
         p.name for p in (one / "heatmaps").glob("*.png"))
     if (one / "submission").is_dir():
-        assert (many / "submission" / "prediction.txt").read_text() == (one / "submission" / "prediction.txt").read_text()
+        lines = [(run / "submission" / "prediction.txt").read_text() for run in (one, many)]
+        assert lines[1] == lines[0]
         assert sorted(p.name for p in (many / "submission" / "mask").iterdir()) == sorted(
             p.name for p in (one / "submission" / "mask").iterdir())
 
@@ -106,13 +107,40 @@ def _same_outputs(one: Path, many: Path) -> None:
 def test_evaluation_on_several_processes_matches_one(script, processes, tiny_root, ckpts, indexes, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
     run_script(script, tiny_root, *_eval_sets(script, ckpts, indexes, one))
-    batches = launch(processes, script, ["--root", str(tiny_root), *sets(*_eval_sets(script, ckpts, indexes, many))],
-                     tmp_path / "positions")
+    args = ["--root", str(tiny_root), *sets(*_eval_sets(script, ckpts, indexes, many))]
+    batches, _ = launch(processes, script, args, tmp_path / "positions")
     # Each process collated its validation batches, then its test batches.
     val_batches = math.ceil(NUM_VAL / (processes * BATCH))
     check_shards([b[:val_batches] for b in batches], NUM_VAL, BATCH)
     check_shards([b[val_batches:] for b in batches], NUM_TEST, BATCH)
     _same_outputs(one, many)
+
+
+
+def test_benchmark_sets_on_two_processes_matches_one(tiny_root, ckpts, indexes, tmp_path):
+    """benchmark_sets.py with the Task 1 checkpoint: the table, the predictions and the submission of 2
+    processes are those of 1; one process opened the run (nothing was moved to previous_runs/)."""
+    def argv(out: Path) -> list[str]:
+        return ["--ckpt", str(ckpts["task1"]), "--set", f"ours={indexes['test']}", "--val", f"v={indexes['val']}",
+                "--data-root", str(tiny_root / "data"), "--out", str(out), "--export-submission",
+                str(out / "submission"), "--batch-size", str(BATCH), "--num-workers", "0"]
+
+    one, many = tmp_path / "one", tmp_path / "many"
+    run_script("benchmark_sets", None, argv=argv(one))
+    batches, printed = launch(2, "benchmark_sets", argv(many), tmp_path / "positions")
+    assert printed.count("[output] run ") == 1 and printed.count("benchmark table: ") == 1
+    check_shards([b[math.ceil(NUM_VAL / (2 * BATCH)):] for b in batches], NUM_TEST, BATCH)
+    assert not (many / "previous_runs").exists()
+    _same_csv_row(csv_rows(one / "benchmark.csv")[0], csv_rows(many / "benchmark.csv")[0])
+    first, second = (json.loads((run / "predictions_ours.json").read_text()) for run in (one, many))
+    assert len(second) == NUM_TEST and [r["image_path"] for r in second] == [r["image_path"] for r in first]
+    for a, b in zip(first, second):
+        for key in a:
+            _same_value(a[key], b[key], f"{a['image_path']}: {key}")
+    submissions = [run / "submission" / "ours" for run in (one, many)]
+    assert (submissions[1] / "prediction.txt").read_text() == (submissions[0] / "prediction.txt").read_text()
+    assert sorted(p.name for p in (submissions[1] / "mask").iterdir()) == sorted(
+        p.name for p in (submissions[0] / "mask").iterdir())
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -135,15 +163,16 @@ def _same_log_rows(whole: list[dict], resumed: list[dict], columns: list[str]) -
         assert math.isnan(a) == math.isnan(b) and (math.isnan(a) or b == pytest.approx(a, abs=1e-6)), key
 
 
-def _resume_from_first_epoch(script: str, tiny_root: Path, tmp_path: Path, out_key: str, overrides) -> tuple[Path, Path]:
+def _resume_from_first_epoch(script: str, tiny_root: Path, tmp_path: Path, out_key: str,
+                             overrides) -> tuple[Path, Path]:
     """``script`` as 2 processes for 2 epochs of batch 4, and again resumed from the first run's ``epoch_0`` in
     a fresh folder (a run interrupted after its first checkpoint); both output folders. The uninterrupted
     run's first epoch covers every training record, padded to full batches."""
     def train(name: str, *extra: str) -> tuple[Path, list]:
         out = tmp_path / name
-        batches = launch(2, script, ["--root", str(tiny_root), *sets(f"{out_key}={out}", "epochs=2", "batch_size=4",
-                                                                     *overrides(out), *extra)],
-                         tmp_path / f"positions_{name}")
+        args = ["--root", str(tiny_root),
+                *sets(f"{out_key}={out}", "epochs=2", "batch_size=4", *overrides(out), *extra)]
+        batches, _ = launch(2, script, args, tmp_path / f"positions_{name}")
         return out, batches
 
     (whole, batches), (resumed, _) = train("whole"), train("resumed", f"resume={tmp_path / 'whole' / 'epoch_0'}")

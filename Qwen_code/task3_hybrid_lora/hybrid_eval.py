@@ -24,8 +24,8 @@ from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hy
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule
 from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, HeatmapSource, PictureWriter, PixelCounter,
-                                       SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
-                                       finish_evaluation, guard_checkpoint_split, predict_hybrid, score_hybrid)
+                                       SplitEvaluator, each_batch, evaluation_outputs, finish_evaluation,
+                                       guard_checkpoint_split, predict_hybrid, score_hybrid, submission_writer)
 from qwen_forensics.model import HybridPrompt, load_model, load_processor
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
@@ -79,9 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         collate=HybridCollator(processor, prompt))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
     # Before the weights load: two images of one file stem would overwrite each other's submission mask.
-    submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
-                                   cfg.pixel_threshold) if cfg.export_submission and accelerator.is_main_process
-                  else None)
+    submission = (submission_writer(accelerator, evaluate.records("test"), cfg.data_root, cfg.export_submission,
+                                    image_size, cfg.pixel_threshold) if cfg.export_submission else None)
 
     base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.lora is not None:

@@ -16,11 +16,12 @@ from qwen_forensics.evaluation.outputs import (REPORT_NAME, PictureWriter, each_
 from qwen_forensics.evaluation.predictions import (SplitEvaluator, answer_logits, answer_scorer, eval_batch,
                                                    predict_heads, predict_hybrid)
 from qwen_forensics.evaluation.scoring import HYBRID_IMAGE_KEYS, HeatmapSource, PixelCounter, score_heads, score_hybrid
-from qwen_forensics.evaluation.submission import SubmissionWriter
+from qwen_forensics.evaluation.submission import SubmissionWriter, submission_writer
 
 __all__ = ["Benchmark", "CheckpointRunner", "HYBRID_IMAGE_KEYS", "HeatmapFiles", "HeatmapSource", "PREDICT_OUTPUTS",
            "PictureWriter", "PixelCounter", "Predictions", "REPORT_NAME", "RUN_JSON", "SplitEvaluator", "SubmissionWriter",
            "answer_logits", "answer_scorer", "benchmark_outputs", "collect_images", "each_batch", "eval_batch",
            "evaluation_outputs", "finish_evaluation", "generated_columns", "guard_checkpoint_split",
            "guard_training_split", "hybrid_scores", "image_report", "parse_sets", "predict_heads", "predict_hybrid",
-           "predict_images", "prediction_rows", "primary_score", "score_heads", "score_hybrid", "write_predictions"]
+           "predict_images", "prediction_rows", "primary_score", "score_heads", "score_hybrid", "submission_writer",
+           "write_predictions"]

@@ -157,9 +157,13 @@ class Benchmark:
         return SplitEvaluator(self.runner.accelerator, root, self.on_bad_sample, self.out_dir, self.batch_size,
                               self.num_workers, dataset=dataset, collate=self.runner.collator())
 
-    def run(self, sets: Mapping[str, str], val: str | None = None) -> tuple[list[SetResult], dict]:
+    def run(self, sets: Mapping[str, str], val: str | None = None) -> tuple[list[SetResult], dict] | None:
         """Validate every set (and ``val``) before the model loads, load it once, tune the thresholds on
-        ``val``, evaluate each set in turn; returns the results in order and the tuned thresholds."""
+        ``val``, evaluate each set in turn; returns the results in order and the tuned thresholds.
+
+        Under several processes every process validates and predicts its share of each set; once every
+        set is gathered the others return None and the main process scores and writes alone, so no
+        process waits for another's files between sets."""
         evaluator = self.evaluator = self._evaluator()
         if val:
             evaluator.validate(VAL_TAG, val)
@@ -169,6 +173,7 @@ class Benchmark:
         for name, path in sets.items():
             try:
                 loaded = evaluator.validate(name, path)
+                # On every process: a set it refuses must be left out by all of them.
                 if self.submission_dir is not None:
                     writers[name] = SubmissionWriter(loaded.records, self.data_root, self.submission_dir / name,
                                                      image_size, self.pixel_threshold)
@@ -182,7 +187,7 @@ class Benchmark:
                                       sum(r.label for r in loaded.records), loaded.skipped)
         runnable = [name for name in sets if results[name].error is None]
         if not runnable:
-            return list(results.values()), {}
+            return (list(results.values()), {}) if evaluator.close() else None
         first = VAL_TAG if val else runnable[0]
         evaluator.open(first)
         self.runner.load()
@@ -194,18 +199,22 @@ class Benchmark:
 
         evaluator.warm(first, predict)
         tuned = evaluator.tune(predict, self.runner.score_columns)
+        runs = {}
         for name in runnable:
-            writer = writers.get(name)
-            run = evaluator.evaluate(name, predict, on_batch=writer.on_batch if writer and image_size else None)
-            result = results[name]
+            writer = writers.get(name) if self.runner.accelerator.is_main_process else None
+            runs[name] = evaluator.evaluate(name, predict, on_batch=writer.on_batch if writer and image_size else None)
+            self.say(f"[benchmark] {name}: {results[name].n_images} images ({results[name].n_fake} fake), "
+                     f"{runs[name].images_per_s:.1f} images/s")
+        if not evaluator.close():
+            return None
+        for name, run in runs.items():
+            result, writer = results[name], writers.get(name)
             result.metrics, result.rows = _score(self.runner, run.records, run.predictions, tuned,
                                                  self.pixel_threshold)
             write_predictions(self.out_dir / f"predictions_{name}.json", result.rows)
             if writer is not None:
                 result.submission = writer.finish(_p_fake(self.runner.ckpt.kind, run.predictions),
                                                   getattr(run.predictions, "heatmaps", None))
-            self.say(f"[benchmark] {name}: {result.n_images} images ({result.n_fake} fake), {run.images_per_s:.1f} "
-                     "images/s")
         return list(results.values()), tuned
 
     def speed_line(self) -> str | None:

@@ -94,3 +94,12 @@ class SubmissionWriter:
                     archive.write(path, f"{MASK_DIR}/{path.name}")
 
         return atomic_write(self.folder / ZIP_FILE, write)
+
+
+def submission_writer(accelerator, records: Sequence[Record], data_root: str | os.PathLike, out_dir: str | os.PathLike,
+                      image_size: int | None, threshold: float) -> SubmissionWriter | None:
+    """The main process's :class:`SubmissionWriter`, None on the others. Every process builds one first:
+    an index it refuses then stops every process before the model loads, instead of the main one alone
+    while the others wait for it in the first gather."""
+    writer = SubmissionWriter(records, data_root, out_dir, image_size, threshold)
+    return writer if accelerator.is_main_process else None

@@ -21,9 +21,9 @@ from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule
-from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, SubmissionWriter,
-                                       each_batch, evaluation_outputs, finish_evaluation, guard_checkpoint_split,
-                                       predict_heads, score_heads)
+from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, each_batch,
+                                       evaluation_outputs, finish_evaluation, guard_checkpoint_split, predict_heads,
+                                       score_heads, submission_writer)
 from qwen_forensics.model import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib
@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                                                with_truth=True), collate=collate)
     evaluate.start(cfg.ann_test, cfg.ann_val)
     # Before the weights load: two images of one file stem would overwrite each other's submission mask.
-    submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
-                                   cfg.pixel_threshold) if cfg.export_submission and accelerator.is_main_process
-                  else None)
+    submission = (submission_writer(accelerator, evaluate.records("test"), cfg.data_root, cfg.export_submission,
+                                    image_size, cfg.pixel_threshold) if cfg.export_submission else None)
 
     run_in = precision(cfg.amp_dtype, accelerator.device)
     if run_in.note:
