@@ -31,7 +31,9 @@ RUN_COLUMNS = {"timestamp", "images_per_s", "peak_gib", "run_id", "config_hash"}
 
 @pytest.fixture(scope="module")
 def indexes(tiny_root, tmp_path_factory) -> dict[str, Path]:
-    """The first 11 test records and the first 5 validation records (both labels in each)."""
+    """The first 11 test records and the first 5 validation records (both labels in each); ``broken``: the
+    11 test records with two bad ones among them, a missing image and a real image whose "HxW" is not its
+    size (found only by reading the file)."""
     folder = tmp_path_factory.mktemp("dist_indexes")
     out = {}
     for name, count in (("test", NUM_TEST), ("val", NUM_VAL)):
@@ -39,12 +41,19 @@ def indexes(tiny_root, tmp_path_factory) -> dict[str, Path]:
         assert {r["label"] for r in records} == {0, 1}
         out[name] = folder / f"{name}.json"
         out[name].write_text(json.dumps(records))
+    test = json.loads(out["test"].read_text())
+    real = next(r for r in json.loads(demo_index(tiny_root, "train").read_text()) if r["label"] == 0)
+    broken = [*test[:3], {"image_path": "testset2/image/gone.jpg", "mask_path": "720x1280", "label": 0}, *test[3:8],
+              {**real, "mask_path": "100x100"}, *test[8:]]
+    out["broken"] = folder / "broken.json"
+    out["broken"].write_text(json.dumps(broken))
     return out
 
 
-def _eval_sets(script: str, ckpts: dict[str, Path], indexes: dict[str, Path], out: Path) -> list[str]:
-    test, val = indexes["test"], indexes["val"]
-    common = [f"out_dir={out}", "num_workers=0", f"batch_size={BATCH}"]
+def _eval_sets(script: str, ckpts: dict[str, Path], indexes: dict[str, Path], out: Path,
+               test_index: str = "test") -> list[str]:
+    test, val = indexes[test_index], indexes["val"]
+    common = [f"out_dir={out}", "num_workers=0", f"batch_size={BATCH}", "on_bad_sample=skip"]
     task3 = ckpts["task3"] / "final"
     return common + {
         "lora_eval": [f"ckpt_path={ckpts['task1']}", f"ann_test={test}", f"ann_val={val}", "num_heatmaps=3",
@@ -95,6 +104,8 @@ def _same_outputs(one: Path, many: Path) -> None:
     _same_csv_row(csv_rows(one / "metrics.csv")[-1], csv_rows(many / "metrics.csv")[-1])
     assert sorted(p.name for p in (many / "heatmaps").glob("*.png")) == sorted(
         p.name for p in (one / "heatmaps").glob("*.png"))
+    skipped = [json.loads((run / "skipped_test" / "skipped_records.json").read_text()) for run in (one, many)]
+    assert skipped[1] == skipped[0]
     if (one / "submission").is_dir():
         lines = [(run / "submission" / "prediction.txt").read_text() for run in (one, many)]
         assert lines[1] == lines[0]
@@ -102,19 +113,23 @@ def _same_outputs(one: Path, many: Path) -> None:
             p.name for p in (one / "submission" / "mask").iterdir())
 
 
-@pytest.mark.parametrize("script, processes", [("lora_eval", 2), ("lora_eval", 3), ("full_model_eval", 2),
-                                               ("lora_infer", 2), ("hybrid_eval", 2)])
-def test_evaluation_on_several_processes_matches_one(script, processes, tiny_root, ckpts, indexes, tmp_path):
+@pytest.mark.parametrize("script, processes, test_index", [
+    ("lora_eval", 2, "test"), ("lora_eval", 3, "broken"), ("full_model_eval", 2, "test"), ("lora_infer", 2, "test"),
+    ("hybrid_eval", 2, "test")])
+def test_evaluation_on_several_processes_matches_one(script, processes, test_index, tiny_root, ckpts, indexes,
+                                                     tmp_path):
+    """``broken``: the processes share the validation of the index's files; they skip the same two records."""
     one, many = tmp_path / "one", tmp_path / "many"
-    run_script(script, tiny_root, *_eval_sets(script, ckpts, indexes, one))
-    args = ["--root", str(tiny_root), *sets(*_eval_sets(script, ckpts, indexes, many))]
+    run_script(script, tiny_root, *_eval_sets(script, ckpts, indexes, one, test_index))
+    args = ["--root", str(tiny_root), *sets(*_eval_sets(script, ckpts, indexes, many, test_index))]
     batches, _ = launch(processes, script, args, tmp_path / "positions")
     # Each process collated its validation batches, then its test batches.
     val_batches = math.ceil(NUM_VAL / (processes * BATCH))
     check_shards([b[:val_batches] for b in batches], NUM_VAL, BATCH)
     check_shards([b[val_batches:] for b in batches], NUM_TEST, BATCH)
     _same_outputs(one, many)
-
+    skipped = json.loads((many / "skipped_test" / "skipped_records.json").read_text())
+    assert skipped["num_skipped"] == (2 if test_index == "broken" else 0)
 
 
 def test_benchmark_sets_on_two_processes_matches_one(tiny_root, ckpts, indexes, tmp_path):
