@@ -41,6 +41,7 @@ SCRIPTS = {
     "benchmark_sets": CODE / "benchmark_sets.py",
     "compare_runs": CODE / "compare_runs.py",
     "benchmark_gpu": CODE / "benchmark_gpu.py",
+    "benchmark_e2e": CODE / "benchmark_e2e.py",
 }
 
 
