@@ -13,8 +13,12 @@ config and ``--root``, one epoch, exactly as ``python Qwen_code/...py --root DIR
     LORA.py, lora_infer.py; Task 3 hybrid_train.py, hybrid_eval.py
 
 and, when named with ``--scripts``, the user's own training configs (``seed_*``: tests/data/seed_configs,
-relocated, the link to map.py's output connected) and the memory variants for smaller cards
-(``mem_*``: :data:`MEMORY_VARIANTS`).
+relocated, the link to map.py's output connected), the memory variants for smaller cards
+(``mem_*``: :data:`MEMORY_VARIANTS`) and the robustness study (``robust_task1_head_eval``: lora_eval.py with
+``--perturb field``, the 21 conditions of IMDLBenCo's grid plus the clean pass on the test images, the model
+loaded once; run it with ``task1_head_eval`` and ``--test-images 1000``: the result gains
+``robustness_vs_one_evaluation``, the study's time over the plain evaluation's, whole process and inference
+loops, against the issue's bound of 23).
 
 Each script prints ``[speed]`` lines: images, seconds, images/s and peak GPU memory of its training
 loop (data loading included), or of its evaluation: the inference loop and the whole run from the
@@ -186,6 +190,16 @@ def format_scaling(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def robustness_ratio(scripts: dict) -> dict | None:
+    """The robustness study's time over the plain evaluation's on the same images, when both ran: whole
+    processes (model loading included, once in each) and the inference loops."""
+    study, plain = scripts.get("robust_task1_head_eval"), scripts.get("task1_head_eval")
+    if not study or not plain or study["returncode"] or plain["returncode"]:
+        return None
+    loops = [sum(s["seconds"] for s in run["speed"]) for run in (study, plain)]
+    return {"wall": study["wall_s"] / plain["wall_s"], "inference": loops[0] / loops[1] if loops[1] else None}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
@@ -226,8 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     timings["model_folder_s"] = time.perf_counter() - start
     start = time.perf_counter()
     # 80% of trainingset2 goes to train_idx.json (the rest to val_idx.json, which Task 1 validates on).
-    summary = make_demo_dataset(root, n_train=args.train_images * 5 // 4, n_test=args.test_images, sizes=USER_SIZES,
-                                frames_per_video=4, overwrite=True, workers=args.data_workers)
+    # The set is a pure function of these arguments, so a second call with the same ones reuses it.
+    data_args = {"n_train": args.train_images * 5 // 4, "n_test": args.test_images, "sizes": USER_SIZES,
+                 "frames_per_video": 4}
+    made = workdir / "data_summary.json"
+    previous = json.loads(made.read_text()) if made.is_file() else {}
+    if previous.get("arguments") == json.loads(json.dumps(data_args)):
+        summary = previous["summary"]
+    else:
+        summary = make_demo_dataset(root, **data_args, overwrite=True, workers=args.data_workers)
+        made.write_text(json.dumps({"arguments": data_args, "summary": summary}) + "\n")
     timings["data_s"] = time.perf_counter() - start
     print(f"model folder {timings['model_folder_s']:.0f} s, data {timings['data_s']:.0f} s: {summary}", flush=True)
 
@@ -246,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         ("task2_infer", "task2_lm_lora/lora_infer.py", []),
         ("task3_train", "task3_hybrid_lora/hybrid_train.py", ["epochs=1", *cut]),
         ("task3_eval", "task3_hybrid_lora/hybrid_eval.py", []),
+        ("robust_task1_head_eval", "task1_modular_lora/subtask_vit_head_eval/lora_eval.py",
+         ["--perturb", "field", f"out_dir={root / 'task1_modular_lora/robustness_eval'}"]),
         ("seed_task1_train", "task1_modular_lora/lora_train.py",
          [f"--config={seed / 'task1_config_lora.json'}", "epochs=1", *cut]),
         ("seed_task2_train", "task2_lm_lora/LORA.py",
@@ -267,19 +291,28 @@ def main(argv: list[str] | None = None) -> None:
     counts = args.num_processes or [1]
     scaled: dict[str, dict[int, dict]] = {}
     for name, script, sets in steps:
-        if (args.scripts and name not in args.scripts) or (not args.scripts and name.startswith(("seed_", "mem_"))):
+        if args.scripts and name not in args.scripts or not args.scripts and name.startswith(("seed_", "mem_",
+                                                                                              "robust_")):
             continue
         config = [s.removeprefix("--config=") for s in sets or [] if s.startswith("--config=")]
-        sets = [s for s in sets or [] if not s.startswith("--config=")]
+        flags = sets[:2] if sets and sets[0] == "--perturb" else []
+        sets = [s for s in sets or [] if not s.startswith("--config=") and s not in flags]
         argv = predict_argv if script == "predict.py" else None
         if config:
             argv = ["--root", str(root), "--config", config[0], *[a for s in sets for a in ("--set", s)]]
+        if flags:
+            argv = ["--root", str(root), *flags, *[a for s in sets for a in ("--set", s)]]
         for count in [1] if name in SINGLE_PROCESS_STEPS else counts:
             label = name if args.num_processes is None else f"{name}_x{count}"
             results["scripts"][label] = run_script(label, script, root, sets, logs, argv, processes=count)
             if args.num_processes is not None and name not in SINGLE_PROCESS_STEPS:
                 scaled.setdefault(name, {})[count] = results["scripts"][label]
                 results["scaling"] = scaling_rows(scaled)
+            ratio = robustness_ratio(results["scripts"])
+            if ratio:
+                results["robustness_vs_one_evaluation"] = ratio
+                print(f"robustness (22 conditions) / one evaluation: {ratio['wall']:.2f} x wall, "
+                      f"{ratio['inference']:.2f} x inference (bound: 23 x)", flush=True)
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if scaled:
         print(format_scaling(results["scaling"]), flush=True)

@@ -18,7 +18,10 @@ Writes into ``--out``: ``benchmark.csv`` (one row per set: set, format, n_images
 metric column of the task's evaluation CSV, error, index), ``report.html`` (the table on top with the best
 value of each column marked, a section per set with its curves), ``predictions_<set>.json`` and
 ``skipped_<set>/``; with ``--export-submission DIR``: ``DIR/<set>/prediction.txt``, ``mask/`` and
-``submission.zip``. An earlier run's files in ``--out`` are first moved to ``previous_runs/<its start time>/``.
+``submission.zip``; with ``--perturb SPEC...`` (``--perturb field``: IMDLBenCo's grid) each set is evaluated
+again under each perturbation right after its clean pass, the model loaded once, into ``robustness.csv`` and
+the report's robustness section. An earlier run's files in ``--out`` are first moved to
+``previous_runs/<its start time>/``.
 Exit code 2 when the checkpoint, the model or a set list cannot be used, 1 when no set could be evaluated.
 """
 
@@ -32,6 +35,8 @@ import torch
 
 from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
 from qwen_forensics.config import DEFAULT_ROOT, effective_root, relocate_path
+from qwen_forensics.data import parse_perturbations
+from qwen_forensics.data.perturb import SPEC_HELP
 from qwen_forensics.evaluation import (Benchmark, CheckpointRunner, benchmark_outputs, guard_checkpoint_split,
                                        parse_sets)
 from qwen_forensics.training import make_accelerator
@@ -65,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tune on a --val index that shares video groups with the training set (warned)")
     parser.add_argument("--no-fast-paths", dest="fast_paths", action="store_false",
                         help="run plain transformers instead of the fast paths")
+    parser.add_argument("--perturb", nargs="+", default=[], metavar="SPEC", help=SPEC_HELP)
+    parser.add_argument("--perturb-seed", type=int, default=0, help="seed of the perturbations' random draws "
+                                                                    "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0 or not 0 <= args.pixel_threshold <= 1:
         parser.error("--batch-size must be >= 1, --num-workers >= 0, --pixel-threshold in [0, 1]")
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         val_name, _, val_path = (args.val or "").partition("=")
         if args.val and not val_path:
             raise ValueError(f"--val {args.val!r}: write NAME=PATH")
+        conditions = parse_perturbations(args.perturb)
         ckpt = detect_checkpoint(args.ckpt)
         model = base_model_path(ckpt, args.model)
     except (ValueError, CheckpointError) as err:
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.print(f"checkpoint: {ckpt.kind} at {ckpt.folder}; model: {model}; {len(sets)} sets")
     benchmark = Benchmark(CheckpointRunner(ckpt, model, accelerator, fast_paths=args.fast_paths), args.out,
                           data_root, args.batch_size, args.num_workers, args.on_bad_sample, args.pixel_threshold,
-                          submission, say=accelerator.print)
+                          submission, say=accelerator.print, perturbations=conditions, perturb_seed=args.perturb_seed)
     finished = benchmark.run(sets, val_path)
     if finished is None:
         return 0
@@ -119,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result.name}: " + (f"not evaluated ({result.error})" if result.error else
                                     f"{result.n_images} images, {result.n_skipped} skipped"))
     print(f"benchmark table: {table}\nreport: {report}")
+    if benchmark.robustness is not None:
+        print(f"robustness: {benchmark.robustness.path}")
     return 0 if any(r.error is None for r in results) else 1
 
 

@@ -15,6 +15,11 @@ Task 3 ``lm_`` / ``head_`` variants, each shown when at least one run has it; ``
 any CSV columns instead. Prints the table and writes ``compare.html`` (the table plus one bar
 chart per metric, all embedded, no external files) into ``--out``, by default the folder of the
 first CSV, so the result does not depend on the working directory. Exit code 2 on unreadable input.
+
+``--robustness A.csv B.csv ...``: the ``robustness.csv`` of two or more checkpoints (written by an evaluation
+with ``--perturb``), overlaid in one plot per metric (a colour per perturbation, a line style per run,
+each run's clean value dashed) with their tables, in the page's Robustness section; metrics CSVs may be
+given too, or none.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from qwen_forensics.files import atomic_write_text
-from qwen_forensics.report import bar_chart, format_value, html_page, html_table, img, note
+from qwen_forensics.report import bar_chart, format_value, html_page, html_table, img, note, robustness_section
 
 SPEC_METRICS = ("auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned", "threshold", "pixel_f1", "pixel_iou",
                 "ciou", "cdice", "false_alarm", "num_fake_empty_mask", "score")
@@ -36,10 +41,33 @@ RUN_FACTS = ("timestamp", "dataset", "samples")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("csv", nargs="+", type=Path, help="metrics CSV files (one row per run)")
+    parser.add_argument("csv", nargs="*", type=Path, help="metrics CSV files (one row per run)")
     parser.add_argument("--out", type=Path, help="folder for compare.html (default: the folder of the first CSV)")
     parser.add_argument("--metrics", nargs="+", help="CSV columns to compare (default: SPEC 7 metrics present)")
-    return parser.parse_args(argv)
+    parser.add_argument("--robustness", nargs="+", type=Path, default=[], metavar="ROBUSTNESS_CSV",
+                        help="robustness.csv files of runs with --perturb: their curves overlaid")
+    args = parser.parse_args(argv)
+    if not args.csv and not args.robustness:
+        parser.error("give metrics CSVs, --robustness CSVs, or both")
+    return args
+
+
+def load_robustness(paths: list[Path]) -> dict[str, list[dict]]:
+    """Each robustness.csv's rows (numbers as numbers), by the path's short label. Raises ValueError naming
+    the file it cannot read."""
+    paths = list(dict.fromkeys(paths))
+    tables = {}
+    for path, label in zip(paths, short_labels(paths)):
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a readable robustness CSV ({err})") from err
+        if not {"set", "perturbation", "level"} <= set(frame.columns):
+            raise ValueError(f"{path}: not a robustness.csv (needs the columns set, perturbation, level; an "
+                             "evaluation run with --perturb writes one)")
+        tables[label] = [{k: (v if k in ("set", "perturbation", "level") else _value(v or None))
+                          for k, v in row.items()} for row in frame.to_dict("records")]
+    return tables
 
 
 def short_labels(paths: list[Path]) -> list[str]:
@@ -116,8 +144,13 @@ def run_list(runs: pd.DataFrame) -> pd.DataFrame:
                          **{c: runs[c].map(_value) for c in facts}}, dtype=object).reset_index(drop=True)
 
 
-def render_compare(runs: pd.DataFrame, table: pd.DataFrame) -> str:
-    """compare.html: run list, metrics table and one bar chart per metric."""
+def render_compare(runs: pd.DataFrame | None, table: pd.DataFrame | None,
+                   robustness: dict[str, list[dict]] | None = None) -> str:
+    """compare.html: run list, metrics table and one bar chart per metric (when metrics CSVs were given),
+    then the overlaid robustness curves (when robustness CSVs were)."""
+    tail = ["<h2>Robustness</h2>", robustness_section(robustness)] if robustness else []
+    if runs is None:
+        return html_page("Run comparison", "\n".join(tail))
     labels = list(table.columns)
     charts = []
     for metric, values in table.iterrows():
@@ -128,17 +161,23 @@ def render_compare(runs: pd.DataFrame, table: pd.DataFrame) -> str:
             "<h2>Metrics</h2>", note("— : the run has no value for this metric.")
             + (note(f"{', '.join(aliased)} of runs with only the seed columns acc / f1 come from those.") if aliased else ""),
             html_table(table.reset_index(), text_columns=("metric",)), "<h2>Charts</h2>",
-            f'<div class="charts">{"".join(charts)}</div>' if charts else note("no metrics to chart")]
+            f'<div class="charts">{"".join(charts)}</div>' if charts else note("no metrics to chart"), *tail]
     return html_page("Run comparison", "\n".join(body))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        runs = load_runs(args.csv)
+        robustness = load_robustness(args.robustness)
+        runs = load_runs(args.csv) if args.csv else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    out_dir = args.out or (args.csv or args.robustness)[0].parent
+    if runs is None:
+        out = atomic_write_text(out_dir / "compare.html", render_compare(None, None, robustness))
+        print(f"robustness of {', '.join(robustness)}\ncomparison page: {out}")
+        return 0
     metrics = list(dict.fromkeys(args.metrics)) if args.metrics else default_metrics(runs)
     for metric in metrics:
         if metric not in runs.columns:
@@ -146,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     table = comparison_table(runs, metrics)
     printable = pd.concat([run_list(runs).set_index("run").T.drop(index="csv"), table])
     print(printable.apply(lambda column: column.map(format_value)).to_string())
-    out = atomic_write_text((args.out or args.csv[0].parent) / "compare.html", render_compare(runs, table))
+    out = atomic_write_text(out_dir / "compare.html", render_compare(runs, table, robustness))
     print(f"comparison page: {out}")
     return 0
 

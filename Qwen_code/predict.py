@@ -19,7 +19,10 @@ checkpoint's ``image_size`` as in evaluation, in batches of ``--batch-size``.
 Writes into ``--out`` (default ``predictions`` in the current folder): ``predictions.csv`` and
 ``predictions.json`` (one row per image, input order), ``heatmaps/`` and ``overlays/``, ``skipped.json``
 (unreadable, truncated or non-image files with the reason, and folder entries without an image
-extension) and ``run.json`` (the checkpoint used, the run id). An earlier run's files in ``--out`` are
+extension) and ``run.json`` (the checkpoint used, the run id). ``--perturb SPEC...`` (``data.perturb``, as
+the evaluation scripts take it) predicts every image again under each perturbation, the model loaded
+once: the rows of each pass follow the clean ones, with ``perturbation`` and ``level`` columns, and the
+pictures of a pass end in ``_<kind>-<level>``. An earlier run's files in ``--out`` are
 first moved to ``previous_runs/<its start time>/``. Folders are scanned for .jpg .jpeg .png .bmp .webp
 .tif .tiff (``--recursive``: subfolders too). Exit code 2 when the checkpoint or model cannot be used,
 1 when no input is a readable image.
@@ -36,9 +39,10 @@ from pathlib import Path
 import torch
 
 from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
-from qwen_forensics.data import IMAGE_SUFFIXES
-from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, Predictions, collect_images,
-                                       predict_images, primary_score, write_predictions)
+from qwen_forensics.data import IMAGE_SUFFIXES, parse_perturbations
+from qwen_forensics.data.perturb import SPEC_HELP
+from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, ImagePredictor, collect_images,
+                                       primary_score, write_predictions)
 from qwen_forensics.training import evaluation_speed_line, make_accelerator
 
 
@@ -61,9 +65,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-fast-paths", dest="fast_paths", action="store_false",
                         help="run plain transformers instead of the fast paths (batched window attention, fused "
                              "kernels)")
+    parser.add_argument("--perturb", nargs="+", default=[], metavar="SPEC", help=SPEC_HELP)
+    parser.add_argument("--perturb-seed", type=int, default=0, help="seed of the perturbations' random draws "
+                                                                    "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 0 or args.num_workers < 0:
         parser.error("--batch-size must be >= 1, --max-new-tokens and --num-workers >= 0")
+    try:
+        args.conditions = parse_perturbations(args.perturb)
+    except ValueError as err:
+        parser.error(f"--perturb: {err}")
     return args
 
 
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # An earlier prediction run in --out is moved to previous_runs/ instead of being overwritten.
     values = {k: str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v
-              for k, v in vars(args).items()}
+              for k, v in vars(args).items() if k != "conditions"}
     run_record = start_run(args.out, Path(__file__).name, values, PREDICT_OUTPUTS, keep=[args.ckpt, *args.inputs])
     scan = collect_images(args.inputs, recursive=args.recursive, exclude=args.out)
     for bad in scan.bad:
@@ -95,24 +106,31 @@ def main(argv: list[str] | None = None) -> int:
     if scan.ignored:
         print(f"ignored {len(scan.ignored)} folder entries without an image extension ({', '.join(IMAGE_SUFFIXES)}); "
               f"listed in {args.out / 'skipped.json'}")
-    preds = Predictions()
+    conditions = [None, *args.conditions]
     # With heads, each batch's heatmaps and overlays are made on the device and written on background threads meanwhile.
-    pictures = HeatmapFiles(args.out, scan, ckpt.image_size) if ckpt.has_heads else None
+    pictures = {c: HeatmapFiles(args.out, scan, ckpt.image_size, c) if ckpt.has_heads else None for c in conditions}
+    passes = []
     if scan.images:
-        preds = predict_images(ckpt, scan.images, model_path=model, batch_size=args.batch_size,
-                               num_workers=args.num_workers, max_new_tokens=args.max_new_tokens if ckpt.has_lm else 0,
-                               accelerator=make_accelerator(1), fast_paths=args.fast_paths,
-                               on_batch=pictures.on_batch if pictures else None)
-    rows = write_predictions(args.out, ckpt, scan, preds, threshold=args.threshold, heatmap_files=pictures)
+        predictor = ImagePredictor(ckpt, model, make_accelerator(1), batch_size=args.batch_size,
+                                   max_new_tokens=args.max_new_tokens, num_workers=args.num_workers,
+                                   fast_paths=args.fast_paths)
+        passes = list(predictor.passes(scan.images, conditions, perturb_seed=args.perturb_seed,
+                                       on_batch=lambda c: pictures[c] and pictures[c].on_batch))
+    rows = write_predictions(args.out, ckpt, scan, passes, threshold=args.threshold,
+                             heatmap_files=[pictures[c] for c in conditions[:len(passes)]],
+                             conditions=bool(args.conditions))
     run = {**run_record.columns(), "checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model,
            "image_size": ckpt.image_size,
-           "p_fake": primary_score(ckpt), "threshold": args.threshold, "images": len(rows), "skipped": len(scan.bad),
+           "p_fake": primary_score(ckpt), "threshold": args.threshold, "images": len(scan.images),
+           "skipped": len(scan.bad), "perturb": [c.name for c in args.conditions], "perturb_seed": args.perturb_seed,
            "notes": list(ckpt.notes)}
     (args.out / RUN_JSON).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
-    if scan.images:
-        print(evaluation_speed_line(len(rows), preds.seconds, time.perf_counter() - preds.started))
+    if passes:
+        print(evaluation_speed_line(len(rows), sum(p.seconds for p in passes), time.perf_counter() - passes[0].started))
     fakes = sum(r["verdict"] == "fake" for r in rows)
-    print(f"{len(rows)} images predicted ({fakes} fake at p_fake >= {args.threshold}), {len(scan.bad)} skipped\n"
+    passes_text = f" under {len(conditions)} conditions ({fakes} of {len(rows)} rows" if args.conditions else f" ({fakes}"
+    print(f"{len(scan.images)} images predicted{passes_text} fake at p_fake >= {args.threshold}), "
+          f"{len(scan.bad)} skipped\n"
           f"predictions: {args.out / 'predictions.csv'} and {args.out / 'predictions.json'}")
     if not rows:
         print("error: none of the inputs is a readable image", file=sys.stderr)

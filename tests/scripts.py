@@ -24,6 +24,11 @@ import pytest
 import torch
 
 CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
+# IMDLBenCo, the field's benchmark code, in a venv of its own (it pins numpy<2): .ci/run makes .venv-imdlbenco;
+# elsewhere point IMDLBENCO_PYTHON at a python with imdlbenco 0.1.45 installed.
+IMDLBENCO_PYTHON = Path(os.environ.get("IMDLBENCO_PYTHON", CODE.parent / ".venv-imdlbenco" / "bin" / "python"))
+needs_imdlbenco = pytest.mark.skipif(not IMDLBENCO_PYTHON.is_file(), reason=f"no IMDLBenCo python at "
+                                     f"{IMDLBENCO_PYTHON} (.ci/run creates .venv-imdlbenco; or set IMDLBENCO_PYTHON)")
 # The user's real train/val index files (no images), next to the repository as in CI.
 SHARED_INDEX = CODE.parents[1] / "shared" / "data" / "forgerynet_index"
 needs_real_index = pytest.mark.skipif(not SHARED_INDEX.is_dir(), reason=f"shared real index not found at "

@@ -11,7 +11,6 @@ give what our IMDLBenCo columns say."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -29,12 +28,8 @@ from qwen_forensics.data.records import load_index
 from qwen_forensics.evaluation import scoring
 from qwen_forensics.evaluation.metrics import twice_mann_whitney_u
 from qwen_forensics.evaluation.scoring import PixelCounter, score_heads
+from scripts import IMDLBENCO_PYTHON, needs_imdlbenco
 
-REPO = Path(__file__).resolve().parents[1]
-# .ci/run makes this venv; elsewhere point IMDLBENCO_PYTHON at a python with imdlbenco 0.1.45 installed.
-IMDLBENCO_PYTHON = Path(os.environ.get("IMDLBENCO_PYTHON", REPO / ".venv-imdlbenco" / "bin" / "python"))
-needs_imdlbenco = pytest.mark.skipif(not IMDLBENCO_PYTHON.is_file(), reason=f"no IMDLBenCo python at "
-                                     f"{IMDLBENCO_PYTHON} (.ci/run creates .venv-imdlbenco; or set IMDLBENCO_PYTHON)")
 
 
 def save(path: Path, array: np.ndarray) -> None:

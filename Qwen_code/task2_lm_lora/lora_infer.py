@@ -13,6 +13,9 @@ auroc, acc, f1, lora_path, base_model_path; then ap and acc/f1 at the threshold 
 ``val_annotation_file``); per-image predictions in ``output_json``; ``report.html`` (curves,
 confusion matrices, per-method table) in ``out_dir``. Runs unchanged under
 ``accelerate launch --num_processes N``.
+With ``--perturb`` (config key ``perturb``) the test index is evaluated again under each
+perturbation, the model loaded once, into ``robustness.csv`` and the report's robustness section
+(``qwen_forensics.evaluation.robustness``).
 
     python Qwen_code/task2_lm_lora/lora_infer.py --config Qwen_code/task2_lm_lora/config_lora_infer.json [--root DIR]
 """
@@ -28,9 +31,10 @@ import torch
 from qwen_forensics.checkpoints import (adapter_setup, load_adapter_strict, resolve_infer_setup, start_config_run,
                                         write_resolved_config)
 from qwen_forensics.config import config_dict, load_config, precision
-from qwen_forensics.data import Task2ImageDataset, make_collator
-from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation_outputs, finish_evaluation,
-                                       generated_columns, guard_checkpoint_split, image_report, prediction_rows)
+from qwen_forensics.data import Task2ImageDataset, make_collator, parse_perturbations
+from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
+                                       evaluation_outputs, finish_evaluation, generated_columns,
+                                       guard_checkpoint_split, image_report, prediction_rows, run_conditions)
 from qwen_forensics.model import load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes:
         accelerator.print(f"note: {note}")
     out_dir = Path(cfg.out_dir)
+    conditions = parse_perturbations(cfg.perturb)
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
     run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
                            accelerator=accelerator, say=accelerator.print)
@@ -62,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     # The indexes are checked and their first batches decoded while the weights load.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: Task2ImageDataset.from_records(records, cfg.data_root, setup.image_size),
+        dataset=lambda records, perturbation=None: Task2ImageDataset.from_records(
+            records, cfg.data_root, setup.image_size, perturbation, cfg.perturb_seed),
         collate=make_collator(processor, setup, train=False))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+    evaluate.perturb("test", conditions)
 
     run_in = precision(cfg.torch_dtype, accelerator.device)
     if run_in.note:
@@ -74,12 +81,22 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_adapter_strict(model, cfg.lora_path)
     accelerator.print(f"adapter {cfg.lora_path}: {loaded.num_tensors} tensors loaded strictly")
 
-    test, tuned = evaluate.run(answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer),
-                               val_kwargs={"max_new_tokens": 0}, test_kwargs={"max_new_tokens": cfg.max_new_tokens})
+    predict = answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer)
+    test, tuned = evaluate.run(predict, val_kwargs={"max_new_tokens": 0},
+                               test_kwargs={"max_new_tokens": cfg.max_new_tokens})
+    tuned = tuned["p_fake"]
+
+    def score(run) -> dict:
+        rows = prediction_rows(run.records, run.predictions, tuned, setup.fake_word, setup.real_word)
+        return {**image_report([r.label for r in run.records], run.predictions.p_fake, tuned_threshold=tuned),
+                **generated_columns(rows)}
+
+    robustness = RobustnessTable(out_dir / ROBUSTNESS_CSV) if conditions and accelerator.is_main_process else None
+    run_conditions(evaluate, "test", cfg.annotation_file, test, conditions, predict, score, robustness,
+                   say=accelerator.print, max_new_tokens=cfg.max_new_tokens)
     if not evaluate.close():
         return
     records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    tuned = tuned["p_fake"]
 
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
                      "answer words": f"{setup.fake_word} / {setup.real_word}",
-                     **leak_check.columns()})
+                     **leak_check.columns()},
+        extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))

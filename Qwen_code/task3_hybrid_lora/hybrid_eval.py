@@ -7,6 +7,9 @@ for both verdicts (``lm_*`` and ``head_*`` columns); ``score`` uses the LM's AUR
 the heads'. Thresholds are tuned on ``val_annotation_file`` when given (never on the test set).
 Writes one CSV row per run, ``predictions.json`` (per image), heatmap pictures and ``report.html``
 (both verdicts' curves and tables, the heads' pixel metrics and gallery; ``qwen_forensics.evaluation.outputs``).
+With ``--perturb`` (config key ``perturb``) the test index is evaluated again under each perturbation, the
+model loaded once, into ``robustness.csv`` and the report's robustness section
+(``qwen_forensics.evaluation.robustness``).
 
     python Qwen_code/task3_hybrid_lora/hybrid_eval.py --config Qwen_code/task3_hybrid_lora/config_hybrid_eval.json
 """
@@ -22,10 +25,11 @@ import torch
 from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
                                         read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule
-from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, HeatmapSource, PictureWriter, PixelCounter,
-                                       SplitEvaluator, each_batch, evaluation_outputs, finish_evaluation,
-                                       guard_checkpoint_split, predict_hybrid, score_hybrid, submission_writer)
+from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, parse_perturbations
+from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter,
+                                       RobustnessTable, SplitEvaluator, each_batch, evaluation_outputs,
+                                       finish_evaluation, guard_checkpoint_split, predict_hybrid, run_conditions,
+                                       score_hybrid, submission_writer)
 from qwen_forensics.model import HybridPrompt, load_model, load_processor
 from qwen_forensics.task_configs import Task3EvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    conditions = parse_perturbations(cfg.perturb)
     paths = CheckpointPaths.from_config(cfg)
     trained = read_hybrid_spec(paths.fusion_file)
     for note in seed_key_notes(cfg, trained):
@@ -74,10 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     # also decode each fake's ground truth, which the loop scores the heads' heatmaps against.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, mask_rule, with_mask=False,
-                                               with_truth=True),
+        dataset=lambda records, perturbation=None: ForgeryDataset(
+            records, cfg.data_root, image_size, mask_rule, with_mask=False, with_truth=True,
+            perturbation=perturbation, perturb_seed=cfg.perturb_seed),
         collate=HybridCollator(processor, prompt))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+    evaluate.perturb("test", conditions)
     # Before the weights load: two images of one file stem would overwrite each other's submission mask.
     submission = (submission_writer(accelerator, evaluate.records("test"), cfg.data_root, cfg.export_submission,
                                     image_size, cfg.pixel_threshold) if cfg.export_submission else None)
@@ -93,15 +100,22 @@ def main(argv: list[str] | None = None) -> None:
     # heatmaps/ pictures are drawn on background threads while the loop runs (main process).
     pictures = (PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
                               cfg.num_heatmaps) if accelerator.is_main_process else None)
-    test, tuned = evaluate.run(lambda loader, n, **kw: predict_hybrid(model, loader, accelerator, answer_ids,
-                                                                      run_in.autocast, n, counter=counter, **kw),
-                               scores=("p_fake_lm", "p_fake_head"),
+
+    def predict(loader, n, **kw):
+        return predict_hybrid(model, loader, accelerator, answer_ids, run_in.autocast, n, counter=counter, **kw)
+
+    test, tuned = evaluate.run(predict, scores=("p_fake_lm", "p_fake_head"),
                                test_kwargs={"on_batch": each_batch(pictures and pictures.on_batch,
                                                                   submission and submission.on_batch)})
+    tuned_lm, tuned_head = tuned["p_fake_lm"], tuned["p_fake_head"]
+    robustness = RobustnessTable(out_dir / ROBUSTNESS_CSV) if conditions and accelerator.is_main_process else None
+    run_conditions(evaluate, "test", cfg.annotation_file, test, conditions, predict,
+                   lambda run: score_hybrid(run.records, run.predictions, pixel_threshold=cfg.pixel_threshold,
+                                            tuned_lm=tuned_lm, tuned_head=tuned_head)[0],
+                   robustness, say=accelerator.print)
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    tuned_lm, tuned_head = tuned["p_fake_lm"], tuned["p_fake_head"]
 
     metrics, rows = score_hybrid(records, preds, pixel_threshold=cfg.pixel_threshold, tuned_lm=tuned_lm,
                                  tuned_head=tuned_head)
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                      "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
                      "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps, pictures=pictures)
+        heatmaps=heatmaps, pictures=pictures, extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
     print(json.dumps(metrics, indent=1))
     print(outputs.summary())

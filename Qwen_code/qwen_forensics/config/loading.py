@@ -56,18 +56,21 @@ T = TypeVar("T")
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, path: str | None = None,
            resolve: Callable[..., Any] | None = None, factory: Any = dataclasses.MISSING,
-           flag: str | None = None) -> Any:
+           flag: str | None = None, flag_list: bool = False, flag_json: bool = False) -> Any:
     """A documented dataclass field.
 
     ``path``: "in", "out" or "out_dir" (see the module docstring). ``resolve(value, role, exists)``
     maps a path to the one really used and returns ``(path, note or None)``; with ``exists=True``
     (scripts) it must also check that an input is there, raising ``FileNotFoundError`` otherwise.
     ``flag``: a command-line option (``--export-submission DIR``) that sets this top-level string key, the
-    same as ``--set key=DIR``.
+    same as ``--set key=DIR``; with ``flag_list`` it takes one or more values (``--perturb jpeg:90 blur:3``)
+    and sets a list of strings; with ``flag_json`` its value is read as ``--set`` reads one (``--perturb-seed 3``
+    sets an integer).
     """
     if path is not None and path not in PATH_ROLES:
         raise ValueError(f"path must be one of {PATH_ROLES}, got {path!r}")
-    meta = {"help": help, "path": path, "resolve": resolve, "flag": flag}
+    meta = {"help": help, "path": path, "resolve": resolve, "flag": flag, "flag_list": flag_list,
+            "flag_json": flag_json}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -262,12 +265,16 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
     flagged = [f for f in dataclasses.fields(cls) if f.metadata.get("flag")]
     for f in flagged:
         parser.add_argument(f.metadata["flag"], dest=f"flag_{f.name}", metavar="VALUE",
+                            nargs="+" if f.metadata.get("flag_list") else None,
                             help=f"the config key {f.name}, as --set {f.name}=VALUE: {f.metadata['help']}")
-    flags = [f.name for f in flagged]
     args = parser.parse_args(argv)
+
+    def override(f) -> str:
+        value = getattr(args, f"flag_{f.name}")
+        return f"{f.name}={value if f.metadata.get('flag_json') else json.dumps(value)}"
+
     # A flag is one more override, after the --set ones: what the command line says last wins.
-    overrides = [*args.overrides, *(f"{name}={json.dumps(getattr(args, f'flag_{name}'))}" for name in flags
-                                    if getattr(args, f"flag_{name}") is not None)]
+    overrides = [*args.overrides, *(override(f) for f in flagged if getattr(args, f"flag_{f.name}") is not None)]
     base_dir = Path(args.config).resolve().parent
     try:
         cfg = parse_config(cls, read_config_file(args.config), overrides=overrides, root=args.root,

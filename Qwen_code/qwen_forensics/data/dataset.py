@@ -18,6 +18,7 @@ from qwen_forensics.data.collate import IMDLBENCO_TRUTH_KEY, SIZE_KEY, THUMB_KEY
 from qwen_forensics.data.geometry import letterbox_image, letterbox_mask
 from qwen_forensics.data.lm_records import Task2Sample
 from qwen_forensics.data.masks import MaskRule, load_binary_mask, load_fake_truths
+from qwen_forensics.data.perturb import Perturbation, perturb_image
 from qwen_forensics.data.records import Record
 
 
@@ -34,28 +35,38 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
     the loop scores against on the accelerator (``collate.TRUTH_KEY``: bool [H, W], None for a
     real; ``collate.SIZE_KEY``: (H, W)), decoded here in the loader workers, and the same mask binarised
     as IMDLBenCo does for its convention's columns (``collate.IMDLBENCO_TRUTH_KEY``, from the same decode).
+
+    ``perturbation`` (``data.perturb``): applied to the decoded image at its original resolution, before
+    the letterbox, seeded by ``perturb_seed`` and the image's pixels. Only ``resize`` changes the ground
+    truth (resized with nearest neighbour; ``SIZE_KEY`` is then the resized size, where it is scored).
     """
 
     def __init__(self, records: list[Record], data_root: str | os.PathLike, image_size: int,
-                 mask_rule: MaskRule = MaskRule(), *, with_mask: bool = True, with_truth: bool = False):
+                 mask_rule: MaskRule = MaskRule(), *, with_mask: bool = True, with_truth: bool = False,
+                 perturbation: Perturbation | None = None, perturb_seed: int = 0):
         self.records = list(records)
         self.data_root = Path(data_root)
         self.image_size = image_size
         self.mask_rule = mask_rule
         self.with_mask = with_mask
         self.with_truth = with_truth
+        self.perturbation = perturbation
+        self.perturb_seed = perturb_seed
 
-    def _binary_masks(self, rec: Record, lb) -> tuple[np.ndarray, np.ndarray | None]:
+    def _binary_masks(self, rec: Record, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The fake's binarised mask, and with ``with_truth`` IMDLBenCo's binarisation of it (else None)."""
         if self.with_truth:
             binary, imdlbenco = load_fake_truths(rec, self.data_root, self.mask_rule)
         else:
             binary, imdlbenco = load_binary_mask(rec, self.data_root, self.mask_rule), None
-        if binary.shape != (lb.orig_h, lb.orig_w):
+        if binary.shape != (height, width):
             raise ValueError(
                 f"record {rec.index} ({rec.image_path}): mask {rec.mask_path} is {binary.shape[0]}x{binary.shape[1]} "
-                f"but the image is {lb.orig_h}x{lb.orig_w}; run check_data.py and fix or skip it."
+                f"but the image is {height}x{width}; run check_data.py and fix or skip it."
             )
+        if self.perturbation is not None:
+            binary = self.perturbation.mask(binary)
+            imdlbenco = self.perturbation.mask(imdlbenco)
         return binary, imdlbenco
 
     def __len__(self) -> int:
@@ -64,10 +75,12 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
         with Image.open(self.data_root / rec.image_path) as img:
-            image, lb = letterbox_image(img, self.image_size)
+            height, width = img.height, img.width
+            shown = img if self.perturbation is None else perturb_image(img, self.perturbation, self.perturb_seed)
+            image, lb = letterbox_image(shown, self.image_size)
         item = {"image": image, "label": rec.label, "letterbox": lb, "record": rec, "position": i}
-        binary, imdlbenco = (self._binary_masks(rec, lb) if rec.label == 1 and (self.with_mask or self.with_truth)
-                             else (None, None))
+        binary, imdlbenco = (self._binary_masks(rec, height, width)
+                             if rec.label == 1 and (self.with_mask or self.with_truth) else (None, None))
         if self.with_truth:
             item[TRUTH_KEY], item[IMDLBENCO_TRUTH_KEY], item[SIZE_KEY] = binary, imdlbenco, (lb.orig_h, lb.orig_w)
         if self.with_mask:
@@ -76,11 +89,14 @@ index in ``records``: distributed evaluation orders gathered outputs by it).
         return item
 
 
-def model_image(img: Image.Image, image_size: int | None) -> Image.Image:
-    """The RGB picture the processor receives: letterboxed to ``image_size``, or the original image
-    when ``image_size`` is None (the processor then resizes within its pixel bounds)."""
+def model_image(img: Image.Image, image_size: int | None, perturbation: Perturbation | None = None,
+                perturb_seed: int = 0) -> Image.Image:
+    """The RGB picture the processor receives: ``perturbation`` (if any) applied at the original
+    resolution, then letterboxed to ``image_size``, or as it is when ``image_size`` is None (the processor
+    then resizes within its pixel bounds)."""
+    img = perturb_image(img, perturbation, perturb_seed)
     if image_size is None:
-        return img.convert("RGB")
+        return img
     return letterbox_image(img, image_size)[0]
 
 
@@ -89,22 +105,28 @@ class ImageFileDataset(Dataset):
     by :func:`model_image`, exactly as the evaluation datasets prepare theirs. Check the files first
     (``validate.inspect_image``): a file that fails to decode here raises. With ``thumbnail_side``
     items also carry the original size (``collate.SIZE_KEY``) and a copy of the image at most that
-    many pixels on its long side (``collate.THUMB_KEY``, uint8 [h, w, 3]) for the overlay picture."""
+    many pixels on its long side (``collate.THUMB_KEY``, uint8 [h, w, 3]) for the overlay picture.
+    ``perturbation`` (``data.perturb``) is applied first, at the original resolution; the thumbnail and
+    the size are then the perturbed image's."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int | None, thumbnail_side: int | None = None):
+    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int | None, thumbnail_side: int | None = None,
+                 perturbation: Perturbation | None = None, perturb_seed: int = 0):
         self.paths = [Path(p) for p in paths]
         self.image_size = image_size
         self.thumbnail_side = thumbnail_side
+        self.perturbation = perturbation
+        self.perturb_seed = perturb_seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        with Image.open(self.paths[i]) as img:
+        with Image.open(self.paths[i]) as opened:
+            img = perturb_image(opened, self.perturbation, self.perturb_seed)
             item = {"image": model_image(img, self.image_size), "position": i}
             if self.thumbnail_side:
                 item[SIZE_KEY] = (img.height, img.width)
-                thumb = img.convert("RGB")
+                thumb = img.copy()
                 thumb.thumbnail((self.thumbnail_side, self.thumbnail_side), Image.BILINEAR)
                 item[THUMB_KEY] = np.array(thumb, dtype=np.uint8)
             return item
@@ -125,17 +147,23 @@ class Task2ImageDataset(Dataset):
 
     The file is read once; when the entry carries a digest it is checked on those bytes, so a
     training image replaced after map.py is an error instead of a silent label mismatch.
+    ``perturbation`` (``data.perturb``) is applied to the decoded image before the letterbox.
     """
 
-    def __init__(self, entries: Sequence[ImageEntry], data_root: str | os.PathLike, image_size: int | None):
+    def __init__(self, entries: Sequence[ImageEntry], data_root: str | os.PathLike, image_size: int | None,
+                 perturbation: Perturbation | None = None, perturb_seed: int = 0):
         self.entries = list(entries)
         self.data_root = Path(data_root)
         self.image_size = image_size
+        self.perturbation = perturbation
+        self.perturb_seed = perturb_seed
 
     @classmethod
-    def from_records(cls, records: Sequence[Record], data_root, image_size) -> "Task2ImageDataset":
+    def from_records(cls, records: Sequence[Record], data_root, image_size, perturbation: Perturbation | None = None,
+                     perturb_seed: int = 0) -> "Task2ImageDataset":
         """Index records, read as they are (no digest to check)."""
-        return cls([ImageEntry(r.image_path, r.label) for r in records], data_root, image_size)
+        return cls([ImageEntry(r.image_path, r.label) for r in records], data_root, image_size, perturbation,
+                   perturb_seed)
 
     @classmethod
     def from_samples(cls, samples: Sequence[Task2Sample], data_root, image_size) -> "Task2ImageDataset":
@@ -154,5 +182,5 @@ class Task2ImageDataset(Dataset):
             raise ValueError(f"{path} changed after map.py recorded it (size or SHA-256 differ); rerun map.py so "
                              "the training set matches the images")
         with Image.open(io.BytesIO(data)) as img:
-            image = model_image(img, self.image_size)
+            image = model_image(img, self.image_size, self.perturbation, self.perturb_seed)
         return {"image": image, "label": entry.label, "position": i}

@@ -11,7 +11,9 @@ index named (``--val``), never on a test set.
 Outputs in the output folder: ``benchmark.csv`` (one row per set: :data:`LEADING_COLUMNS`, then every
 metric column, then ``error`` and ``index``), ``report.html`` (``report.write_benchmark_report``),
 ``predictions_<set>.json`` (the evaluation scripts' per-image rows), ``skipped_<set>/`` (the bad-sample
-policy's lists) and with a submission folder ``<folder>/<set>/`` (``submission``).
+policy's lists) and with a submission folder ``<folder>/<set>/`` (``submission``). With perturbations
+(``--perturb``) each set is evaluated again under each condition right after its clean pass, into
+``robustness.csv`` (``robustness``) and the report's robustness section.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from qwen_forensics.config import relocate_path
 from qwen_forensics.data.dataset import ForgeryDataset, Task2ImageDataset
 from qwen_forensics.data.formats import BadIndex
 from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.data.perturb import Perturbation
 from qwen_forensics.data.records import read_index
 from qwen_forensics.evaluation.images import CheckpointRunner
 from qwen_forensics.evaluation.metrics import image_report
 from qwen_forensics.evaluation.outputs import prediction_rows, write_predictions
 from qwen_forensics.evaluation.predictions import SplitEvaluator
+from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV, RobustnessTable, run_conditions
 from qwen_forensics.evaluation.scoring import PixelCounter, score_heads, score_hybrid
 from qwen_forensics.evaluation.submission import SubmissionWriter
 from qwen_forensics.files import atomic_write
@@ -49,7 +53,7 @@ SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def benchmark_outputs(names: Sequence[str], submission: str | os.PathLike | None) -> list[str]:
     """What a benchmark run writes into its output folder (``checkpoints.runs``), and its submission folder."""
-    return [BENCHMARK_CSV, REPORT_NAME, *(f"predictions_{name}.json" for name in names), "skipped_*",
+    return [BENCHMARK_CSV, REPORT_NAME, ROBUSTNESS_CSV, *(f"predictions_{name}.json" for name in names), "skipped_*",
             *([str(submission)] if submission else [])]
 
 
@@ -144,16 +148,20 @@ class Benchmark:
     pixel_threshold: float = 0.5
     submission_dir: Path | None = None
     say: Callable[[str], None] = print
+    perturbations: Sequence[Perturbation] = ()
+    perturb_seed: int = 0
     evaluator: SplitEvaluator | None = field(default=None, init=False, repr=False)
+    robustness: RobustnessTable | None = field(default=None, init=False, repr=False)
 
     def _evaluator(self) -> SplitEvaluator:
-        ckpt, root = self.runner.ckpt, self.data_root
+        ckpt, root, seed = self.runner.ckpt, self.data_root, self.perturb_seed
         if ckpt.kind == TASK2:
-            def dataset(records):
-                return Task2ImageDataset.from_records(records, root, ckpt.image_size)
+            def dataset(records, perturbation=None):
+                return Task2ImageDataset.from_records(records, root, ckpt.image_size, perturbation, seed)
         else:
-            def dataset(records):
-                return ForgeryDataset(records, root, ckpt.image_size, MaskRule(), with_mask=False, with_truth=True)
+            def dataset(records, perturbation=None):
+                return ForgeryDataset(records, root, ckpt.image_size, MaskRule(), with_mask=False, with_truth=True,
+                                      perturbation=perturbation, perturb_seed=seed)
         return SplitEvaluator(self.runner.accelerator, root, self.on_bad_sample, self.out_dir, self.batch_size,
                               self.num_workers, dataset=dataset, collate=self.runner.collator())
 
@@ -185,6 +193,7 @@ class Benchmark:
                 continue
             results[name] = SetResult(name, path, loaded.format, len(loaded.records),
                                       sum(r.label for r in loaded.records), loaded.skipped)
+            evaluator.perturb(name, self.perturbations)
         runnable = [name for name in sets if results[name].error is None]
         if not runnable:
             return (list(results.values()), {}) if evaluator.close() else None
@@ -199,12 +208,20 @@ class Benchmark:
 
         evaluator.warm(first, predict)
         tuned = evaluator.tune(predict, self.runner.score_columns)
+        if self.perturbations:
+            self.robustness = RobustnessTable(self.out_dir / ROBUSTNESS_CSV)
+        main = self.runner.accelerator.is_main_process
         runs = {}
         for name in runnable:
-            writer = writers.get(name) if self.runner.accelerator.is_main_process else None
+            writer = writers.get(name) if main else None
             runs[name] = evaluator.evaluate(name, predict, on_batch=writer.on_batch if writer and image_size else None)
             self.say(f"[benchmark] {name}: {results[name].n_images} images ({results[name].n_fake} fake), "
                      f"{runs[name].images_per_s:.1f} images/s")
+            # The perturbed passes gather on every process; the main one scores each (from the gathered
+            # counts, no image read again) and appends its row as it finishes.
+            run_conditions(evaluator, name, name, runs[name], self.perturbations, predict,
+                           lambda r: _score(self.runner, r.records, r.predictions, tuned, self.pixel_threshold)[0],
+                           self.robustness if main else None, say=self.say)
         if not evaluator.close():
             return None
         for name, run in runs.items():
@@ -241,5 +258,6 @@ class Benchmark:
                                               **({"submission": str(r.submission)} if r.submission else {})},
                                      r.metrics or {}, r.rows, self.runner.score_columns) for r in results]
         report = write_benchmark_report(self.out_dir / REPORT_NAME, title="Benchmark: one checkpoint, many sets",
-                                        description=description, table=rows, columns=shown, sections=sections)
+                                        description=description, table=rows, columns=shown, sections=sections,
+                                        extra_sections=[self.robustness.section()] if self.robustness else ())
         return table_path, report

@@ -6,10 +6,11 @@ Three steps, each reusing what the evaluation scripts use:
    training recorded (base model, image size, prompt); nothing needs repeating on the command line.
 2. :func:`collect_images`: the inputs (files and folders) checked with ``validate.inspect_image``;
    unreadable, truncated and non-image files are listed with the reason, never dropped silently.
-3. :func:`predict_images`: the task's own collators and batched scorers (:class:`CheckpointRunner`:
+3. :class:`ImagePredictor`: the task's own collators and batched scorers (:class:`CheckpointRunner`:
    ``evaluation.predict_heads``, ``evaluation.score_answers``, ``evaluation.predict_hybrid``; the model
    loaded once, as ``benchmark_sets.py`` uses it too) over ``data.dataset.ImageFileDataset``
-   (letterboxed to the checkpoint's ``image_size`` as in evaluation).
+   (letterboxed to the checkpoint's ``image_size`` as in evaluation), one pass per condition
+   (``--perturb``: the clean images, then each perturbation of ``data.perturb``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from qwen_forensics.data.collate import SIZE_KEY, THUMB_KEY, HybridCollator, Ima
 from qwen_forensics.data.dataset import ImageFileDataset
 from qwen_forensics.data.formats import IMAGE_SUFFIXES
 from qwen_forensics.data.geometry import letterbox_geometry, unletterbox_stack
+from qwen_forensics.data.perturb import CLEAN_NAME, Perturbation, level_text, resized_size
 from qwen_forensics.data.validate import inspect_image
 from qwen_forensics.files import BackgroundWriter
 from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid, score_answers
@@ -100,6 +102,7 @@ class Predictions:
     answers: list[str] | None = None           # the LM's greedy free text
     started: float = 0.0                       # time.perf_counter() when the prediction loop began
     seconds: float = 0.0                       # the prediction loop alone
+    perturbation: Perturbation | None = None   # the condition of this pass (None: the images as they are)
 
 
 class CheckpointRunner:
@@ -169,27 +172,57 @@ class CheckpointRunner:
                               counter=counter, on_batch=on_batch)
 
 
-def predict_images(ckpt: Checkpoint, images: Sequence[Path], *, model_path: str, batch_size: int,
-                   max_new_tokens: int, accelerator, num_workers: int = 0, fast_paths: bool = True,
-                   on_batch=None) -> Predictions:
-    """Score ``images`` with the checkpoint's own parts (:class:`CheckpointRunner`); with ``num_workers``
-    loader processes decoding and letterboxing them meanwhile; ``fast_paths`` False runs plain
-    transformers. ``on_batch(batch, heatmaps)`` sees each batch of a checkpoint with heads
-    (:class:`HeatmapFiles` writes its pictures meanwhile)."""
-    runner = CheckpointRunner(ckpt, model_path, accelerator, fast_paths=fast_paths)
-    dataset = ImageFileDataset(images, ckpt.image_size, OVERLAY_SIDE if ckpt.has_heads else None)
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=runner.collator(),
-                                            pin_memory=accelerator.device.type == "cuda", num_workers=num_workers))
-    runner.load()
-    started = time.perf_counter()
-    got = runner.predict(loader, len(images), on_batch=on_batch, max_new_tokens=max_new_tokens)
-    seconds = time.perf_counter() - started
-    if ckpt.kind == TASK1:
-        return Predictions(p_fake_head=got.p_fake, heatmaps=got.heatmaps, started=started, seconds=seconds)
-    if ckpt.kind == TASK2:
-        return Predictions(p_fake_lm=got.p_fake, answers=got.generated, started=started, seconds=seconds)
-    return Predictions(p_fake_head=got.p_fake_head, heatmaps=got.heatmaps, p_fake_lm=got.p_fake_lm,
-                       answers=got.generated, started=started, seconds=seconds)
+class ImagePredictor:
+    """A checkpoint's own parts (:class:`CheckpointRunner`) over image files, the model loaded once for any
+    number of passes (``predict.py``'s conditions, the app's requests): :meth:`passes` scores a list of
+    files once per condition, with ``num_workers`` loader processes decoding, perturbing and letterboxing
+    them meanwhile (the next condition's loader starts while the current pass runs); ``fast_paths``
+    False runs plain transformers."""
+
+    def __init__(self, ckpt: Checkpoint, model_path: str, accelerator, *, batch_size: int, max_new_tokens: int,
+                 num_workers: int = 0, fast_paths: bool = True):
+        self.ckpt, self.accelerator = ckpt, accelerator
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.max_new_tokens = max_new_tokens if ckpt.has_lm else 0
+        self.runner = CheckpointRunner(ckpt, model_path, accelerator, fast_paths=fast_paths)
+        self.collate = self.runner.collator()
+
+    def load(self) -> None:
+        """Load the model (once; later calls do nothing)."""
+        if self.runner.model is None:
+            self.runner.load()
+
+    def _loader(self, images: Sequence[Path], perturbation: Perturbation | None, perturb_seed: int):
+        dataset = ImageFileDataset(images, self.ckpt.image_size, OVERLAY_SIDE if self.ckpt.has_heads else None,
+                                   perturbation, perturb_seed)
+        return self.accelerator.prepare(DataLoader(dataset, batch_size=self.batch_size, collate_fn=self.collate,
+                                                   pin_memory=self.accelerator.device.type == "cuda",
+                                                   num_workers=self.num_workers))
+
+    def passes(self, images: Sequence[Path], conditions: Sequence[Perturbation | None] = (None,), *,
+               perturb_seed: int = 0, on_batch=None):
+        """Yield one :class:`Predictions` per condition, in order (None: the images as they are).
+        ``on_batch(condition)`` returns the hook that sees each batch of that pass of a checkpoint with
+        heads (``HeatmapFiles.on_batch``: its pictures are written meanwhile), or None."""
+        loaders = [self._loader(images, condition, perturb_seed) for condition in conditions]
+        # The first pass's workers decode while the weights load; each later one's while the pass before runs.
+        running = iter(loaders[0]) if loaders else None
+        self.load()
+        for k, condition in enumerate(conditions):
+            current, running = running, iter(loaders[k + 1]) if k + 1 < len(loaders) else None
+            started = time.perf_counter()
+            got = self.runner.predict(current, len(images), on_batch=on_batch(condition) if on_batch else None,
+                                      max_new_tokens=self.max_new_tokens)
+            yield self._predictions(got, started, time.perf_counter() - started, condition)
+
+    def _predictions(self, got, started: float, seconds: float, condition: Perturbation | None) -> Predictions:
+        timing = {"started": started, "seconds": seconds, "perturbation": condition}
+        if self.ckpt.kind == TASK1:
+            return Predictions(p_fake_head=got.p_fake, heatmaps=got.heatmaps, **timing)
+        if self.ckpt.kind == TASK2:
+            return Predictions(p_fake_lm=got.p_fake, answers=got.generated, **timing)
+        return Predictions(p_fake_head=got.p_fake_head, heatmaps=got.heatmaps, p_fake_lm=got.p_fake_lm,
+                           answers=got.generated, **timing)
 
 
 OVERLAY_SIDE = 1024  # the overlay picture's long side at most, in pixels (never upscaled)
@@ -200,12 +233,14 @@ class HeatmapFiles:
     overlay on a copy of the image at most :data:`OVERLAY_SIDE` pixels wide (JPEG). Both are computed
     on the accelerator as each batch comes out of the model (``on_batch``: the inverse letterbox of the
     batch's images of one size at once, the grey levels, the overlay's heatmap at the thumbnail's size)
-    and encoded on background threads, so the loop never waits for an encoder."""
+    and encoded on background threads, so the loop never waits for an encoder. A perturbed pass's files
+    end in ``_<kind>-<level>`` (``00003_frame_jpeg-50.png``)."""
 
-    def __init__(self, out_dir: Path, scan: ImageScan, image_size: int):
+    def __init__(self, out_dir: Path, scan: ImageScan, image_size: int, perturbation: Perturbation | None = None):
         self.out_dir, self.scan, self.image_size = out_dir, scan, image_size
         self.writer = BackgroundWriter()
-        self.stems = [f"{k:05d}_{path.stem}" for k, path in enumerate(scan.images)]
+        suffix = "" if perturbation is None else f"_{perturbation.kind}-{level_text(perturbation.level)}"
+        self.stems = [f"{k:05d}_{path.stem}{suffix}" for k, path in enumerate(scan.images)]
 
     def paths(self, k: int) -> tuple[Path, Path]:
         return (self.out_dir / HEATMAPS_DIR / f"{self.stems[k]}.png",
@@ -217,19 +252,27 @@ class HeatmapFiles:
         save_overlay_jpeg(thumbnail, small, overlay_path)
 
     def on_batch(self, batch, heatmaps: torch.Tensor) -> None:
-        positions, sizes, thumbnails = batch["position"].tolist(), batch[SIZE_KEY].tolist(), batch[THUMB_KEY]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            groups.setdefault(tuple(size), []).append(i)
-        for (h, w), members in groups.items():
-            prob = unletterbox_stack(heatmaps[members].float(), letterbox_geometry(h, w, self.image_size)).clamp(0, 1)
-            levels = (prob * 255).round().to(torch.uint8).cpu().numpy()
-            for j, i in enumerate(members):
-                thumbnail = thumbnails[i]
-                small = F.interpolate(prob[j][None, None], size=tuple(thumbnail.shape[:2]), mode="bilinear",
-                                      align_corners=False)[0, 0]
-                self.writer.submit(self._write, positions[i], levels[j], thumbnail.cpu().numpy(),
-                                   small.cpu().numpy())
+        thumbnails = batch[THUMB_KEY]
+        for i, position, prob, levels in original_size_maps(batch, heatmaps, self.image_size):
+            thumbnail = thumbnails[i]
+            small = F.interpolate(prob[None, None], size=tuple(thumbnail.shape[:2]), mode="bilinear",
+                                  align_corners=False)[0, 0]
+            self.writer.submit(self._write, position, levels, thumbnail.cpu().numpy(), small.cpu().numpy())
+
+
+def original_size_maps(batch, heatmaps: torch.Tensor, image_size: int):
+    """Each image of a batch's heatmap at its original resolution, on the heatmaps' device: yields (index in the
+    batch, dataset position, probabilities [H, W] in [0, 1], their 8-bit grey levels as a host array), the
+    batch's images of one size mapped back at once (``data.geometry.unletterbox_stack``)."""
+    positions, sizes = batch["position"].tolist(), batch[SIZE_KEY].tolist()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(i)
+    for (h, w), members in groups.items():
+        prob = unletterbox_stack(heatmaps[members].float(), letterbox_geometry(h, w, image_size)).clamp(0, 1)
+        levels = (prob * 255).round().to(torch.uint8).cpu().numpy()
+        for j, i in enumerate(members):
+            yield i, positions[i], prob[j], levels[j]
 
 
 # --------------------------------------------------------------------------------------- outputs
@@ -249,23 +292,21 @@ def primary_score(ckpt: Checkpoint) -> str:
     return "p_fake_lm" if ckpt.has_lm else "p_fake_head"
 
 
-def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *,
-                      threshold: float, heatmap_files: HeatmapFiles | None = None) -> list[dict]:
-    """One row per image (CSV and JSON, input order), the heatmap and overlay PNGs at each image's
-    original resolution (``heatmap_files`` wrote them during the loop; waited for here), and
-    ``skipped.json``; returns the rows.
-
-    Row keys: ``image``, ``height``, ``width``, then what the checkpoint has: ``p_fake_head``,
-    ``p_fake_lm``; always ``p_fake`` (:func:`primary_score`) and ``verdict`` ("fake" when
-    ``p_fake >= threshold``); ``answer_text`` (the LM's greedy words) and ``heatmap_png`` /
-    ``overlay_jpg`` (paths) where they exist.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if heatmap_files is not None:
-        heatmap_files.writer.close()
+def image_rows(ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *, threshold: float,
+               heatmap_files: HeatmapFiles | None = None, conditions: bool = False) -> list[dict]:
+    """One pass's rows, one per image in input order (see :func:`write_predictions`); with ``conditions``
+    each row names its pass's ``perturbation`` (``none`` for the images as they are) and ``level``, and
+    ``height`` / ``width`` are the perturbed image's (a resize changes them)."""
     rows = []
+    condition = preds.perturbation
     for k, (path, (height, width)) in enumerate(zip(scan.images, scan.sizes)):
-        row: dict = {"image": str(path), "height": height, "width": width}
+        row: dict = {"image": str(path)}
+        if conditions:
+            row["perturbation"] = CLEAN_NAME if condition is None else condition.kind
+            row["level"] = "" if condition is None else level_text(condition.level)
+            if condition is not None and condition.kind == "resize":
+                height, width = resized_size(height, width, condition.level)
+        row.update(height=height, width=width)
         if preds.p_fake_head is not None:
             row["p_fake_head"] = float(preds.p_fake_head[k])
         if preds.p_fake_lm is not None:
@@ -274,10 +315,32 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, preds: P
         row["verdict"] = "fake" if row["p_fake"] >= threshold else "real"
         if preds.answers is not None:
             row["answer_text"] = preds.answers[k]
-        if preds.heatmaps is not None:
+        if preds.heatmaps is not None and heatmap_files is not None:
             heat_path, overlay_path = heatmap_files.paths(k)
             row["heatmap_png"], row["overlay_jpg"] = str(heat_path), str(overlay_path)
         rows.append(row)
+    return rows
+
+
+def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, passes: Sequence[Predictions], *,
+                      threshold: float, heatmap_files: Sequence[HeatmapFiles | None] = (),
+                      conditions: bool = False) -> list[dict]:
+    """The rows of every pass (CSV and JSON: pass by pass, input order within each), the heatmap and overlay
+    PNGs at each image's original resolution (``heatmap_files``, one per pass, wrote them during the loop;
+    waited for here), and ``skipped.json``; returns the rows.
+
+    Row keys: ``image``, with ``conditions`` (``--perturb``) ``perturbation`` and ``level``, then ``height``,
+    ``width``, then what the checkpoint has: ``p_fake_head``, ``p_fake_lm``; always ``p_fake``
+    (:func:`primary_score`) and ``verdict`` ("fake" when ``p_fake >= threshold``); ``answer_text`` (the LM's
+    greedy words) and ``heatmap_png`` / ``overlay_jpg`` (paths) where they exist.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = list(heatmap_files) or [None] * len(passes)
+    rows = []
+    for preds, pictures in zip(passes, files):
+        if pictures is not None:
+            pictures.writer.close()
+        rows += image_rows(ckpt, scan, preds, threshold=threshold, heatmap_files=pictures, conditions=conditions)
     with (out_dir / PREDICTIONS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
         writer.writeheader()

@@ -34,6 +34,7 @@ from qwen_forensics.checkpoints.runs import Run
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.records import Record
 from qwen_forensics.evaluation.predictions import AnswerScores
+from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV
 from qwen_forensics.evaluation.scoring import HeatmapSource
 from qwen_forensics.files import BackgroundWriter, append_csv_row
 from qwen_forensics.report.page import GalleryItem, row_caption, write_report
@@ -132,7 +133,7 @@ def gallery(source: HeatmapSource, rows: Sequence[Mapping[str, Any]], score_colu
 def evaluation_outputs(output_json: str | os.PathLike, submission: str | os.PathLike | None = None) -> list[str]:
     """What an evaluation writes into its output folder (``runs``; the metrics CSV is appended, not listed),
     and its submission folder (``--export-submission``) wherever that is."""
-    return [RESOLVED_CONFIG_NAME, str(output_json), HEATMAP_DIR, REPORT_NAME, "skipped_*",
+    return [RESOLVED_CONFIG_NAME, str(output_json), HEATMAP_DIR, REPORT_NAME, ROBUSTNESS_CSV, "skipped_*",
             *([str(submission)] if submission else [])]
 
 
@@ -152,7 +153,8 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
                       metrics: Mapping[str, Any], score_columns: Sequence[str],
                       thresholds: Mapping[str, float | None], title: str, description: Mapping[str, Any],
                       heatmaps: HeatmapSource | None = None, pictures: PictureWriter | None = None,
-                      gallery_size: int = GALLERY_SIZE) -> EvalOutputs:
+                      gallery_size: int = GALLERY_SIZE,
+                      extra_sections: Sequence[tuple[str, str]] = ()) -> EvalOutputs:
     """Write the predictions file, heatmap pictures, ``report.html`` and the CSV row (see the module doc).
 
     ``rows``: per-image dicts (``image_path``, ``label``, the ``score_columns``; with heatmaps also the
@@ -161,7 +163,8 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
     ``csv_path`` with ``csv_columns`` leading (``files.append_csv_row``). ``thresholds``: the tuned
     threshold per score column, None without a validation index. ``metrics`` and ``description`` are
     the report's metrics table and run facts; both gain the ``run``'s id and config hash, and the
-    report the number of skipped records (``num_skipped``). Main process only.
+    report the number of skipped records (``num_skipped``). ``extra_sections``: (heading, HTML) pairs the
+    report appends (``robustness.RobustnessTable.section``). Main process only.
     """
     out_dir = Path(out_dir)
     csv_row = {**csv_row, **run.columns()}
@@ -181,7 +184,8 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
     predictions = write_predictions(output_json, rows)
     report = write_report(out_dir / REPORT_NAME, metrics=metrics, rows=rows, score_columns=score_columns,
                           thresholds=thresholds, title=title, description=description, gallery_best=best,
-                          gallery_worst=worst, pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE)
+                          gallery_worst=worst, pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE,
+                          extra_sections=extra_sections)
     append_csv_row(csv_path, csv_row, csv_columns)
     return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=written)
 

@@ -23,8 +23,9 @@ from accelerate.utils import send_to_device
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from qwen_forensics.data.collate import generate_inputs, hybrid_inputs, model_inputs, vision_grid
-from qwen_forensics.data.records import Record
 from qwen_forensics.data.formats import RECORDS
+from qwen_forensics.data.perturb import Perturbation
+from qwen_forensics.data.records import Record
 from qwen_forensics.data.validate import LoadedSplit, load_split
 from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.evaluation.scoring import PixelCounter
@@ -71,7 +72,13 @@ class _DeviceBatches:
 @dataclass
 class _Split:
     loaded: LoadedSplit
+    perturbation: Perturbation | None = None
     batches: Any = None     # the loader, once opened
+
+
+def condition_tag(tag: str, perturbation: Perturbation) -> str:
+    """The evaluator's tag of an index's perturbed copy (``test@jpeg:90``)."""
+    return f"{tag}@{perturbation.name}"
 
 
 @dataclass
@@ -92,7 +99,12 @@ class SplitEvaluator:
     loader's first batch and its output is dropped. The first forward of a process compiles the
     fused kernels (or loads them from Triton's disk cache) and lets cuBLAS and cuDNN pick their
     kernels for these shapes; its seconds are printed on their own ``[warm-up]`` line, so the
-    printed images/s is the loop's steady pace. The batch is then evaluated again in the loop."""
+    printed images/s is the loop's steady pace. The batch is then evaluated again in the loop.
+
+    Robustness (``--perturb``): :meth:`perturb` queues a perturbed copy of a validated index per condition
+    right after it (same records, no second validation); each is evaluated like any index, its loader
+    opening while the one before it runs. ``dataset(records, perturbation)`` is then called with the
+    condition (``data.perturb.Perturbation``); a clean index is built with ``dataset(records)``."""
     accelerator: Accelerator
     data_root: str
     on_bad_sample: str
@@ -120,6 +132,15 @@ class SplitEvaluator:
         self._splits[tag] = _Split(loaded)
         return loaded
 
+    def perturb(self, tag: str, perturbations: Sequence[Perturbation]) -> list[str]:
+        """Queue a perturbed copy of the validated index ``tag`` per condition, evaluated right after it, in
+        order; returns their tags (:func:`condition_tag`)."""
+        copies = {condition_tag(tag, p): _Split(self._splits[tag].loaded, p) for p in perturbations}
+        order = list(self._splits.items())
+        at = [k for k, _ in order].index(tag) + 1
+        self._splits = dict([*order[:at], *copies.items(), *order[at:]])
+        return list(copies)
+
     def discard(self, tag: str) -> None:
         """Forget a validated index that will not be evaluated."""
         self._splits.pop(tag, None)
@@ -129,7 +150,8 @@ class SplitEvaluator:
         split = self._splits[tag]
         if split.batches is not None:
             return
-        dataset = self.dataset(split.loaded.records)
+        dataset = (self.dataset(split.loaded.records) if split.perturbation is None
+                   else self.dataset(split.loaded.records, split.perturbation))
         # The shards accelerate's prepared loader would give this process (every record once, the last round
         # filled from the start of the index), in a plain loader: its workers start decoding now, while the
         # weights load, where the prepared one would start them only when the loop first asks for a batch.

@@ -218,8 +218,8 @@ def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem], 
 def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
                   thresholds: Mapping[str, float | None] | None = None, title: str = "Evaluation report",
                   description: Mapping[str, Any] | None = None, gallery_best: Sequence[GalleryItem] = (),
-                  gallery_worst: Sequence[GalleryItem] = (),
-                  pixel_note: str | None = None) -> tuple[str, ReportTables]:
+                  gallery_worst: Sequence[GalleryItem] = (), pixel_note: str | None = None,
+                  extra_sections: Sequence[tuple[str, str]] = ()) -> tuple[str, ReportTables]:
     """The report page as a string, and its tables. See ``write_report`` for the arguments."""
     tables = report_tables(rows, score_columns, thresholds)
     frame = rows_frame(rows, score_columns)
@@ -227,7 +227,8 @@ def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any
     sections = (_run_section(description or {}, frame), _metrics_section(metrics),
                 _curves_section(frame, score_columns), _confusion_section(tables, tuned), _methods_section(tables),
                 _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note))
-    body = "\n".join(f"<h2>{heading}</h2>\n{content}" for heading, content in zip(HEADINGS, sections))
+    body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}"
+                     for heading, content in [*zip(HEADINGS, sections), *extra_sections])
     return html_page(title, body), tables
 
 
@@ -235,7 +236,7 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
                  score_columns: Sequence[str], thresholds: Mapping[str, float | None] | None = None,
                  title: str = "Evaluation report", description: Mapping[str, Any] | None = None,
                  gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = (),
-                 pixel_note: str | None = None) -> Report:
+                 pixel_note: str | None = None, extra_sections: Sequence[tuple[str, str]] = ()) -> Report:
     """Write the self-contained report to ``out_path`` (atomically) and return its path and tables.
 
     ``metrics``: the run's metrics dict (the CSV row's metrics; shown in its order, names as given).
@@ -244,11 +245,12 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
     validation set). ``description``: run facts shown first (dataset, checkpoint, ...); image
     counts are added from ``rows``. ``gallery_best`` / ``gallery_worst``: pictures chosen with
     ``breakdown.select_gallery``. ``pixel_note``: why a run has no pixel-level sections (a pipeline
-    without heatmaps), shown there instead of the generic notes.
+    without heatmaps), shown there instead of the generic notes. ``extra_sections``: (heading, HTML) pairs
+    appended after the standard sections (the robustness section, ``report.robustness``).
     """
     page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
                                  title=title, description=description, gallery_best=gallery_best,
-                                 gallery_worst=gallery_worst, pixel_note=pixel_note)
+                                 gallery_worst=gallery_worst, pixel_note=pixel_note, extra_sections=extra_sections)
     return Report(atomic_write_text(out_path, page), tables)
 
 
@@ -320,10 +322,11 @@ def _set_section(section: BenchmarkSection) -> str:
 
 def write_benchmark_report(out_path: str | os.PathLike, *, title: str, description: Mapping[str, Any],
                            table: Sequence[Mapping[str, Any]], columns: Sequence[str],
-                           sections: Sequence[BenchmarkSection]) -> Path:
+                           sections: Sequence[BenchmarkSection],
+                           extra_sections: Sequence[tuple[str, str]] = ()) -> Path:
     """``benchmark_sets.py``'s self-contained report: the run's facts and the table on top (one row per set,
     ``columns`` of the benchmark CSV, the best value of each quality column marked), then one section per
-    set with its facts, ROC / PR curves and every metric."""
+    set with its facts, ROC / PR curves and every metric; then ``extra_sections`` ((heading, HTML) pairs)."""
     info = pd.DataFrame({"key": list(description), "value": list(description.values())}, dtype=object)
     legend = note("Best per column in bold (highest; lowest for false_alarm). Columns and the benchmark each "
                   "convention follows: README, 'Benchmark tables'.")
@@ -331,4 +334,5 @@ def write_benchmark_report(out_path: str | os.PathLike, *, title: str, descripti
             _benchmark_table(table, columns)]
     for section in sections:
         body.append(f"<h2>{html.escape(section.name)}</h2>\n{_set_section(section)}")
+    body += [f"<h2>{html.escape(heading)}</h2>\n{content}" for heading, content in extra_sections]
     return atomic_write_text(out_path, html_page(title, "\n".join(body)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qwen_forensics.config.loading import DEFAULT_ROOT, ConfigError, option
+from qwen_forensics.data.perturb import SPEC_HELP, parse_perturbations
 
 MODEL = f"{DEFAULT_ROOT}/Qwen2.5-VL-7B-Instruct"
 DATA = f"{DEFAULT_ROOT}/data"
@@ -33,6 +34,20 @@ EXPORT_SUBMISSION_HELP = ("folder for a challenge submission (IJCAI 2025 DDL lay
                           "'{image file name},{p_fake:.4f}' line per image, mask/{image stem}.png (0/255 at the "
                           "original size, pixel_threshold) and submission.zip; a name is a folder in out_dir "
                           "(null: none)")
+PERTURB_SEED_HELP = ("seed of the perturbations' random draws (JPEG quality, noise), combined per image with the "
+                     "condition and a checksum of its pixels: the same seed gives the same rows")
+
+
+def perturb_option():
+    """The ``perturb`` key of the evaluation configs (``--perturb SPEC...``; ``data.perturb``)."""
+    return option(factory=list, help=SPEC_HELP, flag="--perturb", flag_list=True)
+
+
+def perturb_seed_option():
+    """The ``perturb_seed`` key of the evaluation configs (``--perturb-seed N``)."""
+    return option(0, PERTURB_SEED_HELP, flag="--perturb-seed", flag_json=True)
+
+
 FAST_PATHS_HELP = ("the fast paths (batched window attention, fused kernels; same results up to float summation "
                    "order, several times faster on a GPU); false runs plain transformers")
 
@@ -58,8 +73,9 @@ _FRACTIONS = ("pixel_threshold", "evi_alpha", "warmup_ratio", "lora_dropout", "f
 
 
 def check_values(cfg) -> None:
-    """The range checks of :data:`_POSITIVE`, :data:`_AT_LEAST_ZERO` and :data:`_FRACTIONS` ([0, 1]), run
-    by every config class's ``__post_init__`` (so a config built in Python is checked too)."""
+    """The range checks of :data:`_POSITIVE`, :data:`_AT_LEAST_ZERO` and :data:`_FRACTIONS` ([0, 1]) and the
+    ``perturb`` conditions (``data.perturb.parse_perturbations``), run by every config class's
+    ``__post_init__`` (so a config built in Python is checked too)."""
     present = {name: getattr(cfg, name) for name in (*_POSITIVE, *_AT_LEAST_ZERO, *_FRACTIONS)
                if getattr(cfg, name, None) is not None}
     for name, value in present.items():
@@ -69,6 +85,11 @@ def check_values(cfg) -> None:
             raise ConfigError(f"{name}={value}: must be 0 or more")
         if name in _FRACTIONS and not 0 <= value <= 1:
             raise ConfigError(f"{name}={value}: must be in [0, 1]")
+    if getattr(cfg, "perturb", None):
+        try:
+            parse_perturbations(cfg.perturb)
+        except ValueError as err:
+            raise ConfigError(f"perturb: {err}") from None
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import ClassVar, Literal
 from qwen_forensics.checkpoints.names import FINAL_DIR, checkpoint_folder
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES,
+from qwen_forensics.task_configs.common import (perturb_option, perturb_seed_option,
+                                                ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES,
                                                 EXPORT_SUBMISSION_HELP, FAST_PATHS_HELP, GPU_MEMORY_HELP, MODEL,
                                                 RESUME_MAY_CHANGE, SAVE_HEATMAPS_HELP, T1, VIT_LORA_MODULES,
                                                 MaskRuleConfig, check_image_size, check_values)
@@ -105,6 +106,9 @@ class Task1HeadEvalConfig:
     lora_dropout: float | None = option(None, "as lora_r")
     lora_target_layers: list[int] | None = option(None, "as lora_r")
 
+    perturb: list[str] = perturb_option()
+    perturb_seed: int = perturb_seed_option()
+
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=True)
         check_values(self)
@@ -141,6 +145,9 @@ class Task1FullModelEvalConfig:
     lora_alpha: int | None = option(None, "as lora_r")
     lora_dropout: float | None = option(None, "as lora_r")
     lora_target_layers: list[int] | None = option(None, "as lora_r")
+
+    perturb: list[str] = perturb_option()
+    perturb_seed: int = perturb_seed_option()
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=True)

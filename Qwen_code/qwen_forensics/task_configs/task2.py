@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 from qwen_forensics.checkpoints.names import DATASET_FILE, adapter_folder, dataset_file
 from qwen_forensics.config.loading import ConfigError, option
 from qwen_forensics.prompts import DEFAULT_PROMPT, prompt_from_template
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, GPU_MEMORY_HELP, FAST_PATHS_HELP, DATA,
+from qwen_forensics.task_configs.common import (perturb_option, perturb_seed_option,
+                                                ALLOW_VAL_OVERLAP_HELP, GPU_MEMORY_HELP, FAST_PATHS_HELP, DATA,
                                                 EVAL_OUTPUT_ALIASES, MODEL, T2, VIT_LORA_MODULES, check_image_size,
                                                 check_values)
 
@@ -177,6 +178,9 @@ class Task2InferConfig:
     torch_dtype: Literal["bfloat16", "float16", "float32"] = option("bfloat16", "weights dtype on GPU (CPU: float32)")
     fast_paths: bool = option(True, FAST_PATHS_HELP)
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
+
+    perturb: list[str] = perturb_option()
+    perturb_seed: int = perturb_seed_option()
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=True)

@@ -9,7 +9,8 @@ from qwen_forensics.checkpoints.names import (ADAPTER_DIR, FINAL_DIR, FUSION_FIL
                                               weights_file)
 from qwen_forensics.config.loading import option
 from qwen_forensics.prompts import DEFAULT_PROMPT
-from qwen_forensics.task_configs.common import (ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES,
+from qwen_forensics.task_configs.common import (perturb_option, perturb_seed_option,
+                                                ALLOW_VAL_OVERLAP_HELP, DATA, EVAL_OUTPUT_ALIASES,
                                                 EXPORT_SUBMISSION_HELP, FAST_PATHS_HELP, GPU_MEMORY_HELP, MODEL,
                                                 RESUME_MAY_CHANGE, SAVE_HEATMAPS_HELP, T3, MaskRuleConfig,
                                                 check_image_size, check_values)
@@ -168,6 +169,9 @@ class Task3EvalConfig:
     export_submission: str | None = option(None, EXPORT_SUBMISSION_HELP, path="out", flag="--export-submission")
     mask_rule: MaskRuleConfig = option(factory=MaskRuleConfig, help="GT mask binarisation rule")
     on_bad_sample: Literal["fail", "skip"] = option("fail", "bad index records: fail or skip and list")
+
+    perturb: list[str] = perturb_option()
+    perturb_seed: int = perturb_seed_option()
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, allow_none=True)

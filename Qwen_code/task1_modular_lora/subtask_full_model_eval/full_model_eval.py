@@ -13,6 +13,9 @@ Image metrics (AUROC, AP, ACC/F1 at 0.5, and at a threshold tuned on ``val_annot
 when given) go to the metrics CSV, one row per run; per-image results to ``output_json``; curves,
 confusion matrices and the per-method table to ``report.html`` in ``out_dir``. Runs
 unchanged under ``accelerate launch --num_processes N`` (each process scores its shard).
+With ``--perturb`` (config key ``perturb``) the test index is evaluated again under each
+perturbation, the model loaded once, into ``robustness.csv`` and the report's robustness section
+(``qwen_forensics.evaluation.robustness``).
 
     python Qwen_code/task1_modular_lora/subtask_full_model_eval/full_model_eval.py \
         --config Qwen_code/task1_modular_lora/subtask_full_model_eval/config_full_model_eval.json
@@ -29,9 +32,10 @@ import torch
 from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator
-from qwen_forensics.evaluation import (SplitEvaluator, answer_scorer, evaluation_outputs, finish_evaluation,
-                                       generated_columns, guard_checkpoint_split, image_report, prediction_rows)
+from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator, parse_perturbations
+from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
+                                       evaluation_outputs, finish_evaluation, generated_columns,
+                                       guard_checkpoint_split, image_report, prediction_rows, run_conditions)
 from qwen_forensics.model import get_visual, load_model, load_processor
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
+    conditions = parse_perturbations(cfg.perturb)
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
     run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
                            accelerator=accelerator, say=accelerator.print)
@@ -71,9 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     # The indexes are checked and their first batches decoded while the weights load.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False),
+        dataset=lambda records, perturbation=None: ForgeryDataset(records, cfg.data_root, image_size, with_mask=False,
+                                                                  perturbation=perturbation,
+                                                                  perturb_seed=cfg.perturb_seed),
         collate=VisionLanguageCollator(processor, cfg.prompt_text))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
+    evaluate.perturb("test", conditions)
 
     run_in = precision(cfg.torch_dtype, accelerator.device)
     if run_in.note:
@@ -84,12 +92,22 @@ def main(argv: list[str] | None = None) -> None:
     for note in check_seed_lora_keys(cfg, get_visual(model), cfg.lora_checkpoint):
         accelerator.print(f"note: {note}")
 
-    test, tuned = evaluate.run(answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer),
-                               val_kwargs={"max_new_tokens": 0}, test_kwargs={"max_new_tokens": cfg.max_new_tokens})
+    predict = answer_scorer(model, accelerator, (fake_id, real_id), processor.tokenizer)
+    test, tuned = evaluate.run(predict, val_kwargs={"max_new_tokens": 0},
+                               test_kwargs={"max_new_tokens": cfg.max_new_tokens})
+    tuned = tuned["p_fake"]
+
+    def score(run) -> dict:
+        rows = prediction_rows(run.records, run.predictions, tuned, fake_word, real_word)
+        return {**image_report([r.label for r in run.records], run.predictions.p_fake, tuned_threshold=tuned),
+                **generated_columns(rows)}
+
+    robustness = RobustnessTable(out_dir / ROBUSTNESS_CSV) if conditions and accelerator.is_main_process else None
+    run_conditions(evaluate, "test", cfg.annotation_file, test, conditions, predict, score, robustness,
+                   say=accelerator.print, max_new_tokens=cfg.max_new_tokens)
     if not evaluate.close():
         return
     records, scores, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    tuned = tuned["p_fake"]
 
     labels = [r.label for r in records]
     metrics = image_report(labels, scores.p_fake, tuned_threshold=tuned)
@@ -106,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 1 subtask 2: full model with the Task 1 visual LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
-                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()})
+                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()},
+        extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "threshold")}, indent=1))

@@ -3,7 +3,9 @@
 Image metrics (AUROC, AP, ACC/F1 at 0.5 and at a threshold tuned on ``ann_val`` when given) and
 pixel metrics at the original resolution (SPEC 7); one CSV row per run, a per-image predictions
 file, heatmap pictures (image | ground truth | overlay) and ``report.html`` in ``out_dir``
-(``qwen_forensics.evaluation.outputs``).
+(``qwen_forensics.evaluation.outputs``). With ``--perturb`` (config key ``perturb``) the test index is
+evaluated again under each perturbation, the model loaded once, into ``robustness.csv`` and the report's
+robustness section (``qwen_forensics.evaluation.robustness``).
 
     python Qwen_code/task1_modular_lora/subtask_vit_head_eval/lora_eval.py \
         --config Qwen_code/task1_modular_lora/subtask_vit_head_eval/config_eval.json
@@ -20,10 +22,11 @@ import torch
 from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
                                         start_config_run, write_resolved_config)
 from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule
-from qwen_forensics.evaluation import (HeatmapSource, PictureWriter, PixelCounter, SplitEvaluator, each_batch,
-                                       evaluation_outputs, finish_evaluation, guard_checkpoint_split, predict_heads,
-                                       score_heads, submission_writer)
+from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, parse_perturbations
+from qwen_forensics.evaluation import (ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter, RobustnessTable,
+                                       SplitEvaluator, each_batch, evaluation_outputs, finish_evaluation,
+                                       guard_checkpoint_split, predict_heads, run_conditions, score_heads,
+                                       submission_writer)
 from qwen_forensics.model import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    conditions = parse_perturbations(cfg.perturb)
     # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
     run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
                            appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
@@ -54,9 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     # also decode each fake's ground truth, which the loop scores against at the original resolution.
     evaluate = SplitEvaluator(
         accelerator, cfg.data_root, cfg.on_bad_sample, out_dir, cfg.batch_size, cfg.num_workers,
-        dataset=lambda records: ForgeryDataset(records, cfg.data_root, image_size, mask_rule, with_mask=False,
-                                               with_truth=True), collate=collate)
+        dataset=lambda records, perturbation=None: ForgeryDataset(
+            records, cfg.data_root, image_size, mask_rule, with_mask=False, with_truth=True,
+            perturbation=perturbation, perturb_seed=cfg.perturb_seed), collate=collate)
     evaluate.start(cfg.ann_test, cfg.ann_val)
+    evaluate.perturb("test", conditions)
     # Before the weights load: two images of one file stem would overwrite each other's submission mask.
     submission = (submission_writer(accelerator, evaluate.records("test"), cfg.data_root, cfg.export_submission,
                                     image_size, cfg.pixel_threshold) if cfg.export_submission else None)
@@ -74,14 +80,21 @@ def main(argv: list[str] | None = None) -> None:
     # heatmaps/ pictures are drawn on background threads while the loop runs (main process).
     pictures = (PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
                               cfg.num_heatmaps) if accelerator.is_main_process else None)
-    test, tuned = evaluate.run(lambda loader, n, **kw: predict_heads(model, loader, accelerator, run_in.autocast, n,
-                                                                     counter, **kw),
-                               test_kwargs={"on_batch": each_batch(pictures and pictures.on_batch,
-                                                                  submission and submission.on_batch)})
+
+    def predict(loader, n, **kw):
+        return predict_heads(model, loader, accelerator, run_in.autocast, n, counter, **kw)
+
+    test, tuned = evaluate.run(predict, test_kwargs={"on_batch": each_batch(pictures and pictures.on_batch,
+                                                                            submission and submission.on_batch)})
+    tuned = tuned["p_fake"]
+    robustness = RobustnessTable(out_dir / ROBUSTNESS_CSV) if conditions and accelerator.is_main_process else None
+    run_conditions(evaluate, "test", cfg.ann_test, test, conditions, predict,
+                   lambda run: score_heads(run.records, run.predictions.p_fake, run.predictions.counts,
+                                           pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned,
+                                           imdlbenco=True)[0], robustness, say=accelerator.print)
     if not evaluate.close():
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
-    tuned = tuned["p_fake"]
 
     metrics, rows = score_heads(records, preds.p_fake, preds.counts, pixel_threshold=cfg.pixel_threshold,
                                 tuned_threshold=tuned, imdlbenco=True)
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
                      "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps, pictures=pictures)
+        heatmaps=heatmaps, pictures=pictures, extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
     print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
                                               "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
