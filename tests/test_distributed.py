@@ -13,12 +13,17 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import BatchSampler, SequentialSampler
+
 from conftest import TINY_IMAGE_SIZE
+from qwen_forensics.evaluation import SplitEvaluator
 from scripts import check_shards, csv_rows, demo_index, launch, run_script, sets
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
@@ -50,10 +55,28 @@ def indexes(tiny_root, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.parametrize("records, batch, processes", [(11, 2, 2), (11, 3, 3), (7, 4, 4), (30, 4, 3), (5, 8, 2)])
+def test_each_record_is_written_by_one_process_that_scored_it(records, batch, processes):
+    """``SplitEvaluator.writes``: of the records in each process's shard (accelerate's sampler, repeats
+    included), every record is written by exactly one process."""
+    writers = {}
+    for rank in range(processes):
+        evaluator = SplitEvaluator(SimpleNamespace(num_processes=processes, process_index=rank), "", "fail", Path(),
+                                   batch, 0, dataset=list, collate=list)
+        shard = BatchSamplerShard(BatchSampler(SequentialSampler(range(records)), batch, drop_last=False), processes,
+                                  rank)
+        for position in {p for b in shard for p in b}:
+            if evaluator.writes(position):
+                writers.setdefault(position, []).append(rank)
+    assert sorted(writers) == list(range(records)) and all(len(ranks) == 1 for ranks in writers.values())
+
+
 def _eval_sets(script: str, ckpts: dict[str, Path], indexes: dict[str, Path], out: Path,
                test_index: str = "test") -> list[str]:
     test, val = indexes[test_index], indexes["val"]
     common = [f"out_dir={out}", "num_workers=0", f"batch_size={BATCH}", "on_bad_sample=skip"]
+    if test_index == "broken" and script in ("lora_eval", "hybrid_eval"):
+        common.append("save_heatmaps=all")
     task3 = ckpts["task3"] / "final"
     return common + {
         "lora_eval": [f"ckpt_path={ckpts['task1']}", f"ann_test={test}", f"ann_val={val}", "num_heatmaps=3",

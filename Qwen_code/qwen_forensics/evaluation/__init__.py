@@ -22,7 +22,7 @@ from qwen_forensics.evaluation.predictions import (SplitEvaluator, answer_logits
                                                    predict_heads, predict_hybrid)
 from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV, RobustnessTable, run_conditions
 from qwen_forensics.evaluation.scoring import HYBRID_IMAGE_KEYS, HeatmapSource, PixelCounter, score_heads, score_hybrid
-from qwen_forensics.evaluation.submission import SubmissionWriter, submission_writer
+from qwen_forensics.evaluation.submission import SubmissionWriter
 
 __all__ = ["Benchmark", "CheckpointCard", "CheckpointRunner", "ImageResult", "InteractivePredictor", "binary_mask",
            "checkpoint_card", "overlay", "row_files", "verdict", "HYBRID_IMAGE_KEYS", "HeatmapFiles", "HeatmapSource", "ImagePredictor", "PREDICT_OUTPUTS",
@@ -32,5 +32,4 @@ __all__ = ["Benchmark", "CheckpointCard", "CheckpointRunner", "ImageResult", "In
            "evaluation_outputs", "finish_evaluation", "generated_columns", "guard_checkpoint_split",
            "guard_training_split", "hybrid_scores", "image_report", "image_rows", "parse_sets", "predict_heads",
            "predict_hybrid", "prediction_rows", "primary_score", "run_conditions", "score_heads", "score_hybrid",
-           "submission_writer",
            "write_predictions"]

@@ -181,10 +181,10 @@ class Benchmark:
         for name, path in sets.items():
             try:
                 loaded = evaluator.validate(name, path)
-                # On every process: a set it refuses must be left out by all of them.
+                # On every process: a set it refuses must be left out by all of them; each writes its masks.
                 if self.submission_dir is not None:
                     writers[name] = SubmissionWriter(loaded.records, self.data_root, self.submission_dir / name,
-                                                     image_size, self.pixel_threshold)
+                                                     image_size, self.pixel_threshold, writes=evaluator.writes)
             except BadIndex as err:
                 message = str(err.code)
                 self.say(f"[benchmark] set {name} ({path}) is not evaluated:\n{message}")
@@ -213,7 +213,7 @@ class Benchmark:
         main = self.runner.accelerator.is_main_process
         runs = {}
         for name in runnable:
-            writer = writers.get(name) if main else None
+            writer = writers.get(name)
             runs[name] = evaluator.evaluate(name, predict, on_batch=writer.on_batch if writer and image_size else None)
             self.say(f"[benchmark] {name}: {results[name].n_images} images ({results[name].n_fake} fake), "
                      f"{runs[name].images_per_s:.1f} images/s")
@@ -222,7 +222,7 @@ class Benchmark:
             run_conditions(evaluator, name, name, runs[name], self.perturbations, predict,
                            lambda r: _score(self.runner, r.records, r.predictions, tuned, self.pixel_threshold)[0],
                            self.robustness if main else None, say=self.say)
-        if not evaluator.close():
+        if not evaluator.close(*(writer.writer for writer in writers.values())):
             return None
         for name, run in runs.items():
             result, writer = results[name], writers.get(name)

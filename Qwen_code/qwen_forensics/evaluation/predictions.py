@@ -29,6 +29,7 @@ from qwen_forensics.data.records import Record
 from qwen_forensics.data.validate import LoadedSplit, load_split
 from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.evaluation.scoring import PixelCounter
+from qwen_forensics.files import BackgroundWriter
 from qwen_forensics.model.hybrid import HybridModel
 from qwen_forensics.model.lora import LoraInputCast
 from qwen_forensics.training.runtime import FirstBatch, LoaderClock, autocast, evaluation_speed_line, synchronized_clock
@@ -239,10 +240,22 @@ class SplitEvaluator:
                                      time.perf_counter() - self._runs[0].started,
                                      sum(run.data_wait for run in self._runs))
 
-    def close(self) -> bool:
-        """End the distributed part; True on the process that scores and writes the outputs. Every
-        rank closes the process group before the main one scores (a rank that exits with it open
-        can abort at interpreter shutdown)."""
+    def writes(self, position: int) -> bool:
+        """Whether this process writes the files of record ``position`` (its heatmap picture, its submission
+        mask): the one whose shard holds the record's own batch. The records the sampler repeats to fill
+        the last round are then written once, and every process writes its share while the loop runs
+        instead of the main process writing the others' after it."""
+        return (position // self.batch_size) % self.accelerator.num_processes == self.accelerator.process_index
+
+    def close(self, *writers: BackgroundWriter | None) -> bool:
+        """End the distributed part; True on the process that scores and writes the outputs. Every process
+        first waits for the files its ``writers`` still write (the main one's outputs, e.g. the submission's
+        zip, read them), then closes the process group before the main one scores (a process that exits
+        with it open can abort at interpreter shutdown)."""
+        for writer in writers:
+            if writer is not None:
+                writer.wait()
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.accelerator.is_main_process
 

@@ -24,9 +24,9 @@ from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora
 from qwen_forensics.config import load_config, precision
 from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, parse_perturbations
 from qwen_forensics.evaluation import (ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter, RobustnessTable,
-                                       SplitEvaluator, each_batch, evaluation_outputs, finish_evaluation,
-                                       guard_checkpoint_split, predict_heads, run_conditions, score_heads,
-                                       submission_writer)
+                                       SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
+                                       finish_evaluation, guard_checkpoint_split, predict_heads, run_conditions,
+                                       score_heads)
 from qwen_forensics.model import load_processor, load_vision_tower
 from qwen_forensics.task_configs import Task1HeadEvalConfig
 from qwen_forensics.training import make_accelerator, peak_gib
@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.start(cfg.ann_test, cfg.ann_val)
     evaluate.perturb("test", conditions)
     # Before the weights load: two images of one file stem would overwrite each other's submission mask.
-    submission = (submission_writer(accelerator, evaluate.records("test"), cfg.data_root, cfg.export_submission,
-                                    image_size, cfg.pixel_threshold) if cfg.export_submission else None)
+    # On every process (an index it refuses stops them all); each writes the masks of its own records.
+    submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
+                                   cfg.pixel_threshold, writes=evaluate.writes) if cfg.export_submission else None)
 
     run_in = precision(cfg.amp_dtype, accelerator.device)
     if run_in.note:
@@ -77,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     model = accelerator.prepare(model)
 
     counter = PixelCounter(image_size, cfg.pixel_threshold)
-    # heatmaps/ pictures are drawn on background threads while the loop runs (main process).
-    pictures = (PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
-                              cfg.num_heatmaps) if accelerator.is_main_process else None)
+    # heatmaps/ pictures are drawn on background threads while the loop runs, each by the process that scored it.
+    pictures = PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
+                             cfg.num_heatmaps, writes=evaluate.writes)
 
     def predict(loader, n, **kw):
         return predict_heads(model, loader, accelerator, run_in.autocast, n, counter, **kw)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                    lambda run: score_heads(run.records, run.predictions.p_fake, run.predictions.counts,
                                            pixel_threshold=cfg.pixel_threshold, tuned_threshold=tuned,
                                            imdlbenco=True)[0], robustness, say=accelerator.print)
-    if not evaluate.close():
+    if not evaluate.close(pictures.writer, submission and submission.writer):
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
 
