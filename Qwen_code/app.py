@@ -160,6 +160,7 @@ def build_app(predictor: InteractivePredictor, *, batch_size: int):
 
     def predict_api(files, kinds, levels):
         """Batched: the requests waiting together, grouped by condition, each group one pass of forwards."""
+        print(f"[batch] {len(files)} request{'s' if len(files) > 1 else ''} in one pass", flush=True)
         answers, overlays = [None] * len(files), [None] * len(files)
         groups: dict[tuple, list[int]] = {}
         for i, (kind, level) in enumerate(zip(kinds, levels)):

@@ -124,16 +124,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ckpts):
-    """app.py on the Task 1 checkpoint in the app's venv; its URL and start-up-to-first-answer seconds."""
+def server(ckpts, tmp_path_factory):
+    """app.py on the Task 1 checkpoint in the app's venv: its URL, start time and printed-output file."""
     port = _free_port()
+    log = tmp_path_factory.mktemp("app_server") / "server.log"
     started = time.time()
-    process = subprocess.Popen([str(APP_PYTHON), str(CODE / "app.py"), "--ckpt", str(ckpts["task1"]), "--port",
-                                str(port), "--max-file-size", "5mb"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "0"})
+    with log.open("w") as out:
+        process = subprocess.Popen([str(APP_PYTHON), str(CODE / "app.py"), "--ckpt", str(ckpts["task1"]), "--port",
+                                    str(port), "--max-file-size", "5mb"], stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "0"})
     url = f"http://127.0.0.1:{port}/"
     try:
-        yield {"url": url, "started": started, "process": process}
+        yield {"url": url, "started": started, "process": process, "log": log}
     finally:
         process.terminate()
         try:
@@ -200,8 +202,11 @@ def test_a_text_file_returns_the_error_and_the_server_keeps_serving(client_answe
 
 
 @needs_app
-def test_eight_concurrent_requests_all_succeed(client_answers):
+def test_eight_concurrent_requests_all_succeed_batched(server, client_answers):
     answers = [a for a, _ in client_answers["concurrent"]]
+    batches = [int(line.split()[1]) for line in server["log"].read_text().splitlines() if line.startswith("[batch] ")]
+    # Five requests one at a time (jpeg, png, text, perturbed, after) and the eight sent together.
+    assert sum(batches) == 13 and max(batches) > 1, batches
     assert len(answers) == 8 and all("p_fake" in a for a in answers)
     assert {a["p_fake"] for a in answers[0::2]} == {client_answers["first"][0]["p_fake"]}
     assert {a["p_fake"] for a in answers[1::2]} == {client_answers["png"][0]["p_fake"]}
