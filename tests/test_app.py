@@ -18,11 +18,12 @@ import pytest
 from PIL import Image
 
 from browser import CHROMIUM
+from conftest import TINY_IMAGE_SIZE
 from qwen_forensics.checkpoints import base_model_path, detect_checkpoint
 from qwen_forensics.data import load_index
 from qwen_forensics.evaluation import InteractivePredictor
 from qwen_forensics.training import make_accelerator
-from scripts import APP_PYTHON, CODE, demo_index, load_script, needs_app, run_script
+from scripts import APP_PYTHON, CODE, csv_rows, demo_index, load_script, needs_app, run_script
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 PICTURE_KEYS = ("heatmap_png", "overlay_jpg")
@@ -148,7 +149,7 @@ CLIENT = """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from gradio_client import Client, handle_file
-url, png, jpeg, text = sys.argv[1:5]
+url, png, jpeg, text, big = sys.argv[1:6]
 deadline = time.time() + 120
 while True:
     try:
@@ -165,14 +166,21 @@ out["perturbed"] = list(client.predict(handle_file(jpeg), "resize", 0.5, api_nam
 jobs = [client.submit(handle_file(png if i % 2 else jpeg), "none", 0, api_name="/predict") for i in range(8)]
 out["concurrent"] = [list(job.result(timeout=120)) for job in jobs]
 out["after"] = list(client.predict(handle_file(jpeg), "none", 0, api_name="/predict"))
+try:
+    client.predict(handle_file(big), "none", 0, api_name="/predict")
+    out["big"] = "accepted"
+except Exception as err:
+    out["big"] = str(err)
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
-def client_answers(server, images):
+def client_answers(server, images, tmp_path_factory):
+    big = tmp_path_factory.mktemp("app_big") / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(6 * 2 ** 20))
     done = subprocess.run([str(APP_PYTHON), "-c", CLIENT, server["url"], str(images["png"]), str(images["jpeg"]),
-                           str(images["text"])], capture_output=True, text=True, timeout=300)
+                           str(images["text"]), str(big)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -213,8 +221,9 @@ def test_eight_concurrent_requests_all_succeed_batched(server, client_answers):
 
 
 @needs_app
-def test_binds_localhost_and_never_shares(server, client_answers):
+def test_binds_localhost_never_shares_and_limits_uploads(server, client_answers):
     assert server["url"].startswith("http://127.0.0.1:")
+    assert "exceeds the maximum file size of 5242880 bytes" in client_answers["big"]
     source = (CODE / "app.py").read_text()
     assert "share=False" in source and "share=True" not in source
 
@@ -304,3 +313,15 @@ def test_page_in_chromium_shows_verdict_and_overlay(server, client_answers, imag
         chromium.terminate()
         chromium.wait(timeout=30)
 
+
+
+def test_header_card_reads_the_training_record(ckpts, task3_run, tiny_root):
+    card = _predictor(ckpts["task3"]).card
+    last = csv_rows(task3_run / "log.csv")[-1]
+    assert card.kind == "task3" and card.image_size == TINY_IMAGE_SIZE
+    assert card.trained_on == str(demo_index(tiny_root, "train"))
+    assert card.validation == {k: float(last[f"val_{k}"]) for k in ("lm_auroc", "head_auroc", "pixel_iou", "pixel_f1",
+                                                                    "score", "head_score")}
+    assert card.threshold is None and card.default_threshold == 0.5
+    facts = _predictor(ckpts["task1"]).card.facts()
+    assert facts["validation"] == "none logged" and facts["tuned threshold"].startswith("none recorded")
