@@ -13,13 +13,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from browser import assert_rendered, needs_chromium
 from qwen_forensics.data import ForgeryDataset, Perturbation, Task2ImageDataset, load_index, parse_perturbations
 from qwen_forensics.data.collate import SIZE_KEY, TRUTH_KEY
 from qwen_forensics.data.dataset import ImageFileDataset
-from qwen_forensics.evaluation import REPORT_NAME, ROBUSTNESS_CSV, CheckpointRunner
+from qwen_forensics.evaluation import REPORT_NAME, ROBUSTNESS_CSV, CheckpointRunner, SplitEvaluator
+from qwen_forensics.training import make_accelerator
 from scripts import csv_rows, demo_index, run_script
 from test_eval_scripts import SCORES, eval_sets
 
@@ -203,3 +205,26 @@ def test_a_config_with_a_bad_perturbation_stops_before_any_model_loads(tiny_root
     with pytest.raises(SystemExit, match="blur:4: the Gaussian kernel size is an odd integer"):
         run_script("lora_eval", tiny_root, *sets, "perturb=[\"blur:4\"]")
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_next_conditions_loader_opens_while_the_pass_before_runs(tiny_root, tmp_path):
+    built = []
+
+    def dataset(records, perturbation=None):
+        built.append(perturbation and perturbation.name)
+        return ForgeryDataset(records, tiny_root / "data", 56, with_mask=False, perturbation=perturbation)
+
+    def predict(loader, num_records):
+        opened = list(built)
+        positions = [p for batch in loader for p in batch["position"].tolist()]
+        assert positions == list(range(num_records))
+        return opened
+
+    evaluator = SplitEvaluator(make_accelerator(1), str(tiny_root / "data"), "fail", tmp_path, 4, 0, dataset=dataset,
+                               collate=lambda items: {"position": torch.tensor([it["position"] for it in items])})
+    evaluator.validate("test", str(demo_index(tiny_root, "test")))
+    tags = evaluator.perturb("test", parse_perturbations(["blur:7", "jpeg:50"]))
+    assert tags == ["test@blur:7", "test@jpeg:50"]
+    assert evaluator.evaluate("test", predict).predictions == [None, "blur:7"]
+    assert evaluator.evaluate(tags[0], predict).predictions == [None, "blur:7", "jpeg:50"]
+    assert evaluator.evaluate(tags[1], predict).predictions == [None, "blur:7", "jpeg:50"]
