@@ -108,9 +108,10 @@ def measure_latency(predictor: InteractivePredictor, image: Path, repeats: int) 
 def render(pairs, threshold: float, opacity: float, downloads: Path):
     """The page's results from the kept predictions ``pairs`` ((clean, perturbed or None) per file) at the
     sliders' values: the table, the gallery (overlay and mask, or the image without heatmaps), the LM's
-    answers, the download files (written into ``downloads``) and the error messages. Only the kept arrays
-    are used: moving a slider never runs the model."""
+    answers, the download files (written into a new folder in ``downloads``, so two users never overwrite
+    each other's) and the error messages. Only the kept arrays are used: moving a slider never runs the model."""
     table, pictures, answers, files, errors = [], [], [], [], []
+    folder = Path(tempfile.mkdtemp(dir=downloads)) if pairs else downloads
     for clean, perturbed in pairs or []:
         for result in (clean, perturbed):
             if result is None:
@@ -129,7 +130,7 @@ def render(pairs, threshold: float, opacity: float, downloads: Path):
                 pictures.append((result.rgb, label))
             if "answer_text" in result.row:
                 answers.append(f"- **{label}**: {result.row['answer_text']!r}")
-            files += [str(f) for f in row_files(result, threshold, downloads / f"{len(files):04d}")]
+            files += [str(f) for f in row_files(result, threshold, folder / f"{len(files):04d}")]
     message = "\n".join(f"⚠️ {e}" for e in errors)
     return (table, pictures, "\n".join(answers) or "(no language-model answer for this checkpoint)", files or None,
             message)
