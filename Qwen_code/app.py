@@ -111,7 +111,8 @@ def render(pairs, threshold: float, opacity: float, downloads: Path):
     answers, the download files (written into a new folder in ``downloads``, so two users never overwrite
     each other's) and the error messages. Only the kept arrays are used: moving a slider never runs the model."""
     table, pictures, answers, files, errors = [], [], [], [], []
-    folder = Path(tempfile.mkdtemp(dir=downloads)) if pairs else downloads
+    downloads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=downloads))
     for clean, perturbed in pairs or []:
         for result in (clean, perturbed):
             if result is None:
