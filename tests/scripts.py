@@ -27,6 +27,11 @@ CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
 # IMDLBenCo, the field's benchmark code, in a venv of its own (it pins numpy<2): .ci/run makes .venv-imdlbenco;
 # elsewhere point IMDLBENCO_PYTHON at a python with imdlbenco 0.1.45 installed.
 IMDLBENCO_PYTHON = Path(os.environ.get("IMDLBENCO_PYTHON", CODE.parent / ".venv-imdlbenco" / "bin" / "python"))
+# Gradio (the app's optional dependency) in a venv of its own on top of the project's packages (gradio 6 pins
+# pillow<13): .ci/run makes .venv-app; elsewhere point APP_PYTHON at such a python.
+APP_PYTHON = Path(os.environ.get("APP_PYTHON", CODE.parent / ".venv-app" / "bin" / "python"))
+needs_app = pytest.mark.skipif(not APP_PYTHON.is_file(), reason=f"no python with gradio at {APP_PYTHON} (.ci/run "
+                               "creates .venv-app; or set APP_PYTHON)")
 needs_imdlbenco = pytest.mark.skipif(not IMDLBENCO_PYTHON.is_file(), reason=f"no IMDLBenCo python at "
                                      f"{IMDLBENCO_PYTHON} (.ci/run creates .venv-imdlbenco; or set IMDLBENCO_PYTHON)")
 # The user's real train/val index files (no images), next to the repository as in CI.
@@ -43,6 +48,7 @@ SCRIPTS = {
     "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
     "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
     "predict": CODE / "predict.py",
+    "app": CODE / "app.py",
     "benchmark_sets": CODE / "benchmark_sets.py",
     "compare_runs": CODE / "compare_runs.py",
     "benchmark_gpu": CODE / "benchmark_gpu.py",
