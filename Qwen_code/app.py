@@ -43,7 +43,7 @@ from qwen_forensics.evaluation import InteractivePredictor, binary_mask, overlay
 from qwen_forensics.training import make_accelerator
 
 NONE = "none"
-SCORE_KEYS = ("p_fake_head", "p_fake_lm", "p_fake")
+SCORE_KEYS = ("p_fake", "p_fake_head", "p_fake_lm")
 DEFAULT_LEVELS = {"jpeg": 50, "blur": 7, "noise": 11, "resize": 0.5}
 
 
@@ -72,10 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def perturbation_of(kind: str | None, level: float | None) -> Perturbation | None:
-    """The perturb control's condition (None: the image as it is); ValueError naming the fix."""
+    """The perturb control's condition (None: the image as it is; an empty or 0 level: :data:`DEFAULT_LEVELS`);
+    ValueError naming the fix."""
     if not kind or kind == NONE:
         return None
-    return Perturbation(kind, float(DEFAULT_LEVELS[kind] if level is None else level))
+    return Perturbation(kind, float(level if level else DEFAULT_LEVELS[kind]))
 
 
 def summary(result, threshold: float) -> dict:
@@ -104,6 +105,38 @@ def measure_latency(predictor: InteractivePredictor, image: Path, repeats: int) 
           f"{statistics.median(seconds) * 1000:.1f} ms over {repeats} predictions (after one warm-up) on {device}")
 
 
+def render(pairs, threshold: float, opacity: float, downloads: Path):
+    """The page's results from the kept predictions ``pairs`` ((clean, perturbed or None) per file) at the
+    sliders' values: the table, the gallery (overlay and mask, or the image without heatmaps), the LM's
+    answers, the download files (written into a new folder in ``downloads``, so two users never overwrite
+    each other's) and the error messages. Only the kept arrays are used: moving a slider never runs the model."""
+    table, pictures, answers, files, errors = [], [], [], [], []
+    downloads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=downloads))
+    for clean, perturbed in pairs or []:
+        for result in (clean, perturbed):
+            if result is None:
+                continue
+            if result.error:
+                errors.append(result.error)
+                continue
+            table.append([result.name, verdict(result.row, threshold),
+                          *(round(result.row[k], 4) if k in result.row else None for k in SCORE_KEYS),
+                          result.row.get("perturbation", NONE), result.row.get("level", "")])
+            label = f"{result.name} ({result.row.get('perturbation', NONE)} {result.row.get('level', '')})"
+            if result.heat is not None:
+                pictures += [(overlay(result, opacity), f"{label}: overlay"),
+                             (binary_mask(result, threshold), f"{label}: mask >= {threshold:.2f}")]
+            else:
+                pictures.append((result.rgb, label))
+            if "answer_text" in result.row:
+                answers.append(f"- **{label}**: {result.row['answer_text']!r}")
+            files += [str(f) for f in row_files(result, threshold, folder / f"{len(files):04d}")]
+    message = "\n".join(f"⚠️ {e}" for e in errors)
+    return (table, pictures, "\n".join(answers) or "(no language-model answer for this checkpoint)", files or None,
+            message)
+
+
 def build_app(predictor: InteractivePredictor, *, batch_size: int):
     """The Gradio page and its HTTP endpoint ``/predict``."""
     import gradio as gr
@@ -117,43 +150,19 @@ def build_app(predictor: InteractivePredictor, *, batch_size: int):
         perturbed = predictor.predict(paths, perturbation) if perturbation is not None else [None] * len(paths)
         return list(zip(clean, perturbed))
 
-    def render(pairs, threshold, opacity):
-        table, pictures, answers, files, errors = [], [], [], [], []
-        for clean, perturbed in pairs or []:
-            for result in (clean, perturbed):
-                if result is None:
-                    continue
-                if result.error:
-                    errors.append(result.error)
-                    continue
-                table.append([result.name, result.row.get("perturbation", NONE), result.row.get("level", ""),
-                              *(round(result.row[k], 4) if k in result.row else None for k in SCORE_KEYS),
-                              verdict(result.row, threshold)])
-                label = f"{result.name} ({result.row.get('perturbation', NONE)} {result.row.get('level', '')})"
-                if result.heat is not None:
-                    pictures += [(overlay(result, opacity), f"{label}: overlay"),
-                                 (binary_mask(result, threshold), f"{label}: mask >= {threshold:.2f}")]
-                else:
-                    pictures.append((result.rgb, label))
-                if "answer_text" in result.row:
-                    answers.append(f"- **{label}**: {result.row['answer_text']!r}")
-                files += row_files(result, threshold, downloads / f"{len(files):04d}")
-        message = "\n".join(f"⚠️ {e}" for e in errors)
-        return (table, pictures, "\n".join(answers) or "(no language-model answer for this checkpoint)", files or None,
-                message)
-
     def predict_ui(upload, pasted, kind, level, threshold, opacity):
         paths = [*(upload or []), *([pasted] if pasted else [])]
         if not paths:
-            return None, *render([], threshold, opacity)[:4], "Upload or paste an image first."
+            return None, *render([], threshold, opacity, downloads)[:4], "Upload or paste an image first."
         try:
             pairs = run(paths, kind, level)
         except ValueError as err:
-            return None, *render([], threshold, opacity)[:4], f"⚠️ {err}"
-        return pairs, *render(pairs, threshold, opacity)
+            return None, *render([], threshold, opacity, downloads)[:4], f"⚠️ {err}"
+        return pairs, *render(pairs, threshold, opacity, downloads)
 
     def predict_api(files, kinds, levels):
         """Batched: the requests waiting together, grouped by condition, each group one pass of forwards."""
+        print(f"[batch] {len(files)} request{'s' if len(files) > 1 else ''} in one pass", flush=True)
         answers, overlays = [None] * len(files), [None] * len(files)
         groups: dict[tuple, list[int]] = {}
         for i, (kind, level) in enumerate(zip(kinds, levels)):
@@ -170,7 +179,7 @@ def build_app(predictor: InteractivePredictor, *, batch_size: int):
                 overlays[i] = overlay(result, 0.5) if not result.error else None
         return answers, overlays
 
-    columns = ["image", "perturbation", "level", *SCORE_KEYS, "verdict"]
+    columns = ["image", "verdict", *SCORE_KEYS, "perturbation", "level"]
     facts = "\n".join(f"| {k} | {v} |" for k, v in card.facts().items())
     with gr.Blocks(title="Forgery detection and localisation") as page:
         gr.Markdown(f"## Forgery detection and localisation\n\n| | |\n|---|---|\n{facts}")
@@ -179,14 +188,16 @@ def build_app(predictor: InteractivePredictor, *, batch_size: int):
             pasted = gr.Image(type="filepath", sources=["upload", "clipboard"], label="...or paste one")
         with gr.Row():
             kind = gr.Dropdown([NONE, *KINDS], value=NONE, label="Perturb (shown beside the original)")
-            level = gr.Number(value=None, label="Level (JPEG quality, blur kernel, noise variance, resize factor)")
+            level = gr.Number(value=0, label="Level: JPEG quality, blur kernel, noise variance or resize factor "
+                                             "(0: jpeg 50, blur 7, noise 11, resize 0.5)")
             button = gr.Button("Predict", variant="primary")
         with gr.Row():
             threshold = gr.Slider(0, 1, value=card.default_threshold, step=0.01, label="Threshold (verdict, mask)")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
         message = gr.Markdown(elem_id="message")
         table = gr.Dataframe(headers=columns, label="P(fake) per head and verdict", elem_id="verdicts")
-        gallery = gr.Gallery(label="Overlay and mask (original resolution)", columns=4, elem_id="overlays")
+        gallery = gr.Gallery(label="Overlay and mask (original resolution)", columns=4, height=420,
+                             object_fit="contain", elem_id="overlays")
         answer = gr.Markdown(label="Language model's answer")
         files = gr.File(label="Downloads: rows (CSV, JSON) and masks", file_count="multiple")
         state = gr.State()
@@ -194,7 +205,8 @@ def build_app(predictor: InteractivePredictor, *, batch_size: int):
         button.click(predict_ui, [upload, pasted, kind, level, threshold, opacity], [state, *outputs],
                      concurrency_id="model", api_name="predict_page")
         for slider in (threshold, opacity):
-            slider.change(render, [state, threshold, opacity], outputs, api_name=False)
+            slider.change(lambda pairs, t, o: render(pairs, t, o, downloads), [state, threshold, opacity], outputs,
+                          api_name=False)
         with gr.Row(visible=False):
             api_file = gr.File(label="file")
             api_kind = gr.Textbox(label="perturbation")

@@ -24,6 +24,13 @@ Each script prints ``[speed]`` lines: images, seconds, images/s and (on a GPU) p
 loop (data loading included), or of its evaluation: the inference loop and the whole run from the
 first batch to the last file written. This harness collects them with each process's wall time (model
 loading and start-up included) into ``--out``.
+
+Scale-out (README "Multi-GPU"): ``--num-processes 1 2 4 8`` runs every training and evaluation step once per
+count N under ``accelerate launch --multi_gpu --num_processes N`` (N = 1: plain ``python``; ``map.py`` and
+``predict.py`` run once, in one process) and prints, per step and N, the images/s of all processes together
+and the scaling efficiency = images/s at N / (N x images/s at 1): of the training loop for the trainings,
+of the whole run (first batch to last file written, the ordered gather and rank 0's outputs included) and
+of the inference loop for the evaluations. The rows go into ``--out`` under ``scaling``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import argparse
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +77,8 @@ MEMORY_VARIANTS = [
                                                                "gradient_checkpointing=true"]),
     ("task1_bs16_recompute0", "task1_modular_lora/lora_train.py", ["recompute_blocks=0", "epochs=1"]),
 ]
+# Steps that always run in one process: map.py prepares data, predict.py is not distributed.
+SINGLE_PROCESS_STEPS = ("task2_map", "predict")
 # What the 7B folder takes from the tiny one: everything but the weights, the model config and the tiny marker.
 NOT_COPIED = ("config.json", "generation_config.json", TINY_MODEL_MARKER)
 
@@ -87,10 +97,27 @@ def build_model_folder(folder: Path, tiny: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path, argv: list[str] | None = None) -> dict:
-    """One script in its own process: with ``--root`` and ``--set`` overrides (a config script), or with
-    ``argv`` as given (predict.py)."""
-    command = [sys.executable, str(CODE / script)]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(script: Path, processes: int) -> list[str]:
+    """How a script starts on ``processes`` GPUs of this host: ``python SCRIPT`` for one, else the README's
+    ``accelerate launch --multi_gpu --num_processes N SCRIPT`` (the scripts do their own autocast)."""
+    if processes == 1:
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(free_port()), str(script)]
+
+
+def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path, argv: list[str] | None = None,
+               processes: int = 1) -> dict:
+    """One script in its own process(es): with ``--root`` and ``--set`` overrides (a config script), or with
+    ``argv`` as given (predict.py); on ``processes`` GPUs (:func:`launch_command`)."""
+    command = launch_command(CODE / script, processes)
     if argv is not None:
         command += argv
     else:
@@ -104,7 +131,7 @@ def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path, 
     (logs / f"{name}.log").write_text(log)
     lines = [m.groupdict() for m in SPEED.finditer(log)]
     lines += [{**m.groupdict(), "what": "evaluation (inference)"} for m in EVAL_SPEED.finditer(log)]
-    row = {"wall_s": wall, "returncode": done.returncode,
+    row = {"wall_s": wall, "returncode": done.returncode, "processes": processes,
            "speed": [{"what": m["what"], "images": int(m["images"]), "seconds": float(m["seconds"]),
                       "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"] or 0),
                       "data_wait_s": float(m["waited"]) if m["waited"] else None,
@@ -120,6 +147,50 @@ def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path, 
     return row
 
 
+def scaling_rows(runs: dict[str, dict[int, dict]]) -> list[dict]:
+    """Per step and process count, from :func:`run_script` rows (``runs[step][N]``): the images/s of all
+    processes together and the scaling efficiency = images/s at N / (N x images/s at 1) (None without a
+    one-process run or a [speed] line). Trainings: their last training-loop line; evaluations: the whole run
+    (``images_per_s``) and the inference loop (``inference_images_per_s``)."""
+    def rates(row: dict) -> dict[str, float | None]:
+        speed = row["speed"]
+        evaluation = next((s for s in speed if "whole_run_images_per_s" in s), None)
+        if evaluation is not None:
+            return {"images_per_s": evaluation["whole_run_images_per_s"],
+                    "inference_images_per_s": evaluation["images_per_s"]}
+        return {"images_per_s": speed[-1]["images_per_s"] if speed and not row["returncode"] else None}
+
+    out = []
+    for step, by_count in runs.items():
+        base = rates(by_count[1]) if 1 in by_count else {}
+        for count in sorted(by_count):
+            got = rates(by_count[count])
+            row = {"step": step, "processes": count}
+            for key, value in got.items():
+                one = base.get(key)
+                row[key] = value
+                row[key.replace("images_per_s", "efficiency")] = (value / (count * one) if value and one else None)
+            out.append(row)
+    return out
+
+
+def format_scaling(rows: list[dict]) -> str:
+    """The scaling rows as the README's table (Markdown)."""
+    lines = ["| step | processes | img/s | efficiency | inference img/s | inference efficiency |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def cell(value, percent: bool = False) -> str:
+        if value is None:
+            return ""
+        return f"{100 * value:.1f}%" if percent else f"{value:.1f}"
+
+    for row in rows:
+        lines.append(f"| {row['step']} | {row['processes']} | {cell(row['images_per_s'])} | "
+                     f"{cell(row['efficiency'], True)} | {cell(row.get('inference_images_per_s'))} | "
+                     f"{cell(row.get('inference_efficiency'), True)} |")
+    return "\n".join(lines)
+
+
 def robustness_ratio(scripts: dict) -> dict | None:
     """The robustness study's time over the plain evaluation's on the same images, when both ran: whole
     processes (model loading included, once in each) and the inference loops."""
@@ -130,7 +201,7 @@ def robustness_ratio(scripts: dict) -> dict | None:
     return {"wall": study["wall_s"] / plain["wall_s"], "inference": loops[0] / loops[1] if loops[1] else None}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
@@ -141,9 +212,23 @@ def main() -> None:
                         help="run only these steps (names as in the output, e.g. task1_train task1_head_eval)")
     parser.add_argument("--train-steps", type=int, default=None,
                         help="cut every training to this many optimizer steps (default: one epoch)")
-    args = parser.parse_args()
+    parser.add_argument("--num-processes", type=int, nargs="+", default=None, metavar="N",
+                        help="run each training and evaluation step on N GPUs (accelerate launch) for every N "
+                             "given, which must include 1, and print the scaling efficiency per step")
+    args = parser.parse_args(argv)
+    counts = args.num_processes
+    if counts is not None and (1 not in counts or min(counts) < 1 or len(set(counts)) != len(counts)):
+        parser.error(f"--num-processes {' '.join(map(str, counts))}: give distinct counts >= 1, including 1 (the "
+                     "baseline of the efficiency)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark_e2e.py needs a CUDA device")
+    if args.num_processes and max(args.num_processes) > torch.cuda.device_count():
+        raise SystemExit(f"--num-processes {max(args.num_processes)}: this host has {torch.cuda.device_count()} GPUs")
     workdir = Path(args.workdir)
     root, logs = workdir / "root", workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -204,6 +289,8 @@ def main() -> None:
         raise SystemExit(f"--scripts: unknown {unknown}; the steps are {known}")
     predict_argv = ["--ckpt", str(root / "task1_modular_lora/training/final"), str(root / "data/testset2/image"),
                     "--out", str(workdir / "predict_out"), "--batch-size", "32", "--num-workers", "8"]
+    counts = args.num_processes or [1]
+    scaled: dict[str, dict[int, dict]] = {}
     for name, script, sets in steps:
         if args.scripts and name not in args.scripts or not args.scripts and name.startswith(("seed_", "mem_",
                                                                                               "robust_")):
@@ -216,13 +303,20 @@ def main() -> None:
             argv = ["--root", str(root), "--config", config[0], *[a for s in sets for a in ("--set", s)]]
         if flags:
             argv = ["--root", str(root), *flags, *[a for s in sets for a in ("--set", s)]]
-        results["scripts"][name] = run_script(name, script, root, sets, logs, argv)
-        ratio = robustness_ratio(results["scripts"])
-        if ratio:
-            results["robustness_vs_one_evaluation"] = ratio
-            print(f"robustness (22 conditions) / one evaluation: {ratio['wall']:.2f} x wall, "
-                  f"{ratio['inference']:.2f} x inference (bound: 23 x)", flush=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        for count in [1] if name in SINGLE_PROCESS_STEPS else counts:
+            label = name if args.num_processes is None else f"{name}_x{count}"
+            results["scripts"][label] = run_script(label, script, root, sets, logs, argv, processes=count)
+            if args.num_processes is not None and name not in SINGLE_PROCESS_STEPS:
+                scaled.setdefault(name, {})[count] = results["scripts"][label]
+                results["scaling"] = scaling_rows(scaled)
+            ratio = robustness_ratio(results["scripts"])
+            if ratio:
+                results["robustness_vs_one_evaluation"] = ratio
+                print(f"robustness (22 conditions) / one evaluation: {ratio['wall']:.2f} x wall, "
+                      f"{ratio['inference']:.2f} x inference (bound: 23 x)", flush=True)
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if scaled:
+        print(format_scaling(results["scaling"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -94,20 +94,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     val_path = relocate_path(val_path, root, Path.cwd()) if val_path else None
+    # Under accelerate launch every process evaluates its share; the main one opens the run and writes.
+    accelerator = make_accelerator(1)
     for note in ckpt.notes:
-        print(f"note: {note}")
+        accelerator.print(f"note: {note}")
     # Before anything loads: thresholds must not be tuned on footage the model was trained on.
-    leak_check = guard_checkpoint_split(val_path, ckpt.folder, allow_overlap=args.allow_val_overlap, val_key="--val")
+    leak_check = guard_checkpoint_split(val_path, ckpt.folder, allow_overlap=args.allow_val_overlap, val_key="--val",
+                                        say=accelerator.print)
     data_root = relocate_path(args.data_root or f"{DEFAULT_ROOT}/data", root, Path.cwd())
     submission = args.export_submission.absolute() if args.export_submission else None
-    run = start_run(args.out, Path(__file__).name, {k: str(v) for k, v in vars(args).items()},
-                    benchmark_outputs(list(sets), submission),
-                    keep=[args.ckpt, *sets.values(), *([val_path] if val_path else [])])
-    print(f"checkpoint: {ckpt.kind} at {ckpt.folder}; model: {model}; {len(sets)} sets")
-    benchmark = Benchmark(CheckpointRunner(ckpt, model, make_accelerator(1), fast_paths=args.fast_paths), args.out,
+    if accelerator.is_main_process:
+        run = start_run(args.out, Path(__file__).name, {k: str(v) for k, v in vars(args).items()},
+                        benchmark_outputs(list(sets), submission),
+                        keep=[args.ckpt, *sets.values(), *([val_path] if val_path else [])])
+    accelerator.wait_for_everyone()
+    accelerator.print(f"checkpoint: {ckpt.kind} at {ckpt.folder}; model: {model}; {len(sets)} sets")
+    benchmark = Benchmark(CheckpointRunner(ckpt, model, accelerator, fast_paths=args.fast_paths), args.out,
                           data_root, args.batch_size, args.num_workers, args.on_bad_sample, args.pixel_threshold,
-                          submission, perturbations=conditions, perturb_seed=args.perturb_seed)
-    results, tuned = benchmark.run(sets, val_path)
+                          submission, say=accelerator.print, perturbations=conditions, perturb_seed=args.perturb_seed)
+    finished = benchmark.run(sets, val_path)
+    if finished is None:
+        return 0
+    results, tuned = finished
     description = {"checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model,
                    "validation index (thresholds)": f"{val_name} = {val_path}" if val_path else None,
                    **{f"tuned threshold {k}": v for k, v in tuned.items()}, "pixel_threshold": args.pixel_threshold,

@@ -208,7 +208,7 @@ def summary(ws: Path, started: float, quick: bool) -> str:
     lines.append(f"  your own images: python Qwen_code/predict.py --ckpt {ws / TASK1_FINAL} YOUR_IMAGES/ "
                  f"--out {PREDICT_OUT}   (then open {PREDICT_OUT}/index.html)")
     if (CODE / "app.py").is_file():
-        lines.append(f"  in a browser window: pip install gradio, then python Qwen_code/app.py --ckpt "
+        lines.append(f"  in a browser window: pip install -e \".[app]\", then python Qwen_code/app.py --ckpt "
                      f"{ws / TASK1_FINAL}")
     lines.append(f"  compare runs: python Qwen_code/compare_runs.py {' '.join(str(ws / p.csv) for p in PIPELINES)}")
     lines.append("  the real model: put Qwen2.5-VL-7B-Instruct/ and data/ in one folder (default /root/autodl-tmp), "

@@ -1,8 +1,10 @@
-"""Test helper: run the pipeline scripts in this process, as the user runs them from the command line.
+"""Test helper: run the pipeline scripts in this process, as the user runs them from the command line,
+or as several CPU processes under ``accelerate launch``.
 
 ``run_script("lora_eval", root, "batch_size=4")`` loads the script file as a fresh module and calls
 its ``main(["--root", root, "--set", ...])``, so coverage, fixtures and monkeypatching see the real
-code path; what it prints is returned (and echoed for the pytest log).
+code path; what it prints is returned (and echoed for the pytest log). ``launch(2, "lora_eval", args)``
+runs the script as two gloo processes (real DDP) and returns the records each one loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import contextlib
 import csv
 import importlib.util
 import io
+import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +27,11 @@ CODE = Path(__file__).resolve().parents[1] / "Qwen_code"
 # IMDLBenCo, the field's benchmark code, in a venv of its own (it pins numpy<2): .ci/run makes .venv-imdlbenco;
 # elsewhere point IMDLBENCO_PYTHON at a python with imdlbenco 0.1.45 installed.
 IMDLBENCO_PYTHON = Path(os.environ.get("IMDLBENCO_PYTHON", CODE.parent / ".venv-imdlbenco" / "bin" / "python"))
+# Gradio (the app's optional dependency) in a venv of its own on top of the project's packages (gradio 6 pins
+# pillow<13): .ci/run makes .venv-app; elsewhere point APP_PYTHON at such a python.
+APP_PYTHON = Path(os.environ.get("APP_PYTHON", CODE.parent / ".venv-app" / "bin" / "python"))
+needs_app = pytest.mark.skipif(not APP_PYTHON.is_file(), reason=f"no python with gradio at {APP_PYTHON} (.ci/run "
+                               "creates .venv-app; or set APP_PYTHON)")
 needs_imdlbenco = pytest.mark.skipif(not IMDLBENCO_PYTHON.is_file(), reason=f"no IMDLBenCo python at "
                                      f"{IMDLBENCO_PYTHON} (.ci/run creates .venv-imdlbenco; or set IMDLBENCO_PYTHON)")
 # The user's real train/val index files (no images), next to the repository as in CI.
@@ -38,9 +48,11 @@ SCRIPTS = {
     "hybrid_train": CODE / "task3_hybrid_lora/hybrid_train.py",
     "hybrid_eval": CODE / "task3_hybrid_lora/hybrid_eval.py",
     "predict": CODE / "predict.py",
+    "app": CODE / "app.py",
     "benchmark_sets": CODE / "benchmark_sets.py",
     "compare_runs": CODE / "compare_runs.py",
     "benchmark_gpu": CODE / "benchmark_gpu.py",
+    "benchmark_e2e": CODE / "benchmark_e2e.py",
 }
 
 
@@ -90,3 +102,50 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def sets(*overrides: str) -> list[str]:
+    """``--set`` arguments for each override."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(num_processes: int, script: str | Path, args: list[str], positions: Path, *, timeout: int = 600,
+           cwd: Path | None = None) -> tuple[list[list[list[int]]], str]:
+    """Run a pipeline script (a :data:`SCRIPTS` name or a path) as ``num_processes`` CPU processes and return,
+    per process, the dataset positions of every batch it collated (``record_positions.py`` in ``positions``),
+    and what the processes printed.
+
+    ``accelerate launch --cpu --num_processes N`` starts a single process unless MPI is set up;
+    ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` starts N CPU processes on gloo, i.e. real DDP. One torch
+    thread each: the tiny model's ops are too small to gain from threads, and N processes on 2 cores
+    would otherwise oversubscribe them.
+    """
+    path = SCRIPTS[script] if isinstance(script, str) and script in SCRIPTS else Path(script)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(Path(__file__).with_name("record_positions.py")),
+               str(positions), str(path), *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=cwd or CODE.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    sys.stdout.write(done.stdout)
+    seen = [json.loads((positions / f"positions_{i}.json").read_text()) for i in range(num_processes)]
+    assert [s["num_processes"] for s in seen] == [num_processes] * num_processes
+    return [s["batches"] for s in seen], done.stdout
+
+
+def check_shards(batches: list[list[list[int]]], num_records: int, batch_size: int) -> None:
+    """What accelerate's sharded loader must give N processes: the same number of full batches each,
+    every record at least once, and no more repeats than it takes to fill the last round (records from
+    the start of the index)."""
+    shards = [[p for batch in process for p in batch] for process in batches]
+    assert len({len(process) for process in batches}) == 1
+    assert all(len(batch) == batch_size for process in batches for batch in process)
+    assert sorted(set().union(*shards)) == list(range(num_records))
+    assert 0 <= sum(map(len, shards)) - num_records < len(batches) * batch_size

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,37 +230,3 @@ def test_keyword_label():
     assert keyword_label("It is fake, not real", "Fake", "Real") is None
     assert keyword_label("Unclear", "Fake", "Real") is None
     assert keyword_label("Fakes", "Fake", "Real") is None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_score_each_record_once(workspace, tmp_path):
-    """6 test images, batch 2, 2 processes: the sampler pads the last round, the output does not."""
-    single, single_csv = _run(workspace, tmp_path / "one", "batch_size=2")
-    # `accelerate launch --cpu --num_processes 2` starts ONE process without MPI; --multi_gpu with
-    # ACCELERATE_USE_CPU starts two CPU processes on gloo.
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(REPO / "tests" / "record_positions.py"),
-               str(tmp_path / "positions"), str(SCRIPT), *_argv(workspace, tmp_path / "two", "batch_size=2")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = [json.loads((tmp_path / "positions" / f"positions_{i}.json").read_text()) for i in (0, 1)]
-    assert [s["num_processes"] for s in seen] == [2, 2]
-    shards = [[p for batch in s["batches"] for p in batch] for s in seen]
-    assert sorted(set(shards[0]) | set(shards[1])) == list(range(6))
-    assert len(shards[0]) == len(shards[1]) == 4  # 6 records + 2 repeated to fill the last round
-    assert len(set(shards[0]) & set(shards[1])) <= 2
-    two = json.loads((tmp_path / "two" / "predictions.json").read_text())
-    assert [r["image_path"] for r in two] == [r["image_path"] for r in single]
-    np.testing.assert_allclose([r["p_fake"] for r in two], [r["p_fake"] for r in single], atol=1e-5, rtol=0)
-    with (tmp_path / "two" / "metrics.csv").open(newline="") as f:
-        two_csv = list(csv.DictReader(f))
-    for key in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5"):
-        assert float(two_csv[-1][key]) == pytest.approx(float(single_csv[-1][key]), abs=1e-6), key

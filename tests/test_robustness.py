@@ -13,13 +13,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from browser import assert_rendered, needs_chromium
 from qwen_forensics.data import ForgeryDataset, Perturbation, Task2ImageDataset, load_index, parse_perturbations
 from qwen_forensics.data.collate import SIZE_KEY, TRUTH_KEY
 from qwen_forensics.data.dataset import ImageFileDataset
-from qwen_forensics.evaluation import ROBUSTNESS_CSV, REPORT_NAME
+from qwen_forensics.evaluation import REPORT_NAME, ROBUSTNESS_CSV, CheckpointRunner, SplitEvaluator
+from qwen_forensics.training import make_accelerator
 from scripts import csv_rows, demo_index, run_script
 from test_eval_scripts import SCORES, eval_sets
 
@@ -143,7 +145,20 @@ def test_each_lm_evaluation_writes_robustness_rows(tiny_root, ckpts, tmp_path, s
     assert "<h2>Robustness</h2>" in (tmp_path / REPORT_NAME).read_text(encoding="utf-8")
 
 
-def test_benchmark_sets_takes_the_conditions(tiny_root, task1_ckpt, tmp_path):
+def _count_loads(monkeypatch) -> list:
+    """Every CheckpointRunner.load call (benchmark_sets.py and predict.py load their model through it)."""
+    loads = []
+    original = CheckpointRunner.load
+
+    def load(self):
+        loads.append(1)
+        original(self)
+    monkeypatch.setattr(CheckpointRunner, "load", load)
+    return loads
+
+
+def test_benchmark_sets_takes_the_conditions(tiny_root, task1_ckpt, tmp_path, monkeypatch):
+    loads = _count_loads(monkeypatch)
     out = tmp_path / "bench"
     run_script("benchmark_sets", None, argv=["--ckpt", str(task1_ckpt), "--set", f"a={demo_index(tiny_root, 'test')}",
                                              "--set", f"b={demo_index(tiny_root, 'val')}",
@@ -155,15 +170,18 @@ def test_benchmark_sets_takes_the_conditions(tiny_root, task1_ckpt, tmp_path):
     table = {r["set"]: r for r in csv_rows(out / "benchmark.csv")}
     assert rows[0]["auroc"] == table["a"]["auroc"] and rows[2]["pixel_iou"] == table["b"]["pixel_iou"]
     assert "<h2>Robustness</h2>" in (out / REPORT_NAME).read_text(encoding="utf-8")
+    assert len(loads) == 1, "the model loads once for both sets and every condition"
 
 
-def test_predict_rows_gain_perturbation_and_level(tiny_root, task1_ckpt, tmp_path):
+def test_predict_rows_gain_perturbation_and_level(tiny_root, task1_ckpt, tmp_path, monkeypatch):
     image = tiny_root / "data" / load_index(demo_index(tiny_root, "test"))[0].image_path
     plain, out = tmp_path / "plain", tmp_path / "perturbed"
     run_script("predict", None, argv=["--ckpt", str(task1_ckpt), str(image), "--out", str(plain),
                                       "--num-workers", "0"])
+    loads = _count_loads(monkeypatch)
     run_script("predict", None, argv=["--ckpt", str(task1_ckpt), str(image), "--out", str(out), "--num-workers", "0",
                                       "--perturb", "jpeg:50", "resize:0.5"])
+    assert len(loads) == 1, "one model load for the three passes"
     rows = json.loads((out / "predictions.json").read_text())
     assert [(r["perturbation"], r["level"]) for r in rows] == [("none", ""), ("jpeg", "50"), ("resize", "0.5")]
     assert rows[0]["p_fake"] == json.loads((plain / "predictions.json").read_text())[0]["p_fake"]
@@ -187,3 +205,26 @@ def test_a_config_with_a_bad_perturbation_stops_before_any_model_loads(tiny_root
     with pytest.raises(SystemExit, match="blur:4: the Gaussian kernel size is an odd integer"):
         run_script("lora_eval", tiny_root, *sets, "perturb=[\"blur:4\"]")
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_next_conditions_loader_opens_while_the_pass_before_runs(tiny_root, tmp_path):
+    built = []
+
+    def dataset(records, perturbation=None):
+        built.append(perturbation and perturbation.name)
+        return ForgeryDataset(records, tiny_root / "data", 56, with_mask=False, perturbation=perturbation)
+
+    def predict(loader, num_records):
+        opened = list(built)
+        positions = [p for batch in loader for p in batch["position"].tolist()]
+        assert positions == list(range(num_records))
+        return opened
+
+    evaluator = SplitEvaluator(make_accelerator(1), str(tiny_root / "data"), "fail", tmp_path, 4, 0, dataset=dataset,
+                               collate=lambda items: {"position": torch.tensor([it["position"] for it in items])})
+    evaluator.validate("test", str(demo_index(tiny_root, "test")))
+    tags = evaluator.perturb("test", parse_perturbations(["blur:7", "jpeg:50"]))
+    assert tags == ["test@blur:7", "test@jpeg:50"]
+    assert evaluator.evaluate("test", predict).predictions == [None, "blur:7"]
+    assert evaluator.evaluate(tags[0], predict).predictions == [None, "blur:7", "jpeg:50"]
+    assert evaluator.evaluate(tags[1], predict).predictions == [None, "blur:7", "jpeg:50"]

@@ -134,10 +134,14 @@ class BackgroundWriter:
         self._futures.append(future)
         return future
 
+    def wait(self) -> None:
+        """Wait for every job submitted so far (raising the first error); more may be submitted after."""
+        for future in self._futures:
+            future.result()
+
     def close(self) -> None:
         try:
-            for future in self._futures:
-                future.result()
+            self.wait()
         finally:
             self._pool.shutdown(wait=True)
 

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     from qwen_forensics.report import TRAINING_HTML
     from qwen_forensics.training import (FirstBatch, preflight, ForensicLossWeights, autocast, best_logged,
                                          build_optimizer_and_schedule, forensic_loss, format_row, keep_best,
-                                         make_accelerator, optimizer_steps, param_groups, recompute_frozen_blocks,
-                                         seed_everything, train_epoch, training_outputs, warm_up_first_batch,
-                                         write_training_page)
+                                         loader_state, make_accelerator, optimizer_steps, param_groups,
+                                         recompute_frozen_blocks, restore_loader_state, seed_everything, train_epoch,
+                                         training_outputs, warm_up_first_batch, write_training_page)
     # LoRA on a block after the last tapped one gets no gradient from the heads: DDP must know.
     accelerator = make_accelerator(cfg.grad_accum,
                                    find_unused_parameters=max(cfg.lora_target_layers) > max(cfg.visual_layers))
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.resume:
         state = load_training_state(cfg.resume, optimizer, scheduler, process_index=accelerator.process_index)
         step, start_epoch = state["step"], state["epoch"] + 1
+        restore_loader_state(train_loader, state["extra"])
         accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
 
     # ---- train
@@ -152,14 +153,19 @@ def main(argv: list[str] | None = None) -> None:
                **leak_check.columns(), **run.columns()}
 
         ckpt_dir = out_dir / epoch_dir(epoch)
-        save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch)
+        metrics = None
         if val_loader is not None:
             preds = predict_heads(model, val_loader, accelerator, run_in.autocast, len(val_records),
                                   PixelCounter(cfg.image_size, threshold=0.5))
             if accelerator.is_main_process:
                 metrics, _ = score_heads(val_records, preds.p_fake, preds.counts)
                 row.update({f"val_{k}": metrics[k] for k in VAL_LOG_METRICS})
-                keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
+        # Saved after the validation pass, which draws from the random generators (the loader's seed): a run
+        # resumed from here continues with the generators of the uninterrupted run.
+        save_task1_checkpoint(ckpt_dir, accelerator, model, cfg, optimizer, scheduler, step, epoch,
+                              loader_state(train_loader))
+        if metrics is not None:
+            keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.wait_for_everyone()
 
     save_task1_checkpoint(Path(cfg.final_trained_heads), accelerator, model, cfg, optimizer, scheduler, step,
-                          cfg.epochs - 1)
+                          cfg.epochs - 1, loader_state(train_loader))
     accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}\n"
                       f"training curves: {out_dir / TRAINING_HTML}")
     accelerator.end_training()

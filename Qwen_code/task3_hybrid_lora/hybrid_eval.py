@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
     evaluate.perturb("test", conditions)
     # Before the weights load: two images of one file stem would overwrite each other's submission mask.
+    # On every process (an index it refuses stops them all); each writes the masks of its own records.
     submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
-                                   cfg.pixel_threshold) if cfg.export_submission and accelerator.is_main_process
-                  else None)
+                                   cfg.pixel_threshold, writes=evaluate.writes) if cfg.export_submission else None)
 
     base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.lora is not None:
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     model.prompt = prompt
     answer_ids = answer_ids_for(processor, spec)
     counter = PixelCounter(image_size, cfg.pixel_threshold)
-    # heatmaps/ pictures are drawn on background threads while the loop runs (main process).
-    pictures = (PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
-                              cfg.num_heatmaps) if accelerator.is_main_process else None)
+    # heatmaps/ pictures are drawn on background threads while the loop runs, each by the process that scored it.
+    pictures = PictureWriter(evaluate.records("test"), cfg.data_root, mask_rule, image_size, out_dir, cfg.save_heatmaps,
+                             cfg.num_heatmaps, writes=evaluate.writes)
 
     def predict(loader, n, **kw):
         return predict_hybrid(model, loader, accelerator, answer_ids, run_in.autocast, n, counter=counter, **kw)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                    lambda run: score_hybrid(run.records, run.predictions, pixel_threshold=cfg.pixel_threshold,
                                             tuned_lm=tuned_lm, tuned_head=tuned_head)[0],
                    robustness, say=accelerator.print)
-    if not evaluate.close():
+    if not evaluate.close(pictures.writer, submission and submission.writer):
         return
     records, preds, images_per_s, skipped = test.records, test.predictions, test.images_per_s, test.skipped
 

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     from qwen_forensics.report import TRAINING_HTML
     from qwen_forensics.training import (FirstBatch, preflight, HybridLossWeights, autocast, best_logged,
                                          enable_gradient_checkpointing, format_row, hybrid_loss, hybrid_optimizer,
-                                         keep_best, make_accelerator, optimizer_steps, seed_everything, train_epoch,
-                                         training_outputs, warm_up_first_batch, write_training_page)
+                                         keep_best, loader_state, make_accelerator, optimizer_steps,
+                                         restore_loader_state, seed_everything, train_epoch, training_outputs,
+                                         warm_up_first_batch, write_training_page)
     accelerator = make_accelerator(cfg.grad_accum)
     # Index files only, before anything is loaded or written: a validation index sharing footage
     # with the training index stops the run here (unless allow_val_overlap).
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.resume:
         state = load_training_state(cfg.resume, optimizer, scheduler, process_index=accelerator.process_index)
         step, start_epoch = state["step"], state["epoch"] + 1
+        restore_loader_state(train_loader, state["extra"])
         accelerator.print(f"resumed from {cfg.resume}: step {step}, next epoch {start_epoch}")
 
     # ---- train
@@ -145,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                **leak_check.columns(), **run.columns()}
 
         ckpt_dir = out_dir / epoch_dir(epoch)
-        save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
-                              scheduler, step, epoch)
+        metrics = None
         if val_loader is not None:
             preds = predict_hybrid(accelerator.unwrap_model(model), val_loader, accelerator, answer_ids, run_in.autocast,
                                    len(val_records), counter=PixelCounter(cfg.image_size, threshold=0.5))
@@ -158,7 +159,12 @@ def main(argv: list[str] | None = None) -> None:
                 metrics = {"lm_auroc": lm["auroc"], "head_auroc": heads["auroc"], "pixel_iou": heads["pixel_iou"],
                            "pixel_f1": heads["pixel_f1"], **hybrid_scores(lm["auroc"], heads)}
                 row.update({f"val_{k}": v for k, v in metrics.items()})
-                keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
+        # Saved after the validation pass, which draws from the random generators (the loader's seed): a run
+        # resumed from here continues with the generators of the uninterrupted run.
+        save_task3_checkpoint(CheckpointPaths.folder(ckpt_dir), ckpt_dir, accelerator, model, spec, cfg, optimizer,
+                              scheduler, step, epoch, loader_state(train_loader))
+        if metrics is not None:
+            keep_best(metrics, best, BEST_FOLDERS, ckpt_dir, out_dir, accelerator.print)
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
 
     final = CheckpointPaths.from_config(cfg)
     save_task3_checkpoint(final, final.fusion_file.parent, accelerator, model, spec, cfg, optimizer, scheduler, step,
-                          cfg.epochs - 1)
+                          cfg.epochs - 1, loader_state(train_loader))
     accelerator.print(f"final adapter: {final.adapter_dir}\nfinal heads: {final.heads_file}\n"
                       f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}\n"
                       f"training curves: {out_dir / TRAINING_HTML}")

@@ -4,6 +4,7 @@ image geometry they were trained with."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 from accelerate import Accelerator
 from torch import nn
@@ -18,8 +19,9 @@ from qwen_forensics.model.lora_targets import locate_components
 
 
 def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Module, cfg, optimizer, scheduler,
-                          step: int, epoch: int) -> None:
-    """Write a complete, resumable Task 1 checkpoint folder (all processes must call it)."""
+                          step: int, epoch: int, extra: Mapping[str, Any] | None = None) -> None:
+    """Write a complete, resumable Task 1 checkpoint folder (all processes must call it); ``extra``: more
+    training state (``save_training_state``)."""
     accelerator.wait_for_everyone()
     inner: ForensicViT = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
@@ -28,7 +30,7 @@ def save_task1_checkpoint(ckpt_dir: Path, accelerator: Accelerator, model: nn.Mo
         save_heads(inner.heads, inner.layers, ckpt_dir / HEADS_FILE)
         write_resolved_config(ckpt_dir, cfg)
     accelerator.wait_for_everyone()
-    save_training_state(ckpt_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
+    save_training_state(ckpt_dir, optimizer, scheduler, step, epoch, extra, process_index=accelerator.process_index)
     accelerator.wait_for_everyone()
 
 

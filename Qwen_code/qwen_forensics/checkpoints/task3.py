@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from accelerate import Accelerator
 from torch import nn
@@ -51,14 +52,16 @@ def save_hybrid_weights(model: HybridModel, spec: HybridSpec, paths: CheckpointP
 
 
 def save_task3_checkpoint(paths: CheckpointPaths, state_dir: Path, accelerator: Accelerator, model: nn.Module,
-                          spec: HybridSpec, cfg, optimizer, scheduler, step: int, epoch: int) -> None:
-    """Weights to ``paths``, resolved config and training state to ``state_dir`` (all processes call it)."""
+                          spec: HybridSpec, cfg, optimizer, scheduler, step: int, epoch: int,
+                          extra: Mapping[str, Any] | None = None) -> None:
+    """Weights to ``paths``, resolved config and training state to ``state_dir`` (all processes call it);
+    ``extra``: more training state (``save_training_state``)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_hybrid_weights(accelerator.unwrap_model(model), spec, paths)
         write_resolved_config(state_dir, cfg)
     accelerator.wait_for_everyone()
-    save_training_state(state_dir, optimizer, scheduler, step, epoch, process_index=accelerator.process_index)
+    save_training_state(state_dir, optimizer, scheduler, step, epoch, extra, process_index=accelerator.process_index)
     accelerator.wait_for_everyone()
 
 

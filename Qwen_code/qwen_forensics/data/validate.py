@@ -12,7 +12,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from accelerate.utils import gather_object
 from PIL import Image, UnidentifiedImageError
 
 from qwen_forensics.data.formats import FORMAT_NAMES, RECORDS
@@ -154,6 +156,30 @@ def _default_workers() -> int:
     return min(8, (os.cpu_count() or 1) * 2)
 
 
+Inspection = tuple[tuple[int, int] | None, str | None, str]
+
+
+def inspect_images(paths: list[Path], workers: int | None = None) -> list[Inspection]:
+    """:func:`inspect_image` of every path, in order, on ``workers`` threads."""
+    with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
+        return list(pool.map(inspect_image, paths))
+
+
+def shared_inspection(accelerator, workers: int | None = None) -> Callable[[list[Path]], list[Inspection]]:
+    """The ``inspect`` of :func:`validate_records` for N processes that all need the same report: each
+    reads and decodes every N-th file, and every process receives all the results, in order. A whole
+    index is then read once in all, not once per process (8 processes of a host decoding the same
+    2.9 million files would each take as long as one process alone, competing for its disks and cores)."""
+    def inspect(paths: list[Path]) -> list[Inspection]:
+        count, rank = accelerator.num_processes, accelerator.process_index
+        results: list[Inspection | None] = [None] * len(paths)
+        for process, part in enumerate(gather_object([inspect_images(paths[rank::count], workers)])):
+            results[process::count] = part
+        return results
+
+    return inspect
+
+
 def validate_records(
     records: list[Record],
     data_root: str | os.PathLike,
@@ -161,12 +187,15 @@ def validate_records(
     check_files: bool = True,
     source: str = "<index>",
     workers: int | None = None,
+    inspect: Callable[[list[Path]], list[Inspection]] | None = None,
 ) -> ValidationReport:
     """Check the whole index and collect every problem.
 
     ``check_files=False`` checks only what the index itself says (labels, ``"HxW"`` strings, fake
     records naming a mask, duplicates, emptiness); use it for an index whose images are not here.
-    ``source`` (the index file name) is carried into every message.
+    ``source`` (the index file name) is carried into every message. ``inspect``: what reads the
+    files (default :func:`inspect_images` on ``workers`` threads; :func:`shared_inspection` under
+    several processes).
     """
     data_root = Path(data_root)
     if len({r.index for r in records}) != len(records):
@@ -208,8 +237,7 @@ def validate_records(
         to_check = [r for r in records_ok if r.image_path]
         fake_masks = [r for r in records_ok if r.label == 1 and r.mask_path]
         paths = [data_root / r.image_path for r in to_check] + [data_root / r.mask_path for r in fake_masks]
-        with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
-            results = list(pool.map(inspect_image, paths))
+        results = inspect(paths) if inspect is not None else inspect_images(paths, workers)
         image_result = dict(zip((r.index for r in to_check), results[: len(to_check)]))
         mask_result = dict(zip((r.index for r in fake_masks), results[len(to_check):]))
         image_kinds = {"missing": MISSING_IMAGE, "unreadable": UNREADABLE_IMAGE, "truncated": TRUNCATED_IMAGE}
@@ -245,11 +273,12 @@ def validate_records(
 
 
 def validate_index(index: Index, data_root: str | os.PathLike, *, check_files: bool = True,
-                   workers: int | None = None) -> ValidationReport:
+                   workers: int | None = None,
+                   inspect: Callable[[list[Path]], list[Inspection]] | None = None) -> ValidationReport:
     """:func:`validate_records` of an index read in its format (``records.read_index``): its masks that no
     image claims are index-wide problems too, and the report names the format."""
     report = validate_records(index.records, data_root, check_files=check_files, source=str(index.path),
-                              workers=workers)
+                              workers=workers, inspect=inspect)
     unpaired = [Problem(None, "", UNPAIRED_MASK, f"mask {mask} belongs to no image (no image of that stem, "
                         "without its suffix, in Tp/): add the image or move the mask out")
                 for mask in index.unpaired_masks]
@@ -315,13 +344,15 @@ class LoadedSplit:
 
 def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path, accelerator) -> LoadedSplit:
     """Read an index in its format, printing which, and validate it whole up front; fail listing every
-    problem, or skip and list them. Only the main process writes the skipped-records list; the others
-    validate identically."""
+    problem, or skip and list them. Under several processes each reads its share of the files and all
+    receive the whole report (:func:`shared_inspection`), so all decide alike; only the main process
+    writes the skipped-records list."""
     index = read_index(index_path)
     accelerator.print(f"[data] {index_path}: {FORMAT_NAMES[index.format]}; {len(index.records)} entries")
     for note in index.notes:
         accelerator.print(f"[data] {index_path}: {note}")
-    report = validate_index(index, data_root)
+    report = validate_index(index, data_root, inspect=shared_inspection(accelerator)
+                            if accelerator.num_processes > 1 else None)
     if accelerator.is_main_process:
         good = apply_bad_sample_policy(report, policy, skip_dir)
     else:

@@ -165,9 +165,13 @@ class Benchmark:
         return SplitEvaluator(self.runner.accelerator, root, self.on_bad_sample, self.out_dir, self.batch_size,
                               self.num_workers, dataset=dataset, collate=self.runner.collator())
 
-    def run(self, sets: Mapping[str, str], val: str | None = None) -> tuple[list[SetResult], dict]:
+    def run(self, sets: Mapping[str, str], val: str | None = None) -> tuple[list[SetResult], dict] | None:
         """Validate every set (and ``val``) before the model loads, load it once, tune the thresholds on
-        ``val``, evaluate each set in turn; returns the results in order and the tuned thresholds."""
+        ``val``, evaluate each set in turn; returns the results in order and the tuned thresholds.
+
+        Under several processes every process validates and predicts its share of each set; once every
+        set is gathered the others return None and the main process scores and writes alone, so no
+        process waits for another's files between sets."""
         evaluator = self.evaluator = self._evaluator()
         if val:
             evaluator.validate(VAL_TAG, val)
@@ -177,9 +181,10 @@ class Benchmark:
         for name, path in sets.items():
             try:
                 loaded = evaluator.validate(name, path)
+                # On every process: a set it refuses must be left out by all of them; each writes its masks.
                 if self.submission_dir is not None:
                     writers[name] = SubmissionWriter(loaded.records, self.data_root, self.submission_dir / name,
-                                                     image_size, self.pixel_threshold)
+                                                     image_size, self.pixel_threshold, writes=evaluator.writes)
             except BadIndex as err:
                 message = str(err.code)
                 self.say(f"[benchmark] set {name} ({path}) is not evaluated:\n{message}")
@@ -191,7 +196,7 @@ class Benchmark:
             evaluator.perturb(name, self.perturbations)
         runnable = [name for name in sets if results[name].error is None]
         if not runnable:
-            return list(results.values()), {}
+            return (list(results.values()), {}) if evaluator.close() else None
         first = VAL_TAG if val else runnable[0]
         evaluator.open(first)
         self.runner.load()
@@ -205,21 +210,28 @@ class Benchmark:
         tuned = evaluator.tune(predict, self.runner.score_columns)
         if self.perturbations:
             self.robustness = RobustnessTable(self.out_dir / ROBUSTNESS_CSV)
+        main = self.runner.accelerator.is_main_process
+        runs = {}
         for name in runnable:
             writer = writers.get(name)
-            run = evaluator.evaluate(name, predict, on_batch=writer.on_batch if writer and image_size else None)
-            result = results[name]
+            runs[name] = evaluator.evaluate(name, predict, on_batch=writer.on_batch if writer and image_size else None)
+            self.say(f"[benchmark] {name}: {results[name].n_images} images ({results[name].n_fake} fake), "
+                     f"{runs[name].images_per_s:.1f} images/s")
+            # The perturbed passes gather on every process; the main one scores each (from the gathered
+            # counts, no image read again) and appends its row as it finishes.
+            run_conditions(evaluator, name, name, runs[name], self.perturbations, predict,
+                           lambda r: _score(self.runner, r.records, r.predictions, tuned, self.pixel_threshold)[0],
+                           self.robustness if main else None, say=self.say)
+        if not evaluator.close(*(writer.writer for writer in writers.values())):
+            return None
+        for name, run in runs.items():
+            result, writer = results[name], writers.get(name)
             result.metrics, result.rows = _score(self.runner, run.records, run.predictions, tuned,
                                                  self.pixel_threshold)
             write_predictions(self.out_dir / f"predictions_{name}.json", result.rows)
             if writer is not None:
                 result.submission = writer.finish(_p_fake(self.runner.ckpt.kind, run.predictions),
                                                   getattr(run.predictions, "heatmaps", None))
-            self.say(f"[benchmark] {name}: {result.n_images} images ({result.n_fake} fake), {run.images_per_s:.1f} "
-                     "images/s")
-            run_conditions(evaluator, name, name, run, self.perturbations, predict,
-                           lambda r: _score(self.runner, r.records, r.predictions, tuned, self.pixel_threshold)[0],
-                           self.robustness, say=self.say)
         return list(results.values()), tuned
 
     def speed_line(self) -> str | None:

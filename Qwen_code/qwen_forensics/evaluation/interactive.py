@@ -23,6 +23,7 @@ from qwen_forensics.checkpoints.detect import Checkpoint
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
 from qwen_forensics.data.perturb import Perturbation, perturb_image
 from qwen_forensics.evaluation.images import ImagePredictor, collect_images, image_rows, original_size_maps
+from qwen_forensics.report.page import metric_direction
 from qwen_forensics.report.pictures import overlay_array
 
 DEFAULT_THRESHOLD = 0.5
@@ -67,7 +68,8 @@ def _recorded_config(folder: Path) -> tuple[dict, Path] | tuple[None, None]:
 
 
 def _last_validation(log: Path) -> dict[str, float]:
-    """The ``val_*`` values of the last training-log row that has any finite one."""
+    """The validation metrics (``val_<metric>`` columns, a quality metric or the tuned ``threshold``) of the last
+    training-log row that has any finite one."""
     try:
         with log.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -76,13 +78,14 @@ def _last_validation(log: Path) -> dict[str, float]:
     for row in reversed(rows):
         values = {}
         for key, text in row.items():
-            if key and key.startswith("val_"):
+            name = (key or "").removeprefix("val_")
+            if key and key.startswith("val_") and (metric_direction(name) or name == "threshold"):
                 try:
                     number = float(text)
                 except (TypeError, ValueError):
                     continue
                 if math.isfinite(number):
-                    values[key.removeprefix("val_")] = number
+                    values[name] = number
         if values:
             return values
     return {}
@@ -90,15 +93,19 @@ def _last_validation(log: Path) -> dict[str, float]:
 
 def checkpoint_card(ckpt: Checkpoint, model_path: str) -> CheckpointCard:
     """The header facts of a detected checkpoint: its training's recorded config (trained-on set, training log)
-    and the log's last validation metrics; a tuned threshold when the log records one (``val_threshold``)."""
+    and the log's last validation metrics; a tuned threshold when the log records one (``val_threshold``; no
+    training writes one today, so the app's slider starts at 0.5)."""
     config, where = _recorded_config(Path(ckpt.folder))
     trained_on, validation = None, {}
     if config is not None:
         trained_on = next((str(config[k]) for k in TRAINED_ON_KEYS if config.get(k)), None)
         log = config.get("train_log")
         if log:
-            log_path = Path(log) if Path(log).is_absolute() else where / log
-            validation = _last_validation(log_path)
+            recorded = Path(log) if Path(log).is_absolute() else where / log
+            # A training folder moved since keeps its log beside the checkpoint or in the output folder above it.
+            found = next((p for p in (recorded, where / recorded.name, where.parent / recorded.name) if p.is_file()),
+                         None)
+            validation = _last_validation(found) if found else {}
     threshold = validation.pop("threshold", None)
     return CheckpointCard(ckpt.kind, str(ckpt.folder), model_path, ckpt.image_size, trained_on, validation, threshold)
 

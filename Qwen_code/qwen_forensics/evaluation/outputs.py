@@ -86,10 +86,12 @@ class PictureWriter:
     """The ``heatmaps/`` pictures of an evaluated record list (``save_heatmaps``), drawn on the
     ``writer``'s threads: :meth:`on_batch` is called by the prediction loop with each batch's positions
     and heatmaps, so the pictures are written while the accelerator works; :meth:`finish` draws the ones
-    whose batch another process scored and returns every path, once all are written."""
+    no batch brought and returns every path, once all are written. Under several processes every process
+    has one and ``writes(position)`` (``SplitEvaluator.writes``) says which pictures are its own; the
+    main process's :meth:`finish` then draws none of the others'."""
 
     def __init__(self, records: Sequence[Record], data_root: str | os.PathLike, mask_rule: MaskRule, image_size: int,
-                 out_dir: str | os.PathLike, mode: str, count: int):
+                 out_dir: str | os.PathLike, mode: str, count: int, writes: Callable[[int], bool] | None = None):
         if mode not in SAVE_HEATMAPS:
             raise ValueError(f"save_heatmaps must be one of {list(SAVE_HEATMAPS)}, got {mode!r}")
         source = HeatmapSource(records, np.empty(0), Path(data_root), mask_rule, image_size)
@@ -99,6 +101,7 @@ class PictureWriter:
                      "none": ()}[mode]
         self.wanted = {i: folder / f"{i:05d}_{Path(source.records[i].image_path).stem}.png" for i in positions}
         self.submitted: set[int] = set()
+        self.writes = writes
 
     def _draw(self, i: int, heatmap: np.ndarray | None) -> Path:
         gt, prob_map = self.source.full_size(i, heatmap)
@@ -106,13 +109,14 @@ class PictureWriter:
 
     def on_batch(self, batch: Mapping, heatmaps: torch.Tensor) -> None:
         for k, i in enumerate(batch["position"].tolist()):
-            if i in self.wanted and i not in self.submitted:
+            if i in self.wanted and i not in self.submitted and (self.writes is None or self.writes(i)):
                 self.submitted.add(i)
                 self.writer.submit(self._draw, i, heatmaps[k].float().cpu().numpy())
 
     def finish(self, heatmaps: np.ndarray) -> list[Path]:
-        """Draw the pictures no batch of this process brought (``heatmaps``: all records, gathered)."""
-        for i in sorted(set(self.wanted) - self.submitted):
+        """Draw the pictures no batch of this process brought (``heatmaps``: all records, gathered), except
+        those another process writes, and return every path."""
+        for i in sorted(i for i in set(self.wanted) - self.submitted if self.writes is None or self.writes(i)):
             self.submitted.add(i)
             self.writer.submit(self._draw, i, heatmaps[i])
         return [self.wanted[i] for i in sorted(self.wanted)]

@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import BatchSamplerShard
 from accelerate.utils import send_to_device
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from qwen_forensics.data.collate import generate_inputs, hybrid_inputs, model_inputs, vision_grid
 from qwen_forensics.data.formats import RECORDS
@@ -28,6 +29,7 @@ from qwen_forensics.data.records import Record
 from qwen_forensics.data.validate import LoadedSplit, load_split
 from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.evaluation.scoring import PixelCounter
+from qwen_forensics.files import BackgroundWriter
 from qwen_forensics.model.hybrid import HybridModel
 from qwen_forensics.model.lora import LoraInputCast
 from qwen_forensics.training.runtime import FirstBatch, LoaderClock, autocast, evaluation_speed_line, synchronized_clock
@@ -51,8 +53,8 @@ class SplitRun:
 
 
 class _DeviceBatches:
-    """One pass over a single-process loader whose workers start now: batches are decoded while the
-    caller loads the model, and each is copied to ``device`` without the host waiting (the loader
+    """One pass over a loader (this process's shard) whose workers start now: batches are decoded while
+    the caller loads the model, and each is copied to ``device`` without the host waiting (the loader
     pins them)."""
 
     def __init__(self, loader: DataLoader, device: torch.device):
@@ -84,10 +86,10 @@ def condition_tag(tag: str, perturbation: Perturbation) -> str:
 class SplitEvaluator:
     """How every evaluation script runs its indexes. :meth:`start`, before the model loads: validate
     each index up front (``on_bad_sample``; skipped records listed under ``out_dir/skipped_<tag>``)
-    and open its loader; in a single process its workers begin decoding at once, so the first
-    batches are ready when the weights are. :meth:`run`: time ``predict(loader, num_records,
-    **kwargs)`` on each, which gathers the predictions in order. Under several processes the
-    loaders are the accelerator's sharded ones and start when iterated.
+    and open its loader, whose workers begin decoding at once, so the first batches are ready when
+    the weights are (under several processes each loader holds this process's shard, accelerate's
+    ``BatchSamplerShard``). :meth:`run`: time ``predict(loader, num_records, **kwargs)`` on each,
+    which gathers the predictions in order.
 
     ``benchmark_sets.py`` evaluates many indexes with one model: :meth:`validate` each up front,
     :meth:`open` the first, then :meth:`tune` on the validation index and :meth:`evaluate` each in turn;
@@ -151,12 +153,15 @@ class SplitEvaluator:
             return
         dataset = (self.dataset(split.loaded.records) if split.perturbation is None
                    else self.dataset(split.loaded.records, split.perturbation))
-        loader = DataLoader(dataset, batch_size=self.batch_size,
-                            num_workers=self.num_workers, collate_fn=self.collate,
+        # The shards accelerate's prepared loader would give this process (every record once, the last round
+        # filled from the start of the index), in a plain loader: its workers start decoding now, while the
+        # weights load, where the prepared one would start them only when the loop first asks for a batch.
+        batches = BatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=False)
+        if self.accelerator.num_processes > 1:
+            batches = BatchSamplerShard(batches, self.accelerator.num_processes, self.accelerator.process_index)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=self.collate,
                             pin_memory=self.accelerator.device.type == "cuda")
-        batches = (_DeviceBatches(loader, self.accelerator.device) if self.accelerator.num_processes == 1
-                   else self.accelerator.prepare(loader))
-        split.batches = FirstBatch(batches)
+        split.batches = FirstBatch(_DeviceBatches(loader, self.accelerator.device))
 
     def _warm_up(self, tag: str, predict: Callable[..., Any], **predict_kwargs) -> None:
         self.open(tag)
@@ -235,10 +240,22 @@ class SplitEvaluator:
                                      time.perf_counter() - self._runs[0].started,
                                      sum(run.data_wait for run in self._runs))
 
-    def close(self) -> bool:
-        """End the distributed part; True on the process that scores and writes the outputs. Every
-        rank closes the process group before the main one scores (a rank that exits with it open
-        can abort at interpreter shutdown)."""
+    def writes(self, position: int) -> bool:
+        """Whether this process writes the files of record ``position`` (its heatmap picture, its submission
+        mask): the one whose shard holds the record's own batch. The records the sampler repeats to fill
+        the last round are then written once, and every process writes its share while the loop runs
+        instead of the main process writing the others' after it."""
+        return (position // self.batch_size) % self.accelerator.num_processes == self.accelerator.process_index
+
+    def close(self, *writers: BackgroundWriter | None) -> bool:
+        """End the distributed part; True on the process that scores and writes the outputs. Every process
+        first waits for the files its ``writers`` still write (the main one's outputs, e.g. the submission's
+        zip, read them), then closes the process group before the main one scores (a process that exits
+        with it open can abort at interpreter shutdown)."""
+        for writer in writers:
+            if writer is not None:
+                writer.wait()
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.accelerator.is_main_process
 

@@ -17,7 +17,7 @@ import os
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,12 +37,15 @@ ZIP_FILE = "submission.zip"
 class SubmissionWriter:
     """The submission of one evaluated record list into ``out_dir``. With ``image_size`` (checkpoints with
     heatmaps) :meth:`on_batch` is the prediction loop's hook that writes each batch's masks; :meth:`finish`
-    writes the masks no batch of this process brought, ``prediction.txt`` and the zip. Two records whose
-    file names or stems coincide would overwrite each other's line or mask: that stops the run before the
-    model loads (``data.BadIndex`` naming them)."""
+    writes the masks no batch brought, ``prediction.txt`` and the zip. Under several processes every
+    process has one (so an index it refuses stops all of them before the model loads) and writes the masks
+    ``writes(position)`` gives it (``SplitEvaluator.writes``) while the loop runs; the main process's
+    :meth:`finish` writes none of the others', which are on disk once every process has waited for its
+    writer (``SplitEvaluator.close``). Two records whose file names or stems coincide would overwrite each
+    other's line or mask: that stops the run before the model loads (``data.BadIndex`` naming them)."""
 
     def __init__(self, records: Sequence[Record], data_root: str | os.PathLike, out_dir: str | os.PathLike,
-                 image_size: int | None, threshold: float):
+                 image_size: int | None, threshold: float, writes: Callable[[int], bool] | None = None):
         names = [Path(r.image_path).name for r in records]
         stems = [Path(name).stem for name in names]
         clashes = sorted(k for k, n in Counter(stems).items() if n > 1)
@@ -54,6 +57,7 @@ class SubmissionWriter:
         self.folder, self.image_size, self.threshold = Path(out_dir), image_size, threshold
         self.writer = BackgroundWriter()
         self.written: set[int] = set()
+        self.writes = writes
 
     def mask_path(self, i: int) -> Path:
         return self.folder / MASK_DIR / f"{self.stems[i]}.png"
@@ -70,15 +74,16 @@ class SubmissionWriter:
                 self._submit(positions[k], mask)
 
     def _submit(self, i: int, mask: np.ndarray) -> None:
-        if i not in self.written:
+        if i not in self.written and (self.writes is None or self.writes(i)):
             self.written.add(i)
             self.writer.submit(save_binary_mask, mask, self.mask_path(i))
 
     def finish(self, p_fake: np.ndarray, heatmaps: np.ndarray | None = None) -> Path:
-        """Write what is left (``heatmaps``: every record's patch-grid map, gathered, for the masks another
-        process's batches held) and the zip; returns the zip's path."""
+        """Write what is left (``heatmaps``: every record's patch-grid map, gathered, for masks no batch of
+        this process brought) and the zip; returns the zip's path."""
         if self.image_size is not None:
-            for i in sorted(set(range(len(self.records))) - self.written):
+            for i in sorted(i for i in set(range(len(self.records))) - self.written
+                            if self.writes is None or self.writes(i)):
                 with Image.open(self.data_root / self.records[i].image_path) as img:
                     shape = (img.height, img.width)
                 self._submit(i, original_size_heatmap(heatmaps[i], shape, self.image_size) >= self.threshold)
@@ -94,3 +99,4 @@ class SubmissionWriter:
                     archive.write(path, f"{MASK_DIR}/{path.name}")
 
         return atomic_write(self.folder / ZIP_FILE, write)
+

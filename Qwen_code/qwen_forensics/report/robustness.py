@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from qwen_forensics.report.page import html_table, img, note
 from qwen_forensics.report.plots import figure_data_uri
@@ -69,6 +70,7 @@ def robustness_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], metric: s
                     ax.annotate(level, (step, value), fontsize=6, textcoords="offset points", xytext=(0, 3),
                                 ha="center")
     ax.set_title(metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step (0: clean; then the levels in the order given)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")

@@ -20,8 +20,8 @@ _EXPORTS = {
     "param_groups": "optim",
     "enable_gradient_checkpointing": "recompute", "recompute_frozen_blocks": "recompute",
     "FirstBatch": "runtime", "LoaderClock": "runtime", "autocast": "runtime", "evaluation_speed_line": "runtime",
-    "make_accelerator": "runtime", "peak_gib": "runtime", "seed_everything": "runtime", "speed_line": "runtime",
-    "synchronized_clock": "runtime",
+    "loader_state": "runtime", "make_accelerator": "runtime", "peak_gib": "runtime", "restore_loader_state": "runtime",
+    "seed_everything": "runtime", "speed_line": "runtime", "synchronized_clock": "runtime",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

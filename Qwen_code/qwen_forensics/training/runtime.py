@@ -89,6 +89,29 @@ def evaluation_speed_line(images: int, inference_s: float, whole_s: float, waite
             f"{images / max(whole_s, 1e-9):.2f} images/s (first batch to last file written)" + _peak_part("; "))
 
 
+SAMPLER_GENERATOR = "sampler_generator"  # its key in a checkpoint's training state (``extra``)
+
+
+def loader_state(loader) -> dict[str, torch.Tensor]:
+    """What a resumed run needs to shuffle the next epoch as the uninterrupted run does, for the training
+    state's ``extra``. Under several processes accelerate draws the shuffle from a generator of its own,
+    seeded from the global generator when the loader is prepared and advanced once per epoch (and kept
+    equal on every process); the per-process random states of the checkpoint do not cover it, so its
+    state is saved here. One process has no such generator: its shuffle comes from the global generator,
+    which the checkpoint's random states restore."""
+    generator = getattr(loader, "synchronized_generator", None)
+    return {} if generator is None else {SAMPLER_GENERATOR: generator.get_state()}
+
+
+def restore_loader_state(loader, extra: dict) -> None:
+    """Put a checkpoint's :func:`loader_state` back into the prepared ``loader`` (before its next epoch).
+    Resumed on another number of processes the shards differ anyway, and the checkpoint's state (or this
+    loader's generator) is absent: nothing to restore."""
+    generator = getattr(loader, "synchronized_generator", None)
+    if generator is not None and SAMPLER_GENERATOR in extra:
+        generator.set_state(extra[SAMPLER_GENERATOR])
+
+
 class LoaderClock:
     """Iterates ``loader`` and adds up, in ``waited``, the wall time spent inside its ``__next__``:
     the time the loop stood still because no batch was ready (worker start-up, decoding, and the
