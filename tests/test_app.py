@@ -69,7 +69,7 @@ def test_app_prediction_equals_predict_py_row(ckpts, images, tmp_path, task):
     for result, row in zip(results, rows):
         assert result.rgb.shape == (row["height"], row["width"], 3)
         if "heatmap_png" in row:
-            np.testing.assert_array_equal(result.heat, np.asarray(Image.open(row["heatmap_png"])))
+            np.testing.assert_array_equal(result.heat, np.asarray(Image.open(tmp_path / "out" / row["heatmap_png"])))
         else:
             assert result.heat is None
 
