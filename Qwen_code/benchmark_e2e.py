@@ -20,7 +20,7 @@ loaded once; run it with ``task1_head_eval`` and ``--test-images 1000``: the res
 ``robustness_vs_one_evaluation``, the study's time over the plain evaluation's, whole process and inference
 loops, against the issue's bound of 23).
 
-Each script prints ``[speed]`` lines: images, seconds, images/s and peak GPU memory of its training
+Each script prints ``[speed]`` lines: images, seconds, images/s and (on a GPU) peak GPU memory of its training
 loop (data loading included), or of its evaluation: the inference loop and the whole run from the
 first batch to the last file written. This harness collects them with each process's wall time (model
 loading and start-up included) into ``--out``.
@@ -50,18 +50,19 @@ import torch
 from qwen_forensics.demo.dataset import make_demo_dataset
 from qwen_forensics.demo.shapes import seven_b_config
 from qwen_forensics.demo.tiny import OUTPUT_FILES, build_tiny_model
+from qwen_forensics.model.loader import TINY_MODEL_MARKER
 
 CODE = Path(__file__).resolve().parent
 # The user's frame sizes, in about the proportions of their real index (cycled per video).
 USER_SIZES = [(720, 1280)] * 4 + [(1080, 1920), (360, 480), (360, 640), (480, 854)]
 SPEED = re.compile(r"\[speed\] (?P<what>.+?): (?P<images>\d+) images in (?P<seconds>[0-9.]+) s = "
-                   r"(?P<rate>[0-9.]+) images/s, peak GPU memory (?P<peak>[0-9.]+) GiB"
+                   r"(?P<rate>[0-9.]+) images/s(?:, peak GPU memory (?P<peak>[0-9.]+) GiB)?"
                    r"(?:, (?P<waited>[0-9.]+) s of it waiting for data)?")
 # An evaluation's (and predict.py's) one line: its inference loops and its whole run.
 EVAL_SPEED = re.compile(r"\[speed\] evaluation: (?P<images>\d+) images; inference (?P<seconds>[0-9.]+) s = "
                         r"(?P<rate>[0-9.]+) images/s(?:, (?P<waited>[0-9.]+) s of it waiting for data)?; whole run "
-                        r"(?P<whole_seconds>[0-9.]+) s = (?P<whole_rate>[0-9.]+) images/s .*?; peak GPU memory "
-                        r"(?P<peak>[0-9.]+) GiB")
+                        r"(?P<whole_seconds>[0-9.]+) s = (?P<whole_rate>[0-9.]+) images/s "
+                        r"\(first batch to last file written\)(?:; peak GPU memory (?P<peak>[0-9.]+) GiB)?")
 # Memory variants (README): name, script, --set overrides of its shipped config.
 MEMORY_VARIANTS = [
     ("task2_bs8x2", "task2_lm_lora/LORA.py", ["training_args.per_device_train_batch_size=8",
@@ -78,8 +79,8 @@ MEMORY_VARIANTS = [
 ]
 # Steps that always run in one process: map.py prepares data, predict.py is not distributed.
 SINGLE_PROCESS_STEPS = ("task2_map", "predict")
-# What the 7B folder takes from the tiny one: everything but the weights and the model config.
-NOT_COPIED = ("config.json", "generation_config.json")
+# What the 7B folder takes from the tiny one: everything but the weights, the model config and the tiny marker.
+NOT_COPIED = ("config.json", "generation_config.json", TINY_MODEL_MARKER)
 
 
 def build_model_folder(folder: Path, tiny: Path) -> None:
@@ -132,7 +133,7 @@ def run_script(name: str, script: str, root: Path, sets: list[str], logs: Path, 
     lines += [{**m.groupdict(), "what": "evaluation (inference)"} for m in EVAL_SPEED.finditer(log)]
     row = {"wall_s": wall, "returncode": done.returncode, "processes": processes,
            "speed": [{"what": m["what"], "images": int(m["images"]), "seconds": float(m["seconds"]),
-                      "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"]),
+                      "images_per_s": float(m["rate"]), "peak_gib": float(m["peak"] or 0),
                       "data_wait_s": float(m["waited"]) if m["waited"] else None,
                       **({"whole_run_s": float(m["whole_seconds"]), "whole_run_images_per_s": float(m["whole_rate"])}
                          if m.get("whole_rate") else {})} for m in lines]}

@@ -16,8 +16,12 @@ up to ``--max-new-tokens`` tokens; 0 turns it off) and, with heads, the heatmap 
 resolution (grey PNG, 0-255 = P 0-1) and an overlay (JPEG, at most 1024 px on its long side). Images of any size are letterboxed to the
 checkpoint's ``image_size`` as in evaluation, in batches of ``--batch-size``.
 
-Writes into ``--out`` (default ``predictions`` in the current folder): ``predictions.csv`` and
-``predictions.json`` (one row per image, input order), ``heatmaps/`` and ``overlays/``, ``skipped.json``
+Writes into ``--out`` (default ``predictions/`` in the current folder, git-ignored in the repository):
+``index.html`` (open it: every image with its overlay and colour scale, P(fake) and verdict, sortable
+by score and filterable by verdict, and the skipped files), ``predictions.csv`` and ``predictions.json``
+(one row per image, input order; ``image`` is the absolute path, picture paths are relative to the
+output folder; ``letterbox_scale`` is how much the image was resized, and images enlarged more than 4x
+are named in a warning), ``heatmaps/`` (full resolution), ``overlays/``, ``previews/``, ``skipped.json``
 (unreadable, truncated or non-image files with the reason, and folder entries without an image
 extension) and ``run.json`` (the checkpoint used, the run id). ``--perturb SPEC...`` (``data.perturb``, as
 the evaluation scripts take it) predicts every image again under each perturbation, the model loaded
@@ -36,26 +40,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
-from qwen_forensics.data import IMAGE_SUFFIXES, parse_perturbations
-from qwen_forensics.data.perturb import SPEC_HELP
-from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, ImagePredictor, collect_images,
-                                       primary_score, write_predictions)
-from qwen_forensics.training import evaluation_speed_line, make_accelerator
+from qwen_forensics.config import usable_cores
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from qwen_forensics.data import parse_perturbations
+    from qwen_forensics.data.perturb import SPEC_HELP
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder (Task 1, 2 or 3) or the training "
                                                                  "output folder holding one")
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and folders")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=4, help="loader processes decoding the images while the "
-                                                                   "model runs (0: in this process; default: "
-                                                                   "%(default)s)")
+    parser.add_argument("--num-workers", type=int, default=min(4, usable_cores()),
+                        help="loader processes decoding the images while the model runs (0: in this process; "
+                             "default: %(default)s, at most 4 and at most this machine's cores)")
     parser.add_argument("--model", help="base model folder (default: the one the checkpoint's training recorded)")
     parser.add_argument("--max-new-tokens", type=int, default=4,
                         help="tokens of free-text LM answer per image (Tasks 2 and 3; 0: none; default: %(default)s)")
@@ -80,6 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
+    from qwen_forensics.data import IMAGE_SUFFIXES
+    from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, ImagePredictor, collect_images,
+                                           enlarged_images, primary_score, write_prediction_gallery, write_predictions)
+    from qwen_forensics.training import evaluation_speed_line, make_accelerator
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
     try:
         ckpt = detect_checkpoint(args.ckpt)
     except CheckpointError as err:
@@ -119,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = write_predictions(args.out, ckpt, scan, passes, threshold=args.threshold,
                              heatmap_files=[pictures[c] for c in conditions[:len(passes)]],
                              conditions=bool(args.conditions))
+    index = write_prediction_gallery(args.out, rows, scan, ckpt, threshold=args.threshold)
+    enlarged = [r for r in enlarged_images(rows) if r.get("perturbation") in (None, "none")]
+    if enlarged:
+        examples = ", ".join(f"{Path(r['image']).name} ({r['width']}x{r['height']}, {r['letterbox_scale']:.1f}x)"
+                             for r in enlarged[:3])
+        print(f"warning: {len(enlarged)} image(s) enlarged more than 4x to the checkpoint's {ckpt.image_size} px "
+              f"letterbox, too small for a reliable result: {examples}{', ...' if len(enlarged) > 3 else ''}")
     run = {**run_record.columns(), "checkpoint": str(ckpt.folder), "kind": ckpt.kind, "model": model,
            "image_size": ckpt.image_size,
            "p_fake": primary_score(ckpt), "threshold": args.threshold, "images": len(scan.images),
@@ -131,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     passes_text = f" under {len(conditions)} conditions ({fakes} of {len(rows)} rows" if args.conditions else f" ({fakes}"
     print(f"{len(scan.images)} images predicted{passes_text} fake at p_fake >= {args.threshold}), "
           f"{len(scan.bad)} skipped\n"
-          f"predictions: {args.out / 'predictions.csv'} and {args.out / 'predictions.json'}")
+          f"predictions: {args.out / 'predictions.csv'} and {args.out / 'predictions.json'}\n"
+          f"gallery (open in a browser): {index.resolve()}")
     if not rows:
         print("error: none of the inputs is a readable image", file=sys.stderr)
         return 1
@@ -139,5 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

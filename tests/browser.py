@@ -1,11 +1,17 @@
 """Test helper: HTML pages as the browser and the reader see them. ``Page`` parses headings, tables
 and links; ``assert_self_contained`` checks that a page embeds everything; ``assert_rendered`` opens
-it in headless Chromium (installed by .ci/setup) and checks the screenshot and the DOM."""
+it in headless Chromium (installed by .ci/browser, which .ci/run calls) and checks the screenshot and the DOM.
+
+Without a browser the browser tests skip with the install instructions; with
+``QWEN_FORENSICS_NEED_BROWSER=1`` (set by .ci/run) they fail instead, so CI cannot pass without them."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import os
+import shutil
 import subprocess
 from collections import Counter
 from html.parser import HTMLParser
@@ -15,9 +21,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} not installed (.ci/setup installs "
-                                    "Debian's chromium; without it the browser checks cannot run)")
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
+NEED_BROWSER_ENV = "QWEN_FORENSICS_NEED_BROWSER"
+INSTALL_HINT = ("no Chromium on PATH (looked for " + ", ".join(BROWSER_NAMES) + "). Install one: `bash .ci/browser` "
+                "(Debian: apt-get install chromium; Ubuntu: snap install chromium; without root: put any Chromium "
+                "or Chrome build on PATH as chromium)")
+
+
+def find_chromium() -> Path | None:
+    """The first Chromium-like browser on PATH, or None."""
+    for name in BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+def needs_chromium(test):
+    """Run ``test`` only where a browser exists: skip elsewhere, fail where one is required (CI)."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        if find_chromium() is None:
+            if os.environ.get(NEED_BROWSER_ENV) == "1":
+                pytest.fail(f"{NEED_BROWSER_ENV}=1 but {INSTALL_HINT}")
+            pytest.skip(INSTALL_HINT)
+        return test(*args, **kwargs)
+    return run
+
 TAB_BLUE = (31, 119, 180)  # matplotlib's first colour: the first curve and the first run's bars
 
 
@@ -78,7 +108,9 @@ def assert_self_contained(text: str) -> list[Image.Image]:
 def chromium(tmp_path: Path, page: Path, *mode: str) -> subprocess.CompletedProcess:
     """One headless Chromium run on ``page`` (a fresh profile; nothing reaches the network)."""
     profile = tmp_path / "chromium-profile"
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    browser = find_chromium()
+    assert browser is not None, INSTALL_HINT
+    command = [str(browser), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", *mode, page.resolve().as_uri()]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,12 @@ def run_lora(root: Path, callbacks=(), warm: bool = False, **overrides) -> Train
                 self.warm_seconds = warm_up_trainer(self)
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    lora.Trainer = RecordingTrainer
     argv = ["--root", str(root)]
     for value in quick_sets(**overrides):
         argv += ["--set", value]
-    lora.main(argv)
+    # LORA.py imports Trainer inside main: patched where it comes from.
+    with mock.patch("transformers.Trainer", RecordingTrainer):
+        lora.main(argv)
     trainer, = made
     return trainer
 

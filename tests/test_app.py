@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import CHROMIUM
+from browser import find_chromium, needs_chromium
 from conftest import TINY_IMAGE_SIZE
 from qwen_forensics.checkpoints import base_model_path, detect_checkpoint
 from qwen_forensics.data import load_index
@@ -69,7 +69,7 @@ def test_app_prediction_equals_predict_py_row(ckpts, images, tmp_path, task):
     for result, row in zip(results, rows):
         assert result.rgb.shape == (row["height"], row["width"], 3)
         if "heatmap_png" in row:
-            np.testing.assert_array_equal(result.heat, np.asarray(Image.open(row["heatmap_png"])))
+            np.testing.assert_array_equal(result.heat, np.asarray(Image.open(tmp_path / "out" / row["heatmap_png"])))
         else:
             assert result.heat is None
 
@@ -282,10 +282,10 @@ print(json.dumps({"table": text, "pictures": pictures}))
 
 
 @needs_app
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} not installed (.ci/setup installs it)")
+@needs_chromium
 def test_page_in_chromium_shows_verdict_and_overlay(server, client_answers, images, tmp_path):
     port = _free_port()
-    chromium = subprocess.Popen([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    chromium = subprocess.Popen([str(find_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                                  f"--user-data-dir={tmp_path / 'profile'}", f"--remote-debugging-port={port}",
                                  "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -61,11 +61,43 @@ def test_every_config_checks_its_values():
             parse_config(cls, bad)
 
 
-def test_unknown_key_lists_valid_keys():
+def test_unknown_key_suggests_the_close_one_or_lists_valid_keys():
     with pytest.raises(ConfigError) as err:
         parse_config(Task1TrainConfig, {"lr_heads": 1e-3})
-    msg = str(err.value)
-    assert "lr_heads" in msg and "lr_head" in msg and "lora_target_layers" in msg
+    assert "lr_heads: unknown key; did you mean 'lr_head'?" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config(Task1TrainConfig, {"zzz": 1})
+    lines = str(err.value).splitlines()
+    assert "zzz: unknown key. Valid keys:" in lines[1] and "lora_target_layers" in str(err.value)
+    assert max(len(line) for line in lines) <= 110, "the key list is wrapped"
+
+
+def test_three_mistakes_are_reported_in_one_run(tmp_path, monkeypatch):
+    """A typo'd key, a missing path and a wrong type: one error lists all three, each with its source."""
+    monkeypatch.delenv("QWEN_FORENSICS_ROOT", raising=False)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    cfg_file = tmp_path / "mine.json"
+    cfg_file.write_text(json.dumps({"model_path": str(tmp_path / "model"), "data_root": str(tmp_path / "data"),
+                                    "ann_train": str(tmp_path / "data" / "train_idx.json"), "lr_haed": 0.001,
+                                    "epochs": "3"}))
+    with pytest.raises(SystemExit) as stop:
+        load_config(Task1TrainConfig, description="t", argv=["--config", str(cfg_file), "--set", "batch_size=0"])
+    message = str(stop.value)
+    assert message.startswith(f"config error (config file {cfg_file}): 4 problems:")
+    assert f"lr_haed: unknown key; did you mean 'lr_head'?  (from {cfg_file})" in message
+    assert f"epochs: expected an integer, got '3'  (from {cfg_file})" in message
+    assert f"ann_train = '{tmp_path}/data/train_idx.json': {tmp_path}/data/train_idx.json does not exist" in message
+    assert "batch_size=0: must be > 0  (from --set batch_size=...)" in message
+
+
+def test_missing_path_under_the_default_root_hints_root_and_names_root_when_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("QWEN_FORENSICS_ROOT", raising=False)
+    with pytest.raises(ConfigError, match=r"data_root = '/root/autodl-tmp/data'.*pass --root DIR"):
+        parse_config(Task1TrainConfig, {}, check_inputs=True)
+    with pytest.raises(ConfigError, match=rf"(?s)3 problems.*from --root {tmp_path}, which moved "
+                                          rf"/root/autodl-tmp/data to {tmp_path}/data"):
+        parse_config(Task1TrainConfig, {}, root=str(tmp_path), check_inputs=True)
 
 
 def test_unknown_nested_key_fails():
@@ -164,3 +196,22 @@ def test_resolved_config_round_trip(tmp_path):
     path = write_resolved_config(tmp_path, cfg)
     again = parse_config(Task3TrainConfig, json.loads(path.read_text()))
     assert again == cfg
+
+
+def test_workers_are_capped_to_the_usable_cores_with_one_note(monkeypatch):
+    from qwen_forensics.config import loading
+    from qwen_forensics.task_configs import Task2TrainConfig
+    monkeypatch.setattr(loading, "usable_cores", lambda: 2)
+    cfg = parse_config(Task1TrainConfig, {"num_workers": 8})
+    loading.cap_workers(cfg)
+    assert cfg.num_workers == 2
+    assert [n for n in loading.config_meta(cfg).notes if "lowered" in n] == [
+        "num_workers 8 lowered to 2: this machine gives the run 2 CPU cores"]
+    trainer = parse_config(Task2TrainConfig, {"training_args": {"output_dir": "hf", "dataloader_num_workers": 8}})
+    loading.cap_workers(trainer)
+    assert trainer.training_args["dataloader_num_workers"] == 2
+    assert [n for n in loading.config_meta(trainer).notes if "lowered" in n] == [
+        "training_args.dataloader_num_workers 8 lowered to 2: this machine gives the run 2 CPU cores"]
+    few = parse_config(Task1TrainConfig, {"num_workers": 1})
+    loading.cap_workers(few)
+    assert few.num_workers == 1 and not [n for n in loading.config_meta(few).notes if "lowered" in n]

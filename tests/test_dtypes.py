@@ -32,8 +32,11 @@ def test_task1_fp16_loads_half_weights_on_a_gpu(tiny_root, tmp_path, monkeypatch
     """lora_train.py with amp_dtype "fp16" on a GPU: fp16 weights, or bf16 where the GPU has it (it used to
     load float32 weights, with fp16 autocast over them)."""
     script = load_script("lora_train")
-    make = script.make_accelerator
-    monkeypatch.setattr(script, "make_accelerator", lambda *a, **k: CudaLooking(make(*a, **k)))
+    # The script imports these inside main (after its config): patch where they are defined.
+    from qwen_forensics.model import loader
+    from qwen_forensics.training import runtime
+    make = runtime.make_accelerator
+    monkeypatch.setattr(runtime, "make_accelerator", lambda *a, **k: CudaLooking(make(*a, **k)))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
     seen = {}
 
@@ -41,7 +44,7 @@ def test_task1_fp16_loads_half_weights_on_a_gpu(tiny_root, tmp_path, monkeypatch
         seen["dtype"] = dtype
         raise _Loaded
 
-    monkeypatch.setattr(script, "load_vision_tower", load_vision_tower)
+    monkeypatch.setattr(loader, "load_vision_tower", load_vision_tower)
     argv = ["--root", str(tiny_root), "--set", f"out_dir={tmp_path}", "--set", "amp_dtype=fp16",
             "--set", "num_workers=0", "--set", "ann_val=null", "--set", "image_size=112"]
     with pytest.raises(_Loaded):

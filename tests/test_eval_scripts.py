@@ -25,6 +25,7 @@ from qwen_forensics.data.validate import BAD_LABEL, BAD_RECORD
 from qwen_forensics.evaluation.metrics import tune_threshold
 from qwen_forensics.evaluation.outputs import NO_HEATMAP_NOTE, REPORT_NAME
 from qwen_forensics.report.page import HEADINGS, format_value
+from qwen_forensics.report.tables import select_examples
 from scripts import CODE, csv_rows, demo_index, run_script
 
 # The score columns of each evaluation's per-image rows, and whether it has heatmaps.
@@ -92,13 +93,21 @@ def test_each_script_writes_the_report_next_to_its_csv_and_prints_it(plain_runs,
     # The demo split is grouped by video: the guard ran and found nothing (CSV and report say so).
     assert (got["csv"]["val_leak_check"], got["csv"]["val_overlap_records"]) == ("clean", "0")
     assert (run_facts["val_leak_check"], run_facts["val_groups"]) == ("clean", got["csv"]["val_groups"])
+    score_column = "p_fake_lm" if script == "hybrid_eval" else "p_fake"
+    examples = sum(len(group) for group in select_examples(got["rows"], score_column, 0.5, 3).values())
+    assert examples > 0
     if script in WITH_HEATMAPS:
         assert html.escape(NO_HEATMAP_NOTE) not in got["page"]
-        # The curves, then the gallery: up to 4 best and 4 worst of the scored fakes.
+        # The curves; the gallery (its colour scale, up to 4 best and 4 worst of the scored fakes); the false
+        # alarms (a scale and up to 4 reals with pixels called forged); the example thumbnails.
         scored = sum(r["label"] == 1 and not r["empty_mask"] for r in got["rows"])
-        assert len(pictures) == 1 + got["page"].count("<figure>") == 1 + min(8, scored)
+        alarms = min(4, sum(r["label"] == 0 and r["positive_fraction"] > 0 for r in got["rows"]))
+        assert got["page"].count("<figure>") == min(8, scored) + alarms + examples
+        assert len(pictures) == 1 + 1 + min(8, scored) + (1 + alarms if alarms else 0) + examples
+        assert "error map at pixel threshold 0.5" in got["page"]
     else:
-        assert got["page"].count(html.escape(NO_HEATMAP_NOTE)) == 2 and len(pictures) == 1  # curves only
+        assert got["page"].count(html.escape(NO_HEATMAP_NOTE)) == 3
+        assert len(pictures) == 1 + examples == 1 + got["page"].count("<figure>")  # curves and the examples
 
 
 def _rate(scores: np.ndarray, threshold: float) -> float:

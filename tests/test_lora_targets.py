@@ -158,12 +158,18 @@ def test_format_targets():
     assert format_targets(targets) == "\n".join(
         [
             "LoRA targets (12 modules):",
-            "  visual (10):",
+            "  vision blocks (10):",
             "    model.visual.blocks.3: attn.qkv, attn.proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj",
             "    model.visual.blocks.7: attn.qkv, attn.proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj",
             "  merger (2):",
             "    model.visual.merger.mlp: 0, 2",
-            "  vision_extra: off",
-            "  lm: off",
+            "  language model: none",
         ]
     )
+
+
+def test_format_targets_groups_by_place_not_by_option():
+    """Task 2 names the merger through lora_extra_modules: it shows under merger, with no 'merger: none'."""
+    targets = resolve_targets(make_full(), LoraTargetSpec(vision_blocks=[3], vision_extra_modules=["merger.mlp.0"]))
+    text = format_targets(targets)
+    assert "  merger (1):\n    model.visual.merger.mlp: 0" in text and "merger: none" not in text

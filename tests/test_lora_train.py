@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,12 @@ def trained(workspace, tmp_path_factory):
                       for n, p in models[-1].named_parameters() if p.requires_grad})
 
     handle = register_optimizer_step_pre_hook(before_step)
-    lora_train.ForensicViT = RecordingForensicViT
+    # The script imports its model class inside main: patched where it is defined.
     try:
-        # No warm-up: with it the first step's learning rate is 0, and LoRA A would still see B = 0 at step 2.
-        lora_train.main(_train_args(workspace, out, "max_steps=2", "warmup_ratio=0"))
+        with mock.patch("qwen_forensics.model.forensic.ForensicViT", RecordingForensicViT):
+            # No warm-up: with it the first step's learning rate is 0, and LoRA A would still see B = 0 at step 2.
+            lora_train.main(_train_args(workspace, out, "max_steps=2", "warmup_ratio=0"))
     finally:
-        lora_train.ForensicViT = ForensicViT
         handle.remove()
     return {"model": models[-1], "grads": grads, "ckpt": out / "final"}
 
@@ -284,3 +285,17 @@ def test_learnability_on_unmistakable_fakes(tmp_path):
     assert int(row["samples"]) == 60
     assert auroc >= 0.95, row
     assert iou >= 0.6, row
+
+
+def test_every_training_writes_its_curves_page(task1_ckpt, task2_adapter, task3_run):
+    """training.html beside each training's outputs: Task 1 and 3 from their CSV log (Task 3 with its
+    validation metrics), Task 2 from the Trainer's log."""
+    from browser import Page
+    pages = {"task1": task1_ckpt.parent / "training.html", "task2": task2_adapter.parent / "training.html",
+             "task3": task3_run / "training.html"}
+    for name, page in pages.items():
+        assert page.is_file(), name
+    task3 = Page(pages["task3"].read_text(encoding="utf-8"))
+    assert "val_lm_auroc" in dict(task3.table(first_header="column")[1:])
+    task2 = Page(pages["task2"].read_text(encoding="utf-8"))
+    assert "train_loss" in dict(task2.table(first_header="column")[1:])

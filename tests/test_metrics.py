@@ -1,3 +1,4 @@
+import json
 import csv
 import math
 import random
@@ -249,3 +250,10 @@ def test_append_csv_row_refuses_bad_input_without_touching_file(tmp_path):
     with pytest.raises(ValueError, match="line 2"):
         append_csv_row(path, {"a": 1, "c": 2}, ["a"])
     assert path.read_text(encoding="utf-8") == broken
+
+
+def test_printed_metrics_show_null_not_nan():
+    from qwen_forensics.files import printable_json
+    text = printable_json({"auroc": 0.75, "acc@tuned": float("nan"), "nested": [float("inf"), 1]})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"auroc": 0.75, "acc@tuned": None, "nested": [None, 1]}

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from qwen_forensics.model import loader
 from qwen_forensics.data.collate import VisionLanguageCollator, hybrid_inputs, model_inputs
 from qwen_forensics.evaluation.predictions import answer_logits, score_answers
 from qwen_forensics.model.loader import get_language_model, load_model, load_processor
@@ -56,7 +58,7 @@ def run_watching_positions(script: str, root, *sets: str) -> tuple[list[dict], t
     module = load_script(script)
     seen: list[dict] = []
     models = []
-    load = module.load_model
+    load = loader.load_model
 
     def load_and_watch(*args, **kwargs):
         model = load(*args, **kwargs)
@@ -67,11 +69,12 @@ def run_watching_positions(script: str, root, *sets: str) -> tuple[list[dict], t
             lambda m, a, kw: seen[-1].update(position_ids=kw["position_ids"].detach().clone()), with_kwargs=True)
         return model
 
-    module.load_model = load_and_watch
     argv = ["--root", str(root)]
     for value in sets:
         argv += ["--set", value]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    # The script imports load_model inside main: patched where it is defined.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            mock.patch.object(loader, "load_model", load_and_watch):
         module.main(argv)
     return seen, models[0]
 

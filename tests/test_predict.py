@@ -23,6 +23,7 @@ from qwen_forensics.evaluation.images import collect_images
 from qwen_forensics.evaluation.predictions import greedy_answer_ids
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.evaluation.images import OVERLAY_SIDE
+from browser import Page, chromium, needs_chromium
 from scripts import demo_index, load_script, run_script
 
 MODEL = "Qwen2.5-VL-7B-Instruct"
@@ -70,9 +71,9 @@ def _check_rows_and_files(rows: list[dict], inputs: dict, out: Path, printed: st
             assert (row["width"], row["height"]) == img.size
         assert 0.0 <= row["p_fake"] <= 1.0 and row["verdict"] == ("fake" if row["p_fake"] >= 0.5 else "real")
         if heatmaps:
-            with Image.open(row["heatmap_png"]) as picture:
+            with Image.open(out / row["heatmap_png"]) as picture:
                 assert picture.size == (row["width"], row["height"]) and picture.mode == "L"
-            with Image.open(row["overlay_jpg"]) as picture:
+            with Image.open(out / row["overlay_jpg"]) as picture:
                 scale = min(1.0, OVERLAY_SIDE / max(row["width"], row["height"]))
                 assert picture.format == "JPEG" and max(picture.size) == round(max(row["width"], row["height"]) * scale)
         else:
@@ -119,7 +120,7 @@ def test_task1_heads_on_mixed_images(task1_ckpt, tiny_root, inputs, tmp_path):
         with torch.no_grad():
             heat = torch.sigmoid(model(batch["pixel_values"], batch["image_grid_thw"])["heatmap_logit"])[0]
         expected = unletterbox(heat.numpy(), letterbox_geometry(row["height"], row["width"], 112))
-        saved = np.asarray(Image.open(row["heatmap_png"]), dtype=np.float64) / 255
+        saved = np.asarray(Image.open(out / row["heatmap_png"]), dtype=np.float64) / 255
         assert np.abs(saved - expected).max() <= 0.5 / 255 + 1e-6
 
 
@@ -282,3 +283,48 @@ def test_collect_images_skips_the_output_folder_and_recurses_on_request(tmp_path
     assert [p.name for p in flat.images] == ["a.jpg"] and flat.sizes == [(20, 30)]
     deep = collect_images([tmp_path, tmp_path / "a.jpg"], recursive=True, exclude=tmp_path / "out")
     assert [p.relative_to(tmp_path).as_posix() for p in deep.images] == ["a.jpg", "sub/b.png"]
+
+
+@needs_chromium
+def test_gallery_page_lists_every_image_and_skip_and_renders(task1_ckpt, tiny_root, inputs, tmp_path, monkeypatch):
+    """index.html: one card per image (preview, overlay, score, verdict), the skipped files with reasons,
+    pictures named relative to the output folder (not to where the command ran); a 16x16 image warned."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for record in inputs["test"][:3]:
+        shutil.copy(tiny_root / "data" / record["image_path"], folder)
+    Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8)).save(folder / "tiny16.png")
+    (folder / "broken.jpg").write_text("not a picture")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    printed = run_script("predict", None, argv=["--ckpt", str(task1_ckpt), str(folder), "--out", "preds",
+                                                "--num-workers", "0"])
+    out = elsewhere / "preds"
+    rows = json.loads((out / "predictions.json").read_text())
+    assert all(Path(r["image"]).is_absolute() for r in rows)
+    small = next(r for r in rows if r["image"].endswith("tiny16.png"))
+    assert small["letterbox_scale"] == 7.0 and "1 image(s) enlarged more than 4x" in printed
+    assert "tiny16.png (16x16, 7.0x)" in printed
+    assert f"gallery (open in a browser): {out / 'index.html'}" in printed
+    page_text = (out / "index.html").read_text()
+    page = Page(page_text)
+    assert page.tags["script"] == 0, "sorting and filtering are CSS only"
+    pictures = [link for link in page.links]
+    assert len(pictures) == 2 * len(rows) and all(not Path(p).is_absolute() for p in pictures)
+    assert all((out / p).is_file() for p in pictures)
+    assert {r["overlay_jpg"] for r in rows} <= set(pictures)
+    for p in pictures:
+        with Image.open(out / p) as picture:
+            assert max(picture.size) <= 1024
+    assert page_text.count('class="card ') == len(rows)
+    assert "broken.jpg" in page_text and "unreadable:" in page_text
+    assert "enlarged 7.0x" in page_text
+    shot = tmp_path / "index.png"
+    dom = Page(chromium(tmp_path, out / "index.html", "--dump-dom", f"--screenshot={shot}",
+                        "--window-size=1280,900").stdout)
+    assert [h for tag, h in dom.headings if tag == "h2"] == ["Images", "Skipped files"]
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 500, "the pictures were drawn"
+    scale_red = ((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum()
+    assert scale_red > 50, "the colour scale's red middle is on screen"

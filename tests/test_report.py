@@ -16,10 +16,10 @@ from browser import Page, assert_rendered, assert_self_contained, needs_chromium
 from qwen_forensics.data.methods import manipulation_method
 from qwen_forensics.evaluation.metrics import PixelMetricAccumulator
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.report.page import (HEADINGS, NO_TUNED, GalleryItem, format_value, report_tables, row_caption,
-                                        write_report)
+from qwen_forensics.report.page import (HEADINGS, NO_TUNED, Example, GalleryItem, format_value, report_tables,
+                                        row_caption, write_report)
 from qwen_forensics.report.tables import (EMPTY_BUCKET, area_bucket_labels, confusion_counts, mask_area_table,
-                                          method_table, select_gallery)
+                                          method_table, select_examples, select_false_alarms, select_gallery)
 from scripts import SHARED_INDEX, load_script, needs_real_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,8 +306,9 @@ def test_report_is_self_contained_and_holds_the_tables(tmp_path):
     text = report.path.read_text(encoding="utf-8")
     assert report.path.parent.is_dir() and sorted(p.name for p in report.path.parent.iterdir()) == ["report.html"]
     pictures = assert_self_contained(text)
-    assert len(pictures) == 3  # curves + two gallery panels
-    panels = pictures[1:]
+    assert len(pictures) == 4  # curves, the overlay's colour scale, two gallery panels
+    assert pictures[1].size == (256, 14)
+    panels = pictures[2:]
     assert panels[0].size == (3 * 256 + 8, 171) and panels[1].size == (3 * 90 + 8, 120)  # 600x400 -> 256x171
     page = Page(text)
     assert page.headings[0] == ("h1", "Task 3 test run")
@@ -471,3 +472,129 @@ def test_compare_page_opens_in_chromium(tmp_path, compare_runs):
     csvs = write_run_csvs(tmp_path)
     assert compare_runs.main([*map(str, csvs), "--out", str(tmp_path)]) == 0
     assert_rendered(tmp_path, tmp_path / "compare.html", ["Runs", "Metrics", "Charts"], min_blue=5000)
+
+
+def error_map_report(tmp_path: Path):
+    """A report with the error map beside each overlay, a false alarm and example thumbnails."""
+    rows, _ = synthetic_rows()
+    best, _ = gallery_inputs(tmp_path)
+    best = GalleryItem(best.image, best.gt_mask, best.prob_map, "best one", errors_at=0.5)
+    real = np.zeros((400, 600), bool)
+    left_quarter = np.where(np.arange(600)[None, :] < 150, 0.9, 0.1) * np.ones((400, 1))
+    alarm = GalleryItem(tmp_path / "frame.jpg", real, left_quarter, "a real one", errors_at=0.5)
+    examples = [Example(tmp_path / "frame.jpg", "sure", "surest fakes (called fake)"),
+                Example(tmp_path / "frame.jpg", "wrong", "worst misses (fakes called real)"),
+                Example(tmp_path / "absent.jpg", "gone", "worst misses (fakes called real)")]
+    return write_report(tmp_path / "out" / "report.html", metrics=METRICS, rows=rows, score_columns=["p_fake"],
+                        title="errors", gallery_best=[best], false_alarms=[alarm], examples=examples)
+
+
+def test_report_error_map_false_alarms_and_examples(tmp_path):
+    report = error_map_report(tmp_path)
+    text = report.path.read_text(encoding="utf-8")
+    pictures = assert_self_contained(text)
+    # curves, the gallery's scale, its panel, the false alarms' scale, their panel, two example thumbnails
+    assert len(pictures) == 7
+    panel = np.asarray(pictures[2].convert("RGB"))
+    assert panel.shape == (171, 4 * 256 + 12, 3), "image | ground truth | overlay | error map"
+    errors = panel[:, 3 * 256 + 12:].reshape(-1, 3)
+    colours = {tuple(int(v) for v in c) for c in np.unique(errors, axis=0)}
+    assert {(0, 170, 0), (235, 235, 235)} <= colours, "found pixels green, the rest grey"
+    alarm = np.asarray(pictures[4].convert("RGB"))[:, 3 * 256 + 12:]
+    red = (alarm == (220, 0, 0)).all(axis=-1).mean()
+    assert 0.2 < red < 0.3, "the quarter of the real image called forged is red (false alarm)"
+    assert [p.size for p in pictures[5:]] == [(200, 133)] * 2
+    page = Page(text)
+    assert [h for tag, h in page.headings if tag == "h3"][-2:] == ["surest fakes (called fake)",
+                                                                  "worst misses (fakes called real)"]
+    assert "1 example image(s) could not be opened" in text
+    assert "error map at pixel threshold 0.5" in text and "FP false alarm" in text
+
+
+def test_false_alarm_and_example_choice():
+    rows = [{"label": 0, "p_fake": 0.9, "positive_fraction": 0.2},
+            {"label": 0, "p_fake": 0.1, "positive_fraction": 0.0},
+            {"label": 1, "p_fake": 0.8}, {"label": 1, "p_fake": 0.3},
+            {"label": 0, "p_fake": 0.6, "positive_fraction": 0.5}]
+    assert select_false_alarms(rows, 5) == [4, 0]
+    assert select_examples(rows, "p_fake", 0.5, 2) == {
+        "surest fakes (called fake)": [2], "surest reals (called real)": [1],
+        "worst false alarms (reals called fake)": [0, 4], "worst misses (fakes called real)": [3]}
+
+
+def test_tables_scroll_inside_their_box():
+    """compare.html overflowed with long CSV paths: every table sits in a scrolling box, text cells wrap."""
+    from qwen_forensics.report.page import STYLE, html_table
+    import pandas as pd
+    assert html_table(pd.DataFrame({"a": [1]})).startswith('<div class="wide"><table>')
+    assert ".wide { overflow-x: auto" in STYLE and "td.text { overflow-wrap: break-word" in STYLE
+    assert "max-width: 1200px" not in STYLE, "the page uses the screen's width"
+
+
+@needs_chromium
+def test_error_map_report_opens_in_chromium(tmp_path):
+    report = error_map_report(tmp_path)
+    assert_rendered(tmp_path, report.path, list(HEADINGS), min_blue=150)
+
+
+def training_rows() -> list[dict]:
+    """A training log as lora_train.py appends it (text cells), validation NaN in the first epoch."""
+    rows = []
+    for epoch in range(4):
+        rows.append({"epoch": str(epoch), "step": str(10 * (epoch + 1)), "loss": str(1.0 / (epoch + 1)),
+                     "loss_cls": str(0.6 / (epoch + 1)), "loss_evi": "0.3", "lr_head": "0.001",
+                     "val_auroc": "nan" if epoch == 0 else str(0.6 + 0.1 * epoch), "val_pixel_iou": str(0.1 * epoch),
+                     "val_leak_check": "clean", "val_overlap_records": "0", "val_groups": "40", "run_id": "r1"})
+    return rows
+
+
+def test_training_page_draws_the_log(tmp_path):
+    from qwen_forensics.report import TRAINING_HTML, read_log_rows, write_training_report
+    from qwen_forensics.report.training import TRAINING_HEADINGS
+    log = tmp_path / "log.csv"
+    for row in training_rows():
+        append_csv_row(log, row, ["epoch"])
+    append_csv_row(log, {**training_rows()[0], "run_id": "other"}, ["epoch"])
+    rows = read_log_rows(log, "r1")
+    assert len(rows) == 4
+    path = write_training_report(tmp_path / TRAINING_HTML, rows, title="Training: t", description={"run id": "r1"})
+    text = path.read_text(encoding="utf-8")
+    assert len(assert_self_contained(text)) == 2, "loss chart and validation chart"
+    page = Page(text)
+    assert [h for tag, h in page.headings if tag == "h2"] == list(TRAINING_HEADINGS)
+    last = dict(page.table(first_header="column")[1:])
+    assert last == {"epoch": "3.0000", "loss": "0.2500", "loss_cls": "0.1500", "loss_evi": "0.3000",
+                    "val_auroc": "0.9000", "val_pixel_iou": "0.3000"}
+    empty = write_training_report(tmp_path / "empty.html", [], title="t", description={})
+    assert "nothing logged yet" in empty.read_text(encoding="utf-8")
+
+
+@needs_chromium
+def test_training_page_opens_in_chromium(tmp_path):
+    from qwen_forensics.report import write_training_report
+    from qwen_forensics.report.training import TRAINING_HEADINGS
+    path = write_training_report(tmp_path / "training.html", training_rows(), title="Training: t",
+                                 description={"run id": "r1"})
+    assert_rendered(tmp_path, path, list(TRAINING_HEADINGS), min_blue=300)
+
+
+def test_method_names_from_the_data_folder(tmp_path):
+    """ForgeryNet's method list ships with no name: an optional method_names.json adds a name column; a bad
+    file is left out with a note naming it and the expected form."""
+    from qwen_forensics.data.methods import METHOD_NAMES_FILE, read_method_names
+    rows, _ = synthetic_rows()
+    assert read_method_names(tmp_path) == ({}, None)
+    (tmp_path / METHOD_NAMES_FILE).write_text(json.dumps({"1": "first method", "7": "seventh"}))
+    names, source = read_method_names(tmp_path)
+    assert names == {"1": "first method", "7": "seventh"} and str(tmp_path / METHOD_NAMES_FILE) in source
+    table = method_table(rows, "p_fake", None, names)
+    assert list(table.columns[:2]) == ["method", "name"]
+    assert dict(zip(table["method"], table["name"]))["1"] == "first method"
+    assert dict(zip(table["method"], table["name"]))["3"] == ""
+    report = write_report(tmp_path / "r.html", metrics=METRICS, rows=rows, score_columns=["p_fake"],
+                          method_names=names, method_names_note=source)
+    page = Page(report.path.read_text(encoding="utf-8"))
+    assert page.table(caption="score p_fake")[1][:2] == ["1", "first method"]
+    (tmp_path / METHOD_NAMES_FILE).write_text(json.dumps({"16": "no such method"}))
+    names, why = read_method_names(tmp_path)
+    assert names == {} and "left out" in why and "1..15" in why

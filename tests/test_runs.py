@@ -132,7 +132,7 @@ def test_second_training_into_one_folder_keeps_the_first_intact_and_rows_apart(t
         assert (dated / rel).read_bytes() == data, rel
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["best_by_AUROC", "best_by_IoU", "epoch_0", "final", PREVIOUS_DIR, MANIFEST_NAME, "resolved_config.json",
-         "train_log.csv"])
+         "train_log.csv", "training.html"])
     assert json.loads((out / "final/resolved_config.json").read_text())["image_size"] == 56
     first, second = csv_rows(out / "train_log.csv")
     assert first["run_id"] != second["run_id"] and first["config_hash"] != second["config_hash"]

@@ -97,6 +97,7 @@ def test_folder_has_the_released_layout(tiny_dir):
         "tokenizer.json",
         "tokenizer_config.json",
         "vocab.json",
+        "TINY_RANDOM_MODEL.txt",  # the marker by which the loader prints the tiny model's caveat
     }
     weight_map = json.loads((tiny_dir / "model.safetensors.index.json").read_text())["weight_map"]
     prefixes = {key.split(".")[0] for key in weight_map}

@@ -9,6 +9,8 @@ a truncated ``NAME``. Readers that resume work (map.py's batches) discard stale 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -142,3 +144,20 @@ class BackgroundWriter:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def printable_json(value: Any, indent: int = 1) -> str:
+    """JSON for the terminal: NaN and infinities (a metric without a validation set, say) become null,
+    since ``NaN`` is no JSON and reads like a failure."""
+    return json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=str)
+

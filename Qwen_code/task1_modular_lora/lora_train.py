@@ -12,23 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from peft import inject_adapter_in_model
-from torch.utils.data import DataLoader
-
-from qwen_forensics.checkpoints import (best_dir, epoch_dir, load_training_state, resume_task1, save_task1_checkpoint,
-                                        start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, load_split, vision_grid
-from qwen_forensics.evaluation import PixelCounter, guard_training_split, predict_heads, score_heads
+from qwen_forensics.checkpoints import best_dir, epoch_dir
+from qwen_forensics.config import load_config
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, format_targets, load_processor,
-                                  load_vision_tower, make_lora_config, trainable_to_fp32, vision_block_targets)
 from qwen_forensics.task_configs import Task1TrainConfig
-from qwen_forensics.training import (FirstBatch, preflight, ForensicLossWeights, autocast, best_logged,
-                                     build_optimizer_and_schedule, forensic_loss, format_row, keep_best,
-                                     loader_state, make_accelerator, optimizer_steps, param_groups,
-                                     recompute_frozen_blocks, restore_loader_state, seed_everything, train_epoch,
-                                     training_outputs, warm_up_first_batch)
 
 VAL_LOG_METRICS = ("auroc", "pixel_iou", "pixel_f1", "score")
 BEST_FOLDERS = {"auroc": best_dir("AUROC"), "pixel_iou": best_dir("IoU")}
@@ -39,6 +26,22 @@ TRAIN_LOG_COLUMNS = ["epoch", "step", "loss", "loss_cls", "loss_evi", "loss_spar
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1TrainConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_lora.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from peft import inject_adapter_in_model
+    from torch.utils.data import DataLoader
+    from qwen_forensics.checkpoints import (load_training_state, resume_task1, save_task1_checkpoint, start_config_run,
+                                            write_resolved_config)
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, load_split, vision_grid
+    from qwen_forensics.evaluation import PixelCounter, guard_training_split, predict_heads, score_heads
+    from qwen_forensics.model import (ForensicHeads, ForensicViT, LoraInputCast, format_targets, load_processor,
+                                      load_vision_tower, make_lora_config, trainable_to_fp32, vision_block_targets)
+    from qwen_forensics.report import TRAINING_HTML
+    from qwen_forensics.training import (FirstBatch, preflight, ForensicLossWeights, autocast, best_logged,
+                                         build_optimizer_and_schedule, forensic_loss, format_row, keep_best,
+                                         loader_state, make_accelerator, optimizer_steps, param_groups,
+                                         recompute_frozen_blocks, restore_loader_state, seed_everything, train_epoch,
+                                         training_outputs, warm_up_first_batch, write_training_page)
     # LoRA on a block after the last tapped one gets no gradient from the heads: DDP must know.
     accelerator = make_accelerator(cfg.grad_accum,
                                    find_unused_parameters=max(cfg.lora_target_layers) > max(cfg.visual_layers))
@@ -166,11 +169,13 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))
+            write_training_page(out_dir, cfg.train_log, run.run_id, Path(__file__).name)
         accelerator.wait_for_everyone()
 
     save_task1_checkpoint(Path(cfg.final_trained_heads), accelerator, model, cfg, optimizer, scheduler, step,
                           cfg.epochs - 1, loader_state(train_loader))
-    accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}")
+    accelerator.print(f"final checkpoint: {cfg.final_trained_heads}\ntraining log: {cfg.train_log}\n"
+                      f"training curves: {out_dir / TRAINING_HTML}")
     accelerator.end_training()
 
 

@@ -16,25 +16,21 @@ uses by default.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import Trainer, TrainingArguments
-
-from qwen_forensics.checkpoints import save_adapter, start_config_run, write_resolved_config
-from qwen_forensics.config import load_config_and_paths, precision
-from qwen_forensics.data import (Task2ImageDataset, TrainerCollator, apply_bad_sample_policy, check_images, images_root,
-                                 load_index, make_collator, read_task2_dataset, validate_records)
-from qwen_forensics.model import (LoraInputCast, attach_lora, format_targets, load_model, load_processor,
-                                  vision_inputs_require_grad)
+from qwen_forensics.config import load_config_and_paths
+from qwen_forensics.files import printable_json
 from qwen_forensics.task_configs import Task2TrainConfig
-from qwen_forensics.training import (preflight_trainer, resolved_training_config, seed_everything, speed_line,
-                                     trainer_arguments, warm_up_trainer)
+
+if TYPE_CHECKING:
+    from qwen_forensics.data import Task2ImageDataset
 
 
 def mapped_images(data, cfg: Task2TrainConfig, root: str | None) -> str:
     """The folder a map.py output's images are read from (map.py's record unless the config names
     ``data_root``), checked before any model loads."""
+    from qwen_forensics.data import check_images, images_root
     folder, note = images_root(data, cfg.data_root, root)
     if note:
         print(f"[config] {note}")
@@ -46,6 +42,8 @@ def evaluation_set(cfg: Task2TrainConfig, setup, root: str | None, train_images:
     """``test_dataset`` as the Trainer's evaluation set: a map.py output (same prompt and answers as the
     training set), or the earlier LORA.py's object, an index evaluated as it is (its images under its
     own ``data_root``, else the config's, else the training images' folder)."""
+    from qwen_forensics.data import (Task2ImageDataset, apply_bad_sample_policy, load_index, read_task2_dataset,
+                                     validate_records)
     spec = cfg.test_dataset
     if spec is None:
         return None
@@ -64,6 +62,16 @@ def evaluation_set(cfg: Task2TrainConfig, setup, root: str | None, train_images:
 def main(argv: list[str] | None = None) -> None:
     cfg, root = load_config_and_paths(Task2TrainConfig, description=__doc__, argv=argv,
                                       default_config=Path(__file__).with_name("config_lora_trainer.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from transformers import Trainer, TrainingArguments
+    from qwen_forensics.checkpoints import save_adapter, start_config_run, write_resolved_config
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import Task2ImageDataset, TrainerCollator, make_collator, read_task2_dataset
+    from qwen_forensics.model import (LoraInputCast, attach_lora, format_targets, load_model, load_processor,
+                                      vision_inputs_require_grad)
+    from qwen_forensics.report import TRAINING_HTML, write_training_report
+    from qwen_forensics.training import (preflight_trainer, resolved_training_config, seed_everything, speed_line,
+                                         trainer_arguments, warm_up_trainer)
 
     # ---- setup: data (the training set fixes the prompt and the answer words)
     train_data = read_task2_dataset(cfg.train_dataset_path)
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     # An earlier run's adapter and Trainer checkpoints are moved to previous_runs/ (a resume continues its run).
     with args.main_process_first(local=False, desc="run folder"):
         if args.process_index == 0:
-            start_config_run(cfg, Path(__file__).name, [cfg.save_lora_path, args.output_dir], resume=bool(resume))
+            start_config_run(cfg, Path(__file__).name, [cfg.save_lora_path, args.output_dir,
+                                                         str(Path(cfg.out_dir) / TRAINING_HTML)], resume=bool(resume))
     if args.process_index == 0:
         for note in notes:
             print(f"[config] {note}")
@@ -127,10 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, cfg.save_lora_path)
         write_resolved_config(cfg.save_lora_path, resolved_training_config(cfg, setup, trainer_kwargs))
-        print(json.dumps(result.metrics, indent=1))
+        print(printable_json(result.metrics))
         seconds = result.metrics["train_runtime"]
         print(speed_line(round(result.metrics["train_samples_per_second"] * seconds), seconds, "training (Trainer loop)"))
-        print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {args.output_dir}")
+        # The Trainer's log (loss every logging_steps, eval_loss per evaluation) as curves over the steps.
+        page = write_training_report(Path(cfg.out_dir) / TRAINING_HTML, trainer.state.log_history,
+                                     title=f"Training: {Path(__file__).name}", x_key="step",
+                                     description={"script": Path(__file__).name, "adapter": cfg.save_lora_path,
+                                                  "logging_steps": args.logging_steps})
+        print(f"adapter: {cfg.save_lora_path}\nTrainer checkpoints: {args.output_dir}\ntraining curves: {page}")
     trainer.accelerator.wait_for_everyone()
 
 

@@ -22,23 +22,13 @@ perturbation, the model loaded once, into ``robustness.csv`` and the report's ro
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
-from qwen_forensics.checkpoints import (adapter_setup, load_adapter_strict, resolve_infer_setup, start_config_run,
-                                        write_resolved_config)
-from qwen_forensics.config import config_dict, load_config, precision
-from qwen_forensics.data import Task2ImageDataset, make_collator, parse_perturbations
-from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
-                                       evaluation_outputs, finish_evaluation, generated_columns,
-                                       guard_checkpoint_split, image_report, prediction_rows, run_conditions)
-from qwen_forensics.model import load_model, load_processor
+from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.prompts import answer_token_ids
 from qwen_forensics.task_configs import Task2InferConfig
-from qwen_forensics.training import make_accelerator, peak_gib
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc", "f1", "lora_path",
                "base_model_path"]
@@ -47,6 +37,20 @@ CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "ac
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task2InferConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_lora_infer.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import (adapter_setup, load_adapter_strict, resolve_infer_setup, start_config_run,
+                                            write_resolved_config)
+    from qwen_forensics.config import config_dict, precision
+    from qwen_forensics.data import Task2ImageDataset, make_collator, parse_perturbations
+    from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
+                                           evaluation_outputs, finish_evaluation, generated_columns,
+                                           guard_checkpoint_split, image_report, prediction_rows, run_conditions)
+    from qwen_forensics.model import load_model, load_processor
+    from qwen_forensics.training import make_accelerator, peak_gib
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
     accelerator = make_accelerator(1)
     # Before any model loads: the threshold must not be tuned on footage the model was trained on.
     leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_path, allow_overlap=cfg.allow_val_overlap,
@@ -120,14 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "adapter": cfg.lora_path, "model": cfg.base_model_path, "image_size": csv_row["image_size"],
                      "answer words": f"{setup.fake_word} / {setup.real_word}",
-                     **leak_check.columns()},
+                     **leak_check.columns()}, image_root=cfg.data_root,
         extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
-    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "threshold")}, indent=1))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned",
+                                                  "f1@tuned", "threshold")}))
     print(outputs.summary())
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()

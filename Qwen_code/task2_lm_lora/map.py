@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwen_forensics.checkpoints import write_resolved_config
 from qwen_forensics.config import load_config
-from qwen_forensics.data import run_map
-from qwen_forensics.model import load_processor
 from qwen_forensics.task_configs import Task2MapConfig
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task2MapConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_map.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import write_resolved_config
+    from qwen_forensics.data import run_map
+    from qwen_forensics.model import load_processor
     for job in cfg.jobs():
         print(f"map {job.name}: {job.annotation_file} -> {job.final_dataset_path}\n  prompt: {job.prompt_text!r}; "
               f"answers: fake {job.fake_word!r}, real {job.real_word!r}")

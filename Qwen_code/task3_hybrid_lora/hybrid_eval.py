@@ -16,33 +16,35 @@ model loaded once, into ``robustness.csv`` and the report's robustness section
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
-from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
-                                        read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, parse_perturbations
-from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter,
-                                       RobustnessTable, SplitEvaluator, SubmissionWriter, each_batch,
-                                       evaluation_outputs, finish_evaluation, guard_checkpoint_split, predict_hybrid,
-                                       run_conditions, score_hybrid)
-from qwen_forensics.model import HybridPrompt, load_model, load_processor
+from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.task_configs import Task3EvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
-
-CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", *(f"lm_{k}" for k in HYBRID_IMAGE_KEYS),
-               *(f"head_{k}" for k in HYBRID_IMAGE_KEYS), "pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm",
-               "num_fake_empty_mask", "score", "head_score", "lora_checkpoint", "head_checkpoint", "fusion_checkpoint",
-               "base_model_path"]
-
 
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task3EvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_hybrid_eval.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
+                                            read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, parse_perturbations
+    from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, ROBUSTNESS_CSV, HeatmapSource, PictureWriter,
+                                           PixelCounter, RobustnessTable, SplitEvaluator, SubmissionWriter, each_batch,
+                                           evaluation_outputs, finish_evaluation, guard_checkpoint_split,
+                                           predict_hybrid, run_conditions, score_hybrid)
+    from qwen_forensics.model import HybridPrompt, load_model, load_processor
+    from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
+    csv_columns = ["timestamp", "dataset", "samples", "positive_ratio", *(f"lm_{k}" for k in HYBRID_IMAGE_KEYS),
+                   *(f"head_{k}" for k in HYBRID_IMAGE_KEYS), "pixel_f1", "pixel_iou", "ciou", "cdice", "false_alarm",
+                   "num_fake_empty_mask", "score", "head_score", "lora_checkpoint", "head_checkpoint",
+                   "fusion_checkpoint", "base_model_path"]
     accelerator = make_accelerator(1)
     # Before any model loads: the threshold must not be tuned on footage the model was trained on.
     leak_check = guard_checkpoint_split(cfg.val_annotation_file, Path(cfg.fusion_checkpoint).parent,
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     if submission is not None:
         print(f"submission: {submission.finish(preds.p_fake_lm, preds.heatmaps)}")
     outputs = finish_evaluation(
-        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row, csv_columns=CSV_COLUMNS,
+        run=run, out_dir=out_dir, output_json=cfg.output_json, csv_path=cfg.csv_path, csv_row=row,
+        csv_columns=csv_columns,
         rows=rows, metrics=metrics, score_columns=["p_fake_lm", "p_fake_head"],
         thresholds={"p_fake_lm": tuned_lm, "p_fake_head": tuned_head},
         title="Task 3: hybrid LoRA (LM answer and forensic heads)",
@@ -137,12 +140,12 @@ def main(argv: list[str] | None = None) -> None:
                      "adapter": cfg.lora_checkpoint, "heads": cfg.head_checkpoint, "fusion": cfg.fusion_checkpoint,
                      "model": cfg.base_model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps, pictures=pictures, extra_sections=[robustness.section()] if robustness else ())
+        heatmaps=heatmaps, pictures=pictures, pixel_threshold=cfg.pixel_threshold,
+        extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
-    print(json.dumps(metrics, indent=1))
+    print(printable_json(metrics))
     print(outputs.summary())
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()

@@ -12,23 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from qwen_forensics.checkpoints import (best_dir, epoch_dir, CheckpointPaths, answer_ids_for, load_hybrid_model,
-                                        load_training_state, save_task3_checkpoint, start_config_run,
-                                        write_resolved_config)
-from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, hybrid_inputs, load_split
-from qwen_forensics.evaluation import (PixelCounter, guard_training_split, hybrid_scores, image_report, predict_hybrid,
-                                       score_heads)
+from qwen_forensics.checkpoints import best_dir, epoch_dir
+from qwen_forensics.config import load_config
 from qwen_forensics.files import append_csv_row
-from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
-                                  load_processor)
 from qwen_forensics.task_configs import Task3TrainConfig
-from qwen_forensics.training import (FirstBatch, preflight, HybridLossWeights, autocast, best_logged,
-                                     enable_gradient_checkpointing, format_row, hybrid_loss, hybrid_optimizer,
-                                     keep_best, loader_state, make_accelerator, optimizer_steps, restore_loader_state,
-                                     seed_everything, train_epoch, training_outputs, warm_up_first_batch)
 
 # Always present; learning rates of absent groups and, with ann_val, val_lm_auroc, val_head_auroc,
 # val_pixel_iou, val_pixel_f1, val_score, val_head_score (hybrid_eval.py's lm_auroc ... score, head_score) follow.
@@ -41,6 +28,22 @@ SPEC_KEYS = ("visual_layers", "fusion_tokens", "head_verdict_prompt", "prompt", 
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task3TrainConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_hybrid_train.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from torch.utils.data import DataLoader
+    from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, load_training_state,
+                                            save_task3_checkpoint, start_config_run, write_resolved_config)
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, hybrid_inputs, load_split
+    from qwen_forensics.evaluation import (PixelCounter, guard_training_split, hybrid_scores, image_report,
+                                           predict_hybrid, score_heads)
+    from qwen_forensics.model import (HybridSpec, LoraInputCast, build_hybrid_model, format_targets, load_model,
+                                      load_processor)
+    from qwen_forensics.report import TRAINING_HTML
+    from qwen_forensics.training import (FirstBatch, preflight, HybridLossWeights, autocast, best_logged,
+                                         enable_gradient_checkpointing, format_row, hybrid_loss, hybrid_optimizer,
+                                         keep_best, loader_state, make_accelerator, optimizer_steps,
+                                         restore_loader_state, seed_everything, train_epoch, training_outputs,
+                                         warm_up_first_batch, write_training_page)
     accelerator = make_accelerator(cfg.grad_accum)
     # Index files only, before anything is loaded or written: a validation index sharing footage
     # with the training index stops the run here (unless allow_val_overlap).
@@ -165,13 +168,15 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             append_csv_row(cfg.train_log, row, TRAIN_LOG_COLUMNS)
             accelerator.print(format_row(row))
+            write_training_page(out_dir, cfg.train_log, run.run_id, Path(__file__).name)
         accelerator.wait_for_everyone()
 
     final = CheckpointPaths.from_config(cfg)
     save_task3_checkpoint(final, final.fusion_file.parent, accelerator, model, spec, cfg, optimizer, scheduler, step,
                           cfg.epochs - 1, loader_state(train_loader))
     accelerator.print(f"final adapter: {final.adapter_dir}\nfinal heads: {final.heads_file}\n"
-                      f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}")
+                      f"final fusion: {final.fusion_file}\ntraining log: {cfg.train_log}\n"
+                      f"training curves: {out_dir / TRAINING_HTML}")
     accelerator.end_training()
 
 

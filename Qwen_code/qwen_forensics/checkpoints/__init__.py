@@ -32,23 +32,23 @@ checkpoint's own are what is loaded, and a repeated value that differs is report
 The run folder (``runs``): ``run_manifest.json`` and ``previous_runs/<start time>/``.
 """
 
-from qwen_forensics.checkpoints.adapters import load_adapter_strict, save_adapter
-from qwen_forensics.checkpoints.detect import (MODEL_KEYS, Checkpoint, CheckpointError, base_model_path,
-                                               detect_checkpoint)
-from qwen_forensics.checkpoints.heads import load_heads
-from qwen_forensics.checkpoints.names import best_dir, epoch_dir
-from qwen_forensics.checkpoints.notes import check_seed_lora_keys, lora_config_notes, seed_key_notes
-from qwen_forensics.checkpoints.runs import Run, start_config_run, start_run
-from qwen_forensics.checkpoints.task1 import (attach_task1_checkpoint, attach_task1_lora, checkpoint_image_size,
-                                              resume_task1, save_task1_checkpoint)
-from qwen_forensics.checkpoints.task2 import adapter_setup, resolve_infer_setup
-from qwen_forensics.checkpoints.task3 import (CheckpointPaths, answer_ids_for, load_hybrid_model, read_hybrid_spec,
-                                              save_task3_checkpoint)
-from qwen_forensics.checkpoints.tensors import load_training_state, read_resolved_config, write_resolved_config
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointPaths", "MODEL_KEYS", "Run", "adapter_setup", "answer_ids_for",
-           "attach_task1_checkpoint", "attach_task1_lora", "best_dir", "check_seed_lora_keys", "checkpoint_image_size",
-           "base_model_path", "detect_checkpoint", "epoch_dir", "load_adapter_strict", "load_heads", "load_hybrid_model",
-           "load_training_state", "lora_config_notes", "read_hybrid_spec", "read_resolved_config",
-           "resolve_infer_setup", "resume_task1", "save_adapter", "save_task1_checkpoint", "save_task3_checkpoint",
-           "seed_key_notes", "start_config_run", "start_run", "write_resolved_config"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "load_adapter_strict": "adapters", "save_adapter": "adapters",
+    "Checkpoint": "detect", "CheckpointError": "detect", "MODEL_KEYS": "detect", "base_model_path": "detect",
+    "detect_checkpoint": "detect",
+    "load_heads": "heads",
+    "best_dir": "names", "epoch_dir": "names",
+    "check_seed_lora_keys": "notes", "lora_config_notes": "notes", "seed_key_notes": "notes",
+    "Run": "runs", "start_config_run": "runs", "start_run": "runs",
+    "attach_task1_checkpoint": "task1", "attach_task1_lora": "task1", "checkpoint_image_size": "task1",
+    "resume_task1": "task1", "save_task1_checkpoint": "task1",
+    "adapter_setup": "task2", "resolve_infer_setup": "task2",
+    "CheckpointPaths": "task3", "answer_ids_for": "task3", "load_hybrid_model": "task3", "read_hybrid_spec":
+    "task3", "save_task3_checkpoint": "task3",
+    "load_training_state": "tensors", "read_resolved_config": "tensors", "write_resolved_config": "tensors",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

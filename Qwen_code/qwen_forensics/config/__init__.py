@@ -4,13 +4,16 @@ config (``loading``), how its paths are relocated, anchored and checked and wher
 imports nothing else of the library but ``files``.
 """
 
-from qwen_forensics.config.dtypes import Precision, amp_name, precision, resolve_dtype
-from qwen_forensics.config.loading import (DEFAULT_ROOT, ROOT_ENV_VAR, ConfigError, apply_overrides, build_arg_parser,
-                                           config_dict, config_meta, effective_root, input_paths, load_config,
-                                           load_config_and_paths, option, parse_config, read_config_file,
-                                           relocate_path)
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["ConfigError", "DEFAULT_ROOT", "Precision", "ROOT_ENV_VAR", "amp_name", "apply_overrides",
-           "build_arg_parser", "config_dict", "config_meta", "effective_root", "input_paths", "load_config",
-           "load_config_and_paths",
-           "option", "parse_config", "precision", "read_config_file", "relocate_path", "resolve_dtype"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "Precision": "dtypes", "amp_name": "dtypes", "precision": "dtypes", "resolve_dtype": "dtypes",
+    "ConfigError": "loading", "DEFAULT_ROOT": "loading", "ROOT_ENV_VAR": "loading", "apply_overrides": "loading",
+    "build_arg_parser": "loading", "cap_workers": "loading", "config_dict": "loading", "config_meta": "loading",
+    "effective_root": "loading", "input_paths": "loading", "load_config": "loading", "load_config_and_paths":
+    "loading", "option": "loading", "parse_config": "loading", "read_config_file": "loading", "relocate_path":
+    "loading", "usable_cores": "loading",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

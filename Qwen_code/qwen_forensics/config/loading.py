@@ -9,7 +9,7 @@ keys of that dataclass; fields carry their documentation in ``metadata["help"]``
 3. rename the earlier scripts' key names (a class's ``ALIASES``, e.g. ``ann_eval`` ->
    ``annotation_file``) with a note; reject unknown keys with the list of valid ones;
    ``working_dir`` is accepted and ignored (the seed used it only to ``chdir``; our scripts never
-   depend on the working directory);
+   depend on the working directory); an unknown key that is close to a valid one gets "did you mean";
 4. check every value's type against the field annotation;
 5. resolve paths. Fields are marked ``path="in"`` (something the script reads), ``"out"`` (a file
    or folder it writes) or ``"out_dir"`` (its output folder, named by the class's ``OUTPUT_DIR``).
@@ -22,6 +22,9 @@ keys of that dataclass; fields carry their documentation in ``metadata["help"]``
 6. (``load_config`` only, i.e. the scripts) every input must exist, checked before any model
    loads; the error names the key as the user wrote it and the path.
 
+Every problem of steps 3-6 is collected and reported in one error, each line naming where the bad
+value came from (the config file, ``--set`` or ``--root``), so one run shows all there is to fix.
+
 Where each path came from (the config, ``--set``, a default, off) and every note are kept with the
 config and written with it next to every output (``config_sources``, ``config_notes``).
 """
@@ -30,8 +33,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import os
+import re
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -49,7 +56,7 @@ PATH_ROLES = ("in", "out", "out_dir")
 # Re-exported from config_paths: scripts and the runner take everything config-related from here.
 __all__ = ["DEFAULT_ROOT", "ROOT_ENV_VAR", "ConfigError", "ConfigMeta", "config_meta", "config_dict", "option",
            "effective_root", "relocate_path", "input_paths", "parse_config", "apply_overrides", "read_config_file",
-           "build_arg_parser", "load_config", "load_config_and_paths"]
+           "build_arg_parser", "load_config", "load_config_and_paths", "cap_workers", "usable_cores"]
 
 T = TypeVar("T")
 
@@ -163,23 +170,58 @@ def _build(cls: type[T], data: dict, where: str, meta: ConfigMeta) -> T:
     data = _rename_aliases(cls, data, where, meta)
     if "." not in where:
         data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
-    unknown = [k for k in data if k not in fields and k not in IGNORED_KEYS]
-    if unknown:
-        aliases = sorted(getattr(cls, "ALIASES", {}))
-        raise ConfigError(
-            f"{where}: unknown key(s) {unknown}. Valid keys: {sorted(fields)}"
-            + (f" (earlier names also accepted: {aliases})" if aliases else "")
-            + (f" (plus {sorted(IGNORED_KEYS)}, ignored)" if "." not in where else "")
-        )
+    for key in data:
+        if key not in fields and key not in IGNORED_KEYS:
+            meta.problems.append(_unknown_key(cls, key, f"{where}.{key}", sorted(fields)))
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}", meta)
+            try:
+                kwargs[name] = _check_type(data[name], hints[name], f"{where}.{name}", meta)
+            except ConfigError as err:
+                meta.problems.append(str(err))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: required key '{name}' is missing ({f.metadata.get('help', '')})")
+            meta.problems.append(f"{where}.{name}: required key is missing ({f.metadata.get('help', '')})")
     # Each config class checks its values in __post_init__, so a config built in Python is checked too.
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except (ConfigError, TypeError) as err:
+        if isinstance(err, TypeError) and not meta.problems:
+            raise
+        # The object is still built, unchecked, so that its paths are checked in the same run. A
+        # TypeError here is a missing required key, already recorded.
+        if isinstance(err, ConfigError):
+            prefix = where.split(".", 1)[1] + "." if "." in where else ""
+            meta.problems += [f"{where.split('.', 1)[0]}.{prefix}{line}" for line in str(err).splitlines()]
+        obj = _unchecked(cls, kwargs)
     obj.__dict__["_given_keys"] = set(data)
+    return obj
+
+
+def _unknown_key(cls: type, key: str, where: str, valid: list[str]) -> str:
+    """One line for an unknown key: the close valid names, else every valid name (wrapped by the caller)."""
+    aliases = sorted(getattr(cls, "ALIASES", {}))
+    close = difflib.get_close_matches(key, [*valid, *aliases], n=3, cutoff=0.6)
+    if close:
+        return f"{where}: unknown key; did you mean {' or '.join(repr(c) for c in close)}?"
+    listing = ", ".join(valid) + (f"; earlier names also accepted: {', '.join(aliases)}" if aliases else "")
+    return f"{where}: unknown key. Valid keys:\n" + textwrap.fill(listing, width=100, initial_indent="      ",
+                                                                   subsequent_indent="      ")
+
+
+def _unchecked(cls: type[T], kwargs: dict) -> T:
+    """``cls`` with ``kwargs`` and the defaults, without its ``__post_init__`` checks."""
+    obj = cls.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            value = kwargs[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = None
+        object.__setattr__(obj, f.name, value)
     return obj
 
 
@@ -209,14 +251,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def parse_config(cls: type[T], data: dict, *, overrides: list[str] = (), root: str | None = None,
-                 base_dir: Path | None = None, check_inputs: bool = False) -> T:
+                 base_dir: Path | None = None, check_inputs: bool = False, source: str = "the config") -> T:
     """Build a validated ``cls`` from a dict (used by :func:`load_config` and tests).
 
     ``check_inputs``: require every input path to exist (the scripts do; tests of parsing do not).
+    ``source``: how the error names the dict's origin (the config file's name).
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: the config must be a JSON object")
-    meta = ConfigMeta()
+    meta = ConfigMeta(source=source)
     data = apply_overrides(data, list(overrides))
     for key, why in IGNORED_KEYS.items():
         if key in data:
@@ -228,8 +271,27 @@ def parse_config(cls: type[T], data: dict, *, overrides: list[str] = (), root: s
         ctx.implied_root = implied_root(cfg, ctx)
     ctx.out_dir = output_folder(cfg, ctx)
     resolve_paths(cfg, ctx, "", cls.__name__)
+    if meta.problems:
+        raise ConfigError(_problem_list(cls.__name__, meta.problems, overridden, source))
     cfg.__dict__["_config_meta"] = meta
     return cfg
+
+
+_KEY_RE = re.compile(r"^([A-Za-z_][\w.\[\]]*?)(?:[=:]| = )")
+
+
+def _problem_list(cls_name: str, problems: list[str], overridden: set[str], source: str) -> str:
+    """All problems, one per line, each naming its key and where its value came from."""
+    lines = []
+    for problem in problems:
+        text = problem[len(cls_name) + 1:] if problem.startswith(cls_name + ".") else problem
+        match = _KEY_RE.match(text)
+        key = match.group(1) if match else ""
+        if "(from " not in text:
+            text += f"  (from --set {key}=...)" if key in overridden else f"  (from {source})"
+        lines.append(f"  - {text}")
+    count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+    return f"{count}:\n" + "\n".join(lines)
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -278,19 +340,49 @@ def load_config_and_paths(cls: type[T], *, description: str, default_config: Pat
     base_dir = Path(args.config).resolve().parent
     try:
         cfg = parse_config(cls, read_config_file(args.config), overrides=overrides, root=args.root,
-                           base_dir=base_dir, check_inputs=not args.show_config)
+                           base_dir=base_dir, check_inputs=not args.show_config, source=args.config)
     except ConfigError as err:
-        raise SystemExit(f"config error ({args.config}): {err}") from None
+        raise SystemExit(f"config error (config file {args.config}): {err}\n"
+                         f"(--show-config prints every key of this script with the value a run would use)") from None
     if args.show_config:
         values = {k: v for k, v in config_dict(cfg).items() if k not in RECORD_KEYS}
         print(json.dumps(values, indent=2, ensure_ascii=False))
         raise SystemExit(0)
+    cap_workers(cfg)
     meta = config_meta(cfg)
     for note in meta.notes:
         print(f"[config] {note}", file=sys.stderr)
     if meta.output_line:
         print(f"[output] {meta.output_line}", file=sys.stderr)
     return cfg, effective_root(args.root)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container or ``taskset`` limit counts)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS): every core counts
+        return os.cpu_count() or 1
+
+
+def cap_workers(cfg: Any) -> None:
+    """Lower loader process counts above the usable cores to that count, with one note for all.
+
+    The shipped configs ask for 8 workers (a GPU server); on a smaller machine more loader processes
+    than cores only compete with the model for them, and torch warns about it on every loader."""
+    cores = usable_cores()
+    capped = []
+    if isinstance(getattr(cfg, "num_workers", None), int) and cfg.num_workers > cores:
+        capped.append(f"num_workers {cfg.num_workers}")
+        cfg.num_workers = cores
+    args = getattr(cfg, "training_args", None)
+    if isinstance(args, dict) and isinstance(args.get("dataloader_num_workers"), int) \
+            and args["dataloader_num_workers"] > cores:
+        capped.append(f"training_args.dataloader_num_workers {args['dataloader_num_workers']}")
+        args["dataloader_num_workers"] = cores
+    if capped:
+        config_meta(cfg).notes.append(f"{' and '.join(capped)} lowered to {cores}: this machine gives the run "
+                                      f"{cores} CPU cores")
 
 
 def load_config(cls: type[T], *, description: str, default_config: Path | None = None,

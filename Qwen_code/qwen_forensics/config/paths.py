@@ -24,6 +24,8 @@ class ConfigMeta:
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     key_names: dict[str, str] = dataclasses.field(default_factory=dict)  # field path -> key as written
+    problems: list[str] = dataclasses.field(default_factory=list)  # everything wrong, reported together
+    source: str = "the config"  # how problems name the config's origin (its file)
     output_line: str | None = None  # where this run's outputs go and why (printed at the start)
 
 
@@ -104,14 +106,33 @@ def resolve_paths(obj: Any, ctx: PathContext, prefix: str, cls_name: str) -> Non
             try:
                 value, note = resolve(value, role, ctx.check_inputs)
             except (FileNotFoundError, ValueError) as err:
-                raise ConfigError(f"{key} = {given!r}: {err}") from None
+                ctx.meta.problems.append(f"{key} = {given!r}: {err}  {_path_source(given, value, origin, root, ctx)}")
+                continue
             if note:
                 ctx.meta.notes.append(f"{key}: {note}")
         elif role == "in" and ctx.check_inputs and not os.path.exists(value):
-            raise ConfigError(f"{key} = {given!r}: {value} does not exist; fix the path in the config "
-                              f"or pass --set {key}=PATH (nothing was loaded yet)")
+            ctx.meta.problems.append(f"{key} = {given!r}: {value} does not exist (nothing was loaded yet)  "
+                                     f"{_path_source(given, value, origin, root, ctx)}")
+            continue
         setattr(obj, f.name, value)
         ctx.meta.sources[key] = origin if given == value else f"{origin}: {given!r}"
+
+
+def _path_source(given: str, used: str, origin: str, root: str | None, ctx: PathContext) -> str:
+    """Where a bad path came from and the fix that fits: ``--root`` for the user's default layout."""
+    under_default = given == DEFAULT_ROOT or given.startswith(DEFAULT_ROOT + "/")
+    if under_default and ctx.root:
+        return (f"(from --root {ctx.root}, which moved {given} to {used}; check the folder given to --root or "
+                f"set this key)")
+    if under_default:
+        where = "--set" if origin == "--set" else ("the default" if origin == "default" else ctx.meta.source)
+        return (f"(from {where}; your files are elsewhere? pass --root DIR, the folder that holds data/ and "
+                f"Qwen2.5-VL-7B-Instruct/, or set this key)")
+    if origin == "--set":
+        return "(from --set)"
+    if origin == "default":
+        return "(from the default; set this key)"
+    return f"(from {ctx.meta.source}: fix the path there or pass --set KEY=PATH)"
 
 
 def _top_level_paths(cfg: Any, role: str, ctx: PathContext) -> list[tuple[str, str, str]]:

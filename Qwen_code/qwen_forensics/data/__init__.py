@@ -6,21 +6,26 @@ training-set format and map job (``lm_records``), video groups, leakage and the 
 perturbations (``perturb``).
 """
 
-from qwen_forensics.data.collate import (HybridCollator, ImageBatchCollator, TrainerCollator, VisionLanguageCollator,
-                                         generate_inputs, hybrid_inputs, make_collator, model_inputs, vision_grid)
-from qwen_forensics.data.dataset import ForgeryDataset, Task2ImageDataset
-from qwen_forensics.data.formats import FORMAT_NAMES, IMAGE_SUFFIXES, RECORDS
-from qwen_forensics.data.leakage import check_leakage, video_groups
-from qwen_forensics.data.lm_records import check_images, images_root, read_task2_dataset, run_map
-from qwen_forensics.data.masks import MaskRule
-from qwen_forensics.data.perturb import FIELD_GRID, Perturbation, parse_perturbations, perturb_image
-from qwen_forensics.data.records import BadIndex, Record, load_index, read_index, save_index
-from qwen_forensics.data.split import split_by_video
-from qwen_forensics.data.validate import apply_bad_sample_policy, load_split, validate_index, validate_records
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["BadIndex", "FIELD_GRID", "FORMAT_NAMES", "ForgeryDataset", "HybridCollator", "IMAGE_SUFFIXES",
-           "ImageBatchCollator", "MaskRule", "Perturbation", "RECORDS", "Record", "Task2ImageDataset",
-           "TrainerCollator", "VisionLanguageCollator", "apply_bad_sample_policy", "check_images", "check_leakage",
-           "generate_inputs", "hybrid_inputs", "images_root", "load_index", "load_split", "make_collator",
-           "model_inputs", "parse_perturbations", "perturb_image", "read_index", "read_task2_dataset", "run_map",
-           "save_index", "split_by_video", "validate_index", "validate_records", "video_groups", "vision_grid"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "HybridCollator": "collate", "ImageBatchCollator": "collate", "TrainerCollator": "collate",
+    "VisionLanguageCollator": "collate", "generate_inputs": "collate", "hybrid_inputs": "collate", "make_collator":
+    "collate", "model_inputs": "collate", "vision_grid": "collate",
+    "ForgeryDataset": "dataset", "Task2ImageDataset": "dataset",
+    "FORMAT_NAMES": "formats", "IMAGE_SUFFIXES": "formats", "RECORDS": "formats",
+    "check_leakage": "leakage", "video_groups": "leakage",
+    "check_images": "lm_records", "images_root": "lm_records", "read_task2_dataset": "lm_records", "run_map":
+    "lm_records",
+    "MaskRule": "masks",
+    "FIELD_GRID": "perturb", "Perturbation": "perturb", "parse_perturbations": "perturb", "perturb_image":
+    "perturb",
+    "BadIndex": "records", "Record": "records", "load_index": "records", "read_index": "records", "save_index":
+    "records",
+    "split_by_video": "split",
+    "apply_bad_sample_policy": "validate", "load_split": "validate", "validate_index": "validate",
+    "validate_records": "validate",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

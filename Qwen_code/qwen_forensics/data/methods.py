@@ -7,9 +7,14 @@ model misses, which one overall AUROC hides.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
+# Optional, in the data folder: {"1": "a method's name", ...}. The repackaged set ships no list of its 15
+# methods and none is published with it, so the report shows numbers unless the user supplies the names.
+METHOD_NAMES_FILE = "method_names.json"
 REAL_GROUP = "real"
 OTHER_GROUP = "other"
 METHOD_IDS = tuple(range(1, 16))
@@ -43,3 +48,25 @@ def group_order(group: str) -> tuple[int, int]:
     if group.isdigit():
         return 0, int(group)
     return (1, 0) if group == REAL_GROUP else (2, 0)
+
+
+def read_method_names(data_root: str | os.PathLike | None) -> tuple[dict[str, str], str | None]:
+    """The names in ``<data_root>/method_names.json`` (method number as text -> name) and a note: where
+    the names came from, or why the file was left out (the report says so; an evaluation that finished
+    is never stopped by it). No file: no names, no note."""
+    if data_root is None:
+        return {}, None
+    path = Path(data_root) / METHOD_NAMES_FILE
+    if not path.is_file():
+        return {}, None
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        return {}, f"{path} left out: not readable JSON ({err})"
+    wanted = {str(i) for i in METHOD_IDS}
+    if (not isinstance(names, dict) or not set(names) <= wanted
+            or not all(isinstance(v, str) and v.strip() for v in names.values())):
+        return {}, (f"{path} left out: it must be one JSON object mapping method numbers 1..15 (as text) to "
+                    f'names, e.g. {{"1": "name of method 1"}}')
+    return {k: v.strip() for k, v in names.items()}, f"method names from {path}"
+

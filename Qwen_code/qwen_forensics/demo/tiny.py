@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from qwen_forensics.model.loader import TINY_MODEL_MARKER
 from qwen_forensics.demo.tokenizer import QWEN_ADDED_TOKENS, QWEN_CHAT_TEMPLATE, build_tiny_tokenizer, tokenizer_config
 
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -193,6 +194,7 @@ OUTPUT_FILES = frozenset(
         "tokenizer.json",
         "tokenizer_config.json",
         "vocab.json",
+        TINY_MODEL_MARKER,
         *(_shard_name(index) for index in range(1, SHARD_COUNT + 1)),
     }
 )
@@ -228,4 +230,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, text_layers: int = TEXT
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", _generation_config(config))
     _write_shards(_init_state_dict(config, seed), out)
+    (out / TINY_MODEL_MARKER).write_text(
+        "This Qwen2.5-VL has the real model's on-disk format but tiny random weights (qwen_forensics.demo.tiny).\n"
+        "It exists to run the code paths; its results say nothing about how well the method works.\n",
+        encoding="utf-8")
     return out

@@ -8,28 +8,28 @@ perturbed passes of a robustness study and their ``robustness.csv`` (``robustnes
 computes, through predict.py's code path (``interactive``).
 """
 
-from qwen_forensics.evaluation.benchmark import Benchmark, benchmark_outputs, parse_sets
-from qwen_forensics.evaluation.images import (PREDICT_OUTPUTS, RUN_JSON, CheckpointRunner, HeatmapFiles, ImagePredictor,
-                                              Predictions, collect_images, image_rows, primary_score,
-                                              write_predictions)
-from qwen_forensics.evaluation.interactive import (CheckpointCard, ImageResult, InteractivePredictor, binary_mask,
-                                                   checkpoint_card, overlay, row_files, verdict)
-from qwen_forensics.evaluation.leak_guard import guard_checkpoint_split, guard_training_split
-from qwen_forensics.evaluation.metrics import hybrid_scores, image_report
-from qwen_forensics.evaluation.outputs import (REPORT_NAME, PictureWriter, each_batch, evaluation_outputs,
-                                               finish_evaluation, generated_columns, prediction_rows)
-from qwen_forensics.evaluation.predictions import (SplitEvaluator, answer_logits, answer_scorer, eval_batch,
-                                                   predict_heads, predict_hybrid)
-from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV, RobustnessTable, run_conditions
-from qwen_forensics.evaluation.scoring import HYBRID_IMAGE_KEYS, HeatmapSource, PixelCounter, score_heads, score_hybrid
-from qwen_forensics.evaluation.submission import SubmissionWriter
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["Benchmark", "CheckpointCard", "CheckpointRunner", "ImageResult", "InteractivePredictor", "binary_mask",
-           "checkpoint_card", "overlay", "row_files", "verdict", "HYBRID_IMAGE_KEYS", "HeatmapFiles", "HeatmapSource", "ImagePredictor", "PREDICT_OUTPUTS",
-           "PictureWriter", "PixelCounter", "Predictions", "REPORT_NAME", "ROBUSTNESS_CSV", "RUN_JSON", "RobustnessTable",
-           "SplitEvaluator", "SubmissionWriter",
-           "answer_logits", "answer_scorer", "benchmark_outputs", "collect_images", "each_batch", "eval_batch",
-           "evaluation_outputs", "finish_evaluation", "generated_columns", "guard_checkpoint_split",
-           "guard_training_split", "hybrid_scores", "image_report", "image_rows", "parse_sets", "predict_heads",
-           "predict_hybrid", "prediction_rows", "primary_score", "run_conditions", "score_heads", "score_hybrid",
-           "write_predictions"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "Benchmark": "benchmark", "benchmark_outputs": "benchmark", "parse_sets": "benchmark",
+    "CheckpointRunner": "images", "HeatmapFiles": "images", "ImagePredictor": "images", "PREDICT_OUTPUTS":
+    "images", "Predictions": "images", "RUN_JSON": "images", "collect_images": "images", "enlarged_images":
+    "images", "image_rows": "images", "primary_score": "images", "write_prediction_gallery": "images",
+    "write_predictions": "images",
+    "CheckpointCard": "interactive", "ImageResult": "interactive", "InteractivePredictor": "interactive",
+    "binary_mask": "interactive", "checkpoint_card": "interactive", "overlay": "interactive", "row_files":
+    "interactive", "verdict": "interactive",
+    "guard_checkpoint_split": "leak_guard", "guard_training_split": "leak_guard",
+    "hybrid_scores": "metrics", "image_report": "metrics",
+    "PictureWriter": "outputs", "REPORT_NAME": "outputs", "each_batch": "outputs", "evaluation_outputs": "outputs",
+    "finish_evaluation": "outputs", "generated_columns": "outputs", "prediction_rows": "outputs",
+    "SplitEvaluator": "predictions", "answer_logits": "predictions", "answer_scorer": "predictions", "eval_batch":
+    "predictions", "predict_heads": "predictions", "predict_hybrid": "predictions",
+    "ROBUSTNESS_CSV": "robustness", "RobustnessTable": "robustness", "run_conditions": "robustness",
+    "HYBRID_IMAGE_KEYS": "scoring", "HeatmapSource": "scoring", "PixelCounter": "scoring", "score_heads":
+    "scoring", "score_hybrid": "scoring",
+    "SubmissionWriter": "submission",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -45,6 +45,8 @@ from qwen_forensics.evaluation.predictions import predict_heads, predict_hybrid,
 from qwen_forensics.evaluation.scoring import PixelCounter
 from qwen_forensics.model.loader import load_model, load_processor, load_vision_tower
 from qwen_forensics.prompts import answer_token_ids
+from qwen_forensics.report.gallery import (ENLARGED_WARNING, INDEX_HTML, PREVIEWS_DIR, write_prediction_index,
+                                           write_preview)
 from qwen_forensics.report.pictures import save_overlay_jpeg, save_probability_map
 
 
@@ -283,7 +285,8 @@ RUN_JSON = "run.json"
 HEATMAPS_DIR = "heatmaps"
 OVERLAYS_DIR = "overlays"
 # Everything predict.py writes into its output folder (``runs``).
-PREDICT_OUTPUTS = (PREDICTIONS_CSV, PREDICTIONS_JSON, SKIPPED_JSON, RUN_JSON, HEATMAPS_DIR, OVERLAYS_DIR)
+PREDICT_OUTPUTS = (PREDICTIONS_CSV, PREDICTIONS_JSON, SKIPPED_JSON, RUN_JSON, HEATMAPS_DIR, OVERLAYS_DIR, PREVIEWS_DIR,
+                   INDEX_HTML)
 
 
 def primary_score(ckpt: Checkpoint) -> str:
@@ -296,17 +299,20 @@ def image_rows(ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *, thresho
                heatmap_files: HeatmapFiles | None = None, conditions: bool = False) -> list[dict]:
     """One pass's rows, one per image in input order (see :func:`write_predictions`); with ``conditions``
     each row names its pass's ``perturbation`` (``none`` for the images as they are) and ``level``, and
-    ``height`` / ``width`` are the perturbed image's (a resize changes them)."""
+    ``height`` / ``width`` are the perturbed image's (a resize changes them). Picture paths are relative to
+    the folder ``heatmap_files`` writes into."""
     rows = []
     condition = preds.perturbation
     for k, (path, (height, width)) in enumerate(zip(scan.images, scan.sizes)):
-        row: dict = {"image": str(path)}
+        row: dict = {"image": str(path.resolve())}
         if conditions:
             row["perturbation"] = CLEAN_NAME if condition is None else condition.kind
             row["level"] = "" if condition is None else level_text(condition.level)
             if condition is not None and condition.kind == "resize":
                 height, width = resized_size(height, width, condition.level)
         row.update(height=height, width=width)
+        if ckpt.image_size:
+            row["letterbox_scale"] = round(ckpt.image_size / max(height, width), 4)
         if preds.p_fake_head is not None:
             row["p_fake_head"] = float(preds.p_fake_head[k])
         if preds.p_fake_lm is not None:
@@ -317,7 +323,8 @@ def image_rows(ckpt: Checkpoint, scan: ImageScan, preds: Predictions, *, thresho
             row["answer_text"] = preds.answers[k]
         if preds.heatmaps is not None and heatmap_files is not None:
             heat_path, overlay_path = heatmap_files.paths(k)
-            row["heatmap_png"], row["overlay_jpg"] = str(heat_path), str(overlay_path)
+            row["heatmap_png"] = heat_path.relative_to(heatmap_files.out_dir).as_posix()
+            row["overlay_jpg"] = overlay_path.relative_to(heatmap_files.out_dir).as_posix()
         rows.append(row)
     return rows
 
@@ -329,10 +336,12 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, passes: 
     PNGs at each image's original resolution (``heatmap_files``, one per pass, wrote them during the loop;
     waited for here), and ``skipped.json``; returns the rows.
 
-    Row keys: ``image``, with ``conditions`` (``--perturb``) ``perturbation`` and ``level``, then ``height``,
-    ``width``, then what the checkpoint has: ``p_fake_head``, ``p_fake_lm``; always ``p_fake``
-    (:func:`primary_score`) and ``verdict`` ("fake" when ``p_fake >= threshold``); ``answer_text`` (the LM's
-    greedy words) and ``heatmap_png`` / ``overlay_jpg`` (paths) where they exist.
+    Row keys: ``image`` (absolute path), with ``conditions`` (``--perturb``) ``perturbation`` and ``level``,
+    then ``height``, ``width``, ``letterbox_scale`` (the factor the image was resized by to the checkpoint's
+    ``image_size``; absent at native size), then what the checkpoint has: ``p_fake_head``, ``p_fake_lm``;
+    always ``p_fake`` (:func:`primary_score`) and ``verdict`` ("fake" when ``p_fake >= threshold``);
+    ``answer_text`` (the LM's greedy words) and ``heatmap_png`` / ``overlay_jpg`` (paths relative to
+    ``out_dir``) where they exist. Paths never depend on the folder the command ran in.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = list(heatmap_files) or [None] * len(passes)
@@ -349,3 +358,30 @@ def write_predictions(out_dir: Path, ckpt: Checkpoint, scan: ImageScan, passes: 
     skipped = {"bad": [asdict(b) for b in scan.bad], "ignored_not_image_names": [str(p) for p in scan.ignored]}
     (out_dir / SKIPPED_JSON).write_text(json.dumps(skipped, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return rows
+
+
+def enlarged_images(rows: Sequence[dict]) -> list[dict]:
+    """Rows whose image was enlarged more than :data:`ENLARGED_WARNING` times to fill the letterbox."""
+    return [row for row in rows if row.get("letterbox_scale", 0) > ENLARGED_WARNING]
+
+
+def write_prediction_gallery(out_dir: Path, rows: Sequence[dict], scan: ImageScan, ckpt: Checkpoint, *,
+                             threshold: float) -> Path:
+    """``index.html`` (``report.gallery``) with a preview of every image in ``previews/``, written on
+    background threads."""
+    writer = BackgroundWriter()
+    # One preview per image: the rows of --perturb passes show the same original.
+    names: dict[str, str] = {}
+    for row in rows:
+        if row["image"] not in names:
+            names[row["image"]] = f"{PREVIEWS_DIR}/{len(names):05d}_{Path(row['image']).stem}.jpg"
+            writer.submit(write_preview, row["image"], out_dir / names[row["image"]])
+    writer.close()
+    previews = [names[row["image"]] for row in rows]
+    skipped = [asdict(b) for b in scan.bad] + [{"path": str(p), "reason": "no image extension"} for p in scan.ignored]
+    description = [f"checkpoint: {ckpt.kind} at {ckpt.folder}",
+                   f"{len(rows)} images; verdict fake when {primary_score(ckpt)} >= {threshold}",
+                   f"files beside this page: {PREDICTIONS_CSV} (one row per image), {HEATMAPS_DIR}/ (full-resolution "
+                   f"heatmaps, grey 0-255 = P 0-1), {OVERLAYS_DIR}/, {SKIPPED_JSON}"]
+    return write_prediction_index(out_dir, rows, skipped, title="Predictions", description=description,
+                                  previews=previews)

@@ -32,18 +32,20 @@ import torch
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
 from qwen_forensics.checkpoints.runs import Run
 from qwen_forensics.data.masks import MaskRule
+from qwen_forensics.data.methods import read_method_names
 from qwen_forensics.data.records import Record
 from qwen_forensics.evaluation.predictions import AnswerScores
 from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV
 from qwen_forensics.evaluation.scoring import HeatmapSource
 from qwen_forensics.files import BackgroundWriter, append_csv_row
-from qwen_forensics.report.page import GalleryItem, row_caption, write_report
+from qwen_forensics.report.page import Example, GalleryItem, row_caption, write_report
 from qwen_forensics.report.pictures import save_heatmap_panel
-from qwen_forensics.report.tables import select_gallery
+from qwen_forensics.report.tables import select_examples, select_false_alarms, select_gallery
 
 REPORT_NAME = "report.html"
 HEATMAP_DIR = "heatmaps"
 GALLERY_SIZE = 4
+EXAMPLES_PER_GROUP = 3  # thumbnails per group of the examples section
 NO_HEATMAP_NOTE = "not available: this pipeline scores images by the language model's answer and makes no heatmap"
 
 
@@ -121,17 +123,35 @@ class PictureWriter:
 
 
 def gallery(source: HeatmapSource, rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
-            writer: BackgroundWriter, k: int = GALLERY_SIZE) -> tuple[list[GalleryItem], list[GalleryItem]]:
-    """The ``k`` best and ``k`` worst localisations by pixel IoU (``tables.select_gallery``); only those
-    few heatmaps are mapped back to full size, on the ``writer``'s threads."""
+            writer: BackgroundWriter, k: int = GALLERY_SIZE,
+            pixel_threshold: float = 0.5) -> tuple[list[GalleryItem], list[GalleryItem], list[GalleryItem]]:
+    """The ``k`` best and ``k`` worst localisations by pixel IoU (``tables.select_gallery``) and the ``k``
+    authentic images with the most pixels called forged (``tables.select_false_alarms``), each with its
+    error map at ``pixel_threshold``; only those few heatmaps are mapped back to full size, on the
+    ``writer``'s threads."""
     best, worst = select_gallery(rows, k)
+    false_alarms = select_false_alarms(rows, k)
 
     def item(i: int) -> GalleryItem:
         gt, prob_map = source.full_size(i)
-        return GalleryItem(source.image_path(i), gt, prob_map, row_caption(rows[i], score_columns))
+        caption = row_caption(rows[i], score_columns)
+        if rows[i].get("label") == 0:
+            caption += f" · pixels called forged {rows[i]['positive_fraction']:.4f}"
+        return GalleryItem(source.image_path(i), gt, prob_map, caption, errors_at=pixel_threshold)
 
-    futures = {i: writer.submit(item, i) for i in dict.fromkeys([*best, *worst])}
-    return [futures[i].result() for i in best], [futures[i].result() for i in worst]
+    futures = {i: writer.submit(item, i) for i in dict.fromkeys([*best, *worst, *false_alarms])}
+    return ([futures[i].result() for i in best], [futures[i].result() for i in worst],
+            [futures[i].result() for i in false_alarms])
+
+
+def examples(rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str], image_root: str | os.PathLike,
+             k: int = EXAMPLES_PER_GROUP) -> list[Example]:
+    """Thumbnails of the surest calls and the worst mistakes by the first score column at 0.5."""
+    column = score_columns[0]
+    chosen = select_examples(rows, column, 0.5, k)
+    return [Example(Path(image_root) / str(rows[i]["image_path"]),
+                    f"{os.path.basename(str(rows[i]['image_path']))} · {column} {float(rows[i][column]):.3f}", group)
+            for group, positions in chosen.items() for i in positions]
 
 
 def evaluation_outputs(output_json: str | os.PathLike, submission: str | os.PathLike | None = None) -> list[str]:
@@ -157,7 +177,8 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
                       metrics: Mapping[str, Any], score_columns: Sequence[str],
                       thresholds: Mapping[str, float | None], title: str, description: Mapping[str, Any],
                       heatmaps: HeatmapSource | None = None, pictures: PictureWriter | None = None,
-                      gallery_size: int = GALLERY_SIZE,
+                      gallery_size: int = GALLERY_SIZE, pixel_threshold: float = 0.5,
+                      image_root: str | os.PathLike | None = None,
                       extra_sections: Sequence[tuple[str, str]] = ()) -> EvalOutputs:
     """Write the predictions file, heatmap pictures, ``report.html`` and the CSV row (see the module doc).
 
@@ -167,8 +188,10 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
     ``csv_path`` with ``csv_columns`` leading (``files.append_csv_row``). ``thresholds``: the tuned
     threshold per score column, None without a validation index. ``metrics`` and ``description`` are
     the report's metrics table and run facts; both gain the ``run``'s id and config hash, and the
-    report the number of skipped records (``num_skipped``). ``extra_sections``: (heading, HTML) pairs the
-    report appends (``robustness.RobustnessTable.section``). Main process only.
+    report the number of skipped records (``num_skipped``). ``pixel_threshold``: the error maps' pixel
+    rule. ``image_root``: the folder the rows' ``image_path`` is relative to, for the example
+    thumbnails of runs without heatmaps (with heatmaps, theirs). ``extra_sections``: (heading, HTML)
+    pairs the report appends (``robustness.RobustnessTable.section``). Main process only.
     """
     out_dir = Path(out_dir)
     csv_row = {**csv_row, **run.columns()}
@@ -179,17 +202,22 @@ def finish_evaluation(*, run: Run, out_dir: str | os.PathLike, output_json: str 
     written: list[Path] = []
     best: list[GalleryItem] = []
     worst: list[GalleryItem] = []
+    false_alarms: list[GalleryItem] = []
     if heatmaps is not None:
         writer = pictures.writer if pictures is not None else BackgroundWriter()
         if pictures is not None:
             written = pictures.finish(heatmaps.heatmaps)
-        best, worst = gallery(heatmaps, rows, score_columns, writer, gallery_size)
+        best, worst, false_alarms = gallery(heatmaps, rows, score_columns, writer, gallery_size, pixel_threshold)
         writer.close()
+        image_root = heatmaps.data_root
+    shown = examples(rows, score_columns, image_root) if image_root is not None else []
+    names, names_note = read_method_names(image_root)
     predictions = write_predictions(output_json, rows)
     report = write_report(out_dir / REPORT_NAME, metrics=metrics, rows=rows, score_columns=score_columns,
                           thresholds=thresholds, title=title, description=description, gallery_best=best,
-                          gallery_worst=worst, pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE,
-                          extra_sections=extra_sections)
+                          gallery_worst=worst, false_alarms=false_alarms, examples=shown,
+                          pixel_note=None if heatmaps is not None else NO_HEATMAP_NOTE,
+                          extra_sections=extra_sections, method_names=names, method_names_note=names_note)
     append_csv_row(csv_path, csv_row, csv_columns)
     return EvalOutputs(predictions=predictions, csv=Path(csv_path), report=report.path, heatmap_pictures=written)
 

@@ -5,15 +5,18 @@ Task 3's hybrid model (``hybrid``), the host-side mRoPE positions (``mrope``) an
 and LM paths with their switch (``fast``).
 """
 
-from qwen_forensics.model.forensic import ForensicViT
-from qwen_forensics.model.heads import ForensicHeads
-from qwen_forensics.model.hybrid import HybridModel, HybridPrompt, HybridSpec, build_hybrid_model
-from qwen_forensics.model.loader import MODEL_FOLDER_CONTENTS, get_visual, load_model, load_processor, load_vision_tower
-from qwen_forensics.model.lora import (LoraInputCast, attach_lora, make_lora_config, trainable_to_fp32,
-                                       vision_inputs_require_grad)
-from qwen_forensics.model.lora_targets import format_targets, vision_block_targets
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["ForensicHeads", "ForensicViT", "HybridModel", "HybridPrompt", "HybridSpec", "LoraInputCast",
-           "MODEL_FOLDER_CONTENTS", "attach_lora", "build_hybrid_model", "format_targets", "get_visual", "load_model",
-           "load_processor", "load_vision_tower", "make_lora_config", "trainable_to_fp32", "vision_block_targets",
-           "vision_inputs_require_grad"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "ForensicViT": "forensic",
+    "ForensicHeads": "heads",
+    "HybridModel": "hybrid", "HybridPrompt": "hybrid", "HybridSpec": "hybrid", "build_hybrid_model": "hybrid",
+    "MODEL_FOLDER_CONTENTS": "loader", "get_visual": "loader", "load_model": "loader", "load_processor": "loader",
+    "load_vision_tower": "loader",
+    "LoraInputCast": "lora", "attach_lora": "lora", "make_lora_config": "lora", "trainable_to_fp32": "lora",
+    "vision_inputs_require_grad": "lora",
+    "format_targets": "lora_targets", "vision_block_targets": "lora_targets",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

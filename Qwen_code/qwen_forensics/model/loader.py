@@ -8,6 +8,7 @@ weight load is strict: a key that is missing or left over is an error, never a s
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -33,13 +34,33 @@ _INDEX_FILE = "model.safetensors.index.json"
 _SINGLE_FILE = "model.safetensors"
 
 
+# The demo's tiny model (``demo.tiny``) carries this file; the loader says what its numbers mean.
+TINY_MODEL_MARKER = "TINY_RANDOM_MODEL.txt"
+_CAVEATS_SHOWN: set[Path] = set()
+
+
+def tiny_model_caveat(model_path: str | Path) -> str | None:
+    """The caveat for the demo's tiny random model at ``model_path``; None for any other model."""
+    path = Path(model_path).expanduser()
+    if not (path / TINY_MODEL_MARKER).is_file():
+        return None
+    return (f"[tiny model] {path} is the demo's tiny Qwen2.5-VL with random weights: its results show that the code "
+            "runs and learns, not how well the method works. Expect weak numbers, a Task 2 loss that stays near 5, "
+            "answer_text that is not words and chance-level subtask 2; use Qwen2.5-VL-7B-Instruct for real results.")
+
+
 def check_model_dir(model_path: str | Path) -> Path:
-    """Return the folder as a Path, or raise FileNotFoundError saying what a model folder must contain."""
+    """Return the folder as a Path, or raise FileNotFoundError saying what a model folder must contain.
+    The demo's tiny model gets its caveat printed once per process."""
     path = Path(model_path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist. It must contain {MODEL_FOLDER_CONTENTS}.")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model folder {path} has no config.json. It must contain {MODEL_FOLDER_CONTENTS}.")
+    caveat = tiny_model_caveat(path)
+    if caveat and path.resolve() not in _CAVEATS_SHOWN:
+        _CAVEATS_SHOWN.add(path.resolve())
+        print(caveat, file=sys.stderr, flush=True)
     return path
 
 

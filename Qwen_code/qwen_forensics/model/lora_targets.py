@@ -306,17 +306,27 @@ def exact_target_regex(names: Sequence[str]) -> str:
 _GROUP = re.compile(r"^(.*\.(?:blocks|layers)\.\d+)\.(.+)$")
 
 
+_PLACES = (("vision blocks", re.compile(r"(^|\.)blocks\.\d+\.")), ("merger", re.compile(r"(^|\.)merger\.")),
+           ("language model", re.compile(r"(^|\.)layers\.\d+\.")))
+
+
 def format_targets(targets: Mapping[str, Sequence[str]]) -> str:
-    """Human-readable per-component listing, one line per block / layer."""
-    total = sum(len(v) for v in targets.values())
-    lines = [f"LoRA targets ({total} modules):"]
-    for component, names in targets.items():
-        if not names:
-            lines.append(f"  {component}: off")
+    """Human-readable listing grouped by where the modules live (vision blocks, merger, language model,
+    other), one line per block / layer, whichever option named them: Task 2's ``lora_extra_modules``
+    naming the merger shows under "merger", never beside a "merger: off"."""
+    names = [n for group in targets.values() for n in group]
+    places: OrderedDict[str, list[str]] = OrderedDict((place, []) for place, _ in _PLACES)
+    for name in names:
+        place = next((p for p, pattern in _PLACES if pattern.search(name)), "other")
+        places.setdefault(place, []).append(name)
+    lines = [f"LoRA targets ({len(names)} modules):"]
+    for place, found in places.items():
+        if not found:
+            lines.append(f"  {place}: none")
             continue
-        lines.append(f"  {component} ({len(names)}):")
+        lines.append(f"  {place} ({len(found)}):")
         groups: OrderedDict[str, list[str]] = OrderedDict()
-        for name in names:
+        for name in found:
             match = _GROUP.match(name)
             parent, leaf = (match.group(1), match.group(2)) if match else name.rpartition(".")[::2]
             groups.setdefault(parent, []).append(leaf)

@@ -23,26 +23,33 @@ import numpy as np
 import pandas as pd
 
 from qwen_forensics.files import atomic_write_text
-from qwen_forensics.report.plots import gallery_panel, roc_pr_figure
+from qwen_forensics.report.pictures import ERROR_COLOURS
+from qwen_forensics.report.plots import gallery_panel, heat_scale_uri, roc_pr_figure, thumbnail_uri
 from qwen_forensics.report.tables import confusion_counts, mask_area_table, method_table, rows_frame
 
 HEADINGS = ("Run", "Metrics", "ROC and PR curves", "Confusion matrices", "Per manipulation method",
-            "Pixel metrics by mask area", "Best and worst localisations")
+            "Pixel metrics by mask area", "Best and worst localisations", "False alarms on authentic images",
+            "Examples: surest calls and worst mistakes")
 NO_TUNED = "no validation set: no tuned threshold"
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
-       padding: 0 1em; color: #222; line-height: 1.4; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em 2em; color: #222;
+       line-height: 1.4; }
+.wide { overflow-x: auto; max-width: 100%; }
+.scale { display: inline-flex; align-items: center; gap: .4em; margin-right: 2em; font-size: .9em; }
+.swatch { display: inline-block; width: .9em; height: .9em; vertical-align: middle; border: 1px solid #999; }
+.thumbs figure { width: 210px; }
 h1 { border-bottom: 2px solid #345; padding-bottom: .2em; }
 h2 { margin-top: 1.8em; color: #345; border-bottom: 1px solid #ccd; }
 table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
 th, td { border: 1px solid #ccd; padding: .25em .6em; text-align: right; }
 th { background: #eef1f6; }
 td.text, th.text { text-align: left; }
+td.text { overflow-wrap: break-word; max-width: 40em; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: .3em 0; }
 .note { color: #666; font-style: italic; }
 .cm { display: inline-block; margin-right: 2em; vertical-align: top; }
-figure { display: inline-block; vertical-align: top; max-width: 800px; margin: .5em 1em .5em 0; }
+figure { display: inline-block; vertical-align: top; max-width: 1100px; margin: .5em 1em .5em 0; }
 figcaption { font-size: .85em; color: #444; overflow-wrap: anywhere; }
 img { max-width: 100%; }
 td.best { font-weight: 700; background: #e6f2e6; }
@@ -57,6 +64,16 @@ class GalleryItem:
     gt_mask: np.ndarray
     prob_map: np.ndarray
     caption: str
+    errors_at: float | None = None  # the pixel threshold: draw the TP / FP / FN map beside the overlay
+
+
+@dataclass(frozen=True)
+class Example:
+    """One picture of the examples section (runs with or without heatmaps): an image file, its caption,
+    and the group it belongs to (e.g. "surest fakes", "missed fakes")."""
+    image: str | Path
+    caption: str
+    group: str
 
 
 @dataclass
@@ -99,7 +116,8 @@ def html_table(frame: pd.DataFrame, caption: str | None = None, text_columns: It
     body = "".join("<tr>" + "".join(f"<td{cls(c)}>{html.escape(format_value(v))}</td>" for c, v in zip(frame.columns, row))
                    + "</tr>" for row in frame.itertuples(index=False))
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # A table wider than the window scrolls inside its own box instead of widening the page.
+    return f'<div class="wide"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def html_page(title: str, body: str) -> str:
@@ -125,13 +143,14 @@ def _clean_thresholds(score_columns: Sequence[str], thresholds: Mapping[str, flo
 
 
 def report_tables(rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
-                  thresholds: Mapping[str, float | None] | None = None) -> ReportTables:
+                  thresholds: Mapping[str, float | None] | None = None,
+                  method_names: Mapping[str, str] | None = None) -> ReportTables:
     """Compute every table of the report (no HTML, no pictures)."""
     if not score_columns:
         raise ValueError("report needs at least one score column (e.g. ['p_fake'] or ['p_fake_lm', 'p_fake_head'])")
     frame = rows_frame(rows, score_columns)
     tuned = _clean_thresholds(score_columns, thresholds)
-    methods = {c: method_table(rows, c, tuned.get(c)) for c in score_columns}
+    methods = {c: method_table(rows, c, tuned.get(c), method_names) for c in score_columns}
     confusion = {c: {"0.5": confusion_counts(rows, c, 0.5),
                      **({"tuned": confusion_counts(rows, c, tuned[c])} if c in tuned else {})} for c in score_columns}
     has_area = {"mask_area", "pixel_f1", "pixel_iou"} <= set(frame.columns)
@@ -186,11 +205,15 @@ def _confusion_section(tables: ReportTables, tuned: Mapping[str, float]) -> str:
     return "\n".join(parts)
 
 
-def _methods_section(tables: ReportTables) -> str:
-    intro = note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals image__{k}__{id}__frame{N}); "
-                 "auroc: the method's fakes against all reals; recall: share of its fakes called fake; "
-                 "fpr: share of its reals called fake; pixel means over its fakes with a non-empty mask.")
-    return intro + "".join(html_table(t, f"score {c}", text_columns=("method",)) for c, t in tables.methods.items())
+def _methods_section(tables: ReportTables, names_note: str | None) -> str:
+    source = note(names_note or "Methods by number: put method_names.json ({\"1\": \"name\", ...}) in the data "
+                  "folder to show their names (the data set ships no list of its methods).")
+    intro = source + note("Groups from the file name (fakes {method}__{src}__{dst}__frame{N}, reals "
+                          "image__{k}__{id}__frame{N}); auroc: the method's fakes against all reals; recall: share "
+                          "of its fakes called fake; fpr: share of its reals called fake; pixel means over its fakes "
+                          "with a non-empty mask.")
+    return intro + "".join(html_table(t, f"score {c}", text_columns=("method", "name"))
+                           for c, t in tables.methods.items())
 
 
 def _area_section(tables: ReportTables, pixel_note: str | None) -> str:
@@ -203,30 +226,84 @@ def _area_section(tables: ReportTables, pixel_note: str | None) -> str:
             + html_table(tables.mask_area, text_columns=("bucket",)))
 
 
+def colour_legend(errors_at: float | None) -> str:
+    """The overlay's colour scale, and with ``errors_at`` the error map's colours."""
+    parts = [f'<span class="scale">overlay colour, P(forged pixel): 0 {img(heat_scale_uri(), "colour scale")} 1</span>']
+    if errors_at is not None:
+        names = {"TP": "found", "FP": "false alarm", "FN": "missed", "TN": "correctly left out"}
+        swatches = " ".join(f'<span class="swatch" style="background: rgb{ERROR_COLOURS[k]}"></span> {k} {names[k]}'
+                            for k in ERROR_COLOURS)
+        parts.append(f'<span class="scale">error map at pixel threshold {errors_at:g}: {swatches}</span>')
+    return "<p>" + "".join(parts) + "</p>"
+
+
+def _panels(items: Sequence[GalleryItem]) -> list[str]:
+    figures = []
+    for item in items:
+        uri = gallery_panel(item.image, item.gt_mask, item.prob_map, name=item.caption, errors_at=item.errors_at)
+        figures.append(f"<figure>{img(uri, item.caption)}<figcaption>{html.escape(item.caption)}</figcaption></figure>")
+    return figures
+
+
 def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem], pixel_note: str | None) -> str:
     if not best and not worst:
         return note(pixel_note or "no gallery items given")
-    parts = [note("Each entry: image | ground truth | heatmap overlay.")]
+    errors_at = next((i.errors_at for i in [*best, *worst] if i.errors_at is not None), None)
+    layout = "image | ground truth | heatmap overlay" + (" | error map" if errors_at is not None else "")
+    parts = [note(f"Each entry: {layout}."), colour_legend(errors_at)]
     for title, items in (("Best (highest pixel IoU)", best), ("Worst (lowest pixel IoU)", worst)):
         parts.append(f"<h3>{title}</h3>")
-        for item in items:
-            uri = gallery_panel(item.image, item.gt_mask, item.prob_map, name=item.caption)
-            parts.append(f"<figure>{img(uri, item.caption)}<figcaption>{html.escape(item.caption)}</figcaption></figure>")
+        parts += _panels(items)
+    return "\n".join(parts)
+
+
+def _false_alarm_section(items: Sequence[GalleryItem], pixel_note: str | None) -> str:
+    if pixel_note:
+        return note(pixel_note)
+    if not items:
+        return note("no authentic image has a pixel called forged: no false alarms to show")
+    errors_at = next((i.errors_at for i in items if i.errors_at is not None), None)
+    return "\n".join([note("Authentic images with the largest share of pixels called forged (their ground truth is "
+                            "empty, so every red pixel of the error map is a false alarm)."), colour_legend(errors_at),
+                      *_panels(items)])
+
+
+def _examples_section(examples: Sequence[Example]) -> str:
+    if not examples:
+        return note("no examples given")
+    parts, unreadable = [], 0
+    for group in dict.fromkeys(e.group for e in examples):
+        figures = []
+        for example in (e for e in examples if e.group == group):
+            try:
+                uri = thumbnail_uri(example.image)
+            except OSError:
+                unreadable += 1
+                continue
+            figures.append(f"<figure>{img(uri, example.caption)}<figcaption>{html.escape(example.caption)}"
+                           f"</figcaption></figure>")
+        parts.append(f"<h3>{html.escape(group)}</h3><div class=\"thumbs\">{''.join(figures)}</div>")
+    if unreadable:
+        parts.append(note(f"{unreadable} example image(s) could not be opened and are left out"))
     return "\n".join(parts)
 
 
 def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], score_columns: Sequence[str],
                   thresholds: Mapping[str, float | None] | None = None, title: str = "Evaluation report",
                   description: Mapping[str, Any] | None = None, gallery_best: Sequence[GalleryItem] = (),
-                  gallery_worst: Sequence[GalleryItem] = (), pixel_note: str | None = None,
+                  gallery_worst: Sequence[GalleryItem] = (), false_alarms: Sequence[GalleryItem] = (),
+                  examples: Sequence[Example] = (), pixel_note: str | None = None,
+                  method_names: Mapping[str, str] | None = None, method_names_note: str | None = None,
                   extra_sections: Sequence[tuple[str, str]] = ()) -> tuple[str, ReportTables]:
     """The report page as a string, and its tables. See ``write_report`` for the arguments."""
-    tables = report_tables(rows, score_columns, thresholds)
+    tables = report_tables(rows, score_columns, thresholds, method_names)
     frame = rows_frame(rows, score_columns)
     tuned = _clean_thresholds(score_columns, thresholds)
     sections = (_run_section(description or {}, frame), _metrics_section(metrics),
-                _curves_section(frame, score_columns), _confusion_section(tables, tuned), _methods_section(tables),
-                _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note))
+                _curves_section(frame, score_columns), _confusion_section(tables, tuned),
+                _methods_section(tables, method_names_note),
+                _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note),
+                _false_alarm_section(false_alarms, pixel_note), _examples_section(examples))
     body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}"
                      for heading, content in [*zip(HEADINGS, sections), *extra_sections])
     return html_page(title, body), tables
@@ -236,7 +313,9 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
                  score_columns: Sequence[str], thresholds: Mapping[str, float | None] | None = None,
                  title: str = "Evaluation report", description: Mapping[str, Any] | None = None,
                  gallery_best: Sequence[GalleryItem] = (), gallery_worst: Sequence[GalleryItem] = (),
-                 pixel_note: str | None = None, extra_sections: Sequence[tuple[str, str]] = ()) -> Report:
+                 false_alarms: Sequence[GalleryItem] = (), examples: Sequence[Example] = (),
+                 pixel_note: str | None = None, extra_sections: Sequence[tuple[str, str]] = (),
+                 method_names: Mapping[str, str] | None = None, method_names_note: str | None = None) -> Report:
     """Write the self-contained report to ``out_path`` (atomically) and return its path and tables.
 
     ``metrics``: the run's metrics dict (the CSV row's metrics; shown in its order, names as given).
@@ -244,13 +323,18 @@ def write_report(out_path: str | os.PathLike, *, metrics: Mapping[str, Any], row
     plot and tabulate. ``thresholds``: tuned threshold per score column (None / NaN / absent: no
     validation set). ``description``: run facts shown first (dataset, checkpoint, ...); image
     counts are added from ``rows``. ``gallery_best`` / ``gallery_worst``: pictures chosen with
-    ``breakdown.select_gallery``. ``pixel_note``: why a run has no pixel-level sections (a pipeline
-    without heatmaps), shown there instead of the generic notes. ``extra_sections``: (heading, HTML) pairs
-    appended after the standard sections (the robustness section, ``report.robustness``).
+    ``breakdown.select_gallery``. ``false_alarms``: authentic images with pixels called forged
+    (``tables.select_false_alarms``). ``examples``: image thumbnails of the surest calls and worst
+    mistakes (``tables.select_examples``). ``pixel_note``: why a run has no pixel-level sections (a
+    pipeline without heatmaps), shown there instead of the generic notes. ``extra_sections``: (heading,
+    HTML) pairs appended after the standard sections (the robustness section, ``report.robustness``).
+    ``method_names`` / ``method_names_note``: ``data.methods.read_method_names``'s names and note.
     """
     page, tables = render_report(metrics=metrics, rows=rows, score_columns=score_columns, thresholds=thresholds,
                                  title=title, description=description, gallery_best=gallery_best,
-                                 gallery_worst=gallery_worst, pixel_note=pixel_note, extra_sections=extra_sections)
+                                 gallery_worst=gallery_worst, false_alarms=false_alarms, examples=examples,
+                                 pixel_note=pixel_note, extra_sections=extra_sections, method_names=method_names,
+                                 method_names_note=method_names_note)
     return Report(atomic_write_text(out_path, page), tables)
 
 
@@ -307,7 +391,7 @@ def _benchmark_table(table: Sequence[Mapping[str, Any]], columns: Sequence[str])
             cells.append(f'<td class="text">{text}</td>' if c in TEXT_COLUMNS
                          else f'<td class="best">{text}</td>' if i in best[c] else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _set_section(section: BenchmarkSection) -> str:

@@ -10,6 +10,10 @@ import numpy as np
 from PIL import Image
 
 
+# The ramp of :func:`_heat_colors` as a CSS background: the colour scale drawn beside the overlays.
+HEAT_CSS_GRADIENT = "linear-gradient(to right, rgb(0,0,0), rgb(255,0,0), rgb(255,255,0))"
+
+
 def _heat_colors(prob: np.ndarray) -> np.ndarray:
     """Probability in [0, 1] -> RGB uint8 on a black-red-yellow ramp (no extra plotting dependency)."""
     p = np.clip(prob, 0.0, 1.0)[..., None]
@@ -68,12 +72,33 @@ def rgb_array(image: str | Path | np.ndarray) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-PANEL_GAP = 4  # white pixels between the three pictures of a panel
+PANEL_GAP = 4  # white pixels between the pictures of a panel
+# The error map's colours: where the thresholded heatmap and the ground truth agree or not.
+ERROR_COLOURS = {"TP": (0, 170, 0), "FP": (220, 0, 0), "FN": (0, 90, 255), "TN": (235, 235, 235)}
+
+
+def error_map(gt: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray:
+    """H x W x 3 uint8: true positives green, false positives red, false negatives blue, the rest light grey
+    (a pixel is called forged when ``prob >= threshold``, the evaluation's pixel rule)."""
+    called, truth = prob >= threshold, gt.astype(bool)
+    out = np.empty((*gt.shape, 3), dtype=np.uint8)
+    out[:] = ERROR_COLOURS["TN"]
+    out[called & truth] = ERROR_COLOURS["TP"]
+    out[called & ~truth] = ERROR_COLOURS["FP"]
+    out[~called & truth] = ERROR_COLOURS["FN"]
+    return out
+
+
+def heat_scale_strip(width: int = 256, height: int = 14) -> np.ndarray:
+    """The overlay's colour ramp from P 0 (left) to 1 (right), for the colour scale beside the pictures."""
+    ramp = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :].repeat(height, axis=0)
+    return _heat_colors(ramp)
 
 
 def heatmap_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map: np.ndarray, *, max_side: int,
-                  alpha: float = 0.5, name: str = "image") -> np.ndarray:
-    """image | ground truth | heatmap overlay, each scaled to at most ``max_side`` px, side by side.
+                  alpha: float = 0.5, name: str = "image", errors_at: float | None = None) -> np.ndarray:
+    """image | ground truth | heatmap overlay, each scaled to at most ``max_side`` px, side by side; with
+    ``errors_at`` (the pixel threshold) a fourth picture, the :func:`error_map` (TP / FP / FN).
 
     ``gt_mask`` (bool) and ``prob_map`` (probabilities in [0, 1]) are at the image's original size, as
     ``data.geometry.original_size_heatmap`` returns them; the overlay is :func:`overlay_array`."""
@@ -89,8 +114,10 @@ def heatmap_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map:
     prob = np.asarray(Image.fromarray(np.clip(prob_map, 0, 1)).resize(size, Image.BILINEAR), dtype=np.float32)
     gt = np.asarray(Image.fromarray(gt_mask.astype(np.uint8) * 255).resize(size, Image.NEAREST))
     gap = np.full((size[1], PANEL_GAP, 3), 255, dtype=np.uint8)
-    return np.concatenate([small, gap, np.repeat(gt[..., None], 3, axis=-1), gap, overlay_array(small, prob, alpha)],
-                          axis=1)
+    parts = [small, gap, np.repeat(gt[..., None], 3, axis=-1), gap, overlay_array(small, prob, alpha)]
+    if errors_at is not None:
+        parts += [gap, error_map(gt > 127, prob, errors_at)]
+    return np.concatenate(parts, axis=1)
 
 
 def save_heatmap_panel(image_path: str | Path, prob_map: np.ndarray, gt_mask: np.ndarray, out_path: str | Path,

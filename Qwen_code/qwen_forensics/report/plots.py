@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from qwen_forensics.report.pictures import heatmap_panel
+from qwen_forensics.report.pictures import heat_scale_strip, heatmap_panel, rgb_array
 
 
 def png_data_uri(png: bytes) -> str:
@@ -82,8 +82,21 @@ def bar_chart(metric: str, labels: Sequence[str], values: Sequence[float]) -> st
 
 
 def gallery_panel(image: str | Path | np.ndarray, gt_mask: np.ndarray, prob_map: np.ndarray, *,
-                  max_side: int = 256, alpha: float = 0.5, name: str = "gallery item") -> str:
+                  max_side: int = 256, alpha: float = 0.5, name: str = "gallery item",
+                  errors_at: float | None = None) -> str:
     """The report's gallery picture: ``pictures.heatmap_panel`` (the picture ``heatmaps/`` holds, at
-    ``max_side`` per image) as an embedded PNG."""
+    ``max_side`` per image; with ``errors_at`` also the TP / FP / FN map) as an embedded PNG."""
     return image_data_uri(Image.fromarray(heatmap_panel(image, gt_mask, prob_map, max_side=max_side, alpha=alpha,
-                                                        name=name)))
+                                                        name=name, errors_at=errors_at)))
+
+
+def heat_scale_uri() -> str:
+    """The overlay colour ramp as an embedded PNG (the report's colour scale)."""
+    return image_data_uri(Image.fromarray(heat_scale_strip()))
+
+
+def thumbnail_uri(image: str | Path, max_side: int = 200) -> str:
+    """A small embedded PNG of an image file (the examples of runs without heatmaps)."""
+    picture = Image.fromarray(rgb_array(image))
+    picture.thumbnail((max_side, max_side))
+    return image_data_uri(picture)

@@ -16,6 +16,8 @@ Conventions follow ``metrics``: fake is positive and an image is called fake whe
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -71,7 +73,8 @@ def _rate(values: np.ndarray, threshold: float) -> float:
     return float((values >= threshold).mean()) if values.size else float("nan")
 
 
-def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float | None = None) -> pd.DataFrame:
+def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float | None = None,
+                 names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per manipulation method (then ``real``, ``other``) for one score column.
 
     Columns: ``method``, ``count``, ``num_fake``, ``num_real``, ``mean_p_fake`` (over the group's
@@ -79,7 +82,8 @@ def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold
     group's reals called fake), the same two ``@tuned`` when ``threshold`` is given, ``auroc`` (the
     group's fakes against ALL reals of the run: how separable this method is from real frames), and
     ``pixel_f1`` / ``pixel_iou`` means over the group's scored fakes when the rows have them.
-    Undefined entries are NaN.
+    Undefined entries are NaN. With ``names`` (method number -> name, ``methods.read_method_names``) a
+    ``name`` column follows ``method``.
     """
     frame = rows_frame(rows, [score_column])
     frame["method"] = frame["image_path"].map(manipulation_method)
@@ -93,8 +97,11 @@ def method_table(rows: Sequence[Mapping[str, Any]], score_column: str, threshold
         in_group = (frame["method"] == group).to_numpy()
         fakes = scores[in_group & (frame["label"].to_numpy() == 1)]
         reals = scores[in_group & (frame["label"].to_numpy() == 0)]
-        entry: dict[str, Any] = {"method": group, "count": int(in_group.sum()), "num_fake": int(fakes.size),
-                                 "num_real": int(reals.size), "mean_p_fake": float(scores[in_group].mean())}
+        entry: dict[str, Any] = {"method": group}
+        if names:
+            entry["name"] = names.get(group, "")
+        entry.update(count=int(in_group.sum()), num_fake=int(fakes.size), num_real=int(reals.size),
+                     mean_p_fake=float(scores[in_group].mean()))
         for name, value in thresholds.items():
             entry[f"recall@{name}"] = _rate(fakes, value)
             entry[f"fpr@{name}"] = _rate(reals, value)
@@ -164,6 +171,31 @@ def select_gallery(rows: Sequence[Mapping[str, Any]], k: int, column: str = "pix
     best = [int(i) for i in ranked[:k]]
     rest = sorted(ranked[k:], key=lambda i: (candidates.at[i, column], i))
     return best, [int(i) for i in rest[:k]]
+
+
+def select_false_alarms(rows: Sequence[Mapping[str, Any]], k: int) -> list[int]:
+    """Row positions of up to ``k`` authentic images with the largest share of pixels called forged
+    (``positive_fraction`` of the pixel scoring), largest first; reals with none are no false alarm."""
+    reals = [(float(r["positive_fraction"]), i) for i, r in enumerate(rows)
+             if r.get("label") == 0 and r.get("positive_fraction") is not None and float(r["positive_fraction"]) > 0]
+    return [i for _, i in sorted(reals, key=lambda item: (-item[0], item[1]))[:k]]
+
+
+def select_examples(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float,
+                    k: int) -> dict[str, list[int]]:
+    """Up to ``k`` row positions per group, for the examples section: the surest right calls (fakes with
+    the highest score, reals with the lowest) and the worst mistakes (reals with the highest score,
+    fakes with the lowest) at ``threshold``."""
+    scored = [(float(r[score_column]), i, r.get("label")) for i, r in enumerate(rows)
+              if r.get(score_column) is not None and not math.isnan(float(r[score_column]))]
+    fakes = sorted((s, i) for s, i, label in scored if label == 1)
+    reals = sorted((s, i) for s, i, label in scored if label == 0)
+    return {
+        "surest fakes (called fake)": [i for s, i in reversed(fakes) if s >= threshold][:k],
+        "surest reals (called real)": [i for s, i in reals if s < threshold][:k],
+        "worst false alarms (reals called fake)": [i for s, i in reversed(reals) if s >= threshold][:k],
+        "worst misses (fakes called real)": [i for s, i in fakes if s < threshold][:k],
+    }
 
 
 def confusion_counts(rows: Sequence[Mapping[str, Any]], score_column: str, threshold: float) -> dict[str, int]:

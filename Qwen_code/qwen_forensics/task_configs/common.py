@@ -78,18 +78,22 @@ def check_values(cfg) -> None:
     ``__post_init__`` (so a config built in Python is checked too)."""
     present = {name: getattr(cfg, name) for name in (*_POSITIVE, *_AT_LEAST_ZERO, *_FRACTIONS)
                if getattr(cfg, name, None) is not None}
+    # Every bad value at once (one line each): a user fixing a config should not meet them one run at a time.
+    problems = []
     for name, value in present.items():
         if name in _POSITIVE and value <= 0:
-            raise ConfigError(f"{name}={value}: must be > 0")
+            problems.append(f"{name}={value}: must be > 0")
         if name in _AT_LEAST_ZERO and value < 0:
-            raise ConfigError(f"{name}={value}: must be 0 or more")
+            problems.append(f"{name}={value}: must be 0 or more")
         if name in _FRACTIONS and not 0 <= value <= 1:
-            raise ConfigError(f"{name}={value}: must be in [0, 1]")
+            problems.append(f"{name}={value}: must be in [0, 1]")
     if getattr(cfg, "perturb", None):
         try:
             parse_perturbations(cfg.perturb)
         except ValueError as err:
-            raise ConfigError(f"perturb: {err}") from None
+            problems.append(f"perturb: {err}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 @dataclass

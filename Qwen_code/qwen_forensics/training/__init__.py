@@ -5,21 +5,23 @@ activation recomputation (``recompute``), the losses of Tasks 1 and 3 (``losses`
 ``TrainingArguments`` translation for Hugging Face ``Trainer`` (``hf_trainer``).
 """
 
-from qwen_forensics.training.hf_trainer import (preflight_trainer, resolved_training_config, trainer_arguments,
-                                                warm_up_trainer)
-from qwen_forensics.training.loop import (best_logged, format_row, keep_best, train_epoch, training_outputs,
-                                          warm_up_first_batch)
-from qwen_forensics.training.memory import preflight
-from qwen_forensics.training.losses import ForensicLossWeights, HybridLossWeights, forensic_loss, hybrid_loss
-from qwen_forensics.training.optim import build_optimizer_and_schedule, hybrid_optimizer, optimizer_steps, param_groups
-from qwen_forensics.training.recompute import enable_gradient_checkpointing, recompute_frozen_blocks
-from qwen_forensics.training.runtime import (FirstBatch, LoaderClock, autocast, evaluation_speed_line, loader_state,
-                                             make_accelerator, peak_gib, restore_loader_state, seed_everything,
-                                             speed_line, synchronized_clock)
+from qwen_forensics.lazy import lazy_exports
 
-__all__ = ["FirstBatch", "ForensicLossWeights", "HybridLossWeights", "LoaderClock", "autocast", "best_logged",
-           "build_optimizer_and_schedule", "enable_gradient_checkpointing", "evaluation_speed_line", "forensic_loss",
-           "format_row", "hybrid_loss", "hybrid_optimizer", "keep_best", "loader_state", "make_accelerator", "optimizer_steps",
-           "param_groups", "peak_gib", "preflight", "preflight_trainer", "recompute_frozen_blocks",
-           "resolved_training_config", "restore_loader_state", "seed_everything", "speed_line", "synchronized_clock", "train_epoch",
-           "trainer_arguments", "training_outputs", "warm_up_first_batch", "warm_up_trainer"]
+# Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
+_EXPORTS = {
+    "preflight_trainer": "hf_trainer", "resolved_training_config": "hf_trainer", "trainer_arguments": "hf_trainer",
+    "warm_up_trainer": "hf_trainer",
+    "best_logged": "loop", "format_row": "loop", "keep_best": "loop", "train_epoch": "loop", "training_outputs":
+    "loop", "warm_up_first_batch": "loop", "write_training_page": "loop",
+    "preflight": "memory",
+    "ForensicLossWeights": "losses", "HybridLossWeights": "losses", "forensic_loss": "losses", "hybrid_loss":
+    "losses",
+    "build_optimizer_and_schedule": "optim", "hybrid_optimizer": "optim", "optimizer_steps": "optim",
+    "param_groups": "optim",
+    "enable_gradient_checkpointing": "recompute", "recompute_frozen_blocks": "recompute",
+    "FirstBatch": "runtime", "LoaderClock": "runtime", "autocast": "runtime", "evaluation_speed_line": "runtime",
+    "loader_state": "runtime", "make_accelerator": "runtime", "peak_gib": "runtime", "restore_loader_state": "runtime",
+    "seed_everything": "runtime", "speed_line": "runtime", "synchronized_clock": "runtime",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

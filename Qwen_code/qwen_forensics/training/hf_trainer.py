@@ -47,7 +47,14 @@ def _adapt_to_installed(args: dict, known: set[str]) -> list[str]:
                 raise ConfigError(f"training_args has both {old!r} and {new!r}; this transformers only knows "
                                   f"{new!r}: keep one")
             args[new] = args.pop(old)
-            notes.append(f"training_args.{old} -> {new}={args[new]!r} (renamed in this transformers version)")
+            if old == "warmup_ratio":
+                # A float warmup_steps below 1 reads as a step count; say that it still is a fraction.
+                notes.append(f"training_args.warmup_ratio {args[new]!r} is passed as warmup_steps={args[new]!r}: "
+                             f"this transformers version took warmup_ratio's place in warmup_steps, where a value "
+                             f"below 1 is a fraction of the training steps, so the warm-up is still {args[new]:.0%} "
+                             f"of them")
+            else:
+                notes.append(f"training_args.{old} -> {new}={args[new]!r} (renamed in this transformers version)")
     for old, why in _OBSOLETE_ARGS.items():
         if old in args and old not in known:
             args.pop(old)
@@ -115,6 +122,9 @@ def trainer_arguments(training_args: Mapping[str, Any], root: str | None,
         raise ConfigError("training_args.remove_unused_columns must be false: the collator turns images into model "
                           "inputs, so the Trainer must pass the dataset items through untouched")
     args["remove_unused_columns"] = False
+    if not cuda:
+        # Pinned memory only helps a copy to a GPU; without one torch warns about it on every loader.
+        args.setdefault("dataloader_pin_memory", False)
     # The PEFT wrapper's forward hides the model's signature, from which Trainer would infer the label
     # key; without it an evaluation set would report no eval_loss.
     args.setdefault("label_names", ["labels"])

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qwen_forensics.checkpoints.names import TRAINING_RUN_ENTRIES
+from qwen_forensics.report.training import TRAINING_HTML, read_log_rows, write_training_report
 from qwen_forensics.training.runtime import FirstBatch, LoaderClock, peak_gib, speed_line, synchronized_clock
 
 
@@ -30,7 +31,7 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     back only every ``log_every`` batches: reading them after every step would make the host wait
     for the GPU to finish the step before it can queue the next one. Returns the new step count and
     the epoch's means per image: ``loss`` (the total), ``loss_<term>`` for the rest, ``images_per_s``
-    over all processes (data loading included), ``peak_gib`` and ``data_wait_s`` (this process's
+    over all processes (data loading included), ``peak_gib`` (on a GPU) and ``data_wait_s`` (this process's
     time waiting for the loader).
     """
     sums: dict[str, torch.Tensor] = {}
@@ -61,7 +62,8 @@ def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader, optimi
     elapsed = synchronized_clock() - start
     stats = {("loss" if k == "total" else f"loss_{k}"): float(v) / max(seen, 1) for k, v in sums.items()}
     stats["images_per_s"] = seen * accelerator.num_processes / max(elapsed, 1e-9)
-    stats["peak_gib"] = peak_gib()
+    if torch.cuda.is_available():
+        stats["peak_gib"] = peak_gib()
     stats["data_wait_s"] = clock.waited
     accelerator.print(speed_line(seen * accelerator.num_processes, elapsed, f"{desc} (training loop)", clock.waited))
     return step, stats
@@ -115,7 +117,16 @@ def keep_best(metrics: dict[str, float], best: dict[str, float], folders: dict[s
 def training_outputs(*final: str) -> list[str]:
     """What a Task 1 / Task 3 training run writes into its output folder (``runs``): the resolved
     config, ``epoch_N/`` and ``best_by_*/`` checkpoints, skipped-record lists, and its ``final`` paths."""
-    return [*TRAINING_RUN_ENTRIES, *final]
+    return [*TRAINING_RUN_ENTRIES, TRAINING_HTML, *final]
+
+
+def write_training_page(out_dir: str | Path, train_log: str | Path, run_id: str, script: str) -> Path:
+    """``training.html`` in ``out_dir``: this run's rows of ``train_log`` as curves (called after every
+    epoch, so the page follows the run)."""
+    rows = read_log_rows(train_log, run_id)
+    description = {"script": script, "run id": run_id, "training log": str(train_log), "epochs logged": len(rows)}
+    return write_training_report(Path(out_dir) / TRAINING_HTML, rows, title=f"Training: {script}",
+                                 description=description)
 
 
 def best_logged(train_log: str | Path, run_id: str, metrics: Sequence[str]) -> dict[str, float]:

@@ -64,13 +64,18 @@ def peak_gib() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
 
 
+def _peak_part(separator: str) -> str:
+    """The peak GPU memory part of a [speed] line; nothing on a CPU run, where it would always read 0."""
+    return f"{separator}peak GPU memory {peak_gib():.2f} GiB" if torch.cuda.is_available() else ""
+
+
 def speed_line(images: int, seconds: float, what: str, waited: float | None = None) -> str:
     """The one line every script prints about its speed (the end-to-end benchmark parses it).
 
     ``waited``: the part of ``seconds`` the loop spent waiting for the data loader (`LoaderClock`),
     which says whether the loader or the model sets the pace."""
-    line = (f"[speed] {what}: {images} images in {seconds:.2f} s = {images / max(seconds, 1e-9):.2f} images/s, "
-            f"peak GPU memory {peak_gib():.2f} GiB")
+    line = (f"[speed] {what}: {images} images in {seconds:.2f} s = {images / max(seconds, 1e-9):.2f} images/s"
+            + _peak_part(", "))
     return line if waited is None else f"{line}, {waited:.2f} s of it waiting for data"
 
 
@@ -81,8 +86,7 @@ def evaluation_speed_line(images: int, inference_s: float, whole_s: float, waite
     wait = "" if waited is None else f", {waited:.2f} s of it waiting for data"
     return (f"[speed] evaluation: {images} images; inference {inference_s:.2f} s = "
             f"{images / max(inference_s, 1e-9):.2f} images/s{wait}; whole run {whole_s:.2f} s = "
-            f"{images / max(whole_s, 1e-9):.2f} images/s (first batch to last file written); "
-            f"peak GPU memory {peak_gib():.2f} GiB")
+            f"{images / max(whole_s, 1e-9):.2f} images/s (first batch to last file written)" + _peak_part("; "))
 
 
 SAMPLER_GENERATOR = "sampler_generator"  # its key in a checkpoint's training state (``extra``)

@@ -23,23 +23,13 @@ perturbation, the model loaded once, into ``robustness.csv`` and the report's ro
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
-from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
-                                        start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator, parse_perturbations
-from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
-                                       evaluation_outputs, finish_evaluation, generated_columns,
-                                       guard_checkpoint_split, image_report, prediction_rows, run_conditions)
-from qwen_forensics.model import get_visual, load_model, load_processor
+from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.prompts import answer_token_ids, answer_word
 from qwen_forensics.task_configs import Task1FullModelEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "lora_checkpoint",
                "model_path"]
@@ -48,6 +38,20 @@ CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "ac
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1FullModelEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_full_model_eval.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
+                                            start_config_run, write_resolved_config)
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator, parse_perturbations
+    from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
+                                           evaluation_outputs, finish_evaluation, generated_columns,
+                                           guard_checkpoint_split, image_report, prediction_rows, run_conditions)
+    from qwen_forensics.model import get_visual, load_model, load_processor
+    from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
     accelerator = make_accelerator(1)
     # Before any model loads: the threshold must not be tuned on footage the model was trained on.
     leak_check = guard_checkpoint_split(cfg.val_annotation_file, cfg.lora_checkpoint,
@@ -124,14 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         title="Task 1 subtask 2: full model with the Task 1 visual LoRA answers Real/Fake",
         description={"dataset": cfg.annotation_file, "validation index (threshold)": cfg.val_annotation_file,
                      "checkpoint": cfg.lora_checkpoint, "model": cfg.model_path, "image_size": image_size,
-                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()},
+                     "answer words": f"{fake_word} / {real_word}", **leak_check.columns()}, image_root=cfg.data_root,
         extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
-    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "threshold")}, indent=1))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned",
+                                                  "f1@tuned", "threshold")}))
     print(outputs.summary())
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()

@@ -13,23 +13,12 @@ robustness section (``qwen_forensics.evaluation.robustness``).
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
-from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
-                                        start_config_run, write_resolved_config)
-from qwen_forensics.config import load_config, precision
-from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, parse_perturbations
-from qwen_forensics.evaluation import (ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter, RobustnessTable,
-                                       SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
-                                       finish_evaluation, guard_checkpoint_split, predict_heads, run_conditions,
-                                       score_heads)
-from qwen_forensics.model import load_processor, load_vision_tower
+from qwen_forensics.config import load_config
+from qwen_forensics.files import printable_json
 from qwen_forensics.task_configs import Task1HeadEvalConfig
-from qwen_forensics.training import make_accelerator, peak_gib
 
 CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "acc@0.5", "f1@0.5", "pixel_f1",
                "pixel_iou", "ckpt_path", "model_path"]
@@ -38,6 +27,21 @@ CSV_COLUMNS = ["timestamp", "dataset", "samples", "positive_ratio", "auroc", "ac
 def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1HeadEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_eval.json"))
+    # Imported here, after the config is read: --help and config errors need no torch.
+    from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
+                                            start_config_run, write_resolved_config)
+    from qwen_forensics.config import precision
+    from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, parse_perturbations
+    from qwen_forensics.evaluation import (ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter, RobustnessTable,
+                                           SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
+                                           finish_evaluation, guard_checkpoint_split, predict_heads, run_conditions,
+                                           score_heads)
+    from qwen_forensics.model import load_processor, load_vision_tower
+    from qwen_forensics.training import make_accelerator, peak_gib
+    import torch
+    if __name__ == "__main__":
+        # Run as a command: evaluation only, so no autograd graph anywhere in this process.
+        torch.set_grad_enabled(False)
     accelerator = make_accelerator(1)
     # Before any model loads: the threshold must not be tuned on footage the model was trained on.
     leak_check = guard_checkpoint_split(cfg.ann_val, cfg.ckpt_path, allow_overlap=cfg.allow_val_overlap,
@@ -113,13 +117,13 @@ def main(argv: list[str] | None = None) -> None:
         description={"dataset": cfg.ann_test, "validation index (threshold)": cfg.ann_val, "checkpoint": cfg.ckpt_path,
                      "model": cfg.model_path, "image_size": image_size, "pixel_threshold": cfg.pixel_threshold,
                      **leak_check.columns()},
-        heatmaps=heatmaps, pictures=pictures, extra_sections=[robustness.section()] if robustness else ())
+        heatmaps=heatmaps, pictures=pictures, pixel_threshold=cfg.pixel_threshold,
+        extra_sections=[robustness.section()] if robustness else ())
     print(evaluate.speed_line())
-    print(json.dumps({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned", "f1@tuned",
-                                              "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}, indent=1))
+    print(printable_json({k: metrics[k] for k in ("samples", "auroc", "ap", "acc@0.5", "f1@0.5", "acc@tuned",
+                                                  "f1@tuned", "pixel_f1", "pixel_iou", "ciou", "false_alarm", "score")}))
     print(outputs.summary())
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()
