@@ -32,7 +32,7 @@ checkpoint's own are what is loaded, and a repeated value that differs is report
 The run folder (``runs``): ``run_manifest.json`` and ``previous_runs/<start time>/``.
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {

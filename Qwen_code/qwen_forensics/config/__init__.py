@@ -4,7 +4,7 @@ config (``loading``), how its paths are relocated, anchored and checked and wher
 imports nothing else of the library but ``files``.
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {

@@ -6,7 +6,7 @@ training-set format and map job (``lm_records``), video groups, leakage and the 
 perturbations (``perturb``).
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {

@@ -8,7 +8,7 @@ perturbed passes of a robustness study and their ``robustness.csv`` (``robustnes
 computes, through predict.py's code path (``interactive``).
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {

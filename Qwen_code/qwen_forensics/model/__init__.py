@@ -5,7 +5,7 @@ Task 3's hybrid model (``hybrid``), the host-side mRoPE positions (``mrope``) an
 and LM paths with their switch (``fast``).
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {

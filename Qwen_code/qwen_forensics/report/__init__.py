@@ -4,7 +4,7 @@ tables they show (``tables``: per-method, mask-area buckets, confusion, gallery 
 training curves (``training``: training.html) and predict.py's gallery (``gallery``: index.html).
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {

@@ -5,7 +5,7 @@ activation recomputation (``recompute``), the losses of Tasks 1 and 3 (``losses`
 ``TrainingArguments`` translation for Hugging Face ``Trainer`` (``hf_trainer``).
 """
 
-from qwen_forensics.lazy import lazy_exports
+from qwen_forensics import lazy_exports
 
 # Exported name -> the module of this package that defines it (imported on first use: see ``lazy``).
 _EXPORTS = {
