@@ -299,3 +299,12 @@ def test_every_training_writes_its_curves_page(task1_ckpt, task2_adapter, task3_
     assert "val_lm_auroc" in dict(task3.table(first_header="column")[1:])
     task2 = Page(pages["task2"].read_text(encoding="utf-8"))
     assert "train_loss" in dict(task2.table(first_header="column")[1:])
+
+
+def test_printed_epoch_line_leaves_out_metrics_that_were_not_computed():
+    """Without a validation set the val_* values are NaN: the printed line leaves them out (the training
+    log CSV keeps the columns), and every computed value is printed with 4 significant digits."""
+    from qwen_forensics.training.loop import format_row
+
+    line = format_row({"epoch": 0, "loss": 1.23456, "val_auroc": float("nan"), "run_id": "r1"})
+    assert line == "epoch=0 loss=1.235 run_id=r1"

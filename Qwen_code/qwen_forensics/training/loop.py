@@ -147,4 +147,7 @@ def best_logged(train_log: str | Path, run_id: str, metrics: Sequence[str]) -> d
 
 
 def format_row(row: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    """The printed epoch line: a metric that was not computed (NaN, e.g. no validation set) is left out of
+    the line; the training log keeps its empty column."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                    if not (isinstance(v, float) and math.isnan(v)))
