@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint
+from qwen_forensics.checkpoints import open_checkpoint
 from qwen_forensics.data import Perturbation
 from qwen_forensics.data.perturb import KINDS
 from qwen_forensics.evaluation import InteractivePredictor, binary_mask, overlay, row_files, verdict
@@ -221,14 +221,10 @@ def build_app(predictor: InteractivePredictor, *, batch_size: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        ckpt = detect_checkpoint(args.ckpt)
-        model = base_model_path(ckpt, args.model)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+    opened = open_checkpoint(args.ckpt, args.model)
+    if opened is None:
         return 2
-    for note in ckpt.notes:
-        print(f"note: {note}")
+    ckpt, model = opened
     predictor = InteractivePredictor(ckpt, model, make_accelerator(1), batch_size=args.batch_size,
                                      max_new_tokens=args.max_new_tokens, fast_paths=args.fast_paths)
     predictor.load()

@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported here, after the config is read: --help and config errors need no torch.
-    from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
+    from qwen_forensics.checkpoints import open_checkpoint, start_run
     from qwen_forensics.data import IMAGE_SUFFIXES
     from qwen_forensics.evaluation import (PREDICT_OUTPUTS, RUN_JSON, HeatmapFiles, ImagePredictor, collect_images,
                                            enlarged_images, primary_score, write_prediction_gallery, write_predictions)
@@ -89,18 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if __name__ == "__main__":
         # Run as a command: evaluation only, so no autograd graph anywhere in this process.
         torch.set_grad_enabled(False)
-    try:
-        ckpt = detect_checkpoint(args.ckpt)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+    opened = open_checkpoint(args.ckpt, args.model)
+    if opened is None:
         return 2
-    try:
-        model = base_model_path(ckpt, args.model)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for note in ckpt.notes:
-        print(f"note: {note}")
+    ckpt, model = opened
     parts = " + ".join(name for name, has in (("heads", ckpt.has_heads), ("LM answer", ckpt.has_lm)) if has)
     print(f"checkpoint: {ckpt.kind} at {ckpt.folder} ({parts}; image_size {ckpt.image_size or 'native'}); "
           f"model: {model}")

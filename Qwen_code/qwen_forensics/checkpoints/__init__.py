@@ -38,7 +38,7 @@ from qwen_forensics import lazy_exports
 _EXPORTS = {
     "load_adapter_strict": "adapters", "save_adapter": "adapters",
     "Checkpoint": "detect", "CheckpointError": "detect", "MODEL_KEYS": "detect", "base_model_path": "detect",
-    "detect_checkpoint": "detect",
+    "detect_checkpoint": "detect", "open_checkpoint": "detect",
     "load_heads": "heads",
     "best_dir": "names", "epoch_dir": "names",
     "check_seed_lora_keys": "notes", "lora_config_notes": "notes", "seed_key_notes": "notes",

@@ -22,6 +22,7 @@ adapter next to the Trainer's folder) is used, with a note.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -211,3 +212,17 @@ def base_model_path(ckpt: Checkpoint, override: str | None = None) -> str:
                      "not a folder here")
         raise CheckpointError(f"{where}; pass --model PATH (a folder with {MODEL_FOLDER_CONTENTS})")
     return model
+
+
+def open_checkpoint(path: str | os.PathLike, override: str | None = None) -> tuple[Checkpoint, str] | None:
+    """A command's ``--ckpt`` and ``--model``: the checkpoint and its base model, the checkpoint's notes
+    printed; None, with the error on stderr, when either cannot be used (the command then exits with 2)."""
+    try:
+        ckpt = detect_checkpoint(path)
+        model = base_model_path(ckpt, override)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    for note in ckpt.notes:
+        print(f"note: {note}")
+    return ckpt, model
