@@ -12,6 +12,7 @@ import html
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +401,40 @@ def test_lora_eval_stops_on_bad_records_or_skips_them_and_scores_the_rest_the_sa
     clean_row, = csv_rows(tmp_path / "clean" / "metrics.csv")
     for name in ("auroc", "ap", "pixel_f1", "pixel_iou", "false_alarm"):
         assert row[name] == clean_row[name], name
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("script", list(SCORES))
+def test_an_index_that_stops_an_evaluation_leaves_the_earlier_run_in_place(plain_runs, tiny_root, ckpts, tmp_path,
+                                                                          script):
+    """The indexes are validated before the run's folder is opened: a stopped run moves nothing of the
+    earlier one to previous_runs/, appends no CSV row and writes no file."""
+    _, faulty, expected = _with_faults(tiny_root, tmp_path)
+    out = tmp_path / "out"
+    shutil.copytree(plain_runs[script]["out"], out)
+    before = _files(out)
+    with pytest.raises(SystemExit) as stop:
+        run_script(script, tiny_root, *eval_sets(script, ckpts, out, faulty, None))
+    assert f"stopped: {len(expected)} problem(s) in {len(expected)} record(s)" in stop.value.code
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("script", ["lora_train", "hybrid_train"])
+def test_an_index_that_stops_a_training_leaves_the_earlier_run_in_place(tiny_root, ckpts, tmp_path, script):
+    _, faulty, expected = _with_faults(tiny_root, tmp_path)
+    out = tmp_path / "out"
+    if script == "lora_train":
+        shutil.copytree(ckpts["task1"].parent, out)
+        sets = [f"out_dir={out}", "train_log=log.csv", "final_trained_heads=final"]
+    else:
+        shutil.copytree(ckpts["task3"], out)
+        sets = [f"output_dir={out}", "train_log=log.csv", "lora_checkpoint=final/adapter",
+                "head_checkpoint=final/heads.safetensors", "fusion_checkpoint=final/fusion.safetensors"]
+    before = _files(out)
+    with pytest.raises(SystemExit) as stop:
+        run_script(script, tiny_root, *sets, f"ann_train={faulty}", "ann_val=null", "num_workers=0")
+    assert f"stopped: {len(expected)} problem(s) in {len(expected)} record(s)" in stop.value.code
+    assert _files(out) == before

@@ -51,18 +51,20 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    # ---- setup: data (every index problem is reported before anything loads or an earlier run moves aside)
+    train_split = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, accelerator)
+    val_split = load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, accelerator) if cfg.ann_val else None
     # An earlier run in out_dir is moved to previous_runs/ (a resume continues its own run instead).
     run = start_config_run(cfg, Path(__file__).name, training_outputs(cfg.final_trained_heads),
                            appended=[cfg.train_log], resume=bool(cfg.resume), accelerator=accelerator,
                            say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
+    train_split.write_skipped(out_dir / "skipped_train", accelerator)
+    if val_split is not None:
+        val_split.write_skipped(out_dir / "skipped_val", accelerator)
+    train_records, val_records = train_split.records, val_split.records if val_split else None
 
-    # ---- setup: data
-    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
-                               accelerator).records
-    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val",
-                              accelerator).records if cfg.ann_val else None)
     processor = load_processor(cfg.model_path, cfg.image_size)
     collate = ImageBatchCollator(processor)
     pin = accelerator.device.type == "cuda"  # pinned batches are copied to the GPU without a host wait

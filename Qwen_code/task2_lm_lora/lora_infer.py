@@ -60,12 +60,6 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"note: {note}")
     out_dir = Path(cfg.out_dir)
     conditions = parse_perturbations(cfg.perturb)
-    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, {**config_dict(cfg), **setup.record()})
-
     processor = load_processor(cfg.base_model_path, setup.image_size)
     fake_id, real_id = answer_token_ids(processor, setup.fake_word, setup.real_word)
     # The indexes are checked and their first batches decoded while the weights load.
@@ -76,6 +70,14 @@ def main(argv: list[str] | None = None) -> None:
         collate=make_collator(processor, setup, train=False))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
     evaluate.perturb("test", conditions)
+    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
+    # every run's row), then this run's skipped records are listed there.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, {**config_dict(cfg), **setup.record()})
+
+    evaluate.write_skipped()
 
     run_in = precision(cfg.torch_dtype, accelerator.device)
     if run_in.note:

@@ -61,12 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     image_size = cfg.image_size or trained.image_size
     if image_size != trained.image_size:
         accelerator.print(f"note: evaluating at image_size {image_size}; the model was trained at {trained.image_size}")
-    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
-                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, cfg)
-
     run_in = precision(cfg.torch_dtype, accelerator.device)
     if run_in.note:
         accelerator.print(f"[precision] torch_dtype {run_in.note}")
@@ -91,6 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     # On every process (an index it refuses stops them all); each writes the masks of its own records.
     submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
                                    cfg.pixel_threshold, writes=evaluate.writes) if cfg.export_submission else None)
+    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
+    # every run's row), then this run's skipped records are listed there.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
+                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    evaluate.write_skipped()
 
     base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.lora is not None:

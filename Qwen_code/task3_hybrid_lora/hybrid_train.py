@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
+    # ---- setup: data (every index problem is reported before anything loads or an earlier run moves aside)
+    train_split = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, accelerator)
+    val_split = load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, accelerator) if cfg.ann_val else None
     # An earlier run in output_dir is moved to previous_runs/ (a resume continues its own run instead).
     run = start_config_run(cfg, Path(__file__).name,
                            training_outputs(cfg.lora_checkpoint, cfg.head_checkpoint, cfg.fusion_checkpoint),
@@ -58,12 +61,10 @@ def main(argv: list[str] | None = None) -> None:
                            say=accelerator.print)
     if accelerator.is_main_process:
         write_resolved_config(out_dir, cfg)
-
-    # ---- setup: data (every index problem is reported before any weights load)
-    train_records = load_split(cfg.ann_train, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_train",
-                               accelerator).records
-    val_records = (load_split(cfg.ann_val, cfg.data_root, cfg.on_bad_sample, out_dir / "skipped_val",
-                              accelerator).records if cfg.ann_val else None)
+    train_split.write_skipped(out_dir / "skipped_train", accelerator)
+    if val_split is not None:
+        val_split.write_skipped(out_dir / "skipped_val", accelerator)
+    train_records, val_records = train_split.records, val_split.records if val_split else None
 
     # ---- setup: model (full Qwen2.5-VL) + one LoRA adapter + heads + fusion projector
     # The processor first: it checks image_size against the model's patch size before weights load.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -287,12 +286,36 @@ def validate_index(index: Index, data_root: str | os.PathLike, *, check_files: b
     return report
 
 
-def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str | os.PathLike) -> list[Record]:
+def skipped_listing(report: ValidationReport) -> dict:
+    """What ``skipped_records.json`` holds for a report: every bad record with its reasons, and the
+    index-wide problems (a folder's unpaired masks) under ``index_problems``."""
+    reasons: dict[int, list[dict]] = {}
+    for p in report.problems:
+        if p.index is not None:
+            reasons.setdefault(p.index, []).append({"kind": p.kind, "message": p.message})
+    bad = report.bad_indices
+    skipped = [{"index": r.index, "record": r.to_json(), "problems": reasons[r.index]}
+               for r in report.records if r.index in bad]
+    return {"source": report.source, "format": report.format, "num_skipped": len(skipped), "skipped": skipped,
+            "index_problems": [vars(p) for p in report.problems if p.index is None]}
+
+
+def write_skipped_listing(listing: dict, out_dir: str | os.PathLike) -> Path:
+    """Write :func:`skipped_listing` as ``out_dir/skipped_records.json``; returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SKIPPED_FILE
+    path.write_text(json.dumps(listing, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def apply_bad_sample_policy(report: ValidationReport, policy: str,
+                            out_dir: str | os.PathLike | None) -> list[Record]:
     """Act on a report: ``"fail"`` stops listing every problem; ``"skip"`` drops bad records.
 
     With ``"skip"`` the dropped records and their reasons go to ``out_dir/skipped_records.json``
-    (written even when nothing was skipped, as evidence) with the index-wide problems (a folder's
-    unpaired masks) under ``index_problems``, and ``report.num_skipped`` is set.
+    (:func:`skipped_listing`; written even when nothing was skipped, as evidence; ``out_dir`` None:
+    not written here, as :func:`load_split` defers it) and ``report.num_skipped`` is set.
     Either way an index that leaves no usable record stops the run. Stopping is :class:`BadIndex`
     (the report as its message, no traceback).
     """
@@ -309,24 +332,10 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str 
     bad = report.bad_indices
     good = [r for r in report.records if r.index not in bad]
     if policy == "skip":
-        reasons: dict[int, list[dict]] = {}
-        for p in report.problems:
-            if p.index is not None:
-                reasons.setdefault(p.index, []).append({"kind": p.kind, "message": p.message})
-        skipped = [
-            {"index": r.index, "record": r.to_json(), "problems": reasons[r.index]}
-            for r in report.records
-            if r.index in bad
-        ]
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SKIPPED_FILE).write_text(
-            json.dumps({"source": report.source, "format": report.format, "num_skipped": len(skipped),
-                        "skipped": skipped, "index_problems": [vars(p) for p in report.problems if p.index is None]},
-                       indent=2, ensure_ascii=False) + "\n",
-            encoding="utf-8",
-        )
-        report.num_skipped = len(skipped)
+        listing = skipped_listing(report)
+        if out_dir is not None:
+            write_skipped_listing(listing, out_dir)
+        report.num_skipped = listing["num_skipped"]
     if not good:
         raise BadIndex(f"{report.summary()}\nstopped: {report.source} has no usable record left "
                        f"({len(report.problems)} problem(s)); fix the index.")
@@ -336,29 +345,39 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str, out_dir: str 
 @dataclass(frozen=True)
 class LoadedSplit:
     """An index ready to evaluate or train on: its usable records, how many bad ones the policy skipped
-    (evaluations report it with their metrics) and its format (``formats``; in every evaluation CSV row)."""
+    (evaluations report it with their metrics) and its format (``formats``; in every evaluation CSV row).
+    ``listing``: what :meth:`write_skipped` writes (None unless the policy was ``"skip"``)."""
     records: list[Record]
     skipped: int
     format: str
+    source: str = ""
+    listing: dict | None = None
+
+    def write_skipped(self, skip_dir: str | os.PathLike, accelerator) -> None:
+        """List the skipped records in ``skip_dir/skipped_records.json`` (main process; under
+        ``on_bad_sample: skip`` only). Called once the run's output folder is opened, so an index that
+        stops the run never moves an earlier run's outputs aside."""
+        if self.listing is None:
+            return
+        if accelerator.is_main_process:
+            path = write_skipped_listing(self.listing, skip_dir)
+        else:
+            path = Path(skip_dir) / SKIPPED_FILE
+        if self.skipped:
+            accelerator.print(f"{self.source}: skipped {self.skipped} bad record(s), listed in {path}")
 
 
-def load_split(index_path: str, data_root: str, policy: str, skip_dir: Path, accelerator) -> LoadedSplit:
+def load_split(index_path: str, data_root: str, policy: str, accelerator) -> LoadedSplit:
     """Read an index in its format, printing which, and validate it whole up front; fail listing every
-    problem, or skip and list them. Under several processes each reads its share of the files and all
-    receive the whole report (:func:`shared_inspection`), so all decide alike; only the main process
-    writes the skipped-records list."""
+    problem, or skip them. Under several processes each reads its share of the files and all receive
+    the whole report (:func:`shared_inspection`), so all decide alike. Nothing is written: the skipped
+    records are listed by :meth:`LoadedSplit.write_skipped` once the run has started."""
     index = read_index(index_path)
     accelerator.print(f"[data] {index_path}: {FORMAT_NAMES[index.format]}; {len(index.records)} entries")
     for note in index.notes:
         accelerator.print(f"[data] {index_path}: {note}")
     report = validate_index(index, data_root, inspect=shared_inspection(accelerator)
                             if accelerator.num_processes > 1 else None)
-    if accelerator.is_main_process:
-        good = apply_bad_sample_policy(report, policy, skip_dir)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            good = apply_bad_sample_policy(report, policy, tmp)
-    if report.num_skipped:
-        accelerator.print(f"{index_path}: skipped {report.num_skipped} bad record(s), listed in "
-                          f"{skip_dir / 'skipped_records.json'}")
-    return LoadedSplit(good, report.num_skipped, index.format)
+    good = apply_bad_sample_policy(report, policy, None)
+    return LoadedSplit(good, report.num_skipped, index.format, index_path,
+                       skipped_listing(report) if policy == "skip" else None)

@@ -194,6 +194,7 @@ class Benchmark:
             results[name] = SetResult(name, path, loaded.format, len(loaded.records),
                                       sum(r.label for r in loaded.records), loaded.skipped)
             evaluator.perturb(name, self.perturbations)
+        evaluator.write_skipped()
         runnable = [name for name in sets if results[name].error is None]
         if not runnable:
             return (list(results.values()), {}) if evaluator.close() else None

@@ -84,12 +84,13 @@ def condition_tag(tag: str, perturbation: Perturbation) -> str:
 
 @dataclass
 class SplitEvaluator:
-    """How every evaluation script runs its indexes. :meth:`start`, before the model loads: validate
-    each index up front (``on_bad_sample``; skipped records listed under ``out_dir/skipped_<tag>``)
-    and open its loader, whose workers begin decoding at once, so the first batches are ready when
-    the weights are (under several processes each loader holds this process's shard, accelerate's
+    """How every evaluation script runs its indexes. :meth:`start`, before the model loads and before the
+    run's output folder is opened: validate each index up front (``on_bad_sample``), so an index that stops
+    the run leaves an earlier run's outputs where they are, and open its loader, whose workers begin
+    decoding at once, so the first batches are ready when the weights are (under several processes each loader holds this process's shard, accelerate's
     ``BatchSamplerShard``). :meth:`run`: time ``predict(loader, num_records, **kwargs)`` on each,
-    which gathers the predictions in order.
+    which gathers the predictions in order. :meth:`write_skipped`, once the run has started: the records
+    ``on_bad_sample: skip`` dropped, listed under ``out_dir/skipped_<tag>`` (nothing is evaluated before).
 
     ``benchmark_sets.py`` evaluates many indexes with one model: :meth:`validate` each up front,
     :meth:`open` the first, then :meth:`tune` on the validation index and :meth:`evaluate` each in turn;
@@ -116,6 +117,7 @@ class SplitEvaluator:
     collate: Callable
     warm_up: bool | None = None
     _splits: dict[str, _Split] = field(default_factory=dict, init=False, repr=False)
+    _unlisted: dict[str, LoadedSplit] = field(default_factory=dict, init=False, repr=False)
     _runs: list[SplitRun] = field(default_factory=list, init=False, repr=False)
     _started: float | None = field(default=None, init=False, repr=False)
 
@@ -128,10 +130,17 @@ class SplitEvaluator:
 
     def validate(self, tag: str, index_path: str) -> LoadedSplit:
         """Read an index in its format and validate it whole (``data.load_split``), under ``tag``."""
-        loaded = load_split(index_path, self.data_root, self.on_bad_sample, Path(self.out_dir) / f"skipped_{tag}",
-                            self.accelerator)
+        loaded = load_split(index_path, self.data_root, self.on_bad_sample, self.accelerator)
         self._splits[tag] = _Split(loaded)
+        self._unlisted[tag] = loaded
         return loaded
+
+    def write_skipped(self) -> None:
+        """List each validated index's skipped records under ``out_dir/skipped_<tag>`` (once the run's
+        output folder is opened: :meth:`validate` writes nothing); each index once."""
+        for tag, loaded in self._unlisted.items():
+            loaded.write_skipped(Path(self.out_dir) / f"skipped_{tag}", self.accelerator)
+        self._unlisted.clear()
 
     def perturb(self, tag: str, perturbations: Sequence[Perturbation]) -> list[str]:
         """Queue a perturbed copy of the validated index ``tag`` per condition, evaluated right after it, in
@@ -145,6 +154,7 @@ class SplitEvaluator:
     def discard(self, tag: str) -> None:
         """Forget a validated index that will not be evaluated."""
         self._splits.pop(tag, None)
+        self._unlisted.pop(tag, None)
 
     def open(self, tag: str) -> None:
         """Open the loader of a validated index (once)."""
@@ -184,6 +194,7 @@ class SplitEvaluator:
 
     def evaluate(self, tag: str, predict: Callable[..., Any], **predict_kwargs) -> SplitRun:
         """Time ``predict`` over the index validated under ``tag``; the next index waiting opens meanwhile."""
+        self.write_skipped()  # the scripts call it as soon as the run starts; nothing is evaluated unlisted
         self.open(tag)
         split = self._splits.pop(tag)
         waiting = next(iter(self._splits), None)

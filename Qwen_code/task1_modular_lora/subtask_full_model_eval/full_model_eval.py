@@ -61,12 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(cfg.out_dir)
     image_size = cfg.image_size or checkpoint_image_size(cfg.lora_checkpoint)
     conditions = parse_perturbations(cfg.perturb)
-    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, cfg)
-
     processor = load_processor(cfg.model_path, image_size)
     # Task 1 never trains the LM, so the words read are the ones the instruct model emits.
     (fake_word, fake_note), (real_word, real_note) = answer_word(cfg.fake_token), answer_word(cfg.real_token)
@@ -86,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
         collate=VisionLanguageCollator(processor, cfg.prompt_text))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
     evaluate.perturb("test", conditions)
+    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
+    # every run's row), then this run's skipped records are listed there.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+
+    evaluate.write_skipped()
 
     run_in = precision(cfg.torch_dtype, accelerator.device)
     if run_in.note:

@@ -50,12 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     image_size = cfg.image_size or checkpoint_image_size(cfg.ckpt_path)
     mask_rule = MaskRule(cfg.mask_rule.rel, cfg.mask_rule.quantile)
     conditions = parse_perturbations(cfg.perturb)
-    # An earlier evaluation in out_dir is moved to previous_runs/; the metrics CSV keeps every run's row.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
-                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, cfg)
-
     # The processor first: it checks image_size against the model's patch size before weights load.
     collate = ImageBatchCollator(load_processor(cfg.model_path, image_size))
     # The indexes are checked and their first batches decoded while the weights load; the loader workers
@@ -71,6 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     # On every process (an index it refuses stops them all); each writes the masks of its own records.
     submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
                                    cfg.pixel_threshold, writes=evaluate.writes) if cfg.export_submission else None)
+    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
+    # every run's row), then this run's skipped records are listed there.
+    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
+                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
+    if accelerator.is_main_process:
+        write_resolved_config(out_dir, cfg)
+    evaluate.write_skipped()
 
     run_in = precision(cfg.amp_dtype, accelerator.device)
     if run_in.note:
