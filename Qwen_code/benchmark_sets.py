@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from qwen_forensics.checkpoints import CheckpointError, base_model_path, detect_checkpoint, start_run
-from qwen_forensics.config import DEFAULT_ROOT, effective_root, relocate_path
+from qwen_forensics.config import DEFAULT_ROOT, cap_worker_count, effective_root, relocate_path
 from qwen_forensics.data import parse_perturbations
 from qwen_forensics.data.perturb import SPEC_HELP
 from qwen_forensics.evaluation import (Benchmark, CheckpointRunner, benchmark_outputs, guard_checkpoint_split,
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     val_path = relocate_path(val_path, root, Path.cwd()) if val_path else None
     # Under accelerate launch every process evaluates its share; the main one opens the run and writes.
     accelerator = make_accelerator(1)
-    for note in ckpt.notes:
+    args.num_workers, workers_note = cap_worker_count(args.num_workers, f"--num-workers {args.num_workers}")
+    for note in [*ckpt.notes, *([workers_note] if workers_note else [])]:
         accelerator.print(f"note: {note}")
     # Before anything loads: thresholds must not be tuned on footage the model was trained on.
     leak_check = guard_checkpoint_split(val_path, ckpt.folder, allow_overlap=args.allow_val_overlap, val_key="--val",

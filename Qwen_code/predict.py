@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from qwen_forensics.config import usable_cores
+from qwen_forensics.config import cap_worker_count, usable_cores
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.conditions = parse_perturbations(args.perturb)
     except ValueError as err:
         parser.error(f"--perturb: {err}")
+    args.num_workers, note = cap_worker_count(args.num_workers, f"--num-workers {args.num_workers}")
+    if note:
+        print(f"note: {note}")
     return args
 
 

@@ -11,7 +11,7 @@ from qwen_forensics.checkpoints.runs import config_values
 from qwen_forensics.task_configs import (SHIPPED_CONFIGS, Task1FullModelEvalConfig, Task1HeadEvalConfig,
                                          Task1TrainConfig, Task2InferConfig, Task2MapConfig, Task3EvalConfig,
                                          Task3TrainConfig)
-from scripts import CODE, run_script
+from scripts import CODE, load_script, run_script
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -215,3 +215,14 @@ def test_workers_are_capped_to_the_usable_cores_with_one_note(monkeypatch):
     few = parse_config(Task1TrainConfig, {"num_workers": 1})
     loading.cap_workers(few)
     assert few.num_workers == 1 and not [n for n in loading.config_meta(few).notes if "lowered" in n]
+
+
+def test_an_explicit_worker_count_above_the_cores_is_lowered_with_a_note(monkeypatch, tmp_path, capsys):
+    from qwen_forensics.config import loading
+    monkeypatch.setattr(loading, "usable_cores", lambda: 2)
+    assert loading.cap_worker_count(2, "--num-workers 2") == (2, None)
+    assert loading.cap_worker_count(16, "--num-workers 16") == (
+        2, "--num-workers 16 lowered to 2: this machine gives the run 2 CPU cores")
+    args = load_script("predict").parse_args(["--ckpt", str(tmp_path), str(tmp_path), "--num-workers", "16"])
+    assert args.num_workers == 2
+    assert "note: --num-workers 16 lowered to 2: this machine gives the run 2 CPU cores" in capsys.readouterr().out

@@ -10,8 +10,8 @@ from qwen_forensics import lazy_exports
 _EXPORTS = {
     "Precision": "dtypes", "amp_name": "dtypes", "precision": "dtypes", "resolve_dtype": "dtypes",
     "ConfigError": "loading", "DEFAULT_ROOT": "loading", "ROOT_ENV_VAR": "loading", "apply_overrides": "loading",
-    "build_arg_parser": "loading", "cap_workers": "loading", "config_dict": "loading", "config_meta": "loading",
-    "effective_root": "loading", "input_paths": "loading", "load_config": "loading", "load_config_and_paths":
+    "build_arg_parser": "loading", "cap_worker_count": "loading", "cap_workers": "loading", "config_dict": "loading",
+    "config_meta": "loading", "effective_root": "loading", "input_paths": "loading", "load_config": "loading", "load_config_and_paths":
     "loading", "option": "loading", "parse_config": "loading", "read_config_file": "loading", "relocate_path":
     "loading", "usable_cores": "loading",
 }

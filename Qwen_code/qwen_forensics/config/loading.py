@@ -56,7 +56,7 @@ PATH_ROLES = ("in", "out", "out_dir")
 # Re-exported from config_paths: scripts and the runner take everything config-related from here.
 __all__ = ["DEFAULT_ROOT", "ROOT_ENV_VAR", "ConfigError", "ConfigMeta", "config_meta", "config_dict", "option",
            "effective_root", "relocate_path", "input_paths", "parse_config", "apply_overrides", "read_config_file",
-           "build_arg_parser", "load_config", "load_config_and_paths", "cap_workers", "usable_cores"]
+           "build_arg_parser", "load_config", "load_config_and_paths", "cap_worker_count", "cap_workers", "usable_cores"]
 
 T = TypeVar("T")
 
@@ -365,6 +365,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cap_worker_count(requested: int, what: str) -> tuple[int, str | None]:
+    """``requested`` loader processes lowered to the usable cores, with the note saying so (None when
+    unchanged); ``what`` names the setting in the note (``--num-workers 16``)."""
+    cores = usable_cores()
+    return (requested, None) if requested <= cores else (cores, _lowered(what, cores))
+
+
+def _lowered(what: str, cores: int) -> str:
+    return f"{what} lowered to {cores}: this machine gives the run {cores} CPU cores"
+
+
 def cap_workers(cfg: Any) -> None:
     """Lower loader process counts above the usable cores to that count, with one note for all.
 
@@ -381,8 +392,7 @@ def cap_workers(cfg: Any) -> None:
         capped.append(f"training_args.dataloader_num_workers {args['dataloader_num_workers']}")
         args["dataloader_num_workers"] = cores
     if capped:
-        config_meta(cfg).notes.append(f"{' and '.join(capped)} lowered to {cores}: this machine gives the run "
-                                      f"{cores} CPU cores")
+        config_meta(cfg).notes.append(_lowered(" and ".join(capped), cores))
 
 
 def load_config(cls: type[T], *, description: str, default_config: Path | None = None,
