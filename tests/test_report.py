@@ -598,3 +598,30 @@ def test_method_names_from_the_data_folder(tmp_path):
     (tmp_path / METHOD_NAMES_FILE).write_text(json.dumps({"16": "no such method"}))
     names, why = read_method_names(tmp_path)
     assert names == {} and "left out" in why and "1..15" in why
+
+
+def test_pictures_drawn_on_threads_keep_the_page_of_one_thread(tmp_path, monkeypatch):
+    """render_report draws its pictures on REPORT_THREADS threads: the page is the one a single thread draws,
+    every panel in its place."""
+    from qwen_forensics.report import page as report_page
+    rows, _ = synthetic_rows()
+    photo, grey = gallery_inputs(tmp_path)
+    items = [GalleryItem(item.image, item.gt_mask, item.prob_map, f"panel {k}", errors_at=0.5 if k % 2 else None)
+             for k, item in enumerate([photo, grey] * 4)]
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    examples = [Example(tmp_path / ("frame.jpg" if k % 2 else "small.png"), f"example {k}", f"group {k % 3}")
+                for k in range(6)] + [Example(tmp_path / "missing.jpg", "gone", "group 0")]
+
+    def page_with(threads: int) -> str:
+        monkeypatch.setattr(report_page, "REPORT_THREADS", threads)
+        text, _ = report_page.render_report(metrics=METRICS, rows=rows, score_columns=["p_fake"],
+                                            thresholds={"p_fake": 0.42}, gallery_best=items[:3],
+                                            gallery_worst=items[3:6], false_alarms=items[6:], examples=examples)
+        return text
+
+    threaded = page_with(8)
+    assert threaded == page_with(1)
+    assert [threaded.index(f"panel {k}</figcaption>") for k in range(8)] == sorted(
+        threaded.index(f"panel {k}</figcaption>") for k in range(8))
+    assert len(assert_self_contained(threaded)) == 1 + 2 + 8 + 6  # curves, two colour scales, panels, thumbnails
+    assert "1 example image(s) could not be opened" in threaded

@@ -15,9 +15,10 @@ from __future__ import annotations
 import html
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,8 @@ HEADINGS = ("Run", "Metrics", "ROC and PR curves", "Confusion matrices", "Per ma
             "Pixel metrics by mask area", "Best and worst localisations", "False alarms on authentic images",
             "Examples: surest calls and worst mistakes")
 NO_TUNED = "no validation set: no tuned threshold"
+# Threads that draw the report's pictures (render_report).
+REPORT_THREADS = 8
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em 2em; color: #222;
@@ -237,15 +240,13 @@ def colour_legend(errors_at: float | None) -> str:
     return "<p>" + "".join(parts) + "</p>"
 
 
-def _panels(items: Sequence[GalleryItem]) -> list[str]:
-    figures = []
-    for item in items:
-        uri = gallery_panel(item.image, item.gt_mask, item.prob_map, name=item.caption, errors_at=item.errors_at)
-        figures.append(f"<figure>{img(uri, item.caption)}<figcaption>{html.escape(item.caption)}</figcaption></figure>")
-    return figures
+def _panel(item: GalleryItem) -> str:
+    uri = gallery_panel(item.image, item.gt_mask, item.prob_map, name=item.caption, errors_at=item.errors_at)
+    return f"<figure>{img(uri, item.caption)}<figcaption>{html.escape(item.caption)}</figcaption></figure>"
 
 
-def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem], pixel_note: str | None) -> str:
+def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem], pixel_note: str | None,
+                     panel: Callable[[GalleryItem], str]) -> str:
     if not best and not worst:
         return note(pixel_note or "no gallery items given")
     errors_at = next((i.errors_at for i in [*best, *worst] if i.errors_at is not None), None)
@@ -253,11 +254,12 @@ def _gallery_section(best: Sequence[GalleryItem], worst: Sequence[GalleryItem], 
     parts = [note(f"Each entry: {layout}."), colour_legend(errors_at)]
     for title, items in (("Best (highest pixel IoU)", best), ("Worst (lowest pixel IoU)", worst)):
         parts.append(f"<h3>{title}</h3>")
-        parts += _panels(items)
+        parts += map(panel, items)
     return "\n".join(parts)
 
 
-def _false_alarm_section(items: Sequence[GalleryItem], pixel_note: str | None) -> str:
+def _false_alarm_section(items: Sequence[GalleryItem], pixel_note: str | None,
+                         panel: Callable[[GalleryItem], str]) -> str:
     if pixel_note:
         return note(pixel_note)
     if not items:
@@ -265,23 +267,25 @@ def _false_alarm_section(items: Sequence[GalleryItem], pixel_note: str | None) -
     errors_at = next((i.errors_at for i in items if i.errors_at is not None), None)
     return "\n".join([note("Authentic images with the largest share of pixels called forged (their ground truth is "
                             "empty, so every red pixel of the error map is a false alarm)."), colour_legend(errors_at),
-                      *_panels(items)])
+                      *map(panel, items)])
 
 
-def _examples_section(examples: Sequence[Example]) -> str:
+def _thumbnail(example: Example) -> str | None:
+    """The example's figure, None when its image cannot be opened."""
+    try:
+        uri = thumbnail_uri(example.image)
+    except OSError:
+        return None
+    return f"<figure>{img(uri, example.caption)}<figcaption>{html.escape(example.caption)}</figcaption></figure>"
+
+
+def _examples_section(examples: Sequence[Example], drawn: Sequence[str | None]) -> str:
+    """``drawn``: each example's :func:`_thumbnail`."""
     if not examples:
         return note("no examples given")
-    parts, unreadable = [], 0
+    parts, unreadable = [], drawn.count(None)
     for group in dict.fromkeys(e.group for e in examples):
-        figures = []
-        for example in (e for e in examples if e.group == group):
-            try:
-                uri = thumbnail_uri(example.image)
-            except OSError:
-                unreadable += 1
-                continue
-            figures.append(f"<figure>{img(uri, example.caption)}<figcaption>{html.escape(example.caption)}"
-                           f"</figcaption></figure>")
+        figures = [f for e, f in zip(examples, drawn) if e.group == group and f is not None]
         parts.append(f"<h3>{html.escape(group)}</h3><div class=\"thumbs\">{''.join(figures)}</div>")
     if unreadable:
         parts.append(note(f"{unreadable} example image(s) could not be opened and are left out"))
@@ -296,14 +300,25 @@ def render_report(*, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any
                   method_names: Mapping[str, str] | None = None, method_names_note: str | None = None,
                   extra_sections: Sequence[tuple[str, str]] = ()) -> tuple[str, ReportTables]:
     """The report page as a string, and its tables. See ``write_report`` for the arguments."""
-    tables = report_tables(rows, score_columns, thresholds, method_names)
     frame = rows_frame(rows, score_columns)
-    tuned = _clean_thresholds(score_columns, thresholds)
-    sections = (_run_section(description or {}, frame), _metrics_section(metrics),
-                _curves_section(frame, score_columns), _confusion_section(tables, tuned),
-                _methods_section(tables, method_names_note),
-                _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note),
-                _false_alarm_section(false_alarms, pixel_note), _examples_section(examples))
+    # The pictures (the curves figure, each gallery panel and thumbnail: image resizing and PNG encoding, which
+    # release the GIL) are drawn on threads while the tables are computed: the report is the last thing an
+    # evaluation writes, so its time is the whole run's tail. The page is the one drawn in order.
+    with ThreadPoolExecutor(max_workers=REPORT_THREADS) as pool:
+        curves = pool.submit(_curves_section, frame, score_columns)
+        panels = {id(item): pool.submit(_panel, item) for item in [*gallery_best, *gallery_worst, *false_alarms]}
+        thumbnails = [pool.submit(_thumbnail, example) for example in examples]
+        tables = report_tables(rows, score_columns, thresholds, method_names)
+        tuned = _clean_thresholds(score_columns, thresholds)
+
+        def panel(item: GalleryItem) -> str:
+            return panels[id(item)].result()
+        sections = (_run_section(description or {}, frame), _metrics_section(metrics),
+                    curves.result(), _confusion_section(tables, tuned),
+                    _methods_section(tables, method_names_note),
+                    _area_section(tables, pixel_note), _gallery_section(gallery_best, gallery_worst, pixel_note, panel),
+                    _false_alarm_section(false_alarms, pixel_note, panel),
+                    _examples_section(examples, [t.result() for t in thumbnails]))
     body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{content}"
                      for heading, content in [*zip(HEADINGS, sections), *extra_sections])
     return html_page(title, body), tables
