@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("benchmark_e2e.py needs a CUDA device")
     if args.num_processes and max(args.num_processes) > torch.cuda.device_count():
         raise SystemExit(f"--num-processes {max(args.num_processes)}: this host has {torch.cuda.device_count()} GPUs")
-    workdir = Path(args.workdir)
+    # Absolute: the steps pass paths under it to scripts that resolve a relative path against their config file.
+    workdir = Path(args.workdir).resolve()
     root, logs = workdir / "root", workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     tiny = build_tiny_model(workdir / "tiny") if not (workdir / "tiny" / "config.json").is_file() else workdir / "tiny"

@@ -51,3 +51,19 @@ def test_the_check_is_skipped_on_the_cpu():
 
     assert memory.preflight(Cpu(), torch.nn.Linear(1, 1), [], None, None, batch_size=1, grad_accum=1,
                             planned_gib=None, batch_key="b", accum_key="a", other_keys="o") is None
+
+
+def test_the_probe_runs_the_model_in_training_mode_and_restores_its_mode(monkeypatch):
+    """Checkpointed layers recompute only in training mode: a probe in eval mode (a freshly loaded model's)
+    measured their activations as kept, 39.2 GiB for a step that peaks at 21.6 (Task 3, H100)."""
+    class Cuda:
+        device = torch.device("cuda")
+
+    model = torch.nn.Linear(1, 1).eval()
+    seen = []
+    monkeypatch.setattr(memory, "probe_peak", lambda step, device: seen.append(model.training) or MemoryLine(1.0, 0.5))
+    monkeypatch.setattr(memory, "budget_gib", lambda device, planned: (22.0, "a 24 GiB card"))
+    line = memory.preflight(Cuda(), model, [], None, None, batch_size=4, grad_accum=1, planned_gib=24.0,
+                            batch_key="b", accum_key="a", other_keys="o", say=lambda line: None)
+    assert seen == [True] and not model.training
+    assert line.peak(4) == pytest.approx(3.0 + 8 * 2 / memory.GIB)
