@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 
+import matplotlib
 import pytest
 
 from qwen_forensics.demo.dataset import make_demo_dataset
@@ -91,6 +92,9 @@ def user_config(root: Path, name: str, **edits) -> Path:
 
 def run(script: str, config: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[str]]:
     """The script's ``main(["--config", FILE])`` from ``workdir``; returns what it printed and the paths it wrote."""
+    # matplotlib makes its own config and cache folders (~/.config, ~/.cache) when first asked for them, in
+    # whichever test runs first: not the run's outputs, so they are made before the audit starts.
+    matplotlib.get_configdir(), matplotlib.get_cachedir()
     module = load_script(script)
     monkeypatch.chdir(workdir)
     _WRITTEN.clear()
@@ -177,6 +181,27 @@ def test_task1_head_eval_reads_the_trained_pt_name(root, workdir, task1_trained,
     metrics, = csv_rows(eval_dir / "metrics.csv")
     assert metrics["ckpt_path"] == str(ckpt.with_suffix("")) and float(metrics["samples"]) == 8
     assert (eval_dir / "report.html").is_file() and metrics["run_id"]
+
+
+def test_task1_head_eval_stopped_by_a_bad_index_leaves_the_earlier_run_in_place(root, workdir, task1_trained,
+                                                                              monkeypatch):
+    """The user's eval config, run once, then again with ann_test naming an index with one missing image: the
+    second run stops before anything loads and the first run's files are all where they were, unchanged."""
+    ckpt = root / "outputs_lora_joint" / "final_trained_heads_2_all.pt"
+    run("lora_eval", user_config(root, "task1_subtask_vit_head_eval_config_eval.json", ckpt_path=str(ckpt), **CUTS),
+        workdir, monkeypatch)
+    eval_dir = root / "task1_modular_lora" / "subtask_vit_head_eval"
+    before = {p: p.read_bytes() for p in sorted(eval_dir.rglob("*")) if p.is_file()}
+    bad = root / "my_configs" / "test_with_a_missing_image.json"
+    test = json.loads((root / "data" / "testset2" / "annotation.json").read_text())
+    bad.write_text(json.dumps([*test, {"image_path": "testset2/image/missing.jpg", "mask_path": "720x1280",
+                                       "label": 0}]))
+    config = user_config(root, "task1_subtask_vit_head_eval_config_eval.json", ckpt_path=str(ckpt),
+                         ann_test=str(bad), **CUTS)
+    with pytest.raises(SystemExit) as stop:
+        run("lora_eval", config, workdir, monkeypatch)
+    assert "stopped: 1 problem(s) in 1 record(s)" in str(stop.value) and "missing.jpg" in str(stop.value)
+    assert {p: p.read_bytes() for p in sorted(eval_dir.rglob("*")) if p.is_file()} == before
 
 
 def test_task1_full_model_eval_writes_everything_next_to_its_csv(root, workdir, task1_trained, monkeypatch):
