@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> None:
                       default_config=Path(__file__).with_name("config_hybrid_eval.json"))
     # Imported here, after the config is read: --help and config errors need no torch.
     from qwen_forensics.checkpoints import (CheckpointPaths, answer_ids_for, load_hybrid_model, lora_config_notes,
-                                            read_hybrid_spec, seed_key_notes, start_config_run, write_resolved_config)
+                                            read_hybrid_spec, seed_key_notes)
     from qwen_forensics.config import precision
     from qwen_forensics.data import ForgeryDataset, HybridCollator, MaskRule, parse_perturbations
     from qwen_forensics.evaluation import (HYBRID_IMAGE_KEYS, ROBUSTNESS_CSV, HeatmapSource, PictureWriter,
                                            PixelCounter, RobustnessTable, SplitEvaluator, SubmissionWriter, each_batch,
-                                           evaluation_outputs, finish_evaluation, guard_checkpoint_split,
+                                           start_evaluation_run, finish_evaluation, guard_checkpoint_split,
                                            predict_hybrid, run_conditions, score_hybrid)
     from qwen_forensics.model import HybridPrompt, load_model, load_processor
     from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
@@ -85,14 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     # On every process (an index it refuses stops them all); each writes the masks of its own records.
     submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
                                    cfg.pixel_threshold, writes=evaluate.writes) if cfg.export_submission else None)
-    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
-    # every run's row), then this run's skipped records are listed there.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
-                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, cfg)
-
-    evaluate.write_skipped()
+    run = start_evaluation_run(cfg, Path(__file__).name, evaluate, accelerator, submission=cfg.export_submission)
 
     base = load_model(cfg.base_model_path, dtype=run_in.weights, device=accelerator.device, fast_paths=cfg.fast_paths)
     if cfg.lora is not None:

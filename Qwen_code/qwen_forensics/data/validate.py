@@ -332,10 +332,9 @@ def apply_bad_sample_policy(report: ValidationReport, policy: str,
     bad = report.bad_indices
     good = [r for r in report.records if r.index not in bad]
     if policy == "skip":
-        listing = skipped_listing(report)
+        report.num_skipped = len(report.records) - len(good)
         if out_dir is not None:
-            write_skipped_listing(listing, out_dir)
-        report.num_skipped = listing["num_skipped"]
+            write_skipped_listing(skipped_listing(report), out_dir)
     if not good:
         raise BadIndex(f"{report.summary()}\nstopped: {report.source} has no usable record left "
                        f"({len(report.problems)} problem(s)); fix the index.")

@@ -22,7 +22,7 @@ _EXPORTS = {
     "interactive", "verdict": "interactive",
     "guard_checkpoint_split": "leak_guard", "guard_training_split": "leak_guard",
     "hybrid_scores": "metrics", "image_report": "metrics",
-    "PictureWriter": "outputs", "REPORT_NAME": "outputs", "each_batch": "outputs", "evaluation_outputs": "outputs",
+    "PictureWriter": "outputs", "REPORT_NAME": "outputs", "each_batch": "outputs", "evaluation_outputs": "outputs", "start_evaluation_run": "outputs",
     "finish_evaluation": "outputs", "generated_columns": "outputs", "prediction_rows": "outputs",
     "SplitEvaluator": "predictions", "answer_logits": "predictions", "answer_scorer": "predictions", "eval_batch":
     "predictions", "predict_heads": "predictions", "predict_hybrid": "predictions",

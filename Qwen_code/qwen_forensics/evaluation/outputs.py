@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from qwen_forensics.checkpoints.names import RESOLVED_CONFIG_NAME
-from qwen_forensics.checkpoints.runs import Run
+from qwen_forensics.checkpoints.runs import Run, start_config_run
+from qwen_forensics.checkpoints.tensors import write_resolved_config
 from qwen_forensics.data.masks import MaskRule
 from qwen_forensics.data.methods import read_method_names
 from qwen_forensics.data.records import Record
-from qwen_forensics.evaluation.predictions import AnswerScores
+from qwen_forensics.evaluation.predictions import AnswerScores, SplitEvaluator
 from qwen_forensics.evaluation.robustness import ROBUSTNESS_CSV
 from qwen_forensics.evaluation.scoring import HeatmapSource
 from qwen_forensics.files import BackgroundWriter, append_csv_row
@@ -159,6 +160,22 @@ def evaluation_outputs(output_json: str | os.PathLike, submission: str | os.Path
     and its submission folder (``--export-submission``) wherever that is."""
     return [RESOLVED_CONFIG_NAME, str(output_json), HEATMAP_DIR, REPORT_NAME, ROBUSTNESS_CSV, "skipped_*",
             *([str(submission)] if submission else [])]
+
+
+def start_evaluation_run(cfg: Any, script: str, evaluate: SplitEvaluator, accelerator, *,
+                         submission: str | os.PathLike | None = None,
+                         resolved: Mapping[str, Any] | None = None) -> Run:
+    """Open an evaluation's run once every input is checked (``evaluate.start``, a submission's file names),
+    so an index that stops the run leaves an earlier one untouched: the earlier evaluation in the output
+    folder moves to ``previous_runs/`` (the metrics CSV, ``cfg.csv_path``, keeps every run's row), this run's
+    resolved config is written (``resolved``: what to record; default the config) and its skipped records
+    are listed."""
+    run = start_config_run(cfg, script, evaluation_outputs(cfg.output_json, submission), appended=[cfg.csv_path],
+                           accelerator=accelerator, say=accelerator.print)
+    if accelerator.is_main_process:
+        write_resolved_config(evaluate.out_dir, cfg if resolved is None else resolved)
+    evaluate.write_skipped()
+    return run
 
 
 def each_batch(*hooks: Callable[[Mapping, torch.Tensor], None] | None) -> Callable[[Mapping, torch.Tensor], None]:

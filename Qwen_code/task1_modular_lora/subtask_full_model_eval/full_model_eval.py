@@ -39,12 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1FullModelEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_full_model_eval.json"))
     # Imported here, after the config is read: --help and config errors need no torch.
-    from qwen_forensics.checkpoints import (attach_task1_lora, check_seed_lora_keys, checkpoint_image_size,
-                                            start_config_run, write_resolved_config)
+    from qwen_forensics.checkpoints import attach_task1_lora, check_seed_lora_keys, checkpoint_image_size
     from qwen_forensics.config import precision
     from qwen_forensics.data import ForgeryDataset, VisionLanguageCollator, parse_perturbations
     from qwen_forensics.evaluation import (ROBUSTNESS_CSV, RobustnessTable, SplitEvaluator, answer_scorer,
-                                           evaluation_outputs, finish_evaluation, generated_columns,
+                                           start_evaluation_run, finish_evaluation, generated_columns,
                                            guard_checkpoint_split, image_report, prediction_rows, run_conditions)
     from qwen_forensics.model import get_visual, load_model, load_processor
     from qwen_forensics.training import make_accelerator, peak_gib, seed_everything
@@ -80,14 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         collate=VisionLanguageCollator(processor, cfg.prompt_text))
     evaluate.start(cfg.annotation_file, cfg.val_annotation_file)
     evaluate.perturb("test", conditions)
-    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
-    # every run's row), then this run's skipped records are listed there.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json), appended=[cfg.csv_path],
-                           accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, cfg)
-
-    evaluate.write_skipped()
+    run = start_evaluation_run(cfg, Path(__file__).name, evaluate, accelerator)
 
     run_in = precision(cfg.torch_dtype, accelerator.device)
     if run_in.note:

@@ -28,12 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Task1HeadEvalConfig, description=__doc__, argv=argv,
                       default_config=Path(__file__).with_name("config_eval.json"))
     # Imported here, after the config is read: --help and config errors need no torch.
-    from qwen_forensics.checkpoints import (attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size,
-                                            start_config_run, write_resolved_config)
+    from qwen_forensics.checkpoints import attach_task1_checkpoint, check_seed_lora_keys, checkpoint_image_size
     from qwen_forensics.config import precision
     from qwen_forensics.data import ForgeryDataset, ImageBatchCollator, MaskRule, parse_perturbations
     from qwen_forensics.evaluation import (ROBUSTNESS_CSV, HeatmapSource, PictureWriter, PixelCounter, RobustnessTable,
-                                           SplitEvaluator, SubmissionWriter, each_batch, evaluation_outputs,
+                                           SplitEvaluator, SubmissionWriter, each_batch, start_evaluation_run,
                                            finish_evaluation, guard_checkpoint_split, predict_heads, run_conditions,
                                            score_heads)
     from qwen_forensics.model import load_processor, load_vision_tower
@@ -65,13 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     # On every process (an index it refuses stops them all); each writes the masks of its own records.
     submission = (SubmissionWriter(evaluate.records("test"), cfg.data_root, cfg.export_submission, image_size,
                                    cfg.pixel_threshold, writes=evaluate.writes) if cfg.export_submission else None)
-    # Every input checked: an earlier evaluation in out_dir is moved to previous_runs/ (the metrics CSV keeps
-    # every run's row), then this run's skipped records are listed there.
-    run = start_config_run(cfg, Path(__file__).name, evaluation_outputs(cfg.output_json, cfg.export_submission),
-                           appended=[cfg.csv_path], accelerator=accelerator, say=accelerator.print)
-    if accelerator.is_main_process:
-        write_resolved_config(out_dir, cfg)
-    evaluate.write_skipped()
+    run = start_evaluation_run(cfg, Path(__file__).name, evaluate, accelerator, submission=cfg.export_submission)
 
     run_in = precision(cfg.amp_dtype, accelerator.device)
     if run_in.note:
